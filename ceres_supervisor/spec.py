@@ -1,0 +1,686 @@
+"""The desired-state file: its pydantic models and the rules beyond types.
+
+Pure: no file, environment or network access here (reading the file and resolving secrets live
+in `loading` and `secrets`). Models are frozen and reject unknown keys; `check` returns every
+semantic problem with the dotted key path of the offending value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from . import durations, versions
+from .errors import Problem
+
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+"""Node and cluster names become container names and etcd path segments."""
+
+LEASE_MAX_S: Final = 15.0
+"""CeresMeta expires a node 10 s after its last heartbeat; heartbeats go every 2/3 lease."""
+
+SHARD_LOCK_TTL_MIN: Final = 15
+"""CeresDB refuses to start with a shorter shard-lock lease."""
+
+
+def _to_seconds(value: object) -> object:
+    if isinstance(value, str):
+        return durations.parse_duration(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError('must be a duration string like "5s" or "500ms"')
+    raise ValueError(f'must be a duration string with a unit, like "{value}s"')
+
+
+Seconds = Annotated[float, BeforeValidator(_to_seconds), Field(gt=0)]
+"""A duration, written as a string with a unit in the file, held in seconds."""
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class SecretRef(_Model):
+    """`{ env = "NAME" }` or `{ file = "/path" }`: a value resolved at render time, never shown."""
+
+    env: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError('a secret reference is { env = "NAME" } or { file = "/path" }')
+        if self.file is not None and not self.file.startswith("/"):
+            raise ValueError("a secret file must be an absolute path")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
+
+
+Secretable = str | SecretRef
+
+
+def _is_secret_table(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and len(value) == 1
+        and next(iter(value)) in ("env", "file")
+        and isinstance(next(iter(value.values())), str)
+    )
+
+
+def _secrets_to_refs(value: Any) -> Any:
+    """In a free-form `config` table, turn `{env=..}` / `{file=..}` leaves into SecretRef."""
+    if _is_secret_table(value):
+        return SecretRef.model_validate(value)
+    if isinstance(value, dict):
+        return {k: _secrets_to_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_secrets_to_refs(v) for v in value]
+    return value
+
+
+ConfigTable = Annotated[dict[str, Any], BeforeValidator(_secrets_to_refs)]
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+class ClusterSection(_Model):
+    name: Name = "defaultCluster"
+    flavor: Literal["ceresdb", "horaedb"] = "ceresdb"
+    version: str = "1.2.2"
+    """Release of the images; selects version-gated keys (meta HTTP port key, Kafka brokers...)."""
+    network: Literal["host"] = "host"
+    state_dir: str = "/var/lib/ceres-supervisor"
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        versions.parse_version(value)
+        return value.removeprefix("v")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+
+class SupervisorSection(_Model):
+    listen: str = "127.0.0.1:5480"
+    """`host:port` for TCP or `unix:/path` for a unix socket."""
+    token_file: str | None = None
+    """Bearer token for the API; required when `listen` is TCP on a non-loopback address."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    probe_interval: Seconds = 5.0
+    probe_timeout: Seconds = 2.0
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+    start_timeout: Seconds = 120.0
+    """How long a started node may take to become healthy before it counts as failed."""
+    lease_grace: Seconds = 60.0
+    """How long a healthy CeresDB node may hold none of its shard locks before it is restarted."""
+    backoff_initial: Seconds = 1.0
+    backoff_max: Seconds = 60.0
+    backoff_reset: Seconds = 600.0
+    """Healthy this long and the failure count starts again from zero."""
+    crashloop_failures: Annotated[int, Field(ge=1)] = 5
+    crashloop_window: Seconds = 600.0
+    stop_timeout: Seconds = 30.0
+    on_exit: Literal["leave", "stop"] = "leave"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class MetaNode(_Model):
+    name: Name
+    host: str
+    client_port: Port = 2379
+    peer_port: Port = 2380
+    http_port: Port = 8080
+    config: ConfigTable = Field(default_factory=dict)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
+
+class MetaSection(_Model):
+    image: str
+    shard_total: Annotated[int, Field(ge=1, le=65536)] = 8
+    topology: Literal["static", "dynamic"] = "static"
+    config: ConfigTable = Field(default_factory=dict)
+    nodes: Annotated[list[MetaNode], Field(min_length=1)]
+
+
+class DbNode(_Model):
+    name: Name
+    host: str
+    grpc_port: Port = 8831
+    http_port: Port = 5440
+    mysql_port: Port = 3307
+    postgresql_port: Port | None = None
+    """From 1.2.6 the server also listens on a PostgreSQL port (5433 when not set)."""
+    config: ConfigTable = Field(default_factory=dict)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
+
+class ObkvClient(_Model):
+    sys_user_name: Secretable
+    sys_password: Secretable
+
+
+class Obkv(_Model):
+    full_user_name: Secretable
+    param_url: Secretable
+    password: Secretable
+    client: ObkvClient
+
+
+class KafkaClient(_Model):
+    boost_broker: Secretable | None = None
+    """Up to 1.2.2: one broker address."""
+    boost_brokers: list[Secretable] | None = None
+    """From 1.2.4: a list of broker addresses."""
+
+
+class Kafka(_Model):
+    client: KafkaClient
+
+
+class Wal(_Model):
+    type: Literal["RocksDB", "Obkv", "Kafka"] = "RocksDB"
+    data_dir: str | None = None
+    """RocksDB only; must lie under the node's mounted data directory."""
+    data_namespace: ConfigTable | None = None
+    obkv: Obkv | None = None
+    kafka: Kafka | None = None
+
+
+class ObjectStore(_Model):
+    type: Literal["Local", "Aliyun", "S3"] = "Local"
+    data_dir: str | None = None
+    """Local only; must lie under the node's mounted data directory."""
+    key_id: Secretable | None = None
+    key_secret: Secretable | None = None
+    endpoint: Secretable | None = None
+    bucket: Secretable | None = None
+    prefix: Secretable | None = None
+    region: Secretable | None = None
+    http: ConfigTable | None = None
+    retry: ConfigTable | None = None
+
+
+class CeresdbSection(_Model):
+    image: str
+    lease: Seconds = 10.0
+    timeout: Seconds = 5.0
+    shard_lock_ttl: int = 30
+    meta_addr: str | None = None
+    """Overrides the rendered `meta_addr` (`http://<host>:<client_port>`)."""
+    config: ConfigTable = Field(default_factory=dict)
+    wal: Wal = Field(default_factory=Wal)
+    object_store: ObjectStore = Field(default_factory=ObjectStore)
+    nodes: Annotated[list[DbNode], Field(min_length=1)]
+
+
+class DesiredState(_Model):
+    """The whole desired-state file."""
+
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    meta: MetaSection
+    ceresdb: CeresdbSection
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_images(cls, data: Any) -> Any:
+        """Image defaults follow the flavor and version: `ceresdb/ceresmeta-server:v1.2.2`..."""
+        if not isinstance(data, dict):
+            return data
+        cluster = data.get("cluster", {})
+        if not isinstance(cluster, dict):
+            return data
+        flavor = cluster.get("flavor", "ceresdb")
+        version = str(cluster.get("version", "1.2.2")).removeprefix("v")
+        repos = {
+            "meta": "ceresdb/ceresmeta-server" if flavor != "horaedb" else "apache/horaemeta-server",
+            "ceresdb": "ceresdb/ceresdb-server" if flavor != "horaedb" else "apache/horaedb-server",
+        }
+        data = dict(data)
+        for section, repo in repos.items():
+            table = data.get(section)
+            if isinstance(table, dict) and "image" not in table:
+                data[section] = {**table, "image": f"{repo}:v{version}"}
+        return data
+
+    @property
+    def release(self) -> versions.Release:
+        return versions.Release(self.cluster.flavor, versions.parse_version(self.cluster.version))
+
+
+# --- small pure helpers shared by validation, rendering and the daemon -------------------------
+
+
+def check_host(value: str) -> str:
+    """A node host is an IPv4 address or a DNS name, never with a port."""
+    if not value:
+        raise ValueError("must not be empty")
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value.strip("[]"))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} contains a port; write the address alone (ports have their own keys)"
+            ) from None
+        raise ValueError("IPv6 addresses are not supported yet; use an IPv4 address or a name")
+    if "/" in value or " " in value:
+        raise ValueError(f"{value!r} is not a host name or IPv4 address")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def machine_of(host: str) -> str:
+    """Hosts on one machine: every loopback address is the same machine (servers bind 0.0.0.0)."""
+    return "loopback" if is_loopback(host) else host
+
+
+@dataclass(frozen=True)
+class Listen:
+    unix_path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.unix_path is not None or (self.host is not None and is_loopback(self.host))
+
+
+def parse_listen(value: str) -> Listen:
+    if value.startswith("unix:"):
+        path = value.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError("a unix socket is written unix:/absolute/path")
+        return Listen(unix_path=path)
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r} is neither host:port nor unix:/path")
+    return Listen(host=host, port=int(port_text))
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    """A node of either role with the dotted path of its table in the file."""
+
+    path: str
+    role: Literal["meta", "ceresdb"]
+    name: str
+    host: str
+    ports: dict[str, int]
+
+
+def nodes(spec: DesiredState) -> list[NodeRef]:
+    """Every node, meta first, with its effective ports by kind."""
+    release = spec.release
+    refs = [
+        NodeRef(
+            f"meta.nodes[{i}]",
+            "meta",
+            n.name,
+            n.host,
+            {"client": n.client_port, "peer": n.peer_port, "http": n.http_port},
+        )
+        for i, n in enumerate(spec.meta.nodes)
+    ]
+    for i, n in enumerate(spec.ceresdb.nodes):
+        ports = {"grpc": n.grpc_port, "http": n.http_port, "mysql": n.mysql_port}
+        if release.has_postgresql_port:
+            ports["postgresql"] = n.postgresql_port or 5433
+        refs.append(NodeRef(f"ceresdb.nodes[{i}]", "ceresdb", n.name, n.host, ports))
+    return refs
+
+
+_PORT_KEYS: Final = {
+    "client": "client_port",
+    "peer": "peer_port",
+    "http": "http_port",
+    "grpc": "grpc_port",
+    "mysql": "mysql_port",
+    "postgresql": "postgresql_port",
+}
+
+
+# --- rules beyond types ------------------------------------------------------------------------
+
+# Keys of the rendered files that the supervisor derives; a `config` table may not set them.
+META_OWNED_KEYS: Final[dict[str, str]] = {
+    "node-name": "meta.nodes[].name",
+    "data-dir": "the supervisor (the node's data directory)",
+    "initial-cluster": "meta.nodes",
+    "client-urls": "meta.nodes[].client_port",
+    "peer-urls": "meta.nodes[].peer_port",
+    "advertise-client-urls": "meta.nodes[].host and client_port",
+    "advertise-peer-urls": "meta.nodes[].host and peer_port",
+    "default-cluster-name": "cluster.name",
+    "default-cluster-node-count": "the number of [[ceresdb.nodes]]",
+    "default-cluster-shard-total": "meta.shard_total",
+    "topology-type": "meta.topology",
+    "storage-root-path": "cluster.flavor",
+    "default-http-port": "meta.nodes[].http_port",
+    "http-port": "meta.nodes[].http_port",
+}
+DB_OWNED_KEYS: Final[dict[str, str]] = {
+    "node.addr": "ceresdb.nodes[].host",
+    "server.bind_addr": "the supervisor (always 0.0.0.0)",
+    "server.grpc_port": "ceresdb.nodes[].grpc_port",
+    "server.http_port": "ceresdb.nodes[].http_port",
+    "server.mysql_port": "ceresdb.nodes[].mysql_port",
+    "server.postgresql_port": "ceresdb.nodes[].postgresql_port",
+    "cluster_deployment.mode": "the supervisor (always WithMeta)",
+    "cluster_deployment.meta_client.cluster_name": "cluster.name",
+    "cluster_deployment.meta_client.meta_addr": "ceresdb.meta_addr",
+    "cluster_deployment.meta_client.lease": "ceresdb.lease",
+    "cluster_deployment.meta_client.timeout": "ceresdb.timeout",
+    "cluster_deployment.etcd_client.server_addrs": "meta.nodes",
+    "cluster_deployment.etcd_client.root_path": "cluster.flavor",
+    "cluster_deployment.etcd_client.shard_lock_lease_ttl_sec": "ceresdb.shard_lock_ttl",
+    "analytic.wal.type": "ceresdb.wal.type",
+    "analytic.storage.object_store.type": "ceresdb.object_store.type",
+}
+
+_META_ADDR_RE: Final = re.compile(r"^https?://[^/:\s]+:\d{1,5}$")
+
+
+@dataclass(frozen=True)
+class Findings:
+    errors: list[Problem]
+    warnings: list[Problem]
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        yield dotted, value
+        if isinstance(value, dict):
+            yield from _flatten(value, dotted + ".")
+
+
+def _config_tables(spec: DesiredState) -> Iterator[tuple[str, Literal["meta", "ceresdb"], dict[str, Any]]]:
+    yield "meta.config", "meta", spec.meta.config
+    for i, m in enumerate(spec.meta.nodes):
+        yield f"meta.nodes[{i}].config", "meta", m.config
+    yield "ceresdb.config", "ceresdb", spec.ceresdb.config
+    for i, d in enumerate(spec.ceresdb.nodes):
+        yield f"ceresdb.nodes[{i}].config", "ceresdb", d.config
+
+
+def check(spec: DesiredState) -> Findings:
+    """Every rule of SPEC section 1 that types alone cannot express."""
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    release = spec.release
+    flavor, version = release.flavor, release.version
+
+    if flavor == "horaedb" and version < versions.V2_0_0:
+        errors.append(Problem("cluster.version", "the horaedb flavor starts at 2.0.0"))
+    if flavor == "ceresdb" and version >= versions.V2_0_0:
+        errors.append(Problem("cluster.flavor", 'releases from 2.0.0 are the "horaedb" flavor'))
+
+    listen = parse_listen(spec.supervisor.listen)
+    if not listen.is_loopback and spec.supervisor.token_file is None:
+        errors.append(
+            Problem(
+                "supervisor.token_file", "required when supervisor.listen is TCP on a non-loopback address"
+            )
+        )
+    if spec.supervisor.token_file is not None and not spec.supervisor.token_file.startswith("/"):
+        errors.append(Problem("supervisor.token_file", "must be an absolute path"))
+    if spec.supervisor.probe_timeout >= spec.supervisor.probe_interval:
+        errors.append(Problem("supervisor.probe_timeout", "must be shorter than probe_interval"))
+    if spec.supervisor.backoff_initial > spec.supervisor.backoff_max:
+        errors.append(Problem("supervisor.backoff_initial", "must not exceed backoff_max"))
+
+    # Names: unique across both roles (they share the container namespace).
+    seen: dict[str, str] = {}
+    refs = nodes(spec)
+    for ref in refs:
+        if ref.name in seen:
+            errors.append(
+                Problem(f"{ref.path}.name", f"duplicate node name {ref.name!r} (also {seen[ref.name]})")
+            )
+        else:
+            seen[ref.name] = ref.path
+
+    # Ports: no two listeners on one machine; all loopback addresses are one machine.
+    taken: dict[tuple[str, int], str] = {}
+    for ref in refs:
+        for kind, port in ref.ports.items():
+            key = (machine_of(ref.host), port)
+            where = f"{ref.path}.{_PORT_KEYS[kind]}"
+            if key in taken:
+                machine = "this machine's loopback" if key[0] == "loopback" else ref.host
+                errors.append(Problem(where, f"port {port} is already used by {taken[key]} on {machine}"))
+            else:
+                taken[key] = where
+
+    meta_count = len(spec.meta.nodes)
+    if meta_count % 2 == 0:
+        errors.append(Problem("meta.nodes", f"{meta_count} meta nodes: etcd needs an odd number (1, 3, 5)"))
+    by_machine: dict[str, list[str]] = {}
+    for m in spec.meta.nodes:
+        by_machine.setdefault(machine_of(m.host), []).append(m.name)
+    for names in by_machine.values():
+        if len(names) > 1:
+            warnings.append(
+                Problem(
+                    "meta.nodes",
+                    (
+                        f"meta nodes {', '.join(names)} share a machine: CeresMeta forwards API calls to the "
+                        "leader's host with the follower's own HTTP port, which cannot work here "
+                        "(the supervisor asks each member itself)"
+                    ),
+                )
+            )
+
+    db = spec.ceresdb
+    if db.lease >= LEASE_MAX_S:
+        errors.append(
+            Problem(
+                "ceresdb.lease",
+                (
+                    f"must be under {LEASE_MAX_S:g}s: CeresMeta expires a node 10s after its last heartbeat "
+                    "and heartbeats go every 2/3 of the lease"
+                ),
+            )
+        )
+    if db.shard_lock_ttl < SHARD_LOCK_TTL_MIN:
+        errors.append(
+            Problem("ceresdb.shard_lock_ttl", f"must be at least {SHARD_LOCK_TTL_MIN} (CeresDB refuses less)")
+        )
+    if db.meta_addr is not None and not _META_ADDR_RE.match(db.meta_addr):
+        errors.append(Problem("ceresdb.meta_addr", "must be http://<host>:<port> (meta's client port)"))
+
+    for i, node in enumerate(db.nodes):
+        if node.postgresql_port is not None and not release.has_postgresql_port:
+            errors.append(
+                Problem(
+                    f"ceresdb.nodes[{i}].postgresql_port",
+                    f"exists from 1.2.6; this cluster is {release.label()}",
+                )
+            )
+
+    errors += _check_wal(spec)
+    errors += _check_object_store(spec)
+    if spec.meta.topology == "dynamic" and db.object_store.type == "Local":
+        warnings.append(
+            Problem(
+                "meta.topology",
+                "dynamic topology moves shards between nodes; use it only with remote object storage",
+            )
+        )
+
+    for path, role, table in _config_tables(spec):
+        errors += _check_config_table(path, role, table, release)
+    return Findings(errors, warnings)
+
+
+def _under_data_mount(path: str, value: str | None, mount: str) -> list[Problem]:
+    if value is None:
+        return []
+    if not value.startswith(mount + "/") and value.rstrip("/") != mount:
+        return [
+            Problem(
+                path,
+                (
+                    f"must lie under {mount}, where the node's data directory is mounted; "
+                    "anything else is lost when the container is recreated"
+                ),
+            )
+        ]
+    return []
+
+
+def _check_wal(spec: DesiredState) -> list[Problem]:
+    wal, release = spec.ceresdb.wal, spec.release
+    problems: list[Problem] = []
+    for key, expected in (("obkv", "Obkv"), ("kafka", "Kafka")):
+        if getattr(wal, key) is not None and wal.type != expected:
+            problems.append(Problem(f"ceresdb.wal.{key}", f'only for type = "{expected}"'))
+        if getattr(wal, key) is None and wal.type == expected:
+            problems.append(Problem(f"ceresdb.wal.{key}", f'required for type = "{expected}"'))
+    if wal.data_dir is not None and wal.type != "RocksDB":
+        problems.append(Problem("ceresdb.wal.data_dir", 'only for type = "RocksDB"'))
+    problems += _under_data_mount("ceresdb.wal.data_dir", wal.data_dir, release.db_data_path)
+    if wal.kafka is not None:
+        client, wanted = wal.kafka.client, release.kafka_brokers_key
+        other = "boost_brokers" if wanted == "boost_broker" else "boost_broker"
+        if getattr(client, other) is not None:
+            problems.append(
+                Problem(
+                    f"ceresdb.wal.kafka.client.{other}",
+                    f"{release.label()} reads {wanted}, and ignores {other}",
+                )
+            )
+        elif getattr(client, wanted) is None:
+            problems.append(Problem(f"ceresdb.wal.kafka.client.{wanted}", "required for a Kafka WAL"))
+    return problems
+
+
+def _check_object_store(spec: DesiredState) -> list[Problem]:
+    store, release = spec.ceresdb.object_store, spec.release
+    problems: list[Problem] = []
+    if store.type == "S3" and not release.has_s3:
+        problems.append(
+            Problem("ceresdb.object_store.type", f"S3 exists from 1.2.4; this cluster is {release.label()}")
+        )
+    remote_keys = ("key_id", "key_secret", "endpoint", "bucket", "prefix")
+    if store.type == "Local":
+        for key in (*remote_keys, "region", "http", "retry"):
+            if getattr(store, key) is not None:
+                problems.append(Problem(f"ceresdb.object_store.{key}", 'not used by type = "Local"'))
+        problems += _under_data_mount("ceresdb.object_store.data_dir", store.data_dir, release.db_data_path)
+        return problems
+    if store.data_dir is not None:
+        problems.append(Problem("ceresdb.object_store.data_dir", 'only for type = "Local"'))
+    required = (*remote_keys, "region") if store.type == "S3" else remote_keys
+    for key in required:
+        if getattr(store, key) is None:
+            problems.append(Problem(f"ceresdb.object_store.{key}", f'required for type = "{store.type}"'))
+    if store.type == "Aliyun" and store.region is not None:
+        problems.append(Problem("ceresdb.object_store.region", 'only for type = "S3"'))
+    for key in ("http", "retry"):
+        if getattr(store, key) is not None and not release.object_store_http_tables:
+            problems.append(
+                Problem(
+                    f"ceresdb.object_store.{key}", f"exists from 1.2.4; this cluster is {release.label()}"
+                )
+            )
+    return problems
+
+
+def _check_config_table(
+    path: str, role: Literal["meta", "ceresdb"], table: dict[str, Any], release: versions.Release
+) -> list[Problem]:
+    problems: list[Problem] = []
+    owned = META_OWNED_KEYS if role == "meta" else DB_OWNED_KEYS
+    for key, _value in _flatten(table):
+        where = f"{path}.{key}"
+        if key in owned:
+            problems.append(Problem(where, f"is set by the supervisor from {owned[key]}"))
+        elif role == "ceresdb" and key in versions.REMOVED_DB_KEYS:
+            problems.append(
+                Problem(where, (f"the server ignores it without a word ({versions.REMOVED_DB_KEYS[key]})"))
+            )
+        elif (
+            role == "ceresdb"
+            and key == "analytic.wal.kafka.client.boost_broker"
+            and release.kafka_brokers_key != "boost_broker"
+        ):
+            problems.append(Problem(where, f"{release.label()} reads boost_brokers (a list)"))
+        elif (
+            role == "ceresdb"
+            and key == "analytic.wal.kafka.client.boost_brokers"
+            and release.kafka_brokers_key != "boost_brokers"
+        ):
+            problems.append(Problem(where, f"{release.label()} reads boost_broker (one string)"))
+    if role == "ceresdb":
+        for key in table:
+            if key not in versions.DB_TOP_LEVEL_KEYS:
+                problems.append(
+                    Problem(
+                        f"{path}.{key}",
+                        (
+                            "not a section of the CeresDB config; the server would exit at start "
+                            f"(sections: {', '.join(sorted(versions.DB_TOP_LEVEL_KEYS))})"
+                        ),
+                    )
+                )
+    return problems
+
+
+def secret_refs(spec: DesiredState) -> Iterator[tuple[str, SecretRef]]:
+    """Every secret reference in the file, with its dotted path."""
+
+    def walk(value: Any, path: str) -> Iterator[tuple[str, SecretRef]]:
+        if isinstance(value, SecretRef):
+            yield path, value
+        elif isinstance(value, BaseModel):
+            for key in type(value).model_fields:
+                yield from walk(getattr(value, key), f"{path}.{key}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, f"{path}[{i}]")
+
+    yield from walk(spec.ceresdb.wal, "ceresdb.wal")
+    yield from walk(spec.ceresdb.object_store, "ceresdb.object_store")
+    for path, _role, table in _config_tables(spec):
+        yield from walk(table, path)

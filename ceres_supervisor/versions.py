@@ -1,0 +1,136 @@
+"""What differs between CeresDB/CeresMeta releases and the HoraeDB flavor, in one place.
+
+Pure data and functions. Each fact cites the section of `reference/ceres-interfaces.md` it comes
+from, so a change in the servers has one place to land here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Flavor = Literal["ceresdb", "horaedb"]
+Version = tuple[int, int, int]
+
+V1_2_2: Final[Version] = (1, 2, 2)
+V1_2_4: Final[Version] = (1, 2, 4)
+V1_2_6: Final[Version] = (1, 2, 6)
+V1_2_7: Final[Version] = (1, 2, 7)
+V2_0_0: Final[Version] = (2, 0, 0)
+
+_VERSION_RE: Final = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+
+
+def parse_version(text: str) -> Version:
+    match = _VERSION_RE.match(text)
+    if match is None:
+        raise ValueError(f'{text!r} is not a release version like "1.2.2"')
+    major, minor, patch = (int(g) for g in match.groups())
+    return (major, minor, patch)
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything the supervisor needs to know about one flavor at one version."""
+
+    flavor: Flavor
+    version: Version
+
+    # -- CeresMeta / HoraeMeta (sections 1.3, 2.2, 5) -------------------------------------------
+    @property
+    def meta_http_port_key(self) -> str:
+        """`default-http-port` up to 1.2.6, `http-port` from 1.2.7 (the old key is then ignored)."""
+        return "default-http-port" if self.version < V1_2_7 else "http-port"
+
+    @property
+    def meta_health_path(self) -> str:
+        return "/api/v1/healthCheck" if self.version < V1_2_7 else "/api/v1/health"
+
+    @property
+    def meta_config_path(self) -> str:
+        return (
+            "/etc/ceresmeta/ceresmeta.toml" if self.flavor == "ceresdb" else "/etc/horaemeta/horaemeta.toml"
+        )
+
+    @property
+    def meta_config_name(self) -> str:
+        return self.meta_config_path.rsplit("/", 1)[1]
+
+    @property
+    def meta_data_path(self) -> str:
+        """Where the node's data directory is mounted inside a meta container."""
+        return "/home/admin/data/ceresmeta" if self.flavor == "ceresdb" else "/home/admin/data/horaemeta"
+
+    # -- CeresDB / HoraeDB (sections 3, 5, 7) ----------------------------------------------------
+    @property
+    def root_path(self) -> str:
+        """etcd root of meta's storage and of CeresDB's shard locks: `/ceresdb` or `/horaedb`."""
+        return "/ceresdb" if self.flavor == "ceresdb" else "/horaedb"
+
+    @property
+    def db_config_path(self) -> str:
+        return "/etc/ceresdb/ceresdb.toml" if self.flavor == "ceresdb" else "/etc/horaedb/horaedb.toml"
+
+    @property
+    def db_config_name(self) -> str:
+        return self.db_config_path.rsplit("/", 1)[1]
+
+    @property
+    def db_data_path(self) -> str:
+        """Where the node's data directory is mounted inside a CeresDB container (the seed's path)."""
+        return "/home/admin/data/ceresdb" if self.flavor == "ceresdb" else "/home/admin/data/horaedb"
+
+    @property
+    def server_addr_env(self) -> str:
+        """Replaces `[node] addr` verbatim: a host, never `host:port` (pitfall 1)."""
+        return "CERESDB_SERVER_ADDR" if self.flavor == "ceresdb" else "HORAEDB_SERVER_ADDR"
+
+    @property
+    def has_postgresql_port(self) -> bool:
+        return self.version >= V1_2_6
+
+    @property
+    def has_s3(self) -> bool:
+        return self.version >= V1_2_4
+
+    @property
+    def kafka_brokers_key(self) -> str:
+        """`boost_broker` (one string) up to 1.2.2, `boost_brokers` (a list) from 1.2.4."""
+        return "boost_broker" if self.version < V1_2_4 else "boost_brokers"
+
+    @property
+    def object_store_http_tables(self) -> bool:
+        """From 1.2.4 the Aliyun/S3 HTTP settings live in `http` and `retry` sub-tables."""
+        return self.version >= V1_2_4
+
+    def label(self) -> str:
+        return f"{self.flavor} {'.'.join(str(n) for n in self.version)}"
+
+
+# Keys the CeresDB server no longer reads (it ignores them silently), with what to use instead
+# (section 3.3 and pitfall 4). Paths are dotted TOML paths inside the rendered CeresDB file.
+REMOVED_DB_KEYS: Final[dict[str, str]] = {
+    "runtime.background_thread_num": (
+        "removed in 1.2.0; use compact_thread_num, default_thread_num and io_thread_num"
+    ),
+    "analytic.write_group_worker_num": "removed in 1.2.0",
+    "analytic.write_group_command_channel_cap": "removed in 1.2.0",
+    "analytic.compaction_config": "renamed to [analytic.compaction] in 1.2.0",
+    "server.deploy_mode": "existed only up to 0.4.0",
+}
+
+# Top-level tables the CeresDB server accepts; any other makes it exit 101 (section 3.1).
+DB_TOP_LEVEL_KEYS: Final[frozenset[str]] = frozenset(
+    {
+        "node",
+        "server",
+        "runtime",
+        "logger",
+        "tracing",
+        "query_engine",
+        "limiter",
+        "cluster_deployment",
+        "analytic",
+    }
+)
