@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DEMO_DIR ?= /tmp/ceres-supervisor-demo
 
-.PHONY: help setup docker lint unit test demo clean
+VERSIONS ?= 1.2.2 1.2.7 2.0.0
+
+.PHONY: help setup docker emulator lint unit test demo clean
 
 help:
 	@echo "make demo   set up, then show the example cluster validated and rendered"
@@ -25,6 +27,10 @@ setup: $(STAMP)
 docker:
 	@scripts/ensure-docker.sh
 
+# The CeresMeta / CeresDB stand-in images (tests/emulator), rebuilt only when their sources change.
+emulator: setup docker
+	$(BIN)/python tests/emulator/build.py $(VERSIONS)
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -32,8 +38,8 @@ lint: setup
 unit: setup
 	$(BIN)/pytest tests/unit
 
-test: setup docker lint
-	$(BIN)/pytest
+test: setup docker emulator lint
+	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest
 
 demo: setup
 	$(BIN)/ceres-supervisor validate -c etc/ceres-supervisor/cluster.toml

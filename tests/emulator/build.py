@@ -1,0 +1,155 @@
+"""Build the CeresMeta / CeresDB stand-in images locally, with no registry.
+
+    python tests/emulator/build.py [VERSION ...]      (default 1.2.2; `make emulator VERSIONS=...`)
+
+1. A Debian bookworm rootfs from mmdebstrap (reads this machine's apt sources), imported with
+   `docker import` as ceres-emulator/rootfs:<recipe hash>; built once per recipe.
+2. Per version, ceres-emulator/ceresmeta-server:<v> and ceres-emulator/ceresdb-server:<v>
+   (horaemeta-server / horaedb-server from 2.0.0): the rootfs plus image/*.py, labelled with the
+   hash of the emulator sources. An image whose label matches is left alone, so a second run does
+   nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+HERE = Path(__file__).resolve().parent
+IMAGE_DIR = HERE / "image"
+REPOSITORY = "ceres-emulator"
+HASH_LABEL = "io.ceres-emulator.source-hash"
+DEFAULT_VERSIONS = ["1.2.2"]
+MMDEBSTRAP_ARGS = [
+    "--variant=essential",
+    "--include=python3-minimal,libpython3.11-stdlib,etcd-server",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "bookworm",
+]
+
+
+def say(message: str) -> None:
+    print(f"emulator: {message}", file=sys.stderr, flush=True)
+
+
+def digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def source_hash() -> str:
+    files = sorted(IMAGE_DIR.glob("*.py"))
+    return digest(Path(__file__).read_bytes(), *(f.name.encode() + f.read_bytes() for f in files))
+
+
+def image_names(version: str) -> dict[str, str]:
+    v2 = int(version.split(".", maxsplit=1)[0]) >= 2
+    meta, db = ("horaemeta-server", "horaedb-server") if v2 else ("ceresmeta-server", "ceresdb-server")
+    return {"meta": f"{REPOSITORY}/{meta}:{version}", "db": f"{REPOSITORY}/{db}:{version}"}
+
+
+def config_paths(version: str) -> dict[str, str]:
+    if int(version.split(".", maxsplit=1)[0]) >= 2:
+        return {"meta": "/etc/horaemeta/horaemeta.toml", "db": "/etc/horaedb/horaedb.toml"}
+    return {"meta": "/etc/ceresmeta/ceresmeta.toml", "db": "/etc/ceresdb/ceresdb.toml"}
+
+
+def ensure_mmdebstrap() -> None:
+    if shutil.which("mmdebstrap"):
+        return
+    if os.geteuid() == 0 and Path("/etc/debian_version").exists():
+        say("installing mmdebstrap from Debian's packages")
+        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return
+    sys.exit("emulator: mmdebstrap is missing; install it (Debian: apt-get install mmdebstrap) and retry")
+
+
+def ensure_rootfs(client: docker.DockerClient) -> str:
+    tag = f"{REPOSITORY}/rootfs:{digest(json.dumps(MMDEBSTRAP_ARGS).encode())}"
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    ensure_mmdebstrap()
+    say(f"building the rootfs with mmdebstrap ({' '.join(MMDEBSTRAP_ARGS)})")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ceres-emulator-") as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        subprocess.run(["mmdebstrap", "--quiet", *MMDEBSTRAP_ARGS, str(tarball)], check=True)
+        repository, version = tag.split(":")
+        client.api.import_image(src=str(tarball), repository=repository, tag=version)
+    say(f"imported {tag} in {time.monotonic() - started:.1f}s")
+    return tag
+
+
+def build_context(base: str, role: str, version: str, hashed: str) -> bytes:
+    entry = "meta.py" if role == "meta" else "db.py"
+    dockerfile = "\n".join([
+        f"FROM {base}",
+        "COPY emulator/ /opt/ceres-emulator/",
+        "COPY ceres-emulator-fault /usr/local/bin/ceres-emulator-fault",
+        f'LABEL {HASH_LABEL}="{hashed}" io.ceres-emulator.version="{version}" io.ceres-emulator.role="{role}"',
+        # The real images: /tini -- /entrypoint.sh -> exec <server> --config <path>.
+        f'ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/ceres-emulator/{entry}", "--config", "{config_paths(version)[role]}"]',
+        "",
+    ])
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        def add(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+
+        add("Dockerfile", dockerfile.encode())
+        for source in sorted(IMAGE_DIR.glob("*.py")):
+            add(f"emulator/{source.name}", source.read_bytes())
+        add("emulator/VERSION", f"{version}\n".encode())
+        add("ceres-emulator-fault", (IMAGE_DIR / "fault.py").read_bytes(), 0o755)
+    return buffer.getvalue()
+
+
+def main(versions: list[str]) -> int:
+    client = docker.from_env(timeout=600)
+    hashed = source_hash()
+    todo = []
+    for version in versions:
+        for role, name in image_names(version).items():
+            try:
+                if client.images.get(name).labels.get(HASH_LABEL) == hashed:
+                    continue
+            except docker.errors.ImageNotFound:
+                pass
+            todo.append((version, role, name))
+    if not todo:
+        say(f"images up to date ({', '.join(versions)}, sources {hashed})")
+        return 0
+    base = ensure_rootfs(client)
+    for version, role, name in todo:
+        context = build_context(base, role, version, hashed)
+        client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=name, rm=True, pull=False)
+        say(f"built {name} (sources {hashed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or DEFAULT_VERSIONS))

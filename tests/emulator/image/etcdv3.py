@@ -1,0 +1,135 @@
+"""A minimal client for etcd's v3 JSON gateway (POST /v3/...), standard library only.
+
+Used by both stand-ins inside the images. Keys and values are bytes; the gateway wants them
+base64-encoded and returns int64 fields as strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+
+class EtcdError(Exception):
+    """The gateway could not be reached or answered with an error."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that selects every key starting with `prefix`."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\x00"
+
+
+class Client:
+    def __init__(self, endpoint: str, timeout_s: float = 2.0) -> None:
+        self.endpoint = endpoint if endpoint.startswith("http") else f"http://{endpoint}"
+        self.endpoint = self.endpoint.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def call(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        request = urllib.request.Request(
+            f"{self.endpoint}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            raise EtcdError(f"{path}: HTTP {err.code} {err.read()[:200]!r}") from None
+        except (OSError, ValueError) as err:
+            raise EtcdError(f"{path}: {err}") from None
+        # keepalive streams one JSON object per line; take the first.
+        first = raw.split(b"\n", 1)[0]
+        try:
+            answer = json.loads(first)
+        except ValueError:
+            raise EtcdError(f"{path}: not an etcd answer: {raw[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise EtcdError(f"{path}: not an etcd answer: {raw[:200]!r}")
+        if "error" in answer and "result" not in answer:
+            raise EtcdError(f"{path}: {answer.get('error')}")
+        return answer
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        """(value, mod_revision) of `key`, or None."""
+        kvs = self.call("/v3/kv/range", {"key": _b64(key)}).get("kvs") or []
+        assert isinstance(kvs, list)
+        if not kvs:
+            return None
+        return _unb64(kvs[0].get("value")), int(kvs[0].get("mod_revision", 0))
+
+    def range_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes, int, int]]:
+        """[(key, value, mod_revision, lease)] of every key under `prefix`."""
+        answer = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
+        kvs = answer.get("kvs") or []
+        assert isinstance(kvs, list)
+        return [
+            (_unb64(kv.get("key")), _unb64(kv.get("value")), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0)))
+            for kv in kvs
+        ]
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        body: dict[str, object] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        self.call("/v3/kv/put", body)
+
+    def delete(self, key: bytes) -> None:
+        self.call("/v3/kv/deleterange", {"key": _b64(key)})
+
+    def create_if_absent(self, key: bytes, value: bytes, lease: int = 0) -> bool:
+        """Put `key` only if it does not exist (create_revision == 0). True if it was created."""
+        put: dict[str, object] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        answer = self.call("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": put}],
+        })
+        return bool(answer.get("succeeded"))
+
+    def grant(self, ttl_s: int) -> int:
+        return int(str(self.call("/v3/lease/grant", {"TTL": str(ttl_s)})["ID"]))
+
+    def keepalive(self, lease: int) -> int:
+        """Renew `lease` once; returns the TTL left (0 or less: the lease is gone)."""
+        answer = self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        result = answer.get("result") or {}
+        assert isinstance(result, dict)
+        return int(result.get("TTL", 0))
+
+    def status(self) -> dict[str, object]:
+        return self.call("/v3/maintenance/status", {})
+
+    def members(self) -> list[dict[str, object]]:
+        members = self.call("/v3/cluster/member/list", {}).get("members") or []
+        assert isinstance(members, list)
+        return members
+
+
+def encode_shard_lock(node_name: str) -> bytes:
+    """protobuf `ShardLockValue { string node_name = 1; }`, as CeresDB writes the lock value."""
+    data = node_name.encode()
+    length = bytearray()
+    n = len(data)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x0a" + bytes(length) + data

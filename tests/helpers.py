@@ -1,0 +1,105 @@
+"""Helpers shared by the Docker-backed tests: waiting with a deadline, free ports, etcd reads."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+TEST_LABEL = "io.ceres-supervisor.test"
+"""Every container a test starts carries this label; teardown removes them by it."""
+
+
+def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+    """Poll `predicate` until it returns a truthy value; fail with the last value seen."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as err:
+            last = f"{type(err).__name__}: {err}"
+        else:
+            if last:
+                return last  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval_s)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on every loopback address right now (bound on 0.0.0.0 to be sure)."""
+    sockets, ports = [], []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            s.bind(("0.0.0.0", 0))
+            sockets.append(s)
+            port = s.getsockname()[1]
+            if 20000 <= port < 60000:
+                ports.append(port)
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def http_json(url: str, body: dict[str, object] | None = None, timeout_s: float = 2.0) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+        try:
+            return err.code, json.loads(raw)
+        except ValueError:
+            return err.code, raw.decode(errors="replace")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def etcd_range(client_url: str, prefix: str) -> dict[str, tuple[bytes, int]]:
+    """{key: (value, lease)} of every key under `prefix`, through etcd's JSON gateway."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    _status, answer = http_json(f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())})
+    assert isinstance(answer, dict), answer
+    return {
+        base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")), int(kv.get("lease", 0)))
+        for kv in answer.get("kvs", [])
+    }
+
+
+def decode_shard_lock(value: bytes) -> str:
+    """protobuf ShardLockValue { string node_name = 1; } -> node_name."""
+    assert value[:1] == b"\x0a", value
+    length, shift, i = 0, 0, 1
+    while True:
+        byte = value[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    return value[i : i + length].decode()
+
+
+def shard_lock_leases(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, tuple[str, int]]:
+    """{shard id: (holder endpoint, etcd lease id)} from the shard-lock keys."""
+    prefix = f"{root}/{cluster}/shards/"
+    return {int(k.rsplit("/", 1)[1]): (decode_shard_lock(v), lease) for k, (v, lease) in etcd_range(client_url, prefix).items()}
+
+
+def shard_locks(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, str]:
+    """{shard id: holder endpoint} from the shard-lock keys."""
+    return {shard: holder for shard, (holder, _lease) in shard_lock_leases(client_url, root, cluster).items()}

@@ -1,0 +1,85 @@
+"""Run stand-in containers straight from configs our renderer produced (no supervisor).
+
+Used by the emulator's own tests and by the benchmarks' "by hand" floor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.models.containers import Container
+
+from ceres_supervisor import files, loading, rendering, secrets
+from ceres_supervisor.spec import DesiredState
+
+from .helpers import TEST_LABEL, free_ports
+
+
+def cluster_toml(meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = "", image_prefix: str = "ceres-emulator") -> str:
+    """A cluster on loopback addresses 127.0.0.1.. with free ports, on the stand-in images."""
+    v2 = version.startswith("2")
+    meta_image = f"{image_prefix}/{'horaemeta' if v2 else 'ceresmeta'}-server:{version}"
+    db_image = f"{image_prefix}/{'horaedb' if v2 else 'ceresdb'}-server:{version}"
+    ports = iter(free_ports(3 * meta + 4 * db))
+    lines = [
+        "[cluster]", f'version = "{version}"', f'flavor = "{"horaedb" if v2 else "ceresdb"}"', "",
+        "[meta]", f'image = "{meta_image}"', "",
+        "[ceresdb]", f'image = "{db_image}"', "shard_lock_ttl = 15", "",
+    ]
+    for i in range(meta):
+        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "127.0.0.{i + 1}"',
+                  f"client_port = {next(ports)}", f"peer_port = {next(ports)}", f"http_port = {next(ports)}", ""]
+    for i in range(db):
+        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "127.0.0.{i + 1}"',
+                  f"grpc_port = {next(ports)}", f"http_port = {next(ports)}", f"mysql_port = {next(ports)}"]
+        pg = next(ports)
+        if version >= "1.2.6" or v2:
+            lines.append(f"postgresql_port = {pg}")
+        lines.append("")
+    return "\n".join(lines) + "\n" + extra
+
+
+@dataclass
+class StandIns:
+    """Starts rendered nodes as containers labelled for cleanup."""
+
+    client: docker.DockerClient
+    root: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def load(self, text: str) -> DesiredState:
+        path = self.root / "cluster.toml"
+        path.write_text(text)
+        return loading.load(path).spec
+
+    def run(self, spec: DesiredState, name: str, env: dict[str, str] | None = None) -> Container:
+        node = next(n for n in rendering.render(spec) if n.name == name)
+        config_dir = self.root / "config" / name
+        files.write_node(config_dir, node, secrets.resolve)
+        data_dir = self.root / "data" / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        image = spec.meta.image if node.role == "meta" else spec.ceresdb.image
+        return self.client.containers.run(
+            image, detach=True, name=f"ceres-emutest-{self.run_id}-{name}", network_mode="host",
+            environment={**node.env, **(env or {})},
+            volumes={
+                str(config_dir / node.config_name): {"bind": node.config_mount, "mode": "ro"},
+                str(data_dir): {"bind": node.data_mount, "mode": "rw"},
+            },
+            labels={TEST_LABEL: self.run_id},
+        )
+
+    def cleanup(self) -> None:
+        for container in self.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.run_id}"}):
+            container.remove(force=True)
+
+
+def kill_main_process(container: Container) -> None:
+    """SIGKILL the container's main process from the host: a crash, not a `docker kill`."""
+    container.reload()
+    os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
