@@ -7,15 +7,20 @@ command. Input errors print one line per problem, never a traceback and never a 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from . import __version__, files, loading, rendering, secrets
+import structlog
+
+from . import __version__, app, executing, files, loading, logs, rendering, secrets
+from .engine import Engine, EngineError
 from .errors import CeresError, DesiredStateError
 
 EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
 EXIT_INVALID: Final = 2
 EXIT_INTERNAL: Final = 70
 
@@ -46,6 +51,86 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_for_daemon(path: str) -> loading.Loaded:
+    """Load and check everything that must hold before any container is touched."""
+    loaded = loading.load(path)
+    spec = loaded.spec
+    problem = app.topology_problem(
+        spec.cluster.state_dir, spec.meta.topology, [n.name for n in spec.ceresdb.nodes]
+    )
+    if problem is not None:
+        raise DesiredStateError(loaded.source, [problem])
+    return loaded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = _load_for_daemon(args.config)
+    logs.configure(args.log_level or loaded.spec.supervisor.log_level)
+    log = structlog.get_logger("ceres_supervisor")
+    for warning in loaded.warnings:
+        log.warning("desired_state_warning", path=warning.path, detail=warning.message)
+    supervisor = app.Supervisor(loaded, config_path=args.config, docker_url=args.docker_url)
+    return asyncio.run(supervisor.run())
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    loaded = _load_for_daemon(args.config)
+    _print_warnings(loaded)
+    logs.configure("warning")
+    try:
+        desired_cluster, observation, result = asyncio.run(app.plan_once(loaded, args.docker_url))
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    spec = loaded.spec
+    print(
+        f"cluster {spec.cluster.name} ({spec.release.label()}), spec {desired_cluster.spec_hash}: "
+        f"{result.meta_detail}"
+    )
+    actions = {a.node: a for a in result.actions}
+    rows = [("NODE", "ROLE", "STATE", "ACTION", "WHY")]
+    for node in desired_cluster.nodes:
+        view = result.views[node.name]
+        action = actions.get(node.name)
+        c = observation.containers.get(node.name)
+        if action is not None:
+            why = action.reason
+        elif c is not None and c.spec_hash == node.spec_hash:
+            why = view.reason or ("running, spec matches: left alone" if c.is_running else "spec matches")
+        else:
+            why = view.reason or ""
+        rows.append((node.name, node.role, str(view.state), action.kind if action else "-", why))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(col.ljust(w) for col, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    for orphan in observation.orphans:
+        print(f"orphan: container {orphan.name} (node {orphan.node!r} is not in the file; `down` removes it)")
+    if any(v.state == "blocked" for v in result.views.values()):
+        print("CeresDB nodes start once meta is ready (the next cycles of `run`).")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    loaded = loading.load(args.config)
+    logs.configure("info")
+    spec = loaded.spec
+    engine = Engine(spec.cluster.name, base_url=args.docker_url)
+    try:
+        problems = asyncio.run(executing.stop_cluster(engine, spec.supervisor.stop_timeout, remove=True))
+    except EngineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.close()
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(
+        f"cluster {spec.cluster.name}: containers stopped and removed; data kept under "
+        f"{spec.cluster.state_dir}/data"
+    )
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ceres-supervisor",
@@ -62,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-c", "--config", required=True, metavar="FILE")
     render.add_argument("-o", "--output", required=True, metavar="DIR")
     render.set_defaults(handler=cmd_render)
+
+    run = sub.add_parser("run", help="the daemon, in the foreground")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.add_argument("--log-level", choices=sorted(logs.LEVELS), help="overrides supervisor.log_level")
+    run.add_argument("--docker-url", help="Docker Engine address (default: DOCKER_HOST or the local socket)")
+    run.set_defaults(handler=cmd_run)
+
+    plan = sub.add_parser("plan", help="what `run` would change now, and why, without doing it")
+    plan.add_argument("-c", "--config", required=True, metavar="FILE")
+    plan.add_argument("--docker-url", help=argparse.SUPPRESS)
+    plan.set_defaults(handler=cmd_plan)
+
+    down = sub.add_parser("down", help="stop CeresDB nodes then meta and remove the containers; data is kept")
+    down.add_argument("-c", "--config", required=True, metavar="FILE")
+    down.add_argument("--docker-url", help=argparse.SUPPRESS)
+    down.set_defaults(handler=cmd_down)
     return parser
 
 

@@ -20,14 +20,16 @@ from ceres_supervisor.spec import DesiredState
 from .helpers import TEST_LABEL, free_ports
 
 
-def cluster_toml(meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = "", image_prefix: str = "ceres-emulator") -> str:
+def cluster_toml(meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = "", image_prefix: str = "ceres-emulator",
+                 cluster_name: str = "defaultCluster", state_dir: str = "/var/lib/ceres-supervisor") -> str:
     """A cluster on loopback addresses 127.0.0.1.. with free ports, on the stand-in images."""
     v2 = version.startswith("2")
     meta_image = f"{image_prefix}/{'horaemeta' if v2 else 'ceresmeta'}-server:{version}"
     db_image = f"{image_prefix}/{'horaedb' if v2 else 'ceresdb'}-server:{version}"
     ports = iter(free_ports(3 * meta + 4 * db))
     lines = [
-        "[cluster]", f'version = "{version}"', f'flavor = "{"horaedb" if v2 else "ceresdb"}"', "",
+        "[cluster]", f'name = "{cluster_name}"', f'state_dir = "{state_dir}"', f'version = "{version}"',
+        f'flavor = "{"horaedb" if v2 else "ceresdb"}"', "",
         "[meta]", f'image = "{meta_image}"', "",
         "[ceresdb]", f'image = "{db_image}"', "shard_lock_ttl = 15", "",
     ]

@@ -142,6 +142,9 @@ class Shards:
         value = etcdv3.encode_shard_lock(self.config.endpoint)
         waited = False
         while True:
+            if fault() == "freeze-lease":  # the etcd client is stuck: no keepalive, no new lock
+                time.sleep(0.5)
+                continue
             try:
                 lease = int(str(self.call("grant", self.config.lock_ttl)))
                 if self.call("create_if_absent", self.key(shard), value, lease):
@@ -263,6 +266,10 @@ def main() -> None:
     config = Config(path)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # graceful stop; shard locks are not released
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    # freeze-* faults are transient (a wedged process that a restart cures); `exit N` persists
+    # across restarts of the same container (a node that crashes at once every time).
+    if fault().startswith("freeze"):
+        FAULT_FILE.write_text("")
     threading.Thread(target=watch_exit_fault, name="fault", daemon=True).start()
     if config.lock_ttl < 15:
         _panic(f"shard_lock_lease_ttl_sec must be at least 15, given {config.lock_ttl}")

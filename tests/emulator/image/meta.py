@@ -184,9 +184,11 @@ class Meta:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                # etcd 3.4 can linger ~10 s on SIGTERM here; its WAL makes a kill safe.
+                self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
 
     # -- leadership (reference 6, "Meta first") --
     def is_leader(self) -> bool:

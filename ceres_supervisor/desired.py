@@ -1,0 +1,184 @@
+"""What each node's container must look like: the desired side of every reconcile decision.
+
+`build` turns a validated spec into one `DesiredNode` per node: its rendered config (secrets
+resolved, because the hash must change when a secret does), the container to run, and the
+spec-hash that tells an adopted container from one that must be recreated. Reading secrets is
+the only I/O here, through the injected resolver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from . import rendering
+from .spec import DesiredState, SecretRef, nodes
+
+LABEL_PREFIX: Final = "io.ceres-supervisor"
+LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"
+LABEL_CLUSTER: Final = f"{LABEL_PREFIX}.cluster"
+LABEL_NODE: Final = f"{LABEL_PREFIX}.node"
+LABEL_ROLE: Final = f"{LABEL_PREFIX}.role"
+LABEL_SPEC_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
+
+Role = Literal["meta", "ceresdb"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything `engine` needs to create the container, and nothing else."""
+
+    name: str
+    image: str
+    env: dict[str, str]
+    mounts: tuple[Mount, ...]
+    labels: dict[str, str]
+    network_mode: str = "host"
+
+
+@dataclass(frozen=True)
+class DesiredNode:
+    name: str
+    role: Role
+    host: str
+    ports: dict[str, int]
+    is_local: bool
+    """False for nodes whose `host` is another machine: started by the supervisor there."""
+    config_path: Path
+    """Where the rendered config is written on this machine (mounted read-only)."""
+    config_text: bytes
+    """The rendered config with secrets resolved (written with mode 0600 when `has_secret`)."""
+    has_secret: bool
+    data_dir: Path
+    container: ContainerSpec
+    spec_hash: str
+
+    @property
+    def endpoint(self) -> str:
+        """CeresDB's identity in meta and in its shard locks: `host:grpc_port`."""
+        return f"{self.host}:{self.ports.get('grpc', 0)}"
+
+
+@dataclass(frozen=True)
+class DesiredCluster:
+    spec: DesiredState
+    nodes: tuple[DesiredNode, ...]
+    spec_hash: str
+    """Hash over every node's spec-hash: changes when any container would."""
+
+    def node(self, name: str) -> DesiredNode | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    @property
+    def meta(self) -> tuple[DesiredNode, ...]:
+        return tuple(n for n in self.nodes if n.role == "meta")
+
+    @property
+    def ceresdb(self) -> tuple[DesiredNode, ...]:
+        return tuple(n for n in self.nodes if n.role == "ceresdb")
+
+
+def container_name(cluster: str, node: str) -> str:
+    return f"ceres-{cluster}-{node}"
+
+
+def is_address_of_this_machine(host: str) -> bool:
+    """True for loopback addresses and addresses of this machine's interfaces.
+
+    Binding a UDP socket succeeds only for a local address, which answers the question without
+    parsing interface tables.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    for info in infos:
+        address = str(info[4][0])
+        if address.startswith("127."):
+            return True
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
+def _hash(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build(
+    spec: DesiredState,
+    resolve: Callable[[SecretRef], str],
+    is_local: Callable[[str], bool] = is_address_of_this_machine,
+) -> DesiredCluster:
+    """One DesiredNode per node, meta first. Raises SecretError if a secret cannot be read."""
+    state_dir = Path(spec.cluster.state_dir)
+    refs = {r.name: r for r in nodes(spec)}
+    result = []
+    for node in rendering.render(spec):
+        config_path = state_dir / "config" / node.name / node.config_name
+        data_dir = state_dir / "data" / node.name
+        text = rendering.to_toml(rendering.materialize(node.document, resolve)).encode()
+        image = spec.meta.image if node.role == "meta" else spec.ceresdb.image
+        mounts = (
+            Mount(str(config_path), node.config_mount, read_only=True),
+            Mount(str(data_dir), node.data_mount, read_only=False),
+        )
+        ports = refs[node.name].ports
+        # The hash covers what a running container cannot change without being recreated.
+        spec_hash = _hash(
+            {
+                "image": image,
+                "config": hashlib.sha256(text).hexdigest(),
+                "env": node.env,
+                "mounts": [m.__dict__ for m in mounts],
+                "ports": ports,
+                "network": spec.cluster.network,
+            }
+        )
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_CLUSTER: spec.cluster.name,
+            LABEL_NODE: node.name,
+            LABEL_ROLE: node.role,
+            LABEL_SPEC_HASH: spec_hash,
+        }
+        container = ContainerSpec(
+            name=container_name(spec.cluster.name, node.name),
+            image=image,
+            env=dict(node.env),
+            mounts=mounts,
+            labels=labels,
+            network_mode=spec.cluster.network,
+        )
+        result.append(
+            DesiredNode(
+                name=node.name,
+                role=node.role,
+                host=node.host,
+                ports=ports,
+                is_local=is_local(node.host),
+                config_path=config_path,
+                config_text=text,
+                has_secret=node.has_secret,
+                data_dir=data_dir,
+                container=container,
+                spec_hash=spec_hash,
+            )
+        )
+    return DesiredCluster(spec=spec, nodes=tuple(result), spec_hash=_hash([n.spec_hash for n in result]))

@@ -1,0 +1,322 @@
+"""The Docker Engine adapter: the only module that imports `docker`.
+
+Every SDK call runs in a small thread pool, under a timeout, one logical operation per thread hop;
+a caller that is cancelled waits for its thread before re-raising, so none is orphaned. Docker's
+exceptions become ours (`EngineError` and subclasses). The events stream runs in its own thread
+with its own connection and hands events to the loop with `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+
+from .desired import LABEL_CLUSTER, LABEL_MANAGED, LABEL_NODE, LABEL_ROLE, LABEL_SPEC_HASH, ContainerSpec
+from .errors import CeresError
+from .observed import ObservedContainer
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+CALL_TIMEOUT_S: Final = 30.0
+"""Budget for one ordinary Docker call (list, inspect, create, start)."""
+EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
+
+
+class EngineError(CeresError):
+    """A Docker call failed."""
+
+
+class EngineUnavailable(EngineError):
+    """The Docker Engine does not answer."""
+
+
+class EngineTimeout(EngineError):
+    """A Docker call did not finish within its budget."""
+
+
+class EngineNotFound(EngineError):
+    """The container does not exist (any more)."""
+
+
+class EngineImageMissing(EngineError):
+    """The image is not present on this host."""
+
+
+class EngineConflict(EngineError):
+    """The name is taken or the container is in a state that forbids the call."""
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    action: str
+    container_id: str
+    node: str
+    exit_code: int | None
+    at_ns: int
+    """Docker's timeNano of the event."""
+    received_ns: int
+    """time.time_ns() when the supervisor received it."""
+
+
+def _translate(err: Exception, what: str) -> EngineError:
+    if isinstance(err, docker.errors.ImageNotFound):
+        return EngineImageMissing(f"{what}: image not present on this host ({err.explanation})")
+    if isinstance(err, docker.errors.NotFound):
+        return EngineNotFound(f"{what}: {err.explanation}")
+    if isinstance(err, docker.errors.APIError):
+        if err.status_code == 409:
+            return EngineConflict(f"{what}: {err.explanation}")
+        return EngineError(f"{what}: {err.explanation or err}")
+    if isinstance(err, requests.exceptions.Timeout):
+        return EngineTimeout(f"{what}: Docker did not answer in time")
+    if isinstance(err, requests.exceptions.ConnectionError | docker.errors.DockerException):
+        return EngineUnavailable(f"{what}: Docker Engine unavailable ({err})")
+    return EngineError(f"{what}: {err}")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """Docker's RFC 3339 times carry nanoseconds; Python takes at most microseconds."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, dot, rest = text.replace("Z", "+00:00").partition(".")
+    if dot:
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        main = f"{main}.{digits[:6]}{rest[len(digits) :]}"
+    return datetime.fromisoformat(main)
+
+
+def _observed(attrs: dict[str, Any]) -> ObservedContainer:
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    state = attrs.get("State") or {}
+    running = bool(state.get("Running"))
+    return ObservedContainer(
+        id=attrs["Id"],
+        name=attrs.get("Name", "").lstrip("/"),
+        node=labels.get(LABEL_NODE, ""),
+        role=labels.get(LABEL_ROLE, ""),
+        spec_hash=labels.get(LABEL_SPEC_HASH, ""),
+        state=str(state.get("Status", "unknown")),
+        image=attrs.get("Config", {}).get("Image", ""),
+        exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=_parse_time(state.get("StartedAt")),
+        finished_at=None if running else _parse_time(state.get("FinishedAt")),
+        error=str(state.get("Error") or ""),
+    )
+
+
+class Engine:
+    """Async facade over the Docker SDK for the containers of one cluster."""
+
+    def __init__(self, cluster: str, base_url: str | None = None, workers: int = 8) -> None:
+        self.cluster = cluster
+        self._base_url = base_url
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._client: docker.APIClient | None = None
+        self._inspected: dict[str, tuple[str, ObservedContainer]] = {}
+        self._events_stop = threading.Event()
+        self._events_stream: Any = None
+
+    # -- plumbing --
+    def _api(self) -> docker.APIClient:
+        if self._client is None:
+            kwargs: dict[str, Any] = {"timeout": int(CALL_TIMEOUT_S)}
+            self._client = (
+                docker.APIClient(base_url=self._base_url, version="auto", **kwargs)
+                if self._base_url
+                else docker.from_env(**kwargs).api
+            )
+        return self._client
+
+    async def _call(self, what: str, fn: Callable[[], T], timeout_s: float = CALL_TIMEOUT_S) -> T:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+
+        def run() -> T:
+            try:
+                return context.run(fn)
+            except EngineError:
+                raise
+            except Exception as err:
+                raise _translate(err, what) from err
+
+        future = loop.run_in_executor(self._pool, run)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise EngineTimeout(f"{what}: no answer within {timeout_s:g}s") from None
+        except asyncio.CancelledError:
+            # Let the thread finish so that no call is left running behind our back.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
+            raise
+
+    def _filters(self) -> dict[str, list[str]]:
+        return {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_CLUSTER}={self.cluster}"]}
+
+    # -- observation --
+    async def list_containers(self) -> list[ObservedContainer]:
+        """Managed containers of this cluster; inspects only those whose state changed."""
+
+        def list_and_inspect() -> list[ObservedContainer]:
+            api = self._api()
+            summaries = api.containers(all=True, filters=self._filters())
+            result = []
+            seen = set()
+            for summary in summaries:
+                cid, state = summary["Id"], f"{summary.get('State')}|{summary.get('Status')}"
+                seen.add(cid)
+                cached = self._inspected.get(cid)
+                if cached is None or cached[0] != state:
+                    try:
+                        cached = (state, _observed(api.inspect_container(cid)))
+                    except docker.errors.NotFound:
+                        continue
+                    self._inspected[cid] = cached
+                result.append(cached[1])
+            for gone in set(self._inspected) - seen:
+                del self._inspected[gone]
+            return result
+
+        return await self._call("list containers", list_and_inspect)
+
+    async def ping(self) -> None:
+        await self._call("ping", lambda: self._api().ping(), timeout_s=5.0)
+
+    async def image_exists(self, image: str) -> bool:
+        def check() -> bool:
+            try:
+                self._api().inspect_image(image)  # type: ignore[no-untyped-call]
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+
+        return await self._call(f"inspect image {image}", check)
+
+    async def logs_tail(self, container_id: str, lines: int = 3) -> str:
+        def tail() -> str:
+            raw = self._api().logs(container_id, stdout=True, stderr=True, tail=lines)
+            return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else ""
+
+        return await self._call("container logs", tail, timeout_s=5.0)
+
+    # -- actions --
+    async def create_and_start(self, spec: ContainerSpec) -> str:
+        def create() -> str:
+            api = self._api()
+            host_config = api.create_host_config(
+                network_mode=spec.network_mode,
+                binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
+                restart_policy={"Name": "no"},  # the supervisor owns every restart
+            )
+            created = api.create_container(
+                spec.image,
+                name=spec.name,
+                environment=spec.env,
+                labels=spec.labels,
+                host_config=host_config,
+            )
+            api.start(created["Id"])
+            return str(created["Id"])
+
+        return await self._call(f"create {spec.name}", create)
+
+    async def start(self, container_id: str) -> None:
+        await self._call("start container", lambda: self._api().start(container_id))
+
+    async def stop(self, container_id: str, timeout_s: float) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`. A paused container is unpaused first."""
+
+        def stop() -> None:
+            api = self._api()
+            state = api.inspect_container(container_id).get("State", {})
+            if state.get("Paused"):
+                api.unpause(container_id)
+            if state.get("Running"):
+                api.stop(container_id, timeout=max(1, round(timeout_s)))
+
+        await self._call("stop container", stop, timeout_s=timeout_s + CALL_TIMEOUT_S)
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            try:
+                self._api().remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                return
+
+        await self._call("remove container", remove)
+
+    # -- events --
+    def watch_events(self, deliver: Callable[[EngineEvent], None], loop: asyncio.AbstractEventLoop) -> None:
+        """Blocking: stream this cluster's container events until `stop_events()`; reconnects."""
+        delay_s = 0.5
+        while not self._events_stop.is_set():
+            try:
+                # No read timeout: the stream is idle between events.
+                client = (
+                    docker.APIClient(base_url=self._base_url, version="auto", timeout=None)  # type: ignore[arg-type]
+                    if self._base_url
+                    else docker.from_env(timeout=None).api  # type: ignore[arg-type]
+                )
+                filters = {"type": "container", **self._filters()}
+                self._events_stream = client.events(decode=True, filters=filters)
+                delay_s = 0.5
+                for raw in self._events_stream:
+                    if self._events_stop.is_set():
+                        break
+                    event = self._event(raw)
+                    if event is not None:
+                        loop.call_soon_threadsafe(deliver, event)
+            except Exception as err:  # the stream ends or breaks when dockerd restarts
+                if self._events_stop.is_set():
+                    break
+                log.warning("docker_events_interrupted", error=str(err), retry_in_s=delay_s)
+            if not self._events_stop.wait(delay_s):
+                delay_s = min(delay_s * 2, 10.0)
+
+    @staticmethod
+    def _event(raw: dict[str, Any]) -> EngineEvent | None:
+        action = str(raw.get("Action") or raw.get("status") or "").split(":")[0]
+        if action not in EVENT_ACTIONS:
+            return None
+        attributes = (raw.get("Actor") or {}).get("Attributes") or {}
+        code = attributes.get("exitCode")
+        return EngineEvent(
+            action=action,
+            container_id=str(raw.get("id") or (raw.get("Actor") or {}).get("ID", "")),
+            node=str(attributes.get(LABEL_NODE, "")),
+            exit_code=int(code) if code is not None and str(code).lstrip("-").isdigit() else None,
+            at_ns=int(raw.get("timeNano") or 0),
+            received_ns=time.time_ns(),
+        )
+
+    def stop_events(self) -> None:
+        self._events_stop.set()
+        stream = self._events_stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def close(self) -> None:
+        self.stop_events()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()

@@ -1,0 +1,169 @@
+"""The real daemon, in-process, against the real Docker Engine and the stand-in images."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import pytest
+from docker.models.containers import Container
+
+from ceres_supervisor import app, loading
+from ceres_supervisor.desired import LABEL_CLUSTER
+from ceres_supervisor.planning import NodeRecord, NodeView
+from ceres_supervisor.spec import DesiredState
+
+from ..helpers import free_ports
+from ..standins import cluster_toml
+
+T = TypeVar("T")
+
+FAST: dict[str, object] = {
+    "probe_interval": "1s", "probe_timeout": "500ms", "failure_threshold": 3, "start_timeout": "30s",
+    "lease_grace": "5s", "backoff_initial": "1s", "backoff_max": "8s", "crashloop_failures": 4,
+    "stop_timeout": "10s",
+}
+"""Supervisor settings for tests: fast probes, short grace and backoff."""
+
+
+def supervisor_table(**overrides: object) -> str:
+    settings = {"listen": f"127.0.0.1:{free_ports(1)[0]}", **FAST, **overrides}
+    lines = ["[supervisor]"] + [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}"
+                                for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+async def eventually(predicate: Callable[[], T | Awaitable[T | None] | None], timeout_s: float, what: str,
+                     interval_s: float = 0.05) -> T:
+    """Poll until `predicate` returns something truthy, without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            value = predicate()
+            if inspect.isawaitable(value):
+                value = await value
+            last = value
+        except Exception as err:
+            last = f"{type(err).__name__}: {err}"
+        else:
+            if value:
+                return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last seen: {last!r}")
+        await asyncio.sleep(interval_s)
+
+
+@dataclass
+class Cluster:
+    """A desired-state file for one test, and the supervisor running it (when started)."""
+
+    client: docker.DockerClient
+    root: Path
+    name: str
+    text: str
+    supervisor: app.Supervisor | None = None
+    task: asyncio.Task[int] | None = None
+    extra_names: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.root / "cluster.toml"
+
+    @property
+    def spec(self) -> DesiredState:
+        assert self.supervisor is not None
+        return self.supervisor.spec
+
+    def write(self, text: str | None = None) -> Path:
+        if text is not None:
+            self.text = text
+        self.path.write_text(self.text)
+        return self.path
+
+    async def start(self) -> app.Supervisor:
+        self.write()
+        loaded = loading.load(self.path)
+        self.supervisor = app.Supervisor(loaded, config_path=str(self.path))
+        self.task = asyncio.create_task(self.supervisor.run(handle_signals=False), name="supervisor-under-test")
+        await eventually(lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle")
+        return self.supervisor
+
+    async def stop(self) -> None:
+        if self.supervisor is not None and self.task is not None and not self.task.done():
+            self.supervisor.request_stop()
+            await asyncio.wait_for(self.task, timeout=60)
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            self.task.result()  # surface a crash of the daemon as a test failure
+
+    def container_name(self, node: str) -> str:
+        return f"ceres-{self.name}-{node}"
+
+    async def container(self, node: str) -> Container:
+        return await asyncio.to_thread(self.client.containers.get, self.container_name(node))
+
+    async def containers(self) -> list[Container]:
+        return await asyncio.to_thread(
+            self.client.containers.list, all=True, filters={"label": f"{LABEL_CLUSTER}={self.name}"}
+        )
+
+    def view(self, node: str) -> NodeView | None:
+        snap = self.supervisor.snapshot if self.supervisor else None
+        return snap.plan.views.get(node) if snap else None
+
+    def state(self, node: str) -> str | None:
+        view = self.view(node)
+        return str(view.state) if view else None
+
+    def record(self, node: str) -> NodeRecord:
+        assert self.supervisor is not None
+        return self.supervisor.records.get(node, NodeRecord())
+
+    def cluster_state(self) -> str | None:
+        snap = self.supervisor.snapshot if self.supervisor else None
+        return str(snap.plan.cluster_state) if snap else None
+
+    async def healthy(self, timeout_s: float = 60) -> None:
+        await eventually(lambda: self.cluster_state() == "healthy", timeout_s,
+                         f"cluster {self.name} healthy (states: {self._states()})")
+
+    def _states(self) -> dict[str, Any]:
+        snap = self.supervisor.snapshot if self.supervisor else None
+        return {n: (str(v.state), v.reason) for n, v in snap.plan.views.items()} if snap else {}
+
+    def node_spec(self, node: str) -> Any:
+        return next(n for n in [*self.spec.meta.nodes, *self.spec.ceresdb.nodes] if n.name == node)
+
+
+@pytest.fixture
+async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(meta: int = 1, db: int = 2, extra: str = "", version: str = "1.2.2",
+             supervisor: dict[str, object] | None = None, **kwargs: Any) -> Cluster:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        root = tmp_path / name
+        root.mkdir()
+        settings = "\n" + supervisor_table(**(supervisor or {}))
+        text = cluster_toml(meta=meta, db=db, version=version, cluster_name=name, state_dir=str(root / "state"),
+                            extra=settings + extra, **kwargs)
+        cluster = Cluster(docker_client, root, name, text)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            try:
+                await cluster.stop()
+            finally:
+                for container in await cluster.containers():
+                    await asyncio.to_thread(container.remove, force=True)

@@ -1,0 +1,320 @@
+"""The daemon against a real Docker Engine and the stand-in images (issue: the supervisor daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import aiohttp
+import pytest
+
+from ceres_supervisor import loading
+
+from ..helpers import shard_lock_leases, shard_locks
+from ..standins import kill_main_process
+from .conftest import Cluster, eventually
+
+
+def created_at(container: object) -> float:
+    text = container.attrs["Created"]  # type: ignore[attr-defined]
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00")).timestamp()
+
+
+def started_at(container: object) -> str:
+    return str(container.attrs["State"]["StartedAt"])  # type: ignore[attr-defined]
+
+
+def client_url(cluster: Cluster) -> str:
+    meta = cluster.spec.meta.nodes[0]
+    return f"http://{meta.host}:{meta.client_port}"
+
+
+def endpoint(cluster: Cluster, node: str) -> str:
+    n = cluster.node_spec(node)
+    return f"{n.host}:{n.grpc_port}"
+
+
+async def all_locked(cluster: Cluster) -> dict[int, str]:
+    expected = {endpoint(cluster, n.name) for n in cluster.spec.ceresdb.nodes}
+
+    def check() -> dict[int, str] | None:
+        locks = shard_locks(client_url(cluster), cluster=cluster.name)
+        return locks if len(locks) == 8 and set(locks.values()) == expected else None
+
+    return await eventually(lambda: asyncio.to_thread(check), 60, "every shard locked by its node")
+
+
+@pytest.mark.parametrize("meta_count", [1, 3])
+async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: Callable[..., Cluster],
+                                                                 meta_count: int) -> None:
+    cluster = make_cluster(meta=meta_count, db=2)
+    spec = loading.load(cluster.write()).spec
+    first_listed: list[float] = []
+
+    async def watch_meta() -> None:
+        """An observer of our own: the first moment any member lists the cluster."""
+        async with aiohttp.ClientSession() as session:
+            while not first_listed:
+                for m in spec.meta.nodes:
+                    try:
+                        async with session.get(f"http://{m.host}:{m.http_port}/api/v1/clusters",
+                                               timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                            body = await r.json(content_type=None)
+                            if r.status == 200 and any(c["Name"] == spec.cluster.name for c in body["data"]):
+                                first_listed.append(time.time())
+                                break
+                    except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, KeyError):
+                        pass
+                await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch_meta())
+    try:
+        await cluster.start()
+        await cluster.healthy(90)
+    finally:
+        watcher.cancel()
+    assert first_listed, "meta never listed the cluster"
+    containers = await cluster.containers()
+    assert sorted(c.name for c in containers) == sorted(cluster.container_name(n) for n in
+                                                        [m.name for m in spec.meta.nodes] + ["db0", "db1"])
+    for node in ("db0", "db1"):
+        c = await cluster.container(node)
+        assert created_at(c) >= first_listed[0] - 0.05, f"{node} created before meta listed the cluster"
+    locks = await all_locked(cluster)
+    assert sorted(locks) == list(range(8))
+
+
+async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    await all_locked(cluster)
+    mine = endpoint(cluster, "db0")
+    old_leases = {lease for holder, lease in shard_lock_leases(client_url(cluster), cluster=cluster.name).values() if holder == mine}
+    container = await cluster.container("db0")
+    killed = time.time()
+    kill_main_process(container)
+    death = await eventually(
+        lambda: next((e for e in supervisor.events if e.node == "db0" and e.type == "die"), None), 5, "die event")
+    assert death.reason == "exit 137"
+    assert death.at.timestamp() - killed < 1.0
+    await eventually(lambda: cluster.record("db0").restarts == 1, 10, "db0 restarted once")
+    await cluster.healthy(60)
+    record = cluster.record("db0")
+    assert record.last_exit is not None and record.last_exit.code == 137
+    assert any(e.node == "db0" and e.type == "died" and e.reason == "exit 137 (SIGKILL)" for e in supervisor.events)
+    assert (await cluster.container("db0")).id == container.id  # started again, not recreated
+
+    def relocked() -> bool:
+        now = [lease for holder, lease in shard_lock_leases(client_url(cluster), cluster=cluster.name).values() if holder == mine]
+        return len(now) == 4 and not set(now) & old_leases
+
+    await eventually(lambda: asyncio.to_thread(relocked), 45, "db0's shards locked again under new leases")
+
+
+async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    before = {n: started_at(await cluster.container(n)) for n in ("db0", "db1")}
+    kill_main_process(await cluster.container("meta0"))
+    await eventually(lambda: cluster.state("db0") == "blocked", 10, "db0 blocked while meta is down")
+    await eventually(lambda: cluster.record("meta0").restarts == 1, 15, "meta0 restarted")
+    await cluster.healthy(90)
+    after = {n: started_at(await cluster.container(n)) for n in ("db0", "db1")}
+    assert after == before, "a CeresDB node was restarted during the meta outage"
+    assert all(cluster.record(n).restarts == 0 for n in ("db0", "db1"))
+    assert not [e for e in supervisor.events if e.node in ("db0", "db1") and e.type in ("unhealthy", "lease_lost")]
+
+
+async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(supervisor={"backoff_initial": "500ms", "backoff_max": "2s", "crashloop_failures": 4})
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    others = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
+    db1 = await cluster.container("db1")
+    await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "exit", "3"])  # every start exits 3 at once
+    await eventually(lambda: cluster.state("db1") == "crashloop", 30, "db1 marked crashloop")
+    await eventually(lambda: cluster.record("db1").failures >= 6, 30, "six failures of db1")
+    # The gap between each death and the next start: 0, 0.5, 1, 2 (cap), 2 s, with +-20% jitter.
+    deaths = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "died"]
+    starts = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "start"]
+    gaps = [min(s for s in starts if s >= d) - d for d in deaths[:5]]
+    expected = [0, 0.5, 1.0, 2.0, 2.0]
+    for gap, want in zip(gaps, expected, strict=True):
+        assert want * 0.8 - 0.05 <= gap <= want * 1.2 + 0.5, (gaps, expected)
+    assert all(e.reason == "exit 3" for e in supervisor.events if e.node == "db1" and e.type == "die")
+    now = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
+    assert now == others
+    assert cluster.record("db0").restarts == 0
+
+
+async def test_frozen_keepalives_are_lease_lost_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    await all_locked(cluster)
+    db0 = await cluster.container("db0")
+    await asyncio.to_thread(db0.exec_run, ["ceres-emulator-fault", "freeze-lease"])
+    await eventually(lambda: cluster.state("db0") == "lease_lost", 40, "db0 lease_lost")
+    lost_at = time.monotonic()
+    await eventually(lambda: cluster.record("db0").restarts == 1, 20, "db0 restarted")
+    assert time.monotonic() - lost_at >= 5 - 1.5  # after lease_grace (5 s), measured from when we saw it
+    reasons = [e.reason or "" for e in supervisor.events if e.node == "db0" and e.type == "lease_lost"]
+    assert reasons and reasons[0].startswith("lease lost for")
+    await cluster.healthy(90)
+
+
+async def test_paused_container_is_unhealthy_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    db1 = await cluster.container("db1")
+    await asyncio.to_thread(db1.pause)
+    await eventually(lambda: cluster.record("db1").restarts == 1, 20, "db1 restarted")
+    unhealthy = [e for e in supervisor.events if e.node == "db1" and e.type == "unhealthy"]
+    assert unhealthy and unhealthy[0].reason.startswith("unhealthy: 3 failed probes")  # type: ignore[union-attr]
+    await cluster.healthy(60)
+    assert (await cluster.container("db1")).status == "running"
+
+
+async def test_missing_image_is_reported_while_the_rest_runs(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    cluster.text = re.sub(r'(\[ceresdb\]\nimage = )"[^"]+"', r'\1"ceres-emulator/ceresdb-server:0.0.0-missing"',
+                          cluster.text)
+    await cluster.start()
+    await eventually(lambda: cluster.state("meta0") == "healthy", 60, "meta0 healthy")
+
+    def reported() -> bool:
+        view = cluster.view("db0")
+        return view is not None and "is not present on this host" in (view.reason or "")
+
+    await eventually(reported, 30, "db0 reported with the missing image")
+    # Between retries it waits in backoff (each attempt shows `starting` for a moment).
+    await eventually(lambda: cluster.state("db0") in ("backoff", "crashloop"), 10, "db0 in backoff")
+    assert cluster.state("meta0") == "healthy"
+    assert cluster.task is not None and not cluster.task.done()
+
+
+async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(make_cluster: Callable[..., Cluster],
+                                                                              docker_client: object) -> None:
+    cluster = make_cluster()
+    await cluster.start()
+    await cluster.healthy(90)
+    await cluster.stop()  # on_exit = "leave": the containers keep running
+    before = {n: await cluster.container(n) for n in ("meta0", "db0", "db1")}
+    assert all(c.status == "running" for c in before.values())
+    image = cluster.spec.ceresdb.image
+    sleeper = ["-c", "import time; time.sleep(600)"]
+    foreign = await asyncio.to_thread(
+        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
+        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": f"{cluster.name}x",
+                "io.ceres-supervisor.node": "db0", "io.ceres-supervisor.role": "ceresdb"},
+        name=f"foreign-{cluster.name}")
+    orphan = await asyncio.to_thread(
+        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
+        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": cluster.name,
+                "io.ceres-supervisor.node": "ghost", "io.ceres-supervisor.role": "ceresdb"},
+        name=f"ceres-{cluster.name}-ghost")
+    try:
+        # db1's rendered config changes: only db1 is recreated.
+        cluster.text = cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "debug" } }')
+        await cluster.start()
+        await eventually(lambda: cluster.record("db1").run_key is not None and
+                         cluster.record("db1").run_key.split("@")[0] != before["db1"].id, 30, "db1 recreated")
+        await cluster.healthy(90)
+        for node in ("meta0", "db0"):
+            c = await cluster.container(node)
+            assert (c.id, started_at(c)) == (before[node].id, started_at(before[node])), node
+        assert (await cluster.container("db1")).id != before["db1"].id
+        for c in (foreign, orphan):
+            await asyncio.to_thread(c.reload)
+            assert c.status == "running"
+        snap = cluster.supervisor.snapshot  # type: ignore[union-attr]
+        assert snap is not None and [o.node for o in snap.observation.orphans] == ["ghost"]
+    finally:
+        await asyncio.to_thread(foreign.remove, force=True)
+
+
+def _daemon(cluster: Cluster) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path), "--log-level", "debug"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _until_healthy_cycle(process: subprocess.Popen[str], timeout_s: float) -> None:
+    """Read the daemon's JSON log until a cycle reports the cluster healthy."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") in ("cycle", "cycle_idle") and entry.get("state") == "healthy":
+            return
+    raise AssertionError(f"no healthy cycle within {timeout_s}s; last log lines: {seen[-5:]}")
+
+
+async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    cluster.write()
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        first = _daemon(cluster)
+        processes.append(first)
+        meta = await eventually(lambda: asyncio.to_thread(_get_or_none, cluster, "meta0"), 30, "meta0 created")
+        os.kill(first.pid, signal.SIGKILL)  # mid-start: meta exists, CeresDB not yet
+        await asyncio.to_thread(first.wait, 10)
+        second = _daemon(cluster)
+        processes.append(second)
+        await asyncio.to_thread(_until_healthy_cycle, second, 90)
+        containers = await cluster.containers()
+        assert sorted(c.name for c in containers) == sorted(cluster.container_name(n) for n in ("meta0", "db0", "db1"))
+        assert (await cluster.container("meta0")).id == meta.id
+        before = {c.name: (c.id, started_at(c)) for c in containers}
+        os.kill(second.pid, signal.SIGKILL)  # healthy now
+        await asyncio.to_thread(second.wait, 10)
+        third = _daemon(cluster)
+        processes.append(third)
+        await asyncio.to_thread(_until_healthy_cycle, third, 60)
+        after = {c.name: (c.id, started_at(c)) for c in await cluster.containers()}
+        assert after == before
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                await asyncio.to_thread(process.wait, 30)
+            if process.stderr is not None:
+                process.stderr.close()
+
+
+def _get_or_none(cluster: Cluster, node: str) -> object | None:
+    try:
+        return cluster.client.containers.get(cluster.container_name(node))
+    except Exception:
+        return None
+
+
+async def test_invalid_file_exits_2_before_touching_anything(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    cluster.write("bogus = 1\n" + cluster.text)
+    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "ceres_supervisor", "run", "-c",
+                                                      str(cluster.path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "bogus: unknown key" in result.stderr
+    assert await cluster.containers() == []
