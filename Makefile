@@ -4,14 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-DEMO_DIR ?= /tmp/ceres-supervisor-demo
 
 VERSIONS ?= 1.2.2 1.2.7 2.0.0
 
-.PHONY: help setup docker emulator lint unit test demo clean
+.PHONY: help setup docker emulator lint unit test demo demo-stop clean
 
 help:
-	@echo "make demo   set up, then show the example cluster validated and rendered"
+	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
 	@echo "make test   set up (virtualenv, Docker Engine), then ruff, mypy and pytest"
 
 # The virtualenv with the project and its test dependencies, rebuilt when pyproject.toml changes.
@@ -41,10 +40,11 @@ unit: setup
 test: setup docker emulator lint
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest
 
-demo: setup
-	$(BIN)/ceres-supervisor validate -c etc/ceres-supervisor/cluster.toml
-	rm -rf $(DEMO_DIR) && $(BIN)/ceres-supervisor render -c etc/ceres-supervisor/cluster.toml -o $(DEMO_DIR)
-	@for f in $(DEMO_DIR)/*/*; do echo "=== $$f"; cat "$$f"; done
+demo: setup docker emulator
+	@scripts/demo.sh
+
+demo-stop: setup
+	@scripts/demo-stop.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ import aiohttp
 import structlog
 
 from . import desired as desired_mod
-from . import executing, files, loading, planning, probes, secrets
+from . import executing, files, loading, metrics, planning, probes, secrets
 from .desired import DesiredCluster
 from .engine import Engine, EngineError, EngineEvent
 from .errors import DesiredStateError, Problem, SecretError
@@ -69,13 +69,13 @@ class Snapshot:
     observation: Observation
     plan: Plan
     reload: ReloadResult
+    records: dict[str, NodeRecord]
     engine_error: str | None = None
 
 
 @dataclass
 class Counters:
     restarts_by_reason: dict[tuple[str, str], int] = field(default_factory=dict)
-    reconcile_seconds: list[float] = field(default_factory=list)
 
 
 class _Shutdown(Exception):
@@ -121,6 +121,8 @@ class Supervisor:
         self.records: dict[str, NodeRecord] = {}
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self.counters = Counters()
+        self.probe_latency = metrics.Histogram(metrics.PROBE_BUCKETS_S)
+        self.cycle_latency = metrics.Histogram(metrics.CYCLE_BUCKETS_S)
         self.snapshot: Snapshot | None = None
         self.reload_result = ReloadResult(True, None, None)
         self.notify = notify or (lambda _message: None)
@@ -128,6 +130,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload_requested = False
+        self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._signals = 0
         self._random = random.Random()
         self._failed_actions: dict[str, str] = {}
@@ -152,9 +155,14 @@ class Supervisor:
         self._stop.set()
         self._wake.set()
 
-    def request_reload(self) -> None:
+    def request_reload(self) -> asyncio.Future[ReloadResult]:
+        """SIGHUP, POST /v1/reload and `ceres-supervisor reload` all land here. Requests that arrive
+        before the loop gets to them share one reload (coalesced)."""
+        waiter: asyncio.Future[ReloadResult] = asyncio.get_running_loop().create_future()
+        self._reload_waiters.append(waiter)
         self._reload_requested = True
         self._wake.set()
+        return waiter
 
     def record_event(
         self, node: str | None, type_: str, reason: str | None, message: str, at: datetime | None = None
@@ -268,8 +276,7 @@ class Supervisor:
         self._update_probe_targets(result)
         self._publish(observation, result)
         duration = time.monotonic() - started
-        self.counters.reconcile_seconds.append(duration)
-        del self.counters.reconcile_seconds[:-1000]
+        self.cycle_latency.observe(duration)
         event = "cycle" if submitted or result.notes else "cycle_idle"
         (log.info if event == "cycle" else log.debug)(
             event,
@@ -335,6 +342,7 @@ class Supervisor:
             observation,
             result,
             self.reload_result,
+            dict(self.records),
             observation.engine_error,
         )
         self.last_cycle_at = time.monotonic()
@@ -345,7 +353,11 @@ class Supervisor:
             self._wake.clear()
             if self._reload_requested:
                 self._reload_requested = False
-                await self.reload()
+                waiters, self._reload_waiters = self._reload_waiters, []
+                reloaded = await self.reload()
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(reloaded)
             try:
                 result = await self.cycle(group)
             except Exception:
@@ -431,7 +443,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        self.request_reload()
 
     def remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -439,7 +454,9 @@ class Supervisor:
             loop.remove_signal_handler(sig)
 
     async def run(
-        self, extra_tasks: list[Callable[[], Any]] | None = None, handle_signals: bool = True
+        self,
+        extra_tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] | None = None,
+        handle_signals: bool = True,
     ) -> int:
         """Run until stopped. Returns the process exit code."""
         if handle_signals:
@@ -453,16 +470,17 @@ class Supervisor:
         )
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                self._prober = probes.Prober(session, self._probe_settings(), self.wake)
+                self._prober = probes.Prober(
+                    session, self._probe_settings(), self.wake, self.probe_latency.observe
+                )
                 try:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self._events_task(), name="docker-events")
                         group.create_task(self._prober.run(), name="probes")
                         group.create_task(self.reconcile_loop(group), name="reconcile-loop")
                         group.create_task(self._signals_task(), name="signals")
-                        for factory in extra_tasks or []:
-                            factory_task = factory()
-                            group.create_task(factory_task, name=getattr(factory, "task_name", "extra"))
+                        for name, factory in extra_tasks or []:
+                            group.create_task(factory(), name=name)
                 except* _Shutdown:
                     pass
                 if self.spec.supervisor.on_exit == "stop" and self._signals < 2:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Final
 
 import structlog
 
-from . import __version__, app, executing, files, loading, logs, rendering, secrets
+from . import __version__, api, app, client, executing, files, loading, logs, rendering, secrets
 from .engine import Engine, EngineError
 from .errors import CeresError, DesiredStateError
 
@@ -69,8 +70,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = structlog.get_logger("ceres_supervisor")
     for warning in loaded.warnings:
         log.warning("desired_state_warning", path=warning.path, detail=warning.message)
+    return asyncio.run(_run_daemon(loaded, args))
+
+
+async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
     supervisor = app.Supervisor(loaded, config_path=args.config, docker_url=args.docker_url)
-    return asyncio.run(supervisor.run())
+    server = api.ApiServer(supervisor)
+    try:
+        await server.start()  # before the loop: a taken address fails before any container is touched
+    except (OSError, ValueError) as err:
+        print(f"error: cannot serve the status API on {server.where}: {err}", file=sys.stderr)
+        supervisor.engine.close()
+        return EXIT_FAILED
+    return await supervisor.run(extra_tasks=[("status-api", server.serve_forever)])
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -110,10 +122,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _daemon_answers(config: str) -> str | None:
+    ep = client.endpoint(None, None, config)
+    try:
+        asyncio.run(client.call(ep, "GET", "/healthz", timeout_s=2.0))
+    except client.Unreachable:
+        return None
+    return ep.where
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     loaded = loading.load(args.config)
-    logs.configure("info")
     spec = loaded.spec
+    where = None if args.force else _daemon_answers(args.config)
+    if where is not None:
+        print(
+            f"error: a ceres-supervisor daemon answers at {where}; it would start the containers again. "
+            "Stop it first (systemctl stop ceres-supervisor), or pass --force.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    logs.configure("info")
     engine = Engine(spec.cluster.name, base_url=args.docker_url)
     try:
         problems = asyncio.run(executing.stop_cluster(engine, spec.supervisor.stop_timeout, remove=True))
@@ -129,6 +158,59 @@ def cmd_down(args: argparse.Namespace) -> int:
         f"{spec.cluster.state_dir}/data"
     )
     return EXIT_FAILED if problems else EXIT_OK
+
+
+EXIT_UNREACHABLE: Final = 3
+EXIT_REFUSED: Final = 4
+
+
+def _api_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "-c", "--config", metavar="FILE", help=f"read supervisor.listen from FILE ({client.DEFAULT_CONFIG})"
+    )
+    where.add_argument("--url", help="the API's base URL, e.g. http://127.0.0.1:5480")
+    where.add_argument("--socket", metavar="PATH", help="the API's unix socket")
+    parser.add_argument(
+        "--token-file", metavar="FILE", help="bearer token (default: the file's supervisor.token_file)"
+    )
+
+
+def _call(args: argparse.Namespace, method: str, path: str, timeout_s: float = 10.0) -> tuple[int, object]:
+    ep = client.endpoint(args.url, args.socket, args.config, args.token_file)
+    return asyncio.run(client.call(ep, method, path, timeout_s))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        code, body = _call(args, "GET", "/v1/status")
+    except client.Unreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if code != 200 or not isinstance(body, dict):
+        print(f"error: the daemon refused: HTTP {code}: {body}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(json.dumps(body, indent=2) if args.json else client.table(body))
+    return EXIT_OK if (body.get("cluster") or {}).get("state") == "healthy" else EXIT_FAILED
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        code, body = _call(args, "POST", "/v1/reload", timeout_s=90.0)
+    except client.Unreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if code == 200:
+        print("reload applied")
+        return EXIT_OK
+    if code == 422 and isinstance(body, dict):
+        print(
+            f"reload refused, the daemon keeps its last good desired state:\n{body.get('error')}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    print(f"error: HTTP {code}: {body}", file=sys.stderr)
+    return EXIT_REFUSED if code in (401, 403) else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop CeresDB nodes then meta and remove the containers; data is kept")
     down.add_argument("-c", "--config", required=True, metavar="FILE")
     down.add_argument("--docker-url", help=argparse.SUPPRESS)
+    down.add_argument(
+        "--force", action="store_true", help="even if a daemon answers on the file's listen address"
+    )
     down.set_defaults(handler=cmd_down)
+
+    status = sub.add_parser("status", help="the cluster and its nodes (exit 0 healthy, 1 not, 3 unreachable)")
+    _api_args(status)
+    status.add_argument("--json", action="store_true", help="print /v1/status as it is")
+    status.set_defaults(handler=cmd_status)
+
+    reload = sub.add_parser("reload", help="re-read the file in the running daemon (as SIGHUP)")
+    _api_args(reload)
+    reload.set_defaults(handler=cmd_reload)
     return parser
 
 

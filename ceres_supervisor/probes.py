@@ -222,8 +222,13 @@ class Prober:
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, settings: ProbeSettings, on_change: Callable[[], None]
+        self,
+        session: aiohttp.ClientSession,
+        settings: ProbeSettings,
+        on_change: Callable[[], None],
+        on_latency: Callable[[float], None] = lambda _s: None,
     ) -> None:
+        self.on_latency = on_latency
         self.session = session
         self.settings = settings
         self.on_change = on_change
@@ -285,6 +290,7 @@ class Prober:
                 return
             if target.kind == "ceresdb":
                 result = await probe_ceresdb(self.session, node, s.timeout_s, target.run_id)
+                self.on_latency(result.latency_s)
                 previous = self.probes.get(target.key)
                 self.probes[target.key] = result
                 changed = previous is None or previous.ok != result.ok
@@ -292,6 +298,7 @@ class Prober:
                 member = await probe_meta(
                     self.session, node, s.health_path, s.cluster, s.timeout_s, target.run_id
                 )
+                self.on_latency(member.alive.latency_s)
                 old = self.meta.get(target.key)
                 self.meta[target.key] = member
                 self.probes[target.key] = member.alive

@@ -7,7 +7,7 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +15,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from ceres_supervisor import app, loading
+from ceres_supervisor import api, app, loading
 from ceres_supervisor.desired import LABEL_CLUSTER
 from ceres_supervisor.planning import NodeRecord, NodeView
 from ceres_supervisor.spec import DesiredState
@@ -71,7 +71,7 @@ class Cluster:
     text: str
     supervisor: app.Supervisor | None = None
     task: asyncio.Task[int] | None = None
-    extra_names: list[str] = field(default_factory=list)
+    api_url: str = ""
 
     @property
     def path(self) -> Path:
@@ -88,11 +88,18 @@ class Cluster:
         self.path.write_text(self.text)
         return self.path
 
-    async def start(self) -> app.Supervisor:
+    async def start(self, docker_url: str | None = None) -> app.Supervisor:
+        """The daemon as `ceres-supervisor run` assembles it: API bound first, then the loop."""
         self.write()
         loaded = loading.load(self.path)
-        self.supervisor = app.Supervisor(loaded, config_path=str(self.path))
-        self.task = asyncio.create_task(self.supervisor.run(handle_signals=False), name="supervisor-under-test")
+        self.supervisor = app.Supervisor(loaded, config_path=str(self.path), docker_url=docker_url)
+        server = api.ApiServer(self.supervisor)
+        await server.start()
+        self.api_url = "http://" + loaded.spec.supervisor.listen.replace("0.0.0.0", "127.0.0.1")
+        self.task = asyncio.create_task(
+            self.supervisor.run(extra_tasks=[("status-api", server.serve_forever)], handle_signals=False),
+            name="supervisor-under-test",
+        )
         await eventually(lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle")
         return self.supervisor
 

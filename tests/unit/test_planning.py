@@ -211,7 +211,7 @@ def test_failed_action_counts_as_a_failure(cluster: desired.DesiredCluster) -> N
 # --- blocked, unhealthy, lease --------------------------------------------------------------------
 
 def test_meta_down_blocks_ceresdb_probe_and_lease_restarts(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, _probes = healthy_cluster(cluster)
     bad = {n: probe(c, ok=False) for n, c in zip(("meta0", "db0", "db1"), cs, strict=True)}
     records = {n: NodeRecord(run_key=c.run_key, healthy_since=NOW - 50, probe_failures=10, last_probe_at=NOW - 1)
                for n, c in zip(("db0", "db1"), cs[1:], strict=True)}
@@ -287,7 +287,7 @@ def test_busy_node_is_left_alone(cluster: desired.DesiredCluster) -> None:
 # --- spec changes ---------------------------------------------------------------------------------
 
 def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, _probes = healthy_cluster(cluster)
     changed = [replace(c, spec_hash="old") for c in cs]
     p = plan(cluster, observation(cluster, changed, probes={c.node: probe(c) for c in changed}))
     assert actions(p) == [("recreate", "meta0")]
@@ -295,7 +295,7 @@ def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(cluster: d
 
 
 def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, _probes = healthy_cluster(cluster)
     changed = [cs[0], replace(cs[1], spec_hash="old"), replace(cs[2], spec_hash="old")]
     p = plan(cluster, observation(cluster, changed, probes={c.node: probe(c) for c in changed}))
     assert actions(p) == [("recreate", "db0")]

@@ -395,10 +395,15 @@ def main() -> None:
     meta = Meta(config)
 
     def on_term(signum: int, _frame: object) -> None:
+        # Only signal here: the main thread is inside Popen.wait() on etcd, and waiting again from
+        # a handler deadlocks on Popen's lock. The main thread returns once etcd is gone.
         _log("received signal, stopping", signal=signum)
         meta.stopping = True
-        meta.stop_etcd()
-        os._exit(0)
+        if meta.process is None:
+            os._exit(0)
+        meta.process.terminate()
+        # etcd 3.4 can linger ~10 s on SIGTERM here; its WAL makes a kill safe.
+        threading.Timer(3.0, meta.process.kill).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
