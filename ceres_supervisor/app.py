@@ -27,12 +27,13 @@ import aiohttp
 import structlog
 
 from . import desired as desired_mod
-from . import executing, files, loading, metrics, planning, probes, secrets
+from . import executing, files, loading, logs, metrics, planning, probes, secrets, systemd
 from .desired import DesiredCluster
 from .engine import Engine, EngineError, EngineEvent
 from .errors import DesiredStateError, Problem, SecretError
 from .observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
 from .planning import NodeRecord, Plan
+from .spec import DesiredState
 
 log = structlog.get_logger(__name__)
 
@@ -82,23 +83,37 @@ class _Shutdown(Exception):
     """Raised by the `signals` task to tear the root TaskGroup down."""
 
 
-def topology_problem(spec_state_dir: str, topology: str, db_nodes: list[str]) -> Problem | None:
-    """A static-topology cluster keeps the CeresDB node set it started with (meta froze it)."""
-    path = Path(spec_state_dir) / TOPOLOGY_FILE
+def topology_problem(spec: DesiredState) -> Problem | None:
+    """A static-topology cluster keeps the CeresDB nodes it started with: CeresMeta froze their
+    count at first start, and binds shards to each node's identity, `host:grpc_port`."""
+    path = Path(spec.cluster.state_dir) / TOPOLOGY_FILE
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if spec.meta.topology != "static" or recorded.get("topology") != "static":
+        return None
     before = sorted(recorded.get("ceresdb_nodes", []))
-    if topology == "static" and recorded.get("topology") == "static" and before != sorted(db_nodes):
-        now = ", ".join(sorted(db_nodes)) or "none"
+    names = sorted(n.name for n in spec.ceresdb.nodes)
+    if before != names:
         return Problem(
             "ceresdb.nodes",
             (
                 f"this static-topology cluster started with CeresDB nodes {', '.join(before)}; CeresMeta "
-                f"froze that count at first start, so the set cannot change to {now}"
+                f"froze that count at first start, so the set cannot change to {', '.join(names) or 'none'}"
             ),
         )
+    endpoints = recorded.get("endpoints") or {}
+    for i, node in enumerate(spec.ceresdb.nodes):
+        was, now = endpoints.get(node.name), f"{node.host}:{node.grpc_port}"
+        if was is not None and was != now:
+            return Problem(
+                f"ceresdb.nodes[{i}]",
+                (
+                    f"{node.name} is {was} in CeresMeta (host:grpc_port); in static topology a node keeps "
+                    f"that identity, else its shards are orphaned (it would come back as {now})"
+                ),
+            )
     return None
 
 
@@ -110,7 +125,7 @@ class Supervisor:
         loaded: loading.Loaded,
         config_path: str | None = None,
         docker_url: str | None = None,
-        notify: Callable[[str], None] | None = None,
+        notifier: systemd.Notifier | None = None,
     ) -> None:
         self.loaded = loaded
         self.config_path = config_path or loaded.source
@@ -125,7 +140,9 @@ class Supervisor:
         self.cycle_latency = metrics.Histogram(metrics.CYCLE_BUCKETS_S)
         self.snapshot: Snapshot | None = None
         self.reload_result = ReloadResult(True, None, None)
-        self.notify = notify or (lambda _message: None)
+        self.notifier = notifier or systemd.Notifier()
+        self._retiring: set[str] = set()
+        """Nodes removed from the file by a reload: their containers are stopped and removed."""
         self.last_cycle_at: float | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -269,6 +286,7 @@ class Supervisor:
                 key = (note.node, note.type)
                 self.counters.restarts_by_reason[key] = self.counters.restarts_by_reason.get(key, 0) + 1
         submitted = [a for a in result.actions if self._executor.submit(group, a, self.desired)]
+        submitted += self._retire(group, observation)
         for action in submitted:
             log.info("action_started", node=action.node, action=action.kind, reason=action.reason)
         if result.meta_ready:
@@ -287,6 +305,32 @@ class Supervisor:
             duration_ms=round(duration * 1000, 1),
         )
         return result
+
+    def _retire(self, group: asyncio.TaskGroup, observation: Observation) -> list[planning.Action]:
+        """Stop and remove the containers of nodes a reload took out of the file (data is kept)."""
+        left = {o.node for o in observation.orphans}
+        self._retiring &= left | set(observation.busy)
+        started = []
+        for orphan in observation.orphans:
+            if orphan.node in self._retiring and orphan.node not in observation.busy:
+                action = planning.Action(
+                    "remove", orphan.node, orphan.id, "removed from the desired-state file"
+                )
+                if self._executor.submit(group, action, self.desired):
+                    started.append(action)
+        return started
+
+    def status_line(self, result: Plan) -> str:
+        """STATUS= for systemd: `healthy: 3/3 nodes healthy`, with what is wrong when not."""
+        local = [(n, v) for n, v in result.views.items() if v.state is not planning.NodeState.REMOTE]
+        healthy = sum(1 for _n, v in local if v.state is planning.NodeState.HEALTHY)
+        text = f"{result.cluster_state}: {healthy}/{len(local)} nodes healthy"
+        trouble = [f"{n} {v.state}" for n, v in local if v.state in planning.FAILING]
+        if trouble:
+            text += "; " + ", ".join(trouble)
+        if not self.reload_result.ok and self.reload_result.error:
+            text += "; reload failed: " + self.reload_result.error.splitlines()[-1].strip()
+        return text
 
     def _update_probe_targets(self, result: Plan) -> None:
         if self._prober is None:
@@ -327,6 +371,7 @@ class Supervisor:
         record = {
             "topology": self.spec.meta.topology,
             "ceresdb_nodes": sorted(n.name for n in self.desired.ceresdb),
+            "endpoints": {n.name: n.endpoint for n in self.desired.ceresdb},
         }
         with contextlib.suppress(OSError):
             files.write_atomic(path, json.dumps(record).encode(), files.PLAIN_MODE)
@@ -354,7 +399,10 @@ class Supervisor:
             if self._reload_requested:
                 self._reload_requested = False
                 waiters, self._reload_waiters = self._reload_waiters, []
+                self.notifier.reloading()
                 reloaded = await self.reload()
+                snap = self.snapshot
+                self.notifier.ready(self.status_line(snap.plan) if snap else "reloaded")
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(reloaded)
@@ -363,10 +411,19 @@ class Supervisor:
             except Exception:
                 log.exception("cycle_failed", cycle=self._cycle)
                 result = None
-            if not self.ready.is_set() and result is not None:
-                self.ready.set()
+            if result is not None:
+                if not self.ready.is_set():
+                    self.ready.set()
+                    self.notifier.ready(self.status_line(result))
+                else:
+                    self.notifier.status(self.status_line(result))
+            elif self._engine_error:
+                self.notifier.status(f"docker engine unavailable: {self._engine_error}")
+            self.notifier.watchdog()
             now = time.monotonic()
             timeout = ENGINE_RETRY_S if self._engine_error else interval
+            if self.notifier.watchdog_interval_s is not None:
+                timeout = min(timeout, self.notifier.watchdog_interval_s / 2)
             if result is not None and result.next_wake_at is not None:
                 timeout = min(timeout, max(0.0, result.next_wake_at - now))
             with contextlib.suppress(TimeoutError):
@@ -380,11 +437,7 @@ class Supervisor:
         now = datetime.now(UTC)
         try:
             loaded = await asyncio.to_thread(loading.load, self.config_path)
-            problem = topology_problem(
-                loaded.spec.cluster.state_dir,
-                loaded.spec.meta.topology,
-                [n.name for n in loaded.spec.ceresdb.nodes],
-            )
+            problem = topology_problem(loaded.spec)
             if problem is not None:
                 raise DesiredStateError(loaded.source, [problem])
             if loaded.spec.cluster.name != self.spec.cluster.name:
@@ -401,6 +454,25 @@ class Supervisor:
             log.info("desired_state_unchanged")
         else:
             log.info("desired_state_reloaded", spec_hash=new_desired.spec_hash)
+        removed = {n.name for n in self.desired.nodes} - {n.name for n in new_desired.nodes}
+        self._retiring |= removed
+        for name in removed:
+            self.records.pop(name, None)
+        old = self.spec.supervisor
+        if (old.listen, old.token_file) != (loaded.spec.supervisor.listen, loaded.spec.supervisor.token_file):
+            log.warning(
+                "reload_needs_restart",
+                keys="supervisor.listen, supervisor.token_file",
+                detail="the status API keeps its address and token until the daemon restarts",
+            )
+            self.record_event(
+                None,
+                "reload_partial",
+                "supervisor.listen/token_file changed",
+                "takes effect when the daemon restarts",
+            )
+        if old.log_level != loaded.spec.supervisor.log_level:
+            logs.configure(loaded.spec.supervisor.log_level)
         self.loaded, self.spec, self.desired = loaded, loaded.spec, new_desired
         self.policy = planning.Policy.of(loaded.spec.supervisor)
         self._executor.stop_timeout_s = loaded.spec.supervisor.stop_timeout
@@ -483,8 +555,9 @@ class Supervisor:
                             group.create_task(factory(), name=name)
                 except* _Shutdown:
                     pass
+                self.notifier.stopping()
                 if self.spec.supervisor.on_exit == "stop" and self._signals < 2:
-                    self.notify("STATUS=stopping the cluster")
+                    self.notifier.status("stopping the cluster")
                     log.info("stopping_cluster", timeout_s=self.spec.supervisor.stop_timeout)
                     problems = await executing.stop_cluster(
                         self.engine, self.spec.supervisor.stop_timeout, remove=False

@@ -56,9 +56,7 @@ def _load_for_daemon(path: str) -> loading.Loaded:
     """Load and check everything that must hold before any container is touched."""
     loaded = loading.load(path)
     spec = loaded.spec
-    problem = app.topology_problem(
-        spec.cluster.state_dir, spec.meta.topology, [n.name for n in spec.ceresdb.nodes]
-    )
+    problem = app.topology_problem(spec)
     if problem is not None:
         raise DesiredStateError(loaded.source, [problem])
     return loaded
@@ -115,8 +113,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(col.ljust(w) for col, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+    managed = _running_daemon_nodes(args.config)
+    if managed is not None:
+        print("A daemon is running for this cluster: this is what `ceres-supervisor reload` would do.")
     for orphan in observation.orphans:
-        print(f"orphan: container {orphan.name} (node {orphan.node!r} is not in the file; `down` removes it)")
+        if managed is not None and orphan.node in managed:
+            print(f"remove: container {orphan.name} (node {orphan.node!r} left the file; data kept)")
+        else:
+            why = f"node {orphan.node!r} is not in the file; `down` removes it"
+            print(f"orphan: container {orphan.name} ({why})")
     if any(v.state == "blocked" for v in result.views.values()):
         print("CeresDB nodes start once meta is ready (the next cycles of `run`).")
     return EXIT_OK
@@ -129,6 +134,17 @@ def _daemon_answers(config: str) -> str | None:
     except client.Unreachable:
         return None
     return ep.where
+
+
+def _running_daemon_nodes(config: str) -> set[str] | None:
+    """The nodes a daemon answering for this file manages now, or None when none answers."""
+    try:
+        code, doc = asyncio.run(client.call(client.endpoint(None, None, config), "GET", "/v1/status", 2.0))
+    except client.Unreachable:
+        return None
+    if code != 200 or not isinstance(doc, dict):
+        return None
+    return {str(n.get("name")) for n in doc.get("nodes") or [] if isinstance(n, dict)}
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 CALL_TIMEOUT_S: Final = 30.0
 """Budget for one ordinary Docker call (list, inspect, create, start)."""
+LIST_TIMEOUT_S: Final = 10.0
+"""Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
 EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
 
 
@@ -195,7 +197,7 @@ class Engine:
                 del self._inspected[gone]
             return result
 
-        return await self._call("list containers", list_and_inspect)
+        return await self._call("list containers", list_and_inspect, timeout_s=LIST_TIMEOUT_S)
 
     async def ping(self) -> None:
         await self._call("ping", lambda: self._api().ping(), timeout_s=5.0)

@@ -72,18 +72,19 @@ class Executor:
         if action.node in self.busy:
             return False
         node = desired.node(action.node)
-        if node is None:
+        if node is None and action.kind != "remove":
             return False
         self.busy[action.node] = action.kind
         group.create_task(self._run(action, node), name=f"action-{action.node}")
         return True
 
-    async def _run(self, action: Action, node: DesiredNode) -> None:
+    async def _run(self, action: Action, node: DesiredNode | None) -> None:
         started = time.monotonic()
         error: str | None = None
         try:
             await self.apply(action, node)
         except EngineImageMissing:
+            assert node is not None
             error = (
                 f"image {node.container.image} is not present on this host "
                 "(ceres-supervisor does not pull images: docker pull or docker load it)"
@@ -110,7 +111,13 @@ class Executor:
             log.error("action_failed", node=action.node, action=action.kind, error=error)
         self.on_done(outcome)
 
-    async def apply(self, action: Action, node: DesiredNode) -> None:
+    async def apply(self, action: Action, node: DesiredNode | None) -> None:
+        if action.kind == "remove":  # a node taken out of the file; its data directory stays
+            assert action.container_id is not None
+            await self.engine.stop(action.container_id, self.stop_timeout_s)
+            await self.engine.remove(action.container_id)
+            return
+        assert node is not None
         if action.kind == "stop":
             assert action.container_id is not None
             await self.engine.stop(action.container_id, self.stop_timeout_s)

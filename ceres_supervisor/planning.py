@@ -85,7 +85,7 @@ class NodeRecord:
 
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["create", "recreate", "start", "stop"]
+    kind: Literal["create", "recreate", "start", "stop", "remove"]
     node: str
     container_id: str | None
     reason: str

@@ -83,23 +83,39 @@ def ensure_mmdebstrap() -> None:
     sys.exit("emulator: mmdebstrap is missing; install it (Debian: apt-get install mmdebstrap) and retry")
 
 
-def ensure_rootfs(client: docker.DockerClient) -> str:
-    tag = f"{REPOSITORY}/rootfs:{digest(json.dumps(MMDEBSTRAP_ARGS).encode())}"
+def ensure_rootfs(client: docker.DockerClient, args: list[str] = MMDEBSTRAP_ARGS, name: str = "rootfs") -> str:
+    """A Debian rootfs from mmdebstrap, imported once per recipe as ceres-emulator/<name>:<hash>."""
+    tag = f"{REPOSITORY}/{name}:{digest(json.dumps(args).encode())}"
     try:
         client.images.get(tag)
         return tag
     except docker.errors.ImageNotFound:
         pass
     ensure_mmdebstrap()
-    say(f"building the rootfs with mmdebstrap ({' '.join(MMDEBSTRAP_ARGS)})")
+    say(f"building {name} with mmdebstrap ({' '.join(args)})")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ceres-emulator-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
-        subprocess.run(["mmdebstrap", "--quiet", *MMDEBSTRAP_ARGS, str(tarball)], check=True)
+        subprocess.run(["mmdebstrap", "--quiet", *args, str(tarball)], check=True)
         repository, version = tag.split(":")
         client.api.import_image(src=str(tarball), repository=repository, tag=version)
     say(f"imported {tag} in {time.monotonic() - started:.1f}s")
     return tag
+
+
+SYSTEMD_ARGS = [
+    "--variant=minbase",
+    "--include=systemd,systemd-sysv,dbus,procps",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "bookworm",
+]
+
+
+def ensure_systemd_image(client: docker.DockerClient) -> str:
+    """A Debian rootfs with systemd, to boot as PID 1 in a container (the systemd tests)."""
+    return ensure_rootfs(client, SYSTEMD_ARGS, "systemd")
 
 
 def build_context(base: str, role: str, version: str, hashed: str) -> bytes:

@@ -88,7 +88,7 @@ class Cluster:
         self.path.write_text(self.text)
         return self.path
 
-    async def start(self, docker_url: str | None = None) -> app.Supervisor:
+    async def start(self, docker_url: str | None = None, handle_signals: bool = False) -> app.Supervisor:
         """The daemon as `ceres-supervisor run` assembles it: API bound first, then the loop."""
         self.write()
         loaded = loading.load(self.path)
@@ -97,7 +97,7 @@ class Cluster:
         await server.start()
         self.api_url = "http://" + loaded.spec.supervisor.listen.replace("0.0.0.0", "127.0.0.1")
         self.task = asyncio.create_task(
-            self.supervisor.run(extra_tasks=[("status-api", server.serve_forever)], handle_signals=False),
+            self.supervisor.run(extra_tasks=[("status-api", server.serve_forever)], handle_signals=handle_signals),
             name="supervisor-under-test",
         )
         await eventually(lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle")
@@ -154,9 +154,9 @@ async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> As
     made: list[Cluster] = []
 
     def make(meta: int = 1, db: int = 2, extra: str = "", version: str = "1.2.2",
-             supervisor: dict[str, object] | None = None, **kwargs: Any) -> Cluster:
+             supervisor: dict[str, object] | None = None, state_root: Path | None = None, **kwargs: Any) -> Cluster:
         name = f"t{uuid.uuid4().hex[:8]}"
-        root = tmp_path / name
+        root = (state_root or tmp_path) / name
         root.mkdir()
         settings = "\n" + supervisor_table(**(supervisor or {}))
         text = cluster_toml(meta=meta, db=db, version=version, cluster_name=name, state_dir=str(root / "state"),
