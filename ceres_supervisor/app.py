@@ -187,6 +187,8 @@ class Supervisor:
         self.events.append(Event(at or datetime.now(UTC), node, type_, reason, message))
 
     def _on_engine_event(self, event: EngineEvent) -> None:
+        if event.container_id:
+            self.engine.invalidate(event.container_id)
         if event.action in ("die", "oom"):
             code = f"exit {event.exit_code}" if event.exit_code is not None else None
             self.record_event(

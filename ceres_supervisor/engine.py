@@ -132,6 +132,8 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._client: docker.APIClient | None = None
         self._inspected: dict[str, tuple[str, ObservedContainer]] = {}
+        self._stale: set[str] = set()
+        self._stale_lock = threading.Lock()
         self._events_stop = threading.Event()
         self._events_stream: Any = None
 
@@ -174,11 +176,22 @@ class Engine:
         return {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_CLUSTER}={self.cluster}"]}
 
     # -- observation --
+    def invalidate(self, container_id: str) -> None:
+        """An event said this container changed: inspect it at the next observation.
+
+        Right after a `die`, the list can still say "running" (it does not wait for the container's
+        lock); an inspect waits until dockerd has finished handling the exit, so it is the truth.
+        """
+        with self._stale_lock:
+            self._stale.add(container_id)
+
     async def list_containers(self) -> list[ObservedContainer]:
         """Managed containers of this cluster; inspects only those whose state changed."""
 
         def list_and_inspect() -> list[ObservedContainer]:
             api = self._api()
+            with self._stale_lock:
+                stale, self._stale = self._stale, set()
             summaries = api.containers(all=True, filters=self._filters())
             result = []
             seen = set()
@@ -186,7 +199,7 @@ class Engine:
                 cid, state = summary["Id"], f"{summary.get('State')}|{summary.get('Status')}"
                 seen.add(cid)
                 cached = self._inspected.get(cid)
-                if cached is None or cached[0] != state:
+                if cached is None or cached[0] != state or cid in stale:
                     try:
                         cached = (state, _observed(api.inspect_container(cid)))
                     except docker.errors.NotFound:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from ceres_supervisor import loading
+from ceres_supervisor.engine import Engine
 
 from ..helpers import shard_lock_leases, shard_locks
 from ..standins import kill_main_process
@@ -318,3 +319,59 @@ async def test_invalid_file_exits_2_before_touching_anything(make_cluster: Calla
     assert result.returncode == 2, result.stderr
     assert "bogus: unknown key" in result.stderr
     assert await cluster.containers() == []
+
+
+async def test_after_a_die_event_the_engine_reports_the_container_exited(make_cluster: Callable[..., Cluster]) -> None:
+    """Right after `die`, Docker's container list can still say "running" with the same Status text
+    (e.g. "Up About a minute"), so a cache keyed on it would hide the crash until a later cycle.
+    The event invalidates the entry and the engine inspects, which waits for dockerd's exit handling."""
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    await cluster.stop()  # the containers stay; this test drives the engine itself
+    engine = Engine(cluster.name)
+    try:
+        for _ in range(5):
+            container = await cluster.container("db1")
+            if container.status != "running":
+                await asyncio.to_thread(container.start)
+                await eventually(lambda: asyncio.to_thread(lambda: cluster.client.containers.get(
+                    container.id).status == "running"), 10, "db1 running")
+            engine.invalidate(container.id)  # the `start` event does this in the daemon
+            listed = {c.node: c for c in await engine.list_containers()}
+            assert listed["db1"].state == "running"
+            killed_ns = time.time_ns()
+            kill_main_process(container)
+            await asyncio.to_thread(_wait_for_die, cluster, container.id, killed_ns)
+            engine.invalidate(container.id)  # what the supervisor does on every container event
+            listed = {c.node: c for c in await engine.list_containers()}
+            assert listed["db1"].state == "exited" and listed["db1"].exit_code == 137
+    finally:
+        engine.close()
+    assert supervisor is not None
+
+
+def _wait_for_die(cluster: Cluster, container_id: str, killed_ns: int) -> None:
+    """This kill's `die` (not an earlier one the whole-second `since` would replay)."""
+    since = killed_ns // 1_000_000_000 - 1
+    for event in cluster.client.events(decode=True, since=since, until=since + 12,
+                                       filters={"type": "container", "event": "die", "id": container_id}):
+        if int(event.get("timeNano", 0)) >= killed_ns:
+            return
+    raise AssertionError("no die event")
+
+
+async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluster: Callable[..., Cluster]) -> None:
+    """With a 30 s probe interval, only the `die` event can explain a restart within seconds.
+
+    (Right after `die`, Docker's container list may still say "running"; the supervisor must
+    re-inspect the container the event named instead of trusting that list.)"""
+    cluster = make_cluster(supervisor={"probe_interval": "30s", "probe_timeout": "2s"})
+    await cluster.start()
+    await cluster.healthy(90)
+    for round_ in range(3):  # the stale-list race does not show every time
+        kill_main_process(await cluster.container("db1"))
+        killed = time.monotonic()
+        await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 30, f"restart {round_ + 1}")
+        assert time.monotonic() - killed < 5, f"restart {round_ + 1} waited for a later cycle"
+        await cluster.healthy(60)
