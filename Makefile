@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 VERSIONS ?= 1.2.2 1.2.7 2.0.0
 
-.PHONY: help setup docker emulator lint unit test demo demo-stop clean
+.PHONY: help setup docker emulator lint unit test demo demo-stop bench chaos clean
 
 help:
 	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
 	@echo "make test   set up (virtualenv, Docker Engine), then ruff, mypy and pytest"
+	@echo "make bench  measure the SPEC targets (bench/RESULTS.md); make chaos: the long chaos run"
 
 # The virtualenv with the project and its test dependencies, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -45,6 +46,18 @@ demo: setup docker emulator
 
 demo-stop: setup
 	@scripts/demo-stop.sh
+
+# SPEC section 6 targets, measured (about 15 minutes); tables are appended to bench/RESULTS.md.
+bench: setup docker emulator
+	cd bench && ../$(BIN)/python restart.py 20
+	cd bench && ../$(BIN)/python steady.py 60
+	cd bench && ../$(BIN)/python coldstart.py 5
+	cd bench && ../$(BIN)/python scale.py 60
+
+# The long chaos run (CI runs a short one inside make test).
+CHAOS_SECONDS ?= 900
+chaos: setup docker emulator
+	CERES_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -p no:logging tests/integration/test_chaos.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

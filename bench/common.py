@@ -91,7 +91,9 @@ def record(title: str, command: str, table: str, notes: str = "") -> None:
 
 def markdown(headers: list[str], rows: list[list[object]]) -> str:
     def cell(value: object) -> str:
-        return f"{value:.1f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return str(value)
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime
 
 import common
 import docker
@@ -138,8 +139,6 @@ def _age(started_at: str) -> float:
 
 
 def _epoch(text: str) -> float:
-    from datetime import datetime
-
     head, _, rest = text.replace("Z", "+00:00").partition(".")
     digits = "".join(ch for ch in rest if ch.isdigit())
     tz = rest[len(digits):] if rest else ""

@@ -335,8 +335,9 @@ async def test_after_a_die_event_the_engine_reports_the_container_exited(make_cl
             container = await cluster.container("db1")
             if container.status != "running":
                 await asyncio.to_thread(container.start)
-                await eventually(lambda: asyncio.to_thread(lambda: cluster.client.containers.get(
-                    container.id).status == "running"), 10, "db1 running")
+                cid = container.id
+                await eventually(lambda cid=cid: asyncio.to_thread(
+                    lambda: cluster.client.containers.get(cid).status == "running"), 10, "db1 running")
             engine.invalidate(container.id)  # the `start` event does this in the daemon
             listed = {c.node: c for c in await engine.list_containers()}
             assert listed["db1"].state == "running"
