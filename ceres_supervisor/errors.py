@@ -32,7 +32,8 @@ class DesiredStateError(CeresError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        lines = [f"{self.source}: invalid desired state ({len(self.problems)} problem(s))"]
+        count = len(self.problems)
+        lines = [f"{self.source}: invalid desired state ({count} problem{'' if count == 1 else 's'})"]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 

@@ -42,7 +42,8 @@ def dotted(loc: tuple[int | str, ...]) -> str:
         elif part.startswith(("function-", "tagged-union[")) or part in ("str", "SecretRef"):
             continue  # validator and union-member names pydantic puts in the path
         else:
-            out += f".{part}" if out else part
+            segment = spec.key_segment(part)
+            out += f".{segment}" if out else segment
     return out
 
 

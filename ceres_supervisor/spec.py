@@ -8,6 +8,7 @@ semantic problem with the dotted key path of the offending value.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,19 @@ from .errors import Problem
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 """Node and cluster names become container names and etcd path segments."""
+
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def key_segment(key: object) -> str:
+    """A key as it appears in a dotted path: bare if TOML allows it bare, else quoted and escaped
+    (a hostile key must not reach a terminal raw)."""
+    text = str(key)
+    return text if _BARE_KEY.fullmatch(text) else json.dumps(text)
+
 
 LEASE_MAX_S: Final = 15.0
 """CeresMeta expires a node 10 s after its last heartbeat; heartbeats go every 2/3 lease."""
@@ -292,8 +306,11 @@ def check_host(value: str) -> str:
                 f"{value!r} contains a port; write the address alone (ports have their own keys)"
             ) from None
         raise ValueError("IPv6 addresses are not supported yet; use an IPv4 address or a name")
-    if "/" in value or " " in value:
-        raise ValueError(f"{value!r} is not a host name or IPv4 address")
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name or IPv4 address") from None
     return value
 
 
@@ -425,7 +442,7 @@ class Findings:
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in table.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{key_segment(key)}"
         yield dotted, value
         if isinstance(value, dict):
             yield from _flatten(value, dotted + ".")
@@ -654,7 +671,7 @@ def _check_config_table(
             if key not in versions.DB_TOP_LEVEL_KEYS:
                 problems.append(
                     Problem(
-                        f"{path}.{key}",
+                        f"{path}.{key_segment(key)}",
                         (
                             "not a section of the CeresDB config; the server would exit at start "
                             f"(sections: {', '.join(sorted(versions.DB_TOP_LEVEL_KEYS))})"
@@ -675,7 +692,7 @@ def secret_refs(spec: DesiredState) -> Iterator[tuple[str, SecretRef]]:
                 yield from walk(getattr(value, key), f"{path}.{key}")
         elif isinstance(value, dict):
             for key, item in value.items():
-                yield from walk(item, f"{path}.{key}")
+                yield from walk(item, f"{path}.{key_segment(key)}")
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 yield from walk(item, f"{path}[{i}]")
