@@ -4,6 +4,7 @@ traceback, never rendered when invalid."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import tempfile
 import tomllib
@@ -50,8 +51,6 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 @st.composite
 def mutated(draw: st.DrawFn) -> Any:
     """The valid BASE with a few random edits: set, delete or retype a value, add a key."""
-    import copy
-
     doc: Any = copy.deepcopy(BASE_DOC)
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         paths = _paths(doc)
