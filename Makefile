@@ -34,6 +34,7 @@ emulator: setup docker
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: setup
 	$(BIN)/pytest tests/unit

@@ -118,11 +118,12 @@ def _uptime(started: str | None, now: datetime) -> str:
 
 
 def _lease(node: dict[str, Any]) -> str:
+    """Shards whose locks name the node, `lost`, or `-` (meta, or unknown)."""
     lease = node.get("lease")
     if not isinstance(lease, dict):
         return "-"
     if lease.get("held") is True:
-        return f"{len(lease.get('shards') or [])} shards"
+        return str(len(lease.get("shards") or []))
     if lease.get("held") is False:
         return "lost"
     return "-"
@@ -133,7 +134,12 @@ def _health(node: dict[str, Any]) -> str:
     return "ok" if ok is True else "fail" if ok is False else "-"
 
 
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
 def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = None) -> str:
+    """The status table, every line within `width` (the terminal's, at least 80)."""
     width = width or max(80, shutil.get_terminal_size((80, 24)).columns)
     now = now or datetime.now(UTC)
     cluster = doc.get("cluster") or {}
@@ -142,7 +148,10 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
         f"cluster {cluster.get('name')}: {cluster.get('state')}   spec {cluster.get('spec_hash') or '-'}"
     ]
     if reload.get("ok") is False:
-        lines.append(f"last reload FAILED at {reload.get('at')}: {reload.get('error')}".splitlines()[0])
+        error = " / ".join(line.strip() for line in str(reload.get("error")).splitlines()[1:]) or reload.get(
+            "error"
+        )
+        lines.append(f"last reload FAILED at {reload.get('at')}: {error}")
     elif reload.get("at"):
         lines.append(f"last reload: ok at {reload.get('at')}")
     if (doc.get("engine") or {}).get("ok") is False:
@@ -165,15 +174,18 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
             )
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS) - 1)]
-    used = sum(widths) + 2 * (len(widths))
-    room = max(10, width - used)
+    # Two spaces between columns if the reason still gets room, else one; else it gets a line of its own.
+    sep = "  " if sum(widths) + 2 * len(widths) + 12 <= width else " "
+    room = width - sum(widths) - len(sep) * len(widths)
     for row in rows:
+        fixed = sep.join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True))
         reason = str(row[-1])
-        if len(reason) > room:
-            reason = reason[: room - 3] + "..."
-        lines.append(
-            "  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + reason
-        )
+        if room >= 12:
+            lines.append(f"{fixed}{sep}{_cut(reason, room)}".rstrip())
+        else:  # narrow: the reason goes on an indented line under its node (none under the header)
+            lines.append(fixed.rstrip())
+            if reason not in ("-", "REASON"):
+                lines.append("    " + _cut(reason, width - 4))
     for orphan in doc.get("orphans") or []:
         lines.append(f"orphan container {orphan.get('name')} (not in the file; `down` removes it)")
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(_cut(line, width) for line in lines)

@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import TypeVar
 
+from ceres_supervisor.probes import decode_shard_lock
+
 T = TypeVar("T")
 
 TEST_LABEL = "io.ceres-supervisor.test"
@@ -80,24 +82,10 @@ def etcd_range(client_url: str, prefix: str) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def decode_shard_lock(value: bytes) -> str:
-    """protobuf ShardLockValue { string node_name = 1; } -> node_name."""
-    assert value[:1] == b"\x0a", value
-    length, shift, i = 0, 0, 1
-    while True:
-        byte = value[i]
-        length |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    return value[i : i + length].decode()
-
-
 def shard_lock_leases(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, tuple[str, int]]:
     """{shard id: (holder endpoint, etcd lease id)} from the shard-lock keys."""
     prefix = f"{root}/{cluster}/shards/"
-    return {int(k.rsplit("/", 1)[1]): (decode_shard_lock(v), lease) for k, (v, lease) in etcd_range(client_url, prefix).items()}
+    return {int(k.rsplit("/", 1)[1]): (str(decode_shard_lock(v)), lease) for k, (v, lease) in etcd_range(client_url, prefix).items()}
 
 
 def shard_locks(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, str]:
