@@ -165,6 +165,16 @@ def daemon(meta: int, db: int, supervisor: dict[str, str] | None = None) -> Iter
         shutil.rmtree(state, ignore_errors=True)
 
 
+def measure_idle(d: Daemon, seconds: float) -> tuple[float, float, float]:
+    """(CPU seconds, window seconds, max RSS MiB) of the daemon over `seconds`."""
+    cpu0, t0 = d.cpu_seconds(), time.monotonic()
+    rss = []
+    while time.monotonic() - t0 < seconds:
+        time.sleep(1)
+        rss.append(d.rss_mib())
+    return d.cpu_seconds() - cpu0, time.monotonic() - t0, max(rss)
+
+
 def remove_containers(label: str) -> None:
     client = docker.from_env()
     for container in client.containers.list(all=True, filters={"label": label}):

@@ -36,12 +36,7 @@ def main(seconds: int) -> None:
         to_healthy = time.monotonic() - started
         time.sleep(5)
         sum0, n0, b0 = histogram(d)
-        cpu0, t0 = d.cpu_seconds(), time.monotonic()
-        rss = []
-        while time.monotonic() - t0 < seconds:
-            time.sleep(1)
-            rss.append(d.rss_mib())
-        cpu1, t1 = d.cpu_seconds(), time.monotonic()
+        cpu, window, rss = common.measure_idle(d, seconds)
         sum1, n1, b1 = histogram(d)
         cycles = n1 - n0
         mean_ms = (sum1 - sum0) / cycles * 1000 if cycles else float("nan")
@@ -55,7 +50,7 @@ def main(seconds: int) -> None:
         common.markdown(["cycles", "mean cycle ms", "cycles <= 200 ms", "slowest cycle <= (bucket)", "CPU % of one core",
                          "RSS MiB", "start -> healthy s", "target"],
                         [[int(cycles), round(mean_ms, 1), f"{p_under_200:.0f} %", f"{worst_bucket * 1000:g} ms",
-                          round((cpu1 - cpu0) / (t1 - t0) * 100, 2), max(rss), round(to_healthy, 1),
+                          round(cpu / window * 100, 2), rss, round(to_healthy, 1),
                           "cycle < 200 ms, idle < 5 %"]]),
         f"Cluster state at the end: {state}.",
     )

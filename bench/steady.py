@@ -22,13 +22,8 @@ def main(seconds: int) -> None:
         common.wait_for(lambda: all((n.get("lease") or {}).get("held") for n in d.status()["nodes"]
                                     if n["role"] == "ceresdb"), 120, "every shard locked", 0.5)
         time.sleep(5)  # let start-up work (imports, first probes) settle before measuring
-        cpu0, t0 = d.cpu_seconds(), time.monotonic()
-        rss = []
-        while time.monotonic() - t0 < seconds:
-            time.sleep(1)
-            rss.append(d.rss_mib())
-        cpu1, t1 = d.cpu_seconds(), time.monotonic()
-        percent = (cpu1 - cpu0) / (t1 - t0) * 100
+        cpu, window, rss = common.measure_idle(d, seconds)
+        percent = cpu / window * 100
         host, port = d.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=5)
         latencies = []
@@ -45,7 +40,7 @@ def main(seconds: int) -> None:
     common.record(
         "Idle cost: 1 meta + 3 CeresDB nodes healthy", command,
         common.markdown(["window s", "CPU s", "% of one core", "RSS MiB (max)", "target"],
-                        [[round(t1 - t0, 1), round(cpu1 - cpu0, 3), round(percent, 3), max(rss),
+                        [[round(window, 1), round(cpu, 3), round(percent, 3), rss,
                           "< 0.5 % and < 70 MiB"]]),
         f"Peer: the lean loop of reference/docker-baselines.md (events + 1 probe/s) costs 0.14 % and 41 MiB. "
         f"Cluster state at the end: {state}.",

@@ -252,5 +252,16 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
         median, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
         assert supervisor._cycle == stuck_cycle  # the loop really was waiting on Docker meanwhile
         assert median < 0.005 and p99 < 0.020, (median, p99)
+
+        async def engine_reported(ok: bool) -> bool:
+            _c, doc, _ = await get(f"{cluster.api_url}/v1/status")
+            return doc["engine"]["ok"] is ok  # type: ignore[index]
+
+        # A Docker call that does not answer times out (10 s) and shows in the status, the loop alive.
+        await eventually(lambda: engine_reported(False), 30, "the hung engine reported in /v1/status")
+        _c, doc, _ = await get(f"{cluster.api_url}/v1/status")
+        assert "no answer within" in doc["engine"]["error"]  # type: ignore[index]
+        assert (await get(f"{cluster.api_url}/healthz"))[0] == 200
         proxy.open.set()
         await eventually(lambda: supervisor._cycle > stuck_cycle, 40, "the loop running again once Docker answers")
+        await eventually(lambda: engine_reported(True), 30, "the engine back in /v1/status")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -376,3 +377,26 @@ async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluste
         await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 30, f"restart {round_ + 1}")
         assert time.monotonic() - killed < 5, f"restart {round_ + 1} waited for a later cycle"
         await cluster.healthy(60)
+
+
+async def test_a_port_taken_by_another_process_is_a_reason_not_a_crash(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    port = int(cluster.text.split('name = "db1"', 1)[1].split("http_port = ", 1)[1].split("\n", 1)[0])
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("0.0.0.0", port))
+    squatter.listen()
+    try:
+        await cluster.start()
+        await eventually(lambda: cluster.state("db0") == "healthy", 90, "db0 healthy")
+
+        def reported() -> bool:
+            view = cluster.view("db1")
+            return view is not None and f"port {port} (http) already in use" in (view.reason or "")
+
+        await eventually(reported, 30, "db1 reported with the taken port")
+        assert _get_or_none(cluster, "db1") is None  # never started into a port it cannot bind
+        assert cluster.task is not None and not cluster.task.done()
+    finally:
+        squatter.close()
+    await cluster.healthy(60)  # the next retry succeeds once the port is free
