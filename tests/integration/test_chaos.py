@@ -1,6 +1,6 @@
 """Chaos: random crashes, pauses and frozen leases of nodes, and of the supervisor itself.
 
-CI runs a short form (CERES_CHAOS_SECONDS, default 100 s of chaos); `make chaos` runs it long.
+CI runs a short form (CERES_CHAOS_SECONDS, default 80 s of chaos, under 3 minutes with recovery); `make chaos` runs it long.
 A monitor thread checks, throughout and with its own eyes (Docker, etcd, HTTP, the filesystem):
 - never two containers for one node;
 - no CeresDB container started while meta was not ready (judged from the monitor's own readiness
@@ -27,7 +27,7 @@ import docker
 from ..helpers import http_json
 from .conftest import Cluster, eventually
 
-CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "100"))
+CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "80"))
 RECOVERY_S = 120.0
 
 
