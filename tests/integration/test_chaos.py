@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import docker
+import pytest
 
 from ..helpers import http_json
 from .conftest import Cluster, eventually
@@ -110,6 +111,7 @@ def _spawn(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
         handle.close()
 
 
+@pytest.mark.timeout(CHAOS_S + RECOVERY_S + 180)
 async def test_chaos(make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient) -> None:
     cluster = make_cluster(meta=1, db=2, supervisor={"backoff_initial": "500ms", "backoff_max": "4s",
                                                       "crashloop_failures": 1000, "lease_grace": "5s"})
