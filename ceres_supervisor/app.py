@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import signal
 import threading
@@ -20,27 +19,24 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import structlog
 
 from . import desired as desired_mod
-from . import executing, files, loading, logs, metrics, planning, probes, secrets, systemd
+from . import executing, loading, logs, metrics, planning, probes, secrets, systemd, topology
 from .desired import DesiredCluster
 from .engine import Engine, EngineError, EngineEvent
 from .errors import DesiredStateError, Problem, SecretError
 from .observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
 from .planning import NodeRecord, Plan
-from .spec import DesiredState
 
 log = structlog.get_logger(__name__)
 
 EVENTS_KEPT: Final = 1000
 WAKING_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause"})
 ENGINE_RETRY_S: Final = 1.0
-TOPOLOGY_FILE: Final = "topology.json"
 
 
 @dataclass(frozen=True)
@@ -81,40 +77,6 @@ class Counters:
 
 class _Shutdown(Exception):
     """Raised by the `signals` task to tear the root TaskGroup down."""
-
-
-def topology_problem(spec: DesiredState) -> Problem | None:
-    """A static-topology cluster keeps the CeresDB nodes it started with: CeresMeta froze their
-    count at first start, and binds shards to each node's identity, `host:grpc_port`."""
-    path = Path(spec.cluster.state_dir) / TOPOLOGY_FILE
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if spec.meta.topology != "static" or recorded.get("topology") != "static":
-        return None
-    before = sorted(recorded.get("ceresdb_nodes", []))
-    names = sorted(n.name for n in spec.ceresdb.nodes)
-    if before != names:
-        return Problem(
-            "ceresdb.nodes",
-            (
-                f"this static-topology cluster started with CeresDB nodes {', '.join(before)}; CeresMeta "
-                f"froze that count at first start, so the set cannot change to {', '.join(names) or 'none'}"
-            ),
-        )
-    endpoints = recorded.get("endpoints") or {}
-    for i, node in enumerate(spec.ceresdb.nodes):
-        was, now = endpoints.get(node.name), f"{node.host}:{node.grpc_port}"
-        if was is not None and was != now:
-            return Problem(
-                f"ceresdb.nodes[{i}]",
-                (
-                    f"{node.name} is {was} in CeresMeta (host:grpc_port); in static topology a node keeps "
-                    f"that identity, else its shards are orphaned (it would come back as {now})"
-                ),
-            )
-    return None
 
 
 class Supervisor:
@@ -367,16 +329,8 @@ class Supervisor:
         )
 
     def _remember_topology(self) -> None:
-        path = Path(self.spec.cluster.state_dir) / TOPOLOGY_FILE
-        if path.exists():
-            return
-        record = {
-            "topology": self.spec.meta.topology,
-            "ceresdb_nodes": sorted(n.name for n in self.desired.ceresdb),
-            "endpoints": {n.name: n.endpoint for n in self.desired.ceresdb},
-        }
         with contextlib.suppress(OSError):
-            files.write_atomic(path, json.dumps(record).encode(), files.PLAIN_MODE)
+            topology.remember(self.spec, self.desired)
 
     def _publish(self, observation: Observation, result: Plan | None) -> None:
         if result is None:
@@ -439,7 +393,7 @@ class Supervisor:
         now = datetime.now(UTC)
         try:
             loaded = await asyncio.to_thread(loading.load, self.config_path)
-            problem = topology_problem(loaded.spec)
+            problem = topology.problem(loaded.spec)
             if problem is not None:
                 raise DesiredStateError(loaded.source, [problem])
             if loaded.spec.cluster.name != self.spec.cluster.name:

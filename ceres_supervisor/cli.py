@@ -16,7 +16,7 @@ from typing import Final
 
 import structlog
 
-from . import __version__, api, app, client, executing, files, loading, logs, rendering, secrets
+from . import __version__, api, app, client, executing, files, loading, logs, rendering, secrets, topology
 from .engine import Engine, EngineError
 from .errors import CeresError, DesiredStateError
 
@@ -56,7 +56,7 @@ def _load_for_daemon(path: str) -> loading.Loaded:
     """Load and check everything that must hold before any container is touched."""
     loaded = loading.load(path)
     spec = loaded.spec
-    problem = app.topology_problem(spec)
+    problem = topology.problem(spec)
     if problem is not None:
         raise DesiredStateError(loaded.source, [problem])
     return loaded

@@ -15,7 +15,7 @@ from typing import Any
 
 import pydantic
 
-from . import secrets, spec
+from . import rules, secrets, spec
 from .errors import DesiredStateError, Problem
 
 _MESSAGES = {
@@ -113,7 +113,7 @@ def validate(document: dict[str, Any], source: str, digest: str = "") -> Loaded:
         desired = spec.DesiredState.model_validate(document)
     except pydantic.ValidationError as err:
         raise DesiredStateError(source, _problems_from(err)) from None
-    findings = spec.check(desired)
+    findings = rules.check(desired)
     errors = findings.errors + secrets.check_available(desired)
     if errors:
         raise DesiredStateError(source, errors)

@@ -1,8 +1,8 @@
-"""The desired-state file: its pydantic models and the rules beyond types.
+"""The desired-state file: its pydantic models and the small helpers built on them.
 
 Pure: no file, environment or network access here (reading the file and resolving secrets live
-in `loading` and `secrets`). Models are frozen and reject unknown keys; `check` returns every
-semantic problem with the dotted key path of the offending value.
+in `loading` and `secrets`). Models are frozen and reject unknown keys; the rules beyond types
+are in `rules`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from . import durations, versions
-from .errors import Problem
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 """Node and cluster names become container names and etcd path segments."""
@@ -383,302 +382,13 @@ def nodes(spec: DesiredState) -> list[NodeRef]:
     return refs
 
 
-_PORT_KEYS: Final = {
-    "client": "client_port",
-    "peer": "peer_port",
-    "http": "http_port",
-    "grpc": "grpc_port",
-    "mysql": "mysql_port",
-    "postgresql": "postgresql_port",
-}
-
-
-# --- rules beyond types ------------------------------------------------------------------------
-
-# Keys of the rendered files that the supervisor derives; a `config` table may not set them.
-META_OWNED_KEYS: Final[dict[str, str]] = {
-    "node-name": "meta.nodes[].name",
-    "data-dir": "the supervisor (the node's data directory)",
-    "initial-cluster": "meta.nodes",
-    "client-urls": "meta.nodes[].client_port",
-    "peer-urls": "meta.nodes[].peer_port",
-    "advertise-client-urls": "meta.nodes[].host and client_port",
-    "advertise-peer-urls": "meta.nodes[].host and peer_port",
-    "default-cluster-name": "cluster.name",
-    "default-cluster-node-count": "the number of [[ceresdb.nodes]]",
-    "default-cluster-shard-total": "meta.shard_total",
-    "topology-type": "meta.topology",
-    "storage-root-path": "cluster.flavor",
-    "default-http-port": "meta.nodes[].http_port",
-    "http-port": "meta.nodes[].http_port",
-}
-DB_OWNED_KEYS: Final[dict[str, str]] = {
-    "node.addr": "ceresdb.nodes[].host",
-    "server.bind_addr": "the supervisor (always 0.0.0.0)",
-    "server.grpc_port": "ceresdb.nodes[].grpc_port",
-    "server.http_port": "ceresdb.nodes[].http_port",
-    "server.mysql_port": "ceresdb.nodes[].mysql_port",
-    "server.postgresql_port": "ceresdb.nodes[].postgresql_port",
-    "cluster_deployment.mode": "the supervisor (always WithMeta)",
-    "cluster_deployment.meta_client.cluster_name": "cluster.name",
-    "cluster_deployment.meta_client.meta_addr": "ceresdb.meta_addr",
-    "cluster_deployment.meta_client.lease": "ceresdb.lease",
-    "cluster_deployment.meta_client.timeout": "ceresdb.timeout",
-    "cluster_deployment.etcd_client.server_addrs": "meta.nodes",
-    "cluster_deployment.etcd_client.root_path": "cluster.flavor",
-    "cluster_deployment.etcd_client.shard_lock_lease_ttl_sec": "ceresdb.shard_lock_ttl",
-    "analytic.wal.type": "ceresdb.wal.type",
-    "analytic.storage.object_store.type": "ceresdb.object_store.type",
-}
-
-_META_ADDR_RE: Final = re.compile(r"^https?://[^/:\s]+:\d{1,5}$")
-
-
-@dataclass(frozen=True)
-class Findings:
-    errors: list[Problem]
-    warnings: list[Problem]
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in table.items():
-        dotted = f"{prefix}{key_segment(key)}"
-        yield dotted, value
-        if isinstance(value, dict):
-            yield from _flatten(value, dotted + ".")
-
-
-def _config_tables(spec: DesiredState) -> Iterator[tuple[str, Literal["meta", "ceresdb"], dict[str, Any]]]:
+def config_tables(spec: DesiredState) -> Iterator[tuple[str, Literal["meta", "ceresdb"], dict[str, Any]]]:
     yield "meta.config", "meta", spec.meta.config
     for i, m in enumerate(spec.meta.nodes):
         yield f"meta.nodes[{i}].config", "meta", m.config
     yield "ceresdb.config", "ceresdb", spec.ceresdb.config
     for i, d in enumerate(spec.ceresdb.nodes):
         yield f"ceresdb.nodes[{i}].config", "ceresdb", d.config
-
-
-def check(spec: DesiredState) -> Findings:
-    """Every rule of SPEC section 1 that types alone cannot express."""
-    errors: list[Problem] = []
-    warnings: list[Problem] = []
-    release = spec.release
-    flavor, version = release.flavor, release.version
-
-    if flavor == "horaedb" and version < versions.V2_0_0:
-        errors.append(Problem("cluster.version", "the horaedb flavor starts at 2.0.0"))
-    if flavor == "ceresdb" and version >= versions.V2_0_0:
-        errors.append(Problem("cluster.flavor", 'releases from 2.0.0 are the "horaedb" flavor'))
-
-    listen = parse_listen(spec.supervisor.listen)
-    if not listen.is_loopback and spec.supervisor.token_file is None:
-        errors.append(
-            Problem(
-                "supervisor.token_file", "required when supervisor.listen is TCP on a non-loopback address"
-            )
-        )
-    if spec.supervisor.token_file is not None and not spec.supervisor.token_file.startswith("/"):
-        errors.append(Problem("supervisor.token_file", "must be an absolute path"))
-    if spec.supervisor.probe_timeout >= spec.supervisor.probe_interval:
-        errors.append(Problem("supervisor.probe_timeout", "must be shorter than probe_interval"))
-    if spec.supervisor.backoff_initial > spec.supervisor.backoff_max:
-        errors.append(Problem("supervisor.backoff_initial", "must not exceed backoff_max"))
-
-    # Names: unique across both roles (they share the container namespace).
-    seen: dict[str, str] = {}
-    refs = nodes(spec)
-    for ref in refs:
-        if ref.name in seen:
-            errors.append(
-                Problem(f"{ref.path}.name", f"duplicate node name {ref.name!r} (also {seen[ref.name]})")
-            )
-        else:
-            seen[ref.name] = ref.path
-
-    # Ports: no two listeners on one machine; all loopback addresses are one machine.
-    taken: dict[tuple[str, int], str] = {}
-    for ref in refs:
-        for kind, port in ref.ports.items():
-            key = (machine_of(ref.host), port)
-            where = f"{ref.path}.{_PORT_KEYS[kind]}"
-            if key in taken:
-                machine = "this machine's loopback" if key[0] == "loopback" else ref.host
-                errors.append(Problem(where, f"port {port} is already used by {taken[key]} on {machine}"))
-            else:
-                taken[key] = where
-
-    meta_count = len(spec.meta.nodes)
-    if meta_count % 2 == 0:
-        errors.append(Problem("meta.nodes", f"{meta_count} meta nodes: etcd needs an odd number (1, 3, 5)"))
-    by_machine: dict[str, list[str]] = {}
-    for m in spec.meta.nodes:
-        by_machine.setdefault(machine_of(m.host), []).append(m.name)
-    for names in by_machine.values():
-        if len(names) > 1:
-            warnings.append(
-                Problem(
-                    "meta.nodes",
-                    (
-                        f"meta nodes {', '.join(names)} share a machine: CeresMeta forwards API calls to the "
-                        "leader's host with the follower's own HTTP port, which cannot work here "
-                        "(the supervisor asks each member itself)"
-                    ),
-                )
-            )
-
-    db = spec.ceresdb
-    if db.lease >= LEASE_MAX_S:
-        errors.append(
-            Problem(
-                "ceresdb.lease",
-                (
-                    f"must be under {LEASE_MAX_S:g}s: CeresMeta expires a node 10s after its last heartbeat "
-                    "and heartbeats go every 2/3 of the lease"
-                ),
-            )
-        )
-    if db.shard_lock_ttl < SHARD_LOCK_TTL_MIN:
-        errors.append(
-            Problem("ceresdb.shard_lock_ttl", f"must be at least {SHARD_LOCK_TTL_MIN} (CeresDB refuses less)")
-        )
-    if db.meta_addr is not None and not _META_ADDR_RE.match(db.meta_addr):
-        errors.append(Problem("ceresdb.meta_addr", "must be http://<host>:<port> (meta's client port)"))
-
-    for i, node in enumerate(db.nodes):
-        if node.postgresql_port is not None and not release.has_postgresql_port:
-            errors.append(
-                Problem(
-                    f"ceresdb.nodes[{i}].postgresql_port",
-                    f"exists from 1.2.6; this cluster is {release.label()}",
-                )
-            )
-
-    errors += _check_wal(spec)
-    errors += _check_object_store(spec)
-    if spec.meta.topology == "dynamic" and db.object_store.type == "Local":
-        warnings.append(
-            Problem(
-                "meta.topology",
-                "dynamic topology moves shards between nodes; use it only with remote object storage",
-            )
-        )
-
-    for path, role, table in _config_tables(spec):
-        errors += _check_config_table(path, role, table, release)
-    return Findings(errors, warnings)
-
-
-def _under_data_mount(path: str, value: str | None, mount: str) -> list[Problem]:
-    if value is None:
-        return []
-    if not value.startswith(mount + "/") and value.rstrip("/") != mount:
-        return [
-            Problem(
-                path,
-                (
-                    f"must lie under {mount}, where the node's data directory is mounted; "
-                    "anything else is lost when the container is recreated"
-                ),
-            )
-        ]
-    return []
-
-
-def _check_wal(spec: DesiredState) -> list[Problem]:
-    wal, release = spec.ceresdb.wal, spec.release
-    problems: list[Problem] = []
-    for key, expected in (("obkv", "Obkv"), ("kafka", "Kafka")):
-        if getattr(wal, key) is not None and wal.type != expected:
-            problems.append(Problem(f"ceresdb.wal.{key}", f'only for type = "{expected}"'))
-        if getattr(wal, key) is None and wal.type == expected:
-            problems.append(Problem(f"ceresdb.wal.{key}", f'required for type = "{expected}"'))
-    if wal.data_dir is not None and wal.type != "RocksDB":
-        problems.append(Problem("ceresdb.wal.data_dir", 'only for type = "RocksDB"'))
-    problems += _under_data_mount("ceresdb.wal.data_dir", wal.data_dir, release.db_data_path)
-    if wal.kafka is not None:
-        client, wanted = wal.kafka.client, release.kafka_brokers_key
-        other = "boost_brokers" if wanted == "boost_broker" else "boost_broker"
-        if getattr(client, other) is not None:
-            problems.append(
-                Problem(
-                    f"ceresdb.wal.kafka.client.{other}",
-                    f"{release.label()} reads {wanted}, and ignores {other}",
-                )
-            )
-        elif getattr(client, wanted) is None:
-            problems.append(Problem(f"ceresdb.wal.kafka.client.{wanted}", "required for a Kafka WAL"))
-    return problems
-
-
-def _check_object_store(spec: DesiredState) -> list[Problem]:
-    store, release = spec.ceresdb.object_store, spec.release
-    problems: list[Problem] = []
-    if store.type == "S3" and not release.has_s3:
-        problems.append(
-            Problem("ceresdb.object_store.type", f"S3 exists from 1.2.4; this cluster is {release.label()}")
-        )
-    remote_keys = ("key_id", "key_secret", "endpoint", "bucket", "prefix")
-    if store.type == "Local":
-        for key in (*remote_keys, "region", "http", "retry"):
-            if getattr(store, key) is not None:
-                problems.append(Problem(f"ceresdb.object_store.{key}", 'not used by type = "Local"'))
-        problems += _under_data_mount("ceresdb.object_store.data_dir", store.data_dir, release.db_data_path)
-        return problems
-    if store.data_dir is not None:
-        problems.append(Problem("ceresdb.object_store.data_dir", 'only for type = "Local"'))
-    required = (*remote_keys, "region") if store.type == "S3" else remote_keys
-    for key in required:
-        if getattr(store, key) is None:
-            problems.append(Problem(f"ceresdb.object_store.{key}", f'required for type = "{store.type}"'))
-    if store.type == "Aliyun" and store.region is not None:
-        problems.append(Problem("ceresdb.object_store.region", 'only for type = "S3"'))
-    for key in ("http", "retry"):
-        if getattr(store, key) is not None and not release.object_store_http_tables:
-            problems.append(
-                Problem(
-                    f"ceresdb.object_store.{key}", f"exists from 1.2.4; this cluster is {release.label()}"
-                )
-            )
-    return problems
-
-
-def _check_config_table(
-    path: str, role: Literal["meta", "ceresdb"], table: dict[str, Any], release: versions.Release
-) -> list[Problem]:
-    problems: list[Problem] = []
-    owned = META_OWNED_KEYS if role == "meta" else DB_OWNED_KEYS
-    for key, _value in _flatten(table):
-        where = f"{path}.{key}"
-        if key in owned:
-            problems.append(Problem(where, f"is set by the supervisor from {owned[key]}"))
-        elif role == "ceresdb" and key in versions.REMOVED_DB_KEYS:
-            problems.append(
-                Problem(where, (f"the server ignores it without a word ({versions.REMOVED_DB_KEYS[key]})"))
-            )
-        elif (
-            role == "ceresdb"
-            and key == "analytic.wal.kafka.client.boost_broker"
-            and release.kafka_brokers_key != "boost_broker"
-        ):
-            problems.append(Problem(where, f"{release.label()} reads boost_brokers (a list)"))
-        elif (
-            role == "ceresdb"
-            and key == "analytic.wal.kafka.client.boost_brokers"
-            and release.kafka_brokers_key != "boost_brokers"
-        ):
-            problems.append(Problem(where, f"{release.label()} reads boost_broker (one string)"))
-    if role == "ceresdb":
-        for key in table:
-            if key not in versions.DB_TOP_LEVEL_KEYS:
-                problems.append(
-                    Problem(
-                        f"{path}.{key_segment(key)}",
-                        (
-                            "not a section of the CeresDB config; the server would exit at start "
-                            f"(sections: {', '.join(sorted(versions.DB_TOP_LEVEL_KEYS))})"
-                        ),
-                    )
-                )
-    return problems
 
 
 def secret_refs(spec: DesiredState) -> Iterator[tuple[str, SecretRef]]:
@@ -699,5 +409,5 @@ def secret_refs(spec: DesiredState) -> Iterator[tuple[str, SecretRef]]:
 
     yield from walk(spec.ceresdb.wal, "ceresdb.wal")
     yield from walk(spec.ceresdb.object_store, "ceresdb.object_store")
-    for path, _role, table in _config_tables(spec):
+    for path, _role, table in config_tables(spec):
         yield from walk(table, path)
