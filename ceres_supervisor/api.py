@@ -17,7 +17,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import structlog
 from aiohttp import web
@@ -102,13 +102,15 @@ class Api:
         sup = self.supervisor
         snap = sup.snapshot
         if snap is None:
-            return json.dumps(
-                {
-                    "cluster": {"name": sup.spec.cluster.name, "state": "starting", "spec_hash": None},
-                    "reload": _reload(sup),
-                    "nodes": [],
-                }
-            ).encode()
+            r = sup.reload_result
+            doc = status.unobserved_document(
+                sup.spec.cluster.name,
+                sup.desired.spec_hash,
+                sup.desired.nodes,
+                (r.ok, r.error, r.at),
+                sup.engine_error,
+            )
+            return json.dumps(doc).encode()
         key = (snap, sup.reload_result)
         if self._status_cache is not None and self._status_cache[0] == key:
             return self._status_cache[1]
@@ -218,11 +220,6 @@ class Api:
         app.router.add_post("/v1/reload", self.v1_reload)
         app.router.add_get("/metrics", self.metrics)
         return app
-
-
-def _reload(sup: Supervisor) -> dict[str, Any]:
-    r = sup.reload_result
-    return {"ok": r.ok, "error": r.error, "at": status.rfc3339(r.at)}
 
 
 def _claim_unix_path(path: str) -> None:

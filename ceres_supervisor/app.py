@@ -126,6 +126,11 @@ class Supervisor:
 
     # -- inputs: all of them only record and wake -------------------------------------------------
 
+    @property
+    def engine_error(self) -> str | None:
+        """Why the last observation of Docker failed, or None."""
+        return self._engine_error
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -226,7 +231,9 @@ class Supervisor:
         self._cycle += 1
         observation = await self.observe()
         if observation.engine_error is not None:
+            # Nothing can be planned without knowing the containers; the loop still cycled.
             self._publish(observation, self.snapshot.plan if self.snapshot else None)
+            self.last_cycle_at = time.monotonic()
             return None
         result = planning.plan(
             self.desired,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -138,7 +139,19 @@ class Engine:
         self._events_stream: Any = None
 
     # -- plumbing --
+    def _socket_path(self) -> str | None:
+        url = self._base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url.removeprefix("unix://") if url.startswith("unix://") else None
+
+    def _check_socket(self) -> None:
+        """No socket file means no engine: say so without docker-py, which leaks a socket object
+        on every failed unix connect."""
+        path = self._socket_path()
+        if path is not None and not os.path.exists(path):
+            raise EngineUnavailable(f"Docker Engine unavailable: no socket at {path} (is dockerd running?)")
+
     def _api(self) -> docker.APIClient:
+        self._check_socket()
         if self._client is None:
             kwargs: dict[str, Any] = {"timeout": int(CALL_TIMEOUT_S)}
             self._client = (
@@ -284,6 +297,7 @@ class Engine:
         delay_s = 0.5
         while not self._events_stop.is_set():
             try:
+                self._check_socket()
                 # No read timeout: the stream is idle between events.
                 client = (
                     docker.APIClient(base_url=self._base_url, version="auto", timeout=None)  # type: ignore[arg-type]

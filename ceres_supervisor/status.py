@@ -100,3 +100,43 @@ def document(
         "orphans": [{"name": o.name, "node": o.node, "container_id": o.id} for o in observation.orphans],
         "observed_at": rfc3339(observation.wall),
     }
+
+
+def unobserved_document(
+    cluster_name: str,
+    spec_hash: str,
+    nodes: tuple[DesiredNode, ...],
+    reload: tuple[bool, str | None, datetime | None],
+    engine_error: str | None,
+) -> dict[str, Any]:
+    """Before the first observation (e.g. Docker not answering at start): the same shape, every
+    node pending with the reason, nothing claimed about containers."""
+    ok, error, at = reload
+    reason = "waiting for the Docker Engine (see engine.error)" if engine_error else "not observed yet"
+    return {
+        "cluster": {"name": cluster_name, "state": "starting", "spec_hash": spec_hash},
+        "reload": {"ok": ok, "error": error, "at": rfc3339(at)},
+        "engine": {"ok": engine_error is None, "error": engine_error},
+        "meta": {"ready": False, "detail": reason},
+        "nodes": [
+            {
+                "name": n.name,
+                "role": n.role,
+                "host": n.host,
+                "ports": _ports(n),
+                "container_id": None,
+                "image": n.container.image,
+                "state": str(NodeState.PENDING),
+                "reason": reason,
+                "health": {"ok": None, "detail": None, "checked_at": None},
+                "lease": None if n.role == "meta" else {"held": None, "shards": [], "detail": None},
+                "restarts": 0,
+                "last_exit": None,
+                "next_restart_at": None,
+                "started_at": None,
+            }
+            for n in nodes
+        ],
+        "orphans": [],
+        "observed_at": None,
+    }

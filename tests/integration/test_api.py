@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ceres_supervisor import cli
+from ceres_supervisor import api, app, cli, loading
 
 from ..helpers import free_ports
 from ..standins import kill_main_process
@@ -265,3 +265,35 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
         proxy.open.set()
         await eventually(lambda: supervisor._cycle > stuck_cycle, 40, "the loop running again once Docker answers")
         await eventually(lambda: engine_reported(True), 30, "the engine back in /v1/status")
+
+
+async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(make_cluster: Callable[..., Cluster],
+                                                                          tmp_path: Path) -> None:
+    cluster = make_cluster()
+    cluster.write()
+    supervisor = app.Supervisor(loading.load(cluster.path), docker_url=f"unix://{tmp_path}/no-docker.sock")
+    server = api.ApiServer(supervisor)
+    await server.start()
+    url = "http://" + supervisor.spec.supervisor.listen
+    task = asyncio.create_task(supervisor.run(extra_tasks=[("status-api", server.serve_forever)],
+                                              handle_signals=False))
+    try:
+        # The loop cycles (retrying Docker), so /healthz is 200; nothing is ready.
+        await eventually(lambda: get(f"{url}/healthz"), 10, "healthz")
+        await eventually(lambda: _status_code(f"{url}/healthz", 200), 15, "healthz 200 while Docker is down")
+        assert (await get(f"{url}/readyz"))[0] == 503
+        _c, doc, _ = await get(f"{url}/v1/status")
+        assert doc["engine"]["ok"] is False and "unavailable" in doc["engine"]["error"]  # type: ignore[index]
+        assert {n["name"]: n["state"] for n in doc["nodes"]} == {"meta0": "pending", "db0": "pending", "db1": "pending"}  # type: ignore[index]
+        assert all(n["reason"].startswith("waiting for the Docker Engine") for n in doc["nodes"])  # type: ignore[index]
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert await asyncio.to_thread(cli.main, ["status", "--url", url]) == 1
+        assert "docker engine: Docker Engine unavailable: no socket at" in out.getvalue()
+        assert not task.done()
+    finally:
+        supervisor.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def _status_code(url: str, code: int) -> bool:
+    return (await get(url))[0] == code
