@@ -306,7 +306,8 @@ class Supervisor:
     def _update_probe_targets(self, result: Plan) -> None:
         if self._prober is None:
             return
-        targets: list[probes.Target] = [probes.Target("leases", "leases")]
+        lost = any(v.state is planning.NodeState.LEASE_LOST for v in result.views.values())
+        targets: list[probes.Target] = [probes.Target("leases", "leases", fast=lost)]
         for node in self.desired.nodes:
             c = self._containers.get(node.name)
             view = result.views.get(node.name)

@@ -264,10 +264,15 @@ class Engine:
             api.start(created["Id"])
             return str(created["Id"])
 
-        return await self._call(f"create {spec.name}", create)
+        container_id = await self._call(f"create {spec.name}", create)
+        self.invalidate(container_id)
+        return container_id
 
     async def start(self, container_id: str) -> None:
-        await self._call("start container", lambda: self._api().start(container_id))
+        try:
+            await self._call("start container", lambda: self._api().start(container_id))
+        finally:
+            self.invalidate(container_id)  # the list may lag behind what we just did
 
     async def stop(self, container_id: str, timeout_s: float) -> None:
         """SIGTERM, then SIGKILL after `timeout_s`. A paused container is unpaused first."""
@@ -280,7 +285,10 @@ class Engine:
             if state.get("Running"):
                 api.stop(container_id, timeout=max(1, round(timeout_s)))
 
-        await self._call("stop container", stop, timeout_s=timeout_s + CALL_TIMEOUT_S)
+        try:
+            await self._call("stop container", stop, timeout_s=timeout_s + CALL_TIMEOUT_S)
+        finally:
+            self.invalidate(container_id)
 
     async def remove(self, container_id: str) -> None:
         def remove() -> None:

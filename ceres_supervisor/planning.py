@@ -415,21 +415,25 @@ def _watch_running(
         if blocked:
             return NodeView(NodeState.BLOCKED, cycle.meta_detail), replace(rec, lease_lost_since=None)
         leases = cycle.observed.leases
+        if leases is not None and leases.at < rec.run_seen_at:
+            leases = None  # read before this run of the container started: says nothing about it
         held, _shards, lease_detail = leases.held(node.endpoint) if leases else (None, (), None)
-        if held is False:
-            since = rec.lease_lost_since if rec.lease_lost_since is not None else now
+        if held is False and leases is not None:
+            # The grace is measured between readings, never from one stale sample: lost in the
+            # first, still lost in one taken lease_grace later (leases are read every second then).
+            since = rec.lease_lost_since if rec.lease_lost_since is not None else leases.at
             rec = replace(rec, lease_lost_since=since)
-            if now - since >= policy.lease_grace_s:
+            lost_for = leases.at - since
+            if lost_for >= policy.lease_grace_s:
                 return _restart(
                     cycle,
                     node,
                     rec,
                     c,
-                    f"lease lost for {now - since:.0f}s: {lease_detail}",
+                    f"lease lost for {lost_for:.0f}s: {lease_detail}",
                     NodeState.LEASE_LOST,
                     "lease_lost",
                 )
-            cycle.wakes.append(since + policy.lease_grace_s)
             return NodeView(NodeState.LEASE_LOST, lease_detail), rec
         rec = replace(rec, lease_lost_since=None)
     reason = fresh.detail if fresh is not None and not fresh.ok else None

@@ -30,6 +30,8 @@ from .observed import LeaseView, MetaMemberProbe, ProbeResult
 log = structlog.get_logger(__name__)
 
 FAST_INTERVAL_S: Final = 0.1
+LEASE_FAST_INTERVAL_S: Final = 1.0
+"""Lease reading interval while some node's lease is lost (one etcd range and one meta call)."""
 """Probe interval for nodes that are starting and for meta while it is not ready."""
 _MAX_BODY: Final = 1 << 20
 
@@ -257,7 +259,9 @@ class Prober:
         self._changed.set()
 
     def _interval(self, target: Target) -> float:
-        return FAST_INTERVAL_S if target.fast else self.settings.interval_s
+        if not target.fast:
+            return self.settings.interval_s
+        return LEASE_FAST_INTERVAL_S if target.kind == "leases" else FAST_INTERVAL_S
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -283,7 +287,9 @@ class Prober:
             if target.kind == "leases":
                 meta = tuple(n for n in self.nodes.values() if n.role == "meta")
                 leases = await read_leases(self.session, meta, s.root, s.cluster, s.timeout_s)
-                self.leases = leases
+                last, self.leases = self.leases, leases
+                if last is None or (last.locked, last.assigned) != (leases.locked, leases.assigned):
+                    self.on_change()
                 return
             node = self.nodes.get(target.key)
             if node is None:

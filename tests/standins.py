@@ -84,4 +84,7 @@ class StandIns:
 def kill_main_process(container: Container) -> None:
     """SIGKILL the container's main process from the host: a crash, not a `docker kill`."""
     container.reload()
-    os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+    pid = int(container.attrs["State"]["Pid"])
+    if pid <= 0:  # not running: os.kill(0, ...) would hit our own process group
+        raise ProcessLookupError(f"{container.name} has no main process (state {container.status})")
+    os.kill(pid, signal.SIGKILL)

@@ -400,3 +400,18 @@ async def test_a_port_taken_by_another_process_is_a_reason_not_a_crash(make_clus
     finally:
         squatter.close()
     await cluster.healthy(60)  # the next retry succeeds once the port is free
+
+
+async def test_one_crash_is_one_restart(make_cluster: Callable[..., Cluster]) -> None:
+    """The cycle woken by our own start must not see the container as still exited (Docker's list
+    lags) and start it a second time: one crash, one start action, restarts == 1."""
+    cluster = make_cluster()
+    supervisor = await cluster.start()
+    await cluster.healthy(90)
+    for round_ in range(1, 4):
+        kill_main_process(await cluster.container("db0"))
+        await eventually(lambda r=round_: cluster.record("db0").restarts >= r, 30, f"restart {round_}")
+        await cluster.healthy(60)
+        starts = [e for e in supervisor.events if e.node == "db0" and e.type == "start"]
+        assert len(starts) == round_, [(e.at, e.reason) for e in starts]
+        assert cluster.record("db0").restarts == round_

@@ -309,3 +309,31 @@ def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredClust
     stopped = replace(container(cluster, "db1", "exited", exit_code=0), spec_hash="old")
     p = plan(cluster, observation(cluster, [cs[0], cs[1], stopped], probes=probes))
     assert actions(p) == [("recreate", "db1")]
+
+
+def test_lease_grace_is_measured_between_readings_not_by_the_clock(cluster: desired.DesiredCluster) -> None:
+    """A single reading that showed the lease lost never restarts a node, however long ago it was
+    taken: only a reading lease_grace later that still shows it lost does."""
+    cs, probes = healthy_cluster(cluster)
+    policy = replace(POLICY, lease_grace_s=5)
+    lost = {"127.0.0.1:8831": (0, 2), "127.0.0.1:8832": (1, 3)}
+    first = LeaseView(NOW - 10, WALL, assigned=lost, locked={1: "127.0.0.1:8832", 3: "127.0.0.1:8832"})
+    records = {"db0": NodeRecord(run_key=cs[1].run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)}
+    p = plan(cluster, observation(cluster, cs, probes=probes, leases=first), records, now=NOW + 100, policy=policy)
+    assert actions(p) == [] and p.views["db0"].state is NodeState.LEASE_LOST
+    later = replace(first, at=NOW - 10 + 5)
+    p2 = plan(cluster, observation(cluster, cs, probes=probes, leases=later), p.records, now=NOW + 101, policy=policy)
+    assert actions(p2) == [("stop", "db0")]
+    assert p2.notes[0].reason.startswith("lease lost for 5s")
+    back = replace(first, at=NOW - 10 + 3, locked={**first.locked, 0: "127.0.0.1:8831", 2: "127.0.0.1:8831"})
+    p3 = plan(cluster, observation(cluster, cs, probes=probes, leases=back), p.records, now=NOW + 101, policy=policy)
+    assert actions(p3) == [] and p3.records["db0"].lease_lost_since is None
+
+
+def test_a_lease_reading_older_than_the_run_says_nothing_about_it(cluster: desired.DesiredCluster) -> None:
+    cs, probes = healthy_cluster(cluster)
+    stale = LeaseView(NOW - 30, WALL, assigned={"127.0.0.1:8831": (0, 2)}, locked={})
+    records = {"db0": NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 20, healthy_since=NOW - 19,
+                                 last_probe_at=NOW - 1, lease_lost_since=NOW - 100)}
+    p = plan(cluster, observation(cluster, cs, probes=probes, leases=stale), records)
+    assert actions(p) == [] and p.views["db0"].state is NodeState.HEALTHY
