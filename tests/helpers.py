@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from ceres_supervisor.probes import decode_shard_lock
@@ -36,20 +38,29 @@ def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, i
         time.sleep(interval_s)
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free on every loopback address right now (bound on 0.0.0.0 to be sure)."""
-    sockets, ports = [], []
+def _ephemeral_low() -> int:
     try:
-        while len(ports) < count:
-            s = socket.socket()
-            s.bind(("0.0.0.0", 0))
-            sockets.append(s)
-            port = s.getsockname()[1]
-            if 20000 <= port < 60000:
-                ports.append(port)
-    finally:
-        for s in sockets:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now (bound on 0.0.0.0 to be sure), below the kernel's ephemeral range:
+    a port from that range can be taken by any outgoing connection before a server binds it."""
+    rng = random.Random()
+    high = min(_ephemeral_low(), 65536) - 1
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randint(10000, high)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
     return ports
 
 
