@@ -17,12 +17,12 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
 
 import common
 import docker
 
 from ceres_supervisor import files, loading, rendering, secrets
+from ceres_supervisor.engine import parse_time
 
 
 def start_peer(d: common.Daemon, client: docker.DockerClient) -> tuple[object, int]:
@@ -139,10 +139,9 @@ def _age(started_at: str) -> float:
 
 
 def _epoch(text: str) -> float:
-    head, _, rest = text.replace("Z", "+00:00").partition(".")
-    digits = "".join(ch for ch in rest if ch.isdigit())
-    tz = rest[len(digits):] if rest else ""
-    return datetime.fromisoformat(f"{head}.{digits[:6] or '0'}{tz or '+00:00'}").timestamp()
+    parsed = parse_time(text)
+    assert parsed is not None, text
+    return parsed.timestamp()
 
 
 if __name__ == "__main__":

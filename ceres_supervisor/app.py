@@ -104,6 +104,7 @@ class Supervisor:
         self.reload_result = ReloadResult(True, None, None)
         self.notifier = notifier or systemd.Notifier()
         self._retiring: set[str] = set()
+        self._topology_recorded = False
         """Nodes removed from the file by a reload: their containers are stopped and removed."""
         self.last_cycle_at: float | None = None
         self._wake = asyncio.Event()
@@ -337,8 +338,11 @@ class Supervisor:
         )
 
     def _remember_topology(self) -> None:
+        if self._topology_recorded:  # written once, at the first ready meta: no stat per cycle
+            return
         with contextlib.suppress(OSError):
             topology.remember(self.spec, self.desired)
+            self._topology_recorded = True
 
     def _publish(self, observation: Observation, result: Plan | None) -> None:
         if result is None:

@@ -93,7 +93,7 @@ def _translate(err: Exception, what: str) -> EngineError:
     return EngineError(f"{what}: {err}")
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def parse_time(text: str | None) -> datetime | None:
     """Docker's RFC 3339 times carry nanoseconds; Python takes at most microseconds."""
     if not text or text.startswith("0001-"):
         return None
@@ -118,8 +118,8 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         image=attrs.get("Config", {}).get("Image", ""),
         exit_code=None if running else state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
-        started_at=_parse_time(state.get("StartedAt")),
-        finished_at=None if running else _parse_time(state.get("FinishedAt")),
+        started_at=parse_time(state.get("StartedAt")),
+        finished_at=None if running else parse_time(state.get("FinishedAt")),
         error=str(state.get("Error") or ""),
     )
 

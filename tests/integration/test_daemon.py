@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 
 import aiohttp
 import pytest
 
 from ceres_supervisor import loading
-from ceres_supervisor.engine import Engine
+from ceres_supervisor.engine import Engine, parse_time
 
 from ..helpers import shard_lock_leases, shard_locks
 from ..standins import kill_main_process
@@ -26,8 +25,9 @@ from .conftest import Cluster, eventually
 
 
 def created_at(container: object) -> float:
-    text = container.attrs["Created"]  # type: ignore[attr-defined]
-    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00")).timestamp()
+    parsed = parse_time(container.attrs["Created"])  # type: ignore[attr-defined]
+    assert parsed is not None
+    return parsed.timestamp()
 
 
 def started_at(container: object) -> str:
