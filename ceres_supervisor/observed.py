@@ -1,7 +1,7 @@
 """Frozen snapshots of what runs: containers, probe results, meta readiness, shard locks.
 
-Data only. Built fresh each cycle by the reconcile loop from the engine and the prober; read by
-the planner (which is pure) and by the status API.
+Data only. Built fresh each cycle by `observing` from the engine and the prober; read by the
+planner (which is pure) and by the status API.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class ObservedContainer:
     finished_at: datetime | None = None
     error: str = ""
     """Docker's own error for the last start (e.g. a missing mount source), if any."""
+    host: str = ""
+    """The `io.ceres-supervisor.host` label: the supervisor that owns it."""
 
     @property
     def is_running(self) -> bool:
@@ -56,11 +58,29 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class MetaMemberProbe:
-    """One CeresMeta member: alive (HTTP health), etcd healthy, and whether it lists the cluster."""
+    """One CeresMeta member: alive (its HTTP health route) and its etcd healthy."""
 
     alive: ProbeResult
     etcd_ok: bool
+
+
+@dataclass(frozen=True)
+class MetaLeader:
+    """Who leads CeresMeta (its leader key in etcd) and whether the leader lists the cluster."""
+
+    at: float
+    member: str | None
+    """The meta node (by name) whose advertise-client URL the leader key holds, or None."""
     lists_cluster: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ShardLock:
+    holder: str
+    """The endpoint (`host:grpc_port`) the lock's value names."""
+    lease: int
+    """The etcd lease the lock is bound to: tells one incarnation of a node from the next."""
 
 
 @dataclass(frozen=True)
@@ -71,26 +91,13 @@ class LeaseView:
     checked_at: datetime
     assigned: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """endpoint -> shard ids meta assigned to it; empty while the cluster has no topology."""
-    locked: dict[int, str] = field(default_factory=dict)
-    """shard id -> endpoint named by its lock."""
+    locks: dict[int, ShardLock] = field(default_factory=dict)
+    """shard id -> the lock on it."""
     error: str | None = None
 
-    def held(self, endpoint: str) -> tuple[bool | None, tuple[int, ...], str | None]:
-        """(held, shards it holds, detail). held is None while it cannot be known."""
-        mine = tuple(sorted(s for s, holder in self.locked.items() if holder == endpoint))
-        if self.error is not None:
-            return None, mine, self.error
-        wanted = self.assigned.get(endpoint)
-        if not wanted:
-            return (
-                None,
-                mine,
-                "no shards assigned yet" if not self.assigned else "no shards assigned to this node",
-            )
-        missing = sorted(set(wanted) - set(mine))
-        if missing:
-            return False, mine, f"shards {','.join(map(str, missing))} not locked by {endpoint}"
-        return True, mine, None
+    def locked_by(self, endpoint: str) -> dict[int, int]:
+        """shard -> lease of every lock naming `endpoint`."""
+        return {s: lock.lease for s, lock in self.locks.items() if lock.holder == endpoint}
 
 
 @dataclass(frozen=True)
@@ -99,26 +106,32 @@ class Observation:
     """Monotonic time of the observation."""
     wall: datetime
     containers: dict[str, ObservedContainer]
-    """By node name; only managed containers of this cluster."""
+    """By node name; only managed containers of this cluster and of this supervisor's host."""
     orphans: tuple[ObservedContainer, ...]
-    """Managed containers of this cluster whose node is not in the file."""
+    """This supervisor's managed containers whose node is not in the file."""
     engine_error: str | None
     probes: dict[str, ProbeResult]
     meta: dict[str, MetaMemberProbe]
+    leader: MetaLeader | None
     leases: LeaseView | None
     busy: dict[str, str]
     """Node -> kind of the action in flight: the planner leaves those nodes alone."""
-    failed_actions: dict[str, str] = field(default_factory=dict)
-    """Node -> why its last action failed (since the previous cycle): each is a failure."""
+    failed_actions: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Node -> (action kind, why it failed) since the previous cycle."""
+    engine_restart_exits: frozenset[str] = frozenset()
+    """IDs of containers that stopped while the Docker Engine was away (restarted with it)."""
 
     @property
     def meta_ready_detail(self) -> tuple[bool, str]:
-        """Meta is ready when every member is alive with etcd healthy and one lists the cluster."""
+        """Meta is ready when every member is alive with etcd healthy, a leader holds the leader
+        key, and the leader lists the cluster."""
         if not self.meta:
             return False, "no meta members probed yet"
         down = [n for n, m in sorted(self.meta.items()) if not (m.alive.ok and m.etcd_ok)]
         if down:
             return False, f"meta members not ready: {', '.join(down)}"
-        if not any(m.lists_cluster for m in self.meta.values()):
-            return False, "no meta member lists the cluster yet"
+        if self.leader is None or self.leader.member is None:
+            return False, f"no meta leader yet ({self.leader.detail if self.leader else 'not read yet'})"
+        if not self.leader.lists_cluster:
+            return False, f"meta leader {self.leader.member} does not list the cluster yet"
         return True, "meta ready"

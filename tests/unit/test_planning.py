@@ -1,4 +1,4 @@
-"""planning.plan() decided by table: desired x observed x memory x time. No Docker, no mocks."""
+"""planning.plan() decided by table: desired x observed x memory x time x budget. No Docker, no mocks."""
 
 from __future__ import annotations
 
@@ -9,32 +9,92 @@ from pathlib import Path
 import pytest
 
 from ceres_supervisor import desired, loading, planning
-from ceres_supervisor.observed import LeaseView, MetaMemberProbe, Observation, ObservedContainer, ProbeResult
-from ceres_supervisor.planning import NodeRecord, NodeState, Policy
+from ceres_supervisor.backoff import Count
+from ceres_supervisor.observed import (
+    LeaseView,
+    MetaLeader,
+    MetaMemberProbe,
+    Observation,
+    ObservedContainer,
+    ProbeResult,
+    ShardLock,
+)
+from ceres_supervisor.planning import Budget, Controls, NodeRecord, NodeState, Policy
 
 from .conftest import BASE
 
 NOW = 1000.0
 WALL = datetime(2026, 11, 26, tzinfo=UTC)
-POLICY = Policy(failure_threshold=3, start_timeout_s=120, lease_grace_s=60, backoff_initial_s=1, backoff_max_s=60,
-                backoff_reset_s=600, crashloop_failures=5, crashloop_window_s=600)
+POLICY = Policy(
+    failure_threshold=3,
+    start_timeout_s=120,
+    lease_grace_s=60,
+    backoff_initial_s=1,
+    backoff_max_s=60,
+    backoff_reset_s=600,
+    crashloop_failures=5,
+    crashloop_window_s=600,
+)
+THREE = (
+    BASE
+    + """
+[[ceresdb.nodes]]
+name = "db2"
+host = "127.0.0.1"
+grpc_port = 8833
+http_port = 5442
+mysql_port = 3309
+"""
+)
+META3 = THREE.replace(
+    '[[ceresdb.nodes]]\nname = "db0"',
+    '[[meta.nodes]]\nname = "meta1"\nhost = "127.0.0.1"\n'
+    'client_port = 12379\npeer_port = 12380\nhttp_port = 8081\n\n[[meta.nodes]]\nname = "meta2"\n'
+    'host = "127.0.0.1"\nclient_port = 22379\npeer_port = 22380\nhttp_port = 8082\n\n'
+    '[[ceresdb.nodes]]\nname = "db0"',
+    1,
+)
+
+
+def build(tmp_path: Path, text: str = BASE, local: bool = True) -> desired.DesiredCluster:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: local)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> desired.DesiredCluster:
-    path = tmp_path / "c.toml"
-    path.write_text(BASE)
-    return desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: True)
+    return build(tmp_path)
 
 
-def container(cluster: desired.DesiredCluster, node: str, state: str = "running", *, spec_hash: str | None = None,
-              exit_code: int | None = None, started: int = 1, finished: int = 2) -> ObservedContainer:
+@pytest.fixture
+def big(tmp_path: Path) -> desired.DesiredCluster:
+    """Three meta members and three CeresDB nodes."""
+    return build(tmp_path, META3)
+
+
+def container(
+    cluster: desired.DesiredCluster,
+    node: str,
+    state: str = "running",
+    *,
+    spec_hash: str | None = None,
+    exit_code: int | None = None,
+    started: int = 1,
+    finished: int = 2,
+) -> ObservedContainer:
     n = cluster.node(node)
     assert n is not None
     return ObservedContainer(
-        id=f"id-{node}", name=f"ceres-x-{node}", node=node, role=n.role,
-        spec_hash=n.spec_hash if spec_hash is None else spec_hash, state=state, image="img",
-        exit_code=exit_code, started_at=datetime(2026, 1, 1, 0, 0, started, tzinfo=UTC),
+        id=f"id-{node}",
+        name=f"ceres-x-{node}",
+        node=node,
+        role=n.role,
+        spec_hash=n.spec_hash if spec_hash is None else spec_hash,
+        state=state,
+        image="img",
+        exit_code=exit_code,
+        started_at=datetime(2026, 1, 1, 0, 0, started, tzinfo=UTC),
         finished_at=None if state == "running" else datetime(2026, 1, 1, 0, 0, finished, tzinfo=UTC),
     )
 
@@ -43,32 +103,80 @@ def probe(c: ObservedContainer, ok: bool = True, at: float = NOW) -> ProbeResult
     return ProbeResult(ok, "GET / 200" if ok else "GET /: timed out", at, WALL, 0.001, c.run_key)
 
 
-def observation(cluster: desired.DesiredCluster, containers: list[ObservedContainer], *, meta_ready: bool = True,
-                probes: dict[str, ProbeResult] | None = None, leases: LeaseView | None = None,
-                busy: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> Observation:
+def observation(
+    cluster: desired.DesiredCluster,
+    containers: list[ObservedContainer],
+    *,
+    meta_ready: bool = True,
+    probes: dict[str, ProbeResult] | None = None,
+    leases: LeaseView | None = None,
+    busy: dict[str, str] | None = None,
+    failed: dict[str, tuple[str, str]] | None = None,
+    restarted: frozenset[str] = frozenset(),
+) -> Observation:
     alive = ProbeResult(meta_ready, "GET /api/v1/healthCheck 200", NOW, WALL)
+    members = {m.name: MetaMemberProbe(alive, meta_ready) for m in cluster.meta}
+    leader = MetaLeader(NOW, cluster.meta[0].name if meta_ready else None, meta_ready, "")
     return Observation(
-        at=NOW, wall=WALL, containers={c.node: c for c in containers}, orphans=(), engine_error=None,
-        probes=probes or {}, meta={"meta0": MetaMemberProbe(alive, meta_ready, meta_ready)}, leases=leases,
-        busy=busy or {}, failed_actions=failed or {},
+        at=NOW,
+        wall=WALL,
+        containers={c.node: c for c in containers},
+        orphans=(),
+        engine_error=None,
+        probes=probes or {},
+        meta=members,
+        leader=leader,
+        leases=LeaseView(NOW, WALL) if leases is None else leases,
+        busy=busy or {},
+        failed_actions=failed or {},
+        engine_restart_exits=restarted,
     )
 
 
-def plan(cluster: desired.DesiredCluster, obs: Observation, records: dict[str, NodeRecord] | None = None,
-         now: float = NOW, jitter: float = 0.0, policy: Policy = POLICY) -> planning.Plan:
-    return planning.plan(cluster, obs, records or {}, now, lambda: jitter, policy)
+def plan(
+    cluster: desired.DesiredCluster,
+    obs: Observation,
+    records: dict[str, NodeRecord] | None = None,
+    now: float = NOW,
+    jitter: float = 0.0,
+    policy: Policy = POLICY,
+    budget: Budget | None = None,
+    controls: Controls | None = None,
+) -> planning.Plan:
+    return planning.plan(cluster, obs, records or {}, now, lambda: jitter, policy, budget, controls)
 
 
 def actions(p: planning.Plan) -> list[tuple[str, str]]:
     return [(a.kind, a.node) for a in p.actions]
 
 
-def healthy_cluster(cluster: desired.DesiredCluster) -> tuple[list[ObservedContainer], dict[str, ProbeResult]]:
-    cs = [container(cluster, n) for n in ("meta0", "db0", "db1")]
+def running(cluster: desired.DesiredCluster) -> tuple[list[ObservedContainer], dict[str, ProbeResult]]:
+    cs = [container(cluster, n.name) for n in cluster.nodes]
     return cs, {c.node: probe(c) for c in cs}
 
 
+def healthy_records(cs: list[ObservedContainer], **changes: object) -> dict[str, NodeRecord]:
+    return {
+        c.node: NodeRecord(run_key=c.run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1, **changes)  # type: ignore[arg-type]
+        for c in cs
+    }
+
+
+def failing(
+    cluster: desired.DesiredCluster, *names: str
+) -> tuple[list[ObservedContainer], dict[str, ProbeResult], dict[str, NodeRecord]]:
+    """Everything running and healthy so far; `names` have failed two probes and fail a third now."""
+    cs, probes = running(cluster)
+    records = healthy_records(cs)
+    for c in cs:
+        if c.node in names:
+            probes[c.node] = probe(c, ok=False)
+            records[c.node] = replace(records[c.node], probe_failures=2)
+    return cs, probes, records
+
+
 # --- ordering and creation ------------------------------------------------------------------------
+
 
 def test_cold_start_creates_meta_and_blocks_ceresdb(cluster: desired.DesiredCluster) -> None:
     p = plan(cluster, observation(cluster, [], meta_ready=False))
@@ -83,45 +191,48 @@ def test_ceresdb_created_once_meta_is_ready(cluster: desired.DesiredCluster) -> 
     assert actions(p) == [("create", "db0"), ("create", "db1")]
 
 
-def test_all_meta_members_start_together(tmp_path: Path) -> None:
-    text = BASE.replace('[[ceresdb.nodes]]\nname = "db0"', '[[meta.nodes]]\nname = "meta1"\nhost = "10.0.0.2"\n'
-                        '[[meta.nodes]]\nname = "meta2"\nhost = "10.0.0.3"\n\n[[ceresdb.nodes]]\nname = "db0"', 1)
-    path = tmp_path / "c.toml"
-    path.write_text(text)
-    three = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: True)
-    p = planning.plan(three, Observation(NOW, WALL, {}, (), None, {}, {}, None, {}), {}, NOW, lambda: 0.0, POLICY)
+def test_meta_is_ready_only_when_the_leader_lists_the_cluster(cluster: desired.DesiredCluster) -> None:
+    meta = container(cluster, "meta0")
+    obs = observation(cluster, [meta], probes={"meta0": probe(meta)})
+    for leader, detail in [
+        (None, "no meta leader yet (not read yet)"),
+        (
+            MetaLeader(NOW, None, False, "no leader key /members/leader yet"),
+            "no meta leader yet (no leader key /members/leader yet)",
+        ),
+        (MetaLeader(NOW, "meta0", False, ""), "meta leader meta0 does not list the cluster yet"),
+    ]:
+        p = plan(cluster, replace(obs, leader=leader))
+        assert actions(p) == [] and p.meta_detail == detail
+        assert p.views["db0"].state is NodeState.BLOCKED and p.views["db0"].reason == detail
+
+
+def test_all_meta_members_start_together(big: desired.DesiredCluster) -> None:
+    p = plan(big, observation(big, [], meta_ready=False))
     assert actions(p) == [("create", "meta0"), ("create", "meta1"), ("create", "meta2")]
 
 
 def test_healthy_adopted_cluster_is_left_alone(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, probes = running(cluster)
     p = plan(cluster, observation(cluster, cs, probes=probes))
     assert actions(p) == []
     assert {v.state for v in p.views.values()} == {NodeState.HEALTHY}
     assert p.cluster_state is planning.ClusterState.HEALTHY
+    assert p.releasable == {"meta0", "db0", "db1"}
 
 
 def test_remote_nodes_are_never_acted_on(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text(BASE)
-    remote_db = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: False)
-    p = planning.plan(remote_db, Observation(NOW, WALL, {}, (), None, {}, {}, None, {}), {}, NOW, lambda: 0.0, POLICY)
+    remote = build(tmp_path, local=False)
+    p = plan(remote, observation(remote, [], meta_ready=False))
     assert actions(p) == []
     assert {v.state for v in p.views.values()} == {NodeState.REMOTE}
 
 
 # --- failures and backoff -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("n", "jitter", "delay"), [
-    (1, 0.0, 0.0), (1, 0.2, 0.0), (2, 0.0, 1.0), (3, 0.0, 2.0), (4, 0.0, 4.0), (5, 0.2, 9.6), (6, -0.2, 12.8),
-    (8, 0.0, 60.0), (20, 0.2, 60.0),
-])
-def test_restart_delay(n: int, jitter: float, delay: float) -> None:
-    assert planning.restart_delay(n, POLICY, jitter) == pytest.approx(delay)
-
 
 def test_first_unexpected_exit_restarts_at_once(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, probes = running(cluster)
     first = plan(cluster, observation(cluster, cs, probes=probes))
     dead = container(cluster, "db0", "exited", exit_code=137)
     p = plan(cluster, observation(cluster, [cs[0], dead, cs[2]], probes=probes), first.records)
@@ -132,7 +243,7 @@ def test_first_unexpected_exit_restarts_at_once(cluster: desired.DesiredCluster)
 
 
 def test_meta_exit_code_0_is_a_failure(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, probes = running(cluster)
     first = plan(cluster, observation(cluster, cs, probes=probes))
     dead = container(cluster, "meta0", "exited", exit_code=0)
     p = plan(cluster, observation(cluster, [dead, cs[1], cs[2]], meta_ready=False), first.records)
@@ -141,8 +252,8 @@ def test_meta_exit_code_0_is_a_failure(cluster: desired.DesiredCluster) -> None:
 
 
 def test_second_failure_waits_with_backoff_then_starts(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    records = {"db0": NodeRecord(failures=1, failure_times=(NOW - 5,), restarts=1, run_key="old")}
+    cs, probes = running(cluster)
+    records = {"db0": NodeRecord(count=Count(1, (NOW - 5,)), restarts=1, run_key="old")}
     dead = container(cluster, "db0", "exited", exit_code=1)
     p = plan(cluster, observation(cluster, [cs[0], dead, cs[2]], probes=probes), records, jitter=0.1)
     assert actions(p) == []
@@ -154,186 +265,426 @@ def test_second_failure_waits_with_backoff_then_starts(cluster: desired.DesiredC
     assert later.records["db0"].failures == 2  # the same exit is not counted twice
 
 
-def test_crashloop_after_five_failures_in_the_window(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    times = tuple(NOW - 60 * i for i in range(1, 5))
-    records = {"db0": NodeRecord(failures=4, failure_times=times, run_key="old")}
+def test_crashloop_at_the_fifth_failure_waits_backoff_max(cluster: desired.DesiredCluster) -> None:
+    cs, probes = running(cluster)
+    records = {"db0": NodeRecord(count=Count(4, tuple(NOW - 60 * i for i in range(1, 5))), run_key="old")}
     dead = container(cluster, "db0", "exited", exit_code=1)
     p = plan(cluster, observation(cluster, [cs[0], dead, cs[2]], probes=probes), records)
     assert p.records["db0"].crashloop
     assert p.views["db0"].state is NodeState.CRASHLOOP
+    assert p.views["db0"].next_restart_at == pytest.approx(NOW + 60)
     assert [n.type for n in p.notes] == ["died", "crashloop"]
     assert p.cluster_state is planning.ClusterState.DEGRADED
 
 
-def test_old_failures_outside_the_window_do_not_count(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    records = {"db0": NodeRecord(failures=4, failure_times=tuple(NOW - 700 - i for i in range(4)), run_key="old")}
-    p = plan(cluster, observation(cluster, [cs[0], container(cluster, "db0", "exited", exit_code=1), cs[2]],
-                                  probes=probes), records)
-    assert not p.records["db0"].crashloop
-
-
-def test_failure_count_resets_after_a_healthy_backoff_reset(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    db0 = cs[1]
-    records = {"db0": NodeRecord(failures=5, crashloop=True, run_key=db0.run_key, healthy_since=NOW - 601,
-                                 last_probe_at=NOW - 1)}
-    p = plan(cluster, observation(cluster, cs, probes=probes), records)
-    assert p.records["db0"].failures == 0 and not p.records["db0"].crashloop
+def test_a_crash_after_a_long_healthy_run_restarts_at_once(cluster: desired.DesiredCluster) -> None:
+    """The reset is checked before the new failure is counted (healthy 601 s, backoff_reset 10m)."""
+    cs, probes = running(cluster)
+    records = healthy_records(cs)
+    records["db0"] = replace(records["db0"], count=Count(4, (NOW - 700,)), healthy_since=NOW - 601)
+    dead = container(cluster, "db0", "exited", exit_code=137, started=1, finished=3)
+    p = plan(cluster, observation(cluster, [cs[0], dead, cs[2]], probes=probes), records)
+    assert actions(p) == [("start", "db0")] and p.records["db0"].failures == 1
 
 
 def test_exit_the_supervisor_caused_is_not_a_failure(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    records = {"db0": NodeRecord(failures=1, expected_exit="id-db0", run_key="old", next_restart_at=NOW + 5)}
-    p = plan(cluster, observation(cluster, [cs[0], container(cluster, "db0", "exited", exit_code=0), cs[2]],
-                                  probes=probes), records)
+    cs, probes = running(cluster)
+    records = {
+        "db0": NodeRecord(
+            count=Count(1, (NOW,)), expected_exit="id-db0", run_key="old", next_restart_at=NOW + 5
+        )
+    }
+    p = plan(
+        cluster,
+        observation(cluster, [cs[0], container(cluster, "db0", "exited", exit_code=0), cs[2]], probes=probes),
+        records,
+    )
     assert p.notes == () and p.records["db0"].failures == 1
     assert p.views["db0"].state is NodeState.BACKOFF
 
 
-def test_exited_container_found_at_start_is_started_without_a_failure(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    p = plan(cluster, observation(cluster, [cs[0], container(cluster, "db0", "exited", exit_code=0), cs[2]],
-                                  probes=probes))
+def test_exited_container_found_at_start_is_started_without_a_failure(
+    cluster: desired.DesiredCluster,
+) -> None:
+    cs, probes = running(cluster)
+    p = plan(
+        cluster,
+        observation(cluster, [cs[0], container(cluster, "db0", "exited", exit_code=0), cs[2]], probes=probes),
+    )
     assert actions(p) == [("start", "db0")]
     assert p.notes == () and p.records["db0"].restarts == 0
 
 
-def test_failed_action_counts_as_a_failure(cluster: desired.DesiredCluster) -> None:
+def test_failed_create_counts_as_a_failure(cluster: desired.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
-    p = plan(cluster, observation(cluster, [meta], probes={"meta0": probe(meta)}, failed={"db0": "image missing"}),
-             {"db0": NodeRecord(failures=1, failure_times=(NOW,))})
+    p = plan(
+        cluster,
+        observation(
+            cluster, [meta], probes={"meta0": probe(meta)}, failed={"db0": ("create", "image missing")}
+        ),
+        {"db0": NodeRecord(count=Count(1, (NOW,)))},
+    )
     assert ("create", "db0") not in actions(p)
     assert p.views["db0"].state is NodeState.BACKOFF and p.views["db0"].reason == "image missing"
+    assert p.records["db0"].failures == 2
+
+
+def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(cluster: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(cluster, "db0")
+    p = plan(cluster, observation(cluster, cs, probes=probes), records)
+    assert actions(p) == [("stop", "db0")] and p.records["db0"].failures == 1
+    assert p.records["db0"].expected_exit == "id-db0"
+    # The stop failed: the container still runs, nothing more is counted and the mark is gone.
+    probes["db0"] = probe(cs[1], ok=False, at=NOW + 1)
+    p2 = plan(
+        cluster,
+        observation(cluster, cs, probes=probes, failed={"db0": ("stop", "Docker timed out")}),
+        p.records,
+        now=NOW + 1,
+    )
+    assert (
+        p2.records["db0"].failures == 1 and p2.records["db0"].expected_exit == "id-db0"
+    )  # stop retried at once
+    assert actions(p2) == [("stop", "db0")]
+    assert [n.type for n in p2.notes] == []
+    # ... and if the container then crashes for real, that exit is a failure.
+    p3 = plan(
+        cluster,
+        observation(cluster, cs, probes=probes, failed={"db0": ("stop", "Docker timed out")}),
+        p.records,
+        now=NOW + 1,
+    )
+    crashed = container(cluster, "db0", "exited", exit_code=137)
+    rec = replace(p3.records["db0"], expected_exit=None)
+    p4 = plan(
+        cluster,
+        observation(cluster, [cs[0], crashed, cs[2]], probes=probes),
+        {**p3.records, "db0": rec},
+        now=NOW + 2,
+    )
+    assert p4.records["db0"].failures == 2 and [n.type for n in p4.notes] == ["died"]
+
+
+def test_the_failed_stop_clears_the_expected_exit_mark(cluster: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(cluster, "db0")
+    records["db0"] = replace(
+        records["db0"], expected_exit="id-db0", stop_counted_for=cs[1].run_key, count=Count(1, (NOW,))
+    )
+    probes["db0"] = probe(cs[1], ok=True)
+    records["db0"] = replace(records["db0"], probe_failures=0)
+    p = plan(cluster, observation(cluster, cs, probes=probes, failed={"db0": ("stop", "timed out")}), records)
+    assert p.records["db0"].expected_exit is None and actions(p) == []
+    crashed = container(cluster, "db0", "exited", exit_code=137)
+    p2 = plan(cluster, observation(cluster, [cs[0], crashed, cs[2]], probes=probes), p.records, now=NOW + 1)
+    assert p2.records["db0"].failures == 2 and [n.type for n in p2.notes] == ["died"]
+    assert p2.views["db0"].state is NodeState.BACKOFF  # the second failure waits backoff_initial
+
+
+def test_a_refused_slot_waits_without_counting(cluster: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(cluster, "db0")
+    p = plan(cluster, observation(cluster, cs, probes=probes), records)
+    assert p.records["db0"].failures == 1
+    refused = "waiting for disruption budget: db9 (slot held by 10.0.0.9)"
+    p2 = plan(
+        cluster,
+        observation(cluster, cs, probes=probes, failed={"db0": ("slot", refused)}),
+        p.records,
+        now=NOW + 1,
+    )
+    assert p2.records["db0"].failures == 1 and p2.records["db0"].reason == refused
 
 
 # --- blocked, unhealthy, lease --------------------------------------------------------------------
 
+
 def test_meta_down_blocks_ceresdb_probe_and_lease_restarts(cluster: desired.DesiredCluster) -> None:
-    cs, _probes = healthy_cluster(cluster)
-    bad = {n: probe(c, ok=False) for n, c in zip(("meta0", "db0", "db1"), cs, strict=True)}
-    records = {n: NodeRecord(run_key=c.run_key, healthy_since=NOW - 50, probe_failures=10, last_probe_at=NOW - 1)
-               for n, c in zip(("db0", "db1"), cs[1:], strict=True)}
-    lost = LeaseView(NOW, WALL, assigned={"127.0.0.1:8831": (0, 1)}, locked={})
+    cs, _probes = running(cluster)
+    bad = {c.node: probe(c, ok=False) for c in cs}
+    records = {
+        n: NodeRecord(run_key=c.run_key, healthy_since=NOW - 50, probe_failures=10, last_probe_at=NOW - 1)
+        for n, c in zip(("db0", "db1"), cs[1:], strict=True)
+    }
+    lost = LeaseView(NOW, WALL, assigned={"127.0.0.1:8831": (0, 1)})
     dead_meta = container(cluster, "meta0", "exited", exit_code=2)
-    p = plan(cluster, observation(cluster, [dead_meta, cs[1], cs[2]], meta_ready=False, probes=bad, leases=lost),
-             records)
+    p = plan(
+        cluster,
+        observation(cluster, [dead_meta, cs[1], cs[2]], meta_ready=False, probes=bad, leases=lost),
+        records,
+    )
     assert actions(p) == [("start", "meta0")]
     assert p.views["db0"].state is NodeState.BLOCKED and p.views["db1"].state is NodeState.BLOCKED
 
 
 def test_exited_ceresdb_waits_for_meta(cluster: desired.DesiredCluster) -> None:
-    p = plan(cluster, observation(cluster, [container(cluster, "db0", "exited", exit_code=1)], meta_ready=False),
-             {"db0": NodeRecord(run_key="old")})
+    p = plan(
+        cluster,
+        observation(cluster, [container(cluster, "db0", "exited", exit_code=1)], meta_ready=False),
+        {"db0": NodeRecord(run_key="old")},
+    )
     assert ("start", "db0") not in actions(p)
     assert p.views["db0"].state is NodeState.BLOCKED
 
 
 @pytest.mark.parametrize(("failures_before", "acts"), [(1, []), (2, [("stop", "db0")])])
-def test_unhealthy_after_failure_threshold_probes(cluster: desired.DesiredCluster, failures_before: int,
-                                                  acts: list[tuple[str, str]]) -> None:
-    cs, probes = healthy_cluster(cluster)
+def test_unhealthy_after_failure_threshold_probes(
+    cluster: desired.DesiredCluster, failures_before: int, acts: list[tuple[str, str]]
+) -> None:
+    cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
-    records = {"db0": NodeRecord(run_key=cs[1].run_key, healthy_since=NOW - 30, probe_failures=failures_before,
-                                 last_probe_at=NOW - 1)}
+    records = healthy_records(cs)
+    records["db0"] = replace(records["db0"], probe_failures=failures_before)
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == acts
     if acts:
+        assert p.actions[0].by_choice
         assert p.records["db0"].expected_exit == "id-db0"
         assert p.views["db0"].state is NodeState.UNHEALTHY
         assert p.notes[0].reason == "unhealthy: 3 failed probes: GET /: timed out"
 
 
-@pytest.mark.parametrize(("lost_for", "acts", "state"), [
-    (None, [], NodeState.LEASE_LOST), (59, [], NodeState.LEASE_LOST), (60, [("stop", "db0")], NodeState.LEASE_LOST),
-])
-def test_lease_lost_restarts_after_the_grace(cluster: desired.DesiredCluster, lost_for: float | None,
-                                             acts: list[tuple[str, str]], state: NodeState) -> None:
-    cs, probes = healthy_cluster(cluster)
-    leases = LeaseView(NOW, WALL, assigned={"127.0.0.1:8831": (0, 2), "127.0.0.1:8832": (1, 3)},
-                       locked={1: "127.0.0.1:8832", 3: "127.0.0.1:8832", 0: "127.0.0.1:8831"})
-    records = {"db0": NodeRecord(run_key=cs[1].run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1,
-                                 lease_lost_since=None if lost_for is None else NOW - lost_for)}
-    p = plan(cluster, observation(cluster, cs, probes=probes, leases=leases), records)
-    assert actions(p) == acts
-    assert p.views["db0"].state is state
-    assert p.views["db1"].state is NodeState.HEALTHY
-    assert "shards 2 not locked by 127.0.0.1:8831" in (p.views["db0"].reason or "")
-
-
-def test_lease_unknown_before_shards_are_assigned_is_not_lost(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    p = plan(cluster, observation(cluster, cs, probes=probes, leases=LeaseView(NOW, WALL)))
-    assert p.views["db0"].state is NodeState.HEALTHY
-
-
 def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
-    records = {"db0": NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1)}
+    records = healthy_records(cs)
+    records["db0"] = NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1)
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == [("stop", "db0")]
     assert p.notes[0].type == "start_timeout"
 
 
-def test_busy_node_is_left_alone(cluster: desired.DesiredCluster) -> None:
+def test_busy_node_is_left_alone_and_its_stop_is_not_a_failure(cluster: desired.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
     p = plan(cluster, observation(cluster, [meta], probes={"meta0": probe(meta)}, busy={"db0": "create"}))
     assert actions(p) == [("create", "db1")]
     assert p.views["db0"].state is NodeState.STARTING
+    cs, probes = running(cluster)
+    stopped = container(cluster, "db1", "exited", exit_code=143)
+    p2 = plan(
+        cluster,
+        observation(cluster, [cs[0], cs[1], stopped], probes=probes, busy={"db1": "recreate"}),
+        healthy_records(cs),
+    )
+    assert p2.notes == () and p2.records["db1"].failures == 0
+
+
+LEASES = {"127.0.0.1:8831": (0, 3), "127.0.0.1:8832": (1, 4), "127.0.0.1:8833": (2, 5)}
+
+
+def locks(*held: str) -> dict[int, ShardLock]:
+    return {s: ShardLock(e, 7) for e, shards in LEASES.items() if e in held for s in shards}
+
+
+def test_a_lost_lease_is_reopening_then_lost_then_restarted(tmp_path: Path) -> None:
+    three = build(tmp_path, THREE)
+    cs, probes = running(three)
+    policy = replace(POLICY, lease_grace_s=5)
+    records = healthy_records(cs)
+    mine = ("127.0.0.1:8832", "127.0.0.1:8833")
+    at = NOW
+    p = plan(
+        three,
+        observation(three, cs, probes=probes, leases=LeaseView(at, WALL, LEASES, locks(*mine))),
+        records,
+        policy=policy,
+    )
+    assert p.views["db0"].state is NodeState.REOPENING and actions(p) == []
+    assert "CeresMeta 1.2.2 should reopen them within" in (p.views["db0"].reason or "")
+    for at, state, acts in [
+        (NOW + 14, NodeState.REOPENING, []),
+        (NOW + 15, NodeState.LEASE_LOST, []),
+        (NOW + 20, NodeState.LEASE_LOST, [("stop", "db0")]),
+    ]:
+        view = LeaseView(at, WALL, LEASES, locks(*mine))
+        p = plan(three, observation(three, cs, probes=probes, leases=view), p.records, now=at, policy=policy)
+        assert (p.views["db0"].state, actions(p)) == (state, acts), at
+    assert p.notes[0].type == "lease_lost" and p.notes[0].reason.startswith("lease lost for 5s: shards 0,3")
+
+
+def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(cluster: desired.DesiredCluster) -> None:
+    cs, probes = running(cluster)
+    broken = LeaseView(NOW, WALL, error="cannot read shard locks: meta0: timed out")
+    p = plan(cluster, observation(cluster, cs, probes=probes, leases=broken), healthy_records(cs))
+    assert p.views["db0"].state is NodeState.HEALTHY and "lease unknown" in (p.views["db0"].reason or "")
+    assert p.cluster_state is planning.ClusterState.UNKNOWN
+    assert "db0" not in p.releasable
+
+
+# --- the disruption budget ------------------------------------------------------------------------
+
+
+def test_all_three_meta_members_failing_together_are_never_stopped_together(
+    big: desired.DesiredCluster,
+) -> None:
+    cs, probes, records = failing(big, "meta0", "meta1", "meta2")
+    p = plan(big, observation(big, cs, probes=probes), records)
+    assert [a for a in actions(p) if a[1].startswith("meta")] == []
+    for name in ("meta0", "meta1", "meta2"):
+        assert p.views[name].state is NodeState.UNHEALTHY
+        assert "waiting for disruption budget:" in (p.views[name].reason or "")
+    assert p.records["meta0"].failures == 0  # nothing counted while it waits
+    assert [n.type for n in p.notes] == ["budget_wait"] * 3
+    again = plan(big, observation(big, cs, probes=probes), p.records)
+    assert [n.type for n in again.notes] == []  # the wait is an event once, not every cycle
+
+
+def test_one_meta_member_failing_is_restarted(big: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "meta1")
+    p = plan(big, observation(big, cs, probes=probes), records)
+    assert actions(p) == [("stop", "meta1")]
+
+
+def test_two_meta_members_failing_one_is_never_stopped_while_the_other_is_down(
+    big: desired.DesiredCluster,
+) -> None:
+    cs, probes, records = failing(big, "meta1", "meta2")
+    p = plan(big, observation(big, cs, probes=probes), records)
+    assert actions(p) == []
+    assert p.views["meta1"].reason.endswith("waiting for disruption budget: meta2 (unhealthy)")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("bad", "max_unavailable", "stopped"),
+    [
+        # Failing their probes, they still hold their shards: not down, so one goes first; the
+        # others wait for it (down from its stop until it is healthy with its shards again).
+        (("db0",), 1, ["db0"]),
+        (("db0", "db1"), 1, ["db0"]),
+        (("db0", "db1", "db2"), 1, ["db0"]),
+        (("db0", "db1"), 2, ["db0", "db1"]),
+        (("db0", "db1", "db2"), 2, ["db0", "db1"]),
+        (("db0", "db1", "db2"), 3, ["db0", "db1", "db2"]),
+    ],
+)
+def test_ceresdb_stops_by_choice_within_max_unavailable(
+    big: desired.DesiredCluster, bad: tuple[str, ...], max_unavailable: int, stopped: list[str]
+) -> None:
+    cs, probes, records = failing(big, *bad)
+    p = plan(
+        big, observation(big, cs, probes=probes), records, budget=Budget(max_unavailable=max_unavailable)
+    )
+    assert [n for kind, n in actions(p) if kind == "stop"] == stopped
+
+
+def test_a_crash_is_restarted_whatever_the_budget(big: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "db1", "db2")
+    crashed = container(big, "db0", "exited", exit_code=137)
+    observed = [c for c in cs if c.node != "db0"] + [crashed]
+    p = plan(big, observation(big, observed, probes=probes), records)
+    assert ("start", "db0") in actions(p)
+    assert ("stop", "db1") not in actions(p) and ("stop", "db2") not in actions(p)
+
+
+def test_a_node_without_its_shards_holds_back_another_stop(big: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "db2")
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records)
+    assert p.views["db1"].state is NodeState.REOPENING
+    assert actions(p) == []
+    assert "waiting for disruption budget: db1 (reopening)" in (p.views["db2"].reason or "")
+
+
+def test_peers_and_unavailable_coordination_hold_back_stops(big: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "db0")
+    p = plan(
+        big, observation(big, cs, probes=probes), records, budget=Budget(coordinated=True, available=False)
+    )
+    assert actions(p) == [] and "coordination unavailable" in (p.views["db0"].reason or "")
+    crashed = container(big, "db1", "exited", exit_code=137)
+    p2 = plan(
+        big,
+        observation(big, [c for c in cs if c.node != "db1"] + [crashed], probes=probes),
+        records,
+        budget=Budget(coordinated=True, available=False),
+    )
+    assert ("start", "db1") in actions(p2)  # failsafe: crashes are still restarted
 
 
 # --- spec changes ---------------------------------------------------------------------------------
 
-def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(cluster: desired.DesiredCluster) -> None:
-    cs, _probes = healthy_cluster(cluster)
+
+def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(
+    cluster: desired.DesiredCluster,
+) -> None:
+    cs, _probes = running(cluster)
     changed = [replace(c, spec_hash="old") for c in cs]
-    p = plan(cluster, observation(cluster, changed, probes={c.node: probe(c) for c in changed}))
-    assert actions(p) == [("recreate", "meta0")]
+    p = plan(
+        cluster,
+        observation(cluster, changed, probes={c.node: probe(c) for c in changed}),
+        healthy_records(changed),
+    )
+    assert actions(p) == [("recreate", "meta0")] and p.actions[0].by_choice
     assert "waiting its turn" in (p.views["db0"].reason or "")
 
 
 def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: desired.DesiredCluster) -> None:
-    cs, _probes = healthy_cluster(cluster)
+    cs, _probes = running(cluster)
     changed = [cs[0], replace(cs[1], spec_hash="old"), replace(cs[2], spec_hash="old")]
-    p = plan(cluster, observation(cluster, changed, probes={c.node: probe(c) for c in changed}))
+    p = plan(
+        cluster,
+        observation(cluster, changed, probes={c.node: probe(c) for c in changed}),
+        healthy_records(changed),
+    )
     assert actions(p) == [("recreate", "db0")]
-    p2 = plan(cluster, observation(cluster, [cs[0], changed[2]], probes={"meta0": probe(cs[0])},
-                                   busy={"db0": "recreate"}))
+    p2 = plan(
+        cluster,
+        observation(cluster, [cs[0], changed[2]], probes={"meta0": probe(cs[0])}, busy={"db0": "recreate"}),
+        p.records,
+    )
     assert actions(p2) == []
 
 
+def test_changed_ceresdb_waits_for_every_other_node_healthy(cluster: desired.DesiredCluster) -> None:
+    cs, probes = running(cluster)
+    changed = [cs[0], replace(cs[1], spec_hash="old"), cs[2]]
+    records = healthy_records(cs)
+    records["db1"] = NodeRecord(run_key=cs[2].run_key, run_seen_at=NOW - 1)  # db1 still starting
+    p = plan(cluster, observation(cluster, changed, probes={"meta0": probes["meta0"]}), records)
+    assert actions(p) == [] and "waiting its turn: db1 not healthy" in (p.views["db0"].reason or "")
+
+
 def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
+    cs, probes = running(cluster)
     stopped = replace(container(cluster, "db1", "exited", exit_code=0), spec_hash="old")
     p = plan(cluster, observation(cluster, [cs[0], cs[1], stopped], probes=probes))
-    assert actions(p) == [("recreate", "db1")]
+    assert actions(p) == [("recreate", "db1")] and not p.actions[0].by_choice
 
 
-def test_lease_grace_is_measured_between_readings_not_by_the_clock(cluster: desired.DesiredCluster) -> None:
-    """A single reading that showed the lease lost never restarts a node, however long ago it was
-    taken: only a reading lease_grace later that still shows it lost does."""
-    cs, probes = healthy_cluster(cluster)
-    policy = replace(POLICY, lease_grace_s=5)
-    lost = {"127.0.0.1:8831": (0, 2), "127.0.0.1:8832": (1, 3)}
-    first = LeaseView(NOW - 10, WALL, assigned=lost, locked={1: "127.0.0.1:8832", 3: "127.0.0.1:8832"})
-    records = {"db0": NodeRecord(run_key=cs[1].run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)}
-    p = plan(cluster, observation(cluster, cs, probes=probes, leases=first), records, now=NOW + 100, policy=policy)
-    assert actions(p) == [] and p.views["db0"].state is NodeState.LEASE_LOST
-    later = replace(first, at=NOW - 10 + 5)
-    p2 = plan(cluster, observation(cluster, cs, probes=probes, leases=later), p.records, now=NOW + 101, policy=policy)
-    assert actions(p2) == [("stop", "db0")]
-    assert p2.notes[0].reason.startswith("lease lost for 5s")
-    back = replace(first, at=NOW - 10 + 3, locked={**first.locked, 0: "127.0.0.1:8831", 2: "127.0.0.1:8831"})
-    p3 = plan(cluster, observation(cluster, cs, probes=probes, leases=back), p.records, now=NOW + 101, policy=policy)
-    assert actions(p3) == [] and p3.records["db0"].lease_lost_since is None
+# --- the engine, pauses ---------------------------------------------------------------------------
 
 
-def test_a_lease_reading_older_than_the_run_says_nothing_about_it(cluster: desired.DesiredCluster) -> None:
-    cs, probes = healthy_cluster(cluster)
-    stale = LeaseView(NOW - 30, WALL, assigned={"127.0.0.1:8831": (0, 2)}, locked={})
-    records = {"db0": NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 20, healthy_since=NOW - 19,
-                                 last_probe_at=NOW - 1, lease_lost_since=NOW - 100)}
-    p = plan(cluster, observation(cluster, cs, probes=probes, leases=stale), records)
-    assert actions(p) == [] and p.views["db0"].state is NodeState.HEALTHY
+def test_containers_that_died_with_the_docker_engine_are_started_without_a_failure(
+    cluster: desired.DesiredCluster,
+) -> None:
+    cs, probes = running(cluster)
+    records = healthy_records(cs)
+    dead = [container(cluster, c.node, "exited", exit_code=143) for c in cs]
+    p = plan(
+        cluster,
+        observation(cluster, dead, meta_ready=False, restarted=frozenset(c.id for c in dead)),
+        records,
+    )
+    assert actions(p) == [("start", "meta0")]
+    assert {n.type for n in p.notes} == {"engine_restarted"}
+    assert all(r.failures == 0 for r in p.records.values())
+    assert p.views["db0"].state is NodeState.BLOCKED and "docker engine restarted" in (
+        p.views["db0"].reason or ""
+    )
+
+
+def test_a_paused_node_is_never_touched(cluster: desired.DesiredCluster) -> None:
+    cs, probes, records = failing(cluster, "db0")
+    p = plan(cluster, observation(cluster, cs, probes=probes), records, controls=Controls(frozenset({"db0"})))
+    assert actions(p) == [] and p.views["db0"].state is NodeState.PAUSED
+    assert p.views["db0"].reason == "paused by the operator; container running"
+    stopped = container(cluster, "db0", "exited", exit_code=0)
+    p2 = plan(
+        cluster,
+        observation(cluster, [cs[0], stopped, cs[2]], probes=probes),
+        p.records,
+        controls=Controls(all_paused=True),
+    )
+    assert actions(p2) == [] and p2.notes == ()
+    assert p2.views["meta0"].state is NodeState.PAUSED
+    assert p2.views["db0"].reason == "the whole cluster is paused; container stopped (exit 0)"
+    resumed = plan(cluster, observation(cluster, [cs[0], stopped, cs[2]], probes=probes), p2.records)
+    assert actions(resumed) == [("start", "db0")] and resumed.records["db0"].failures == 0

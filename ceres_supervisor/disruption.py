@@ -1,0 +1,65 @@
+"""The disruption budget (SPEC section 4.5): may the supervisor stop this node by choice now? Pure.
+
+A stop by choice is any stop of a running container that the supervisor decides (unhealthy,
+lease lost, start timeout, a recreate, a planned restart); a crash is never one. A meta member is
+stopped by choice only while every other member is healthy (etcd keeps its quorum); a CeresDB
+node only while fewer than `max_unavailable` other CeresDB nodes are down or without their shards.
+
+`Budget` is the one interface behind the decision. On one machine it is built from this
+supervisor's own view; with several machines `coordination` builds it from every agent's
+published state and the slots held in the store, and the slot itself is then taken by an etcd
+txn before the stop (so two machines cannot both spend the last unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+COORDINATION_UNAVAILABLE: Final = "coordination unavailable"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything the rule needs besides this supervisor's own nodes."""
+
+    max_unavailable: int = 1
+    coordinated: bool = False
+    """Several machines: every stop by choice also needs a slot from the store."""
+    available: bool = True
+    """The store answers. When coordinated and not available, nothing is stopped by choice."""
+    peers: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
+    """Nodes of other machines: name -> (role, why it is down, or None when healthy with shards)."""
+    slots: Mapping[str, str] = field(default_factory=dict)
+    """Nodes holding a disruption slot cluster-wide -> the host that took it."""
+    outdated: frozenset[str] = frozenset()
+    """Other machines' nodes whose container still runs an old spec (a rolling change)."""
+
+
+def blockers(
+    node: str, role: str, down: Mapping[str, tuple[str, str | None]], budget: Budget
+) -> list[str] | None:
+    """Who stands in the way of stopping `node` by choice; None when it may be stopped.
+
+    `down` is every node this supervisor judges (name -> (role, why it is down or None)); peers
+    and slots of the budget are added to it."""
+    if budget.coordinated and not budget.available:
+        return [COORDINATION_UNAVAILABLE]
+    every = {**budget.peers, **down}
+    others = sorted(
+        f"{name} ({why})"
+        for name, (other_role, why) in every.items()
+        if name != node and other_role == role and why is not None
+    )
+    others += sorted(
+        f"{name} (slot held by {host})"
+        for name, host in budget.slots.items()
+        if name != node and name in every and every[name][0] == role and every[name][1] is None
+    )
+    limit = 1 if role == "meta" else budget.max_unavailable
+    return others if len(others) >= limit else None
+
+
+def describe(who: list[str]) -> str:
+    return "waiting for disruption budget: " + ", ".join(who)

@@ -1,0 +1,63 @@
+"""The disruption budget rule (SPEC 4.5), by table: who may be stopped by choice, and who stands in the way."""
+
+from __future__ import annotations
+
+import pytest
+
+from ceres_supervisor import disruption
+from ceres_supervisor.disruption import Budget
+
+HEALTHY = None
+META3 = {"meta0": ("meta", HEALTHY), "meta1": ("meta", HEALTHY), "meta2": ("meta", HEALTHY)}
+DB3 = {"db0": ("ceresdb", HEALTHY), "db1": ("ceresdb", HEALTHY), "db2": ("ceresdb", HEALTHY)}
+
+
+def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple[str, str | None]]:
+    return {name: (role, why.get(name)) for name, (role, _w) in base.items()}
+
+
+@pytest.mark.parametrize(
+    ("node", "local", "budget", "expected"),
+    [
+        # meta: only while every other member is healthy (etcd keeps its quorum)
+        ("meta0", down(META3, meta0="unhealthy"), Budget(), None),
+        ("meta0", down(META3, meta0="unhealthy", meta1="unhealthy"), Budget(), ["meta1 (unhealthy)"]),
+        (
+            "meta2",
+            down(META3, meta0="unhealthy", meta1="starting", meta2="unhealthy"),
+            Budget(),
+            ["meta0 (unhealthy)", "meta1 (starting)"],
+        ),
+        # ceresdb: fewer than max_unavailable others down or without their shards
+        ("db0", down(DB3, db0="unhealthy"), Budget(), None),
+        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(), ["db1 (reopening)"]),
+        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(max_unavailable=2), None),
+        (
+            "db0",
+            down(DB3, db1="reopening", db2="lease_lost"),
+            Budget(max_unavailable=2),
+            ["db1 (reopening)", "db2 (lease_lost)"],
+        ),
+        # roles are budgeted apart: a meta member down does not hold back a CeresDB stop
+        ("db0", {**down(META3, meta1="unhealthy"), **down(DB3, db0="unhealthy")}, Budget(), None),
+        # another machine's nodes, as their agents published them
+        ("db0", down(DB3), Budget(peers={"db9": ("ceresdb", "agent down")}), ["db9 (agent down)"]),
+        ("db0", down(DB3), Budget(peers={"db9": ("ceresdb", HEALTHY)}), None),
+        # a slot held for a node that is healthy again but not released yet still counts
+        ("db0", down(DB3), Budget(slots={"db1": "127.0.0.2"}), ["db1 (slot held by 127.0.0.2)"]),
+        ("db0", down(DB3, db1="stopping"), Budget(slots={"db1": "127.0.0.2"}), ["db1 (stopping)"]),
+        ("db0", down(DB3), Budget(slots={"db0": "127.0.0.1"}), None),  # its own slot
+        # several machines and the store unreachable: no stop by choice at all
+        ("db0", down(DB3), Budget(coordinated=True, available=False), ["coordination unavailable"]),
+        ("db0", down(DB3), Budget(coordinated=False, available=False), None),
+    ],
+)
+def test_blockers(
+    node: str, local: dict[str, tuple[str, str | None]], budget: Budget, expected: list[str] | None
+) -> None:
+    role = "meta" if node.startswith("meta") else "ceresdb"
+    assert disruption.blockers(node, role, local, budget) == expected
+
+
+def test_describe_names_who_is_down() -> None:
+    assert disruption.describe(["db1 (reopening)"]) == "waiting for disruption budget: db1 (reopening)"
