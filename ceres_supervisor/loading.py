@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,10 @@ def parse(text: str, source: str) -> dict[str, Any]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise DesiredStateError(source, [Problem("", f"TOML syntax error: {err}")]) from None
+    except RecursionError:  # Python's TOML parser recurses once per nested array or inline table
+        raise DesiredStateError(
+            source, [Problem("", "TOML nested too deeply to be a desired-state file")]
+        ) from None
     if not document:
         raise DesiredStateError(
             source,
@@ -133,3 +137,16 @@ def load(path: str | Path) -> Loaded:
     except UnicodeDecodeError:
         raise DesiredStateError(source, [Problem("", "the file is not UTF-8 text")]) from None
     return validate(parse(text, source), source, hashlib.sha256(raw).hexdigest())
+
+
+def with_listen(loaded: Loaded, listen: str | None) -> Loaded:
+    """`run --listen ADDR`: this agent's API address instead of the file's (several agents sharing
+    one machine and one file). Raises DesiredStateError when ADDR is not an address."""
+    if listen is None:
+        return loaded
+    try:
+        spec.parse_listen(listen)
+    except ValueError as err:
+        raise DesiredStateError(loaded.source, [Problem("--listen", str(err))]) from None
+    supervisor = loaded.spec.supervisor.model_copy(update={"listen": listen})
+    return replace(loaded, spec=loaded.spec.model_copy(update={"supervisor": supervisor}))

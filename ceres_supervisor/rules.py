@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from . import versions
+from . import leases, rendering, serverschema, versions
 from .errors import Problem
 from .spec import (
     LEASE_MAX_S,
@@ -97,10 +97,9 @@ def check(spec: DesiredState) -> Findings:
     release = spec.release
     flavor, version = release.flavor, release.version
 
-    if flavor == "horaedb" and version < versions.V2_0_0:
-        errors.append(Problem("cluster.version", "the horaedb flavor starts at 2.0.0"))
-    if flavor == "ceresdb" and version >= versions.V2_0_0:
-        errors.append(Problem("cluster.flavor", 'releases from 2.0.0 are the "horaedb" flavor'))
+    problem = _check_release(flavor, version)
+    if problem is not None:
+        return Findings([problem], [])  # every other rule depends on the release
 
     listen = parse_listen(spec.supervisor.listen)
     if not listen.is_loopback and spec.supervisor.token_file is None:
@@ -197,7 +196,129 @@ def check(spec: DesiredState) -> Findings:
 
     for path, role, table in config_tables(spec):
         errors += _check_config_table(path, role, table, release)
+    if not errors:  # rendering needs a file that is consistent so far
+        errors += _check_server_schema(spec)
+    warnings += _check_lease_grace(spec)
     return Findings(errors, warnings)
+
+
+# --- the servers' own schema (serverschema: derived from the real sources at each tag) ------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a key of a rendered file came from: a path in the desired-state file, and the prefix
+    of the rendered document that path stands for."""
+
+    path: str
+    rendered: str
+    table: dict[str, Any]
+
+
+def _sources(spec: DesiredState, role: str, index: int) -> list[_Source]:
+    """The parts of the file that end up in one node's rendered TOML, strongest first."""
+    if role == "meta":
+        return [
+            _Source(f"meta.nodes[{index}].config", "", spec.meta.nodes[index].config),
+            _Source("meta.config", "", spec.meta.config),
+        ]
+    db = spec.ceresdb
+    return [
+        _Source(f"ceresdb.nodes[{index}].config", "", db.nodes[index].config),
+        _Source("ceresdb.config", "", db.config),
+        _Source("ceresdb.wal", "analytic.wal", db.wal.model_dump(exclude_none=True)),
+        _Source(
+            "ceresdb.object_store",
+            "analytic.storage.object_store",
+            db.object_store.model_dump(exclude_none=True),
+        ),
+    ]
+
+
+def _lookup(table: dict[str, Any], dotted: str) -> bool:
+    node: Any = table
+    for part in dotted.split(".") if dotted else []:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _locate(sources: list[_Source], path: str, missing: bool) -> str | None:
+    """The file's key path for a violation at `path` of the rendered document. For a missing key,
+    the source that gave its table (in part); else the one that set the key itself."""
+    target = path.rsplit(".", 1)[0] if missing and "." in path else path
+    for source in sources:
+        prefix = source.rendered
+        if prefix and not (target == prefix or target.startswith(prefix + ".")):
+            continue
+        inner = target[len(prefix) :].lstrip(".")
+        if _lookup(source.table, inner) or (missing and not inner and source.table):
+            rest = path[len(prefix) :].lstrip(".")
+            return f"{source.path}.{rest}" if rest else source.path
+    return None
+
+
+def _check_server_schema(spec: DesiredState) -> list[Problem]:
+    """Every rendered file against the server's own schema of this version: an unknown key at any
+    depth (ignored silently by the server), a wrong type (CeresDB exits 101, CeresMeta 2), a table
+    required whole but given in part. Each problem names the key in this file that causes it."""
+    release = spec.release
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    counters = {"meta": 0, "ceresdb": 0}
+    for node in rendering.render(spec):
+        index = counters[node.role]
+        counters[node.role] += 1
+        schema = (serverschema.meta_schema if node.role == "meta" else serverschema.db_schema)(
+            release.version
+        )
+        document = rendering.redacted(node.document)
+        for violation in serverschema.check(document, schema):
+            where = _locate(_sources(spec, node.role, index), violation.path, violation.kind == "missing")
+            if where is None:  # a key the supervisor rendered itself: our bug, said as such
+                where = f"(rendered {node.name}).{violation.path}"
+            message = violation.message
+            if violation.kind == "unknown":
+                server = "CeresMeta" if node.role == "meta" else "CeresDB"
+                version = ".".join(map(str, release.version))
+                message = f"not a key of the {server} {version} config; the server ignores it silently"
+            if (where, message) not in seen:
+                seen.add((where, message))
+                problems.append(Problem(where, message))
+    return problems
+
+
+def _check_lease_grace(spec: DesiredState) -> list[Problem]:
+    """lease_grace is added to the time CeresMeta takes to reopen a node's shards; shorter than
+    that full reopen, a judgement that goes wrong (a slow meta) restarts a node that only waits."""
+    pace = leases.Pace.of(spec.release.version)
+    shards = -(-spec.meta.shard_total // max(1, len(spec.ceresdb.nodes)))
+    full = pace.full_reopen_s(shards)
+    if spec.supervisor.lease_grace < full:
+        return [
+            Problem(
+                "supervisor.lease_grace",
+                f"{spec.supervisor.lease_grace:g}s is shorter than CeresMeta {spec.release.label()} takes to "
+                f"reopen one node's {shards} shards ({full:g}s at its pace); consider at least {full:g}s",
+            )
+        ]
+    return []
+
+
+def _check_release(flavor: str, version: versions.Version) -> Problem | None:
+    """Only releases whose sources this project checked (SPEC 1): 1.0/1.1 parse the server address
+    differently, 2.1.0 drops the RocksDB WAL and starts Grafana on port 3000."""
+    if version in versions.KNOWN_RELEASES[flavor]:
+        return None
+    text = ".".join(map(str, version))
+    other = next((f for f, known in versions.KNOWN_RELEASES.items() if version in known), None)
+    if other is not None:
+        return Problem("cluster.version", f'{text} is a {other} release: set cluster.flavor = "{other}"')
+    known = "; ".join(
+        f"{f}: {', '.join('.'.join(map(str, v)) for v in vs)}" for f, vs in versions.KNOWN_RELEASES.items()
+    )
+    return Problem("cluster.version", f"{text} is not a release this project knows ({known})")
 
 
 def _under_data_mount(path: str, value: str | None, mount: str) -> list[Problem]:

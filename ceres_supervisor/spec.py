@@ -150,6 +150,11 @@ class SupervisorSection(_Model):
     crashloop_window: Seconds = 600.0
     stop_timeout: Seconds = 30.0
     on_exit: Literal["leave", "stop"] = "leave"
+    max_unavailable: Annotated[int, Field(ge=1)] = 1
+    """CeresDB nodes the supervisors may take down by choice at once, cluster-wide (SPEC 4.5)."""
+    agent_ttl: Seconds = 10.0
+    """Lease of a supervisor's records in the coordination store: how long a dead agent's nodes
+    keep their last published state before they show `unknown` (SPEC 7)."""
 
     @field_validator("listen")
     @classmethod

@@ -19,6 +19,13 @@ V1_2_6: Final[Version] = (1, 2, 6)
 V1_2_7: Final[Version] = (1, 2, 7)
 V2_0_0: Final[Version] = (2, 0, 0)
 
+KNOWN_RELEASES: Final[dict[str, tuple[Version, ...]]] = {
+    # Tags of apache/horaedb and apache/incubator-horaedb-meta that the version tables of this
+    # project (and `serverschema`) were checked against; there is no v1.2.3 tag.
+    "ceresdb": ((1, 2, 2), (1, 2, 4), (1, 2, 5), (1, 2, 6), (1, 2, 7)),
+    "horaedb": ((2, 0, 0),),
+}
+
 _VERSION_RE: Final = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
 
 
@@ -46,6 +53,12 @@ class Release:
     @property
     def meta_health_path(self) -> str:
         return "/api/v1/healthCheck" if self.version < V1_2_7 else "/api/v1/health"
+
+    @property
+    def meta_leader_key(self) -> str:
+        """CeresMeta's leader key: `/members/leader` up to 1.2.6 (the member's root path is passed
+        as ""), `<storage-root-path>/members/leader` from 1.2.7 (section 2.4)."""
+        return "/members/leader" if self.version < V1_2_7 else f"{self.root_path}/members/leader"
 
     @property
     def meta_config_path(self) -> str:

@@ -175,11 +175,11 @@ def test_kafka_broker_key_by_version(tmp_path: Path, version: str, key: str, val
 def test_s3_from_1_2_4(tmp_path: Path) -> None:
     text = versioned("1.2.4") + (
         '\n[ceresdb.object_store]\ntype = "S3"\nregion = "r"\nkey_id = "k"\nkey_secret = "s"\n'
-        'endpoint = "e"\nbucket = "b"\nprefix = "p"\nretry = { max_retries = 3 }\n'
+        'endpoint = "e"\nbucket = "b"\nprefix = "p"\nretry = { max_retries = 3, retry_timeout = "5s" }\n'
     )
     _m, dbs, _ = by_role(spec_of(text, tmp_path))
     store = dbs[0]["analytic"]["storage"]["object_store"]
-    assert store["type"] == "S3" and store["region"] == "r" and store["retry"] == {"max_retries": 3}
+    assert store["type"] == "S3" and store["region"] == "r" and store["retry"] == {"max_retries": 3, "retry_timeout": "5s"}
     assert "data_dir" not in store
 
 
@@ -245,7 +245,9 @@ def test_every_example_validates_and_renders(tmp_path: Path, monkeypatch, capsys
 
 def test_file_with_a_secret_is_0600_and_holds_the_value(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CERES_TEST_KEY", "the-key")
-    spec = spec_of(BASE + '\n[ceresdb.config.analytic.wal.obkv]\npassword = { env = "CERES_TEST_KEY" }\n', tmp_path)
+    obkv = ('\n[ceresdb.wal]\ntype = "Obkv"\n[ceresdb.wal.obkv]\nfull_user_name = "u"\nparam_url = "p"\n'
+            'password = { env = "CERES_TEST_KEY" }\n[ceresdb.wal.obkv.client]\nsys_user_name = "s"\nsys_password = "x"\n')
+    spec = spec_of(BASE + obkv, tmp_path)
     metas_and_dbs = rendering.render(spec)
     meta, db = metas_and_dbs[0], metas_and_dbs[1]
     written = files.write_node(tmp_path / "db0", db, secrets.resolve)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ceres_supervisor import cli, loading
+from ceres_supervisor import cli, loading, serverschema, versions
 
 from .conftest import BASE
 
@@ -56,7 +56,38 @@ INVALID = [
     ("port out of range", BASE.replace("mysql_port = 3308", "mysql_port = 70000"), "ceresdb.nodes[1].mysql_port"),
     ("no ceresdb nodes", "[[meta.nodes]]\nname = \"m\"\nhost = \"127.0.0.1\"\n", "ceresdb: required key is missing"),
     ("bad flavor", BASE.replace("[cluster]\n", '[cluster]\nflavor = "mysql"\n'), "cluster.flavor"),
-    ("horaedb on 1.x", BASE.replace("[cluster]\n", '[cluster]\nflavor = "horaedb"\n'), "cluster.version: the horaedb flavor starts at 2.0.0"),
+    ("horaedb on 1.x", BASE.replace("[cluster]\n", '[cluster]\nflavor = "horaedb"\n'),
+     'cluster.version: 1.2.2 is a ceresdb release: set cluster.flavor = "ceresdb"'),
+    ("ceresdb 2.0.0", BASE.replace("[cluster]\n", '[cluster]\nversion = "2.0.0"\n'),
+     'cluster.version: 2.0.0 is a horaedb release: set cluster.flavor = "horaedb"'),
+    ("unknown version 1.3.0", BASE.replace("[cluster]\n", '[cluster]\nversion = "1.3.0"\n'),
+     "cluster.version: 1.3.0 is not a release this project knows (ceresdb: 1.2.2, 1.2.4, 1.2.5, 1.2.6, 1.2.7; "
+     "horaedb: 2.0.0)"),
+    ("unknown version 1.0.0", BASE.replace("[cluster]\n", '[cluster]\nversion = "1.0.0"\n'),
+     "cluster.version: 1.0.0 is not a release this project knows"),
+    ("no tag 1.2.3", BASE.replace("[cluster]\n", '[cluster]\nversion = "1.2.3"\n'),
+     "cluster.version: 1.2.3 is not a release this project knows"),
+    ("horaedb 2.1.0", BASE.replace("[cluster]\n", '[cluster]\nflavor = "horaedb"\nversion = "2.1.0"\n'),
+     "cluster.version: 2.1.0 is not a release this project knows"),
+    # The servers' own schema of the version (serverschema, derived from the sources at each tag).
+    ("u32 given as a size", BASE + '\n[ceresdb.config.analytic.table_opts]\nwrite_buffer_size = "32MB"\n',
+     "ceresdb.config.analytic.table_opts.write_buffer_size: expected u32"),
+    ("unknown nested key", BASE + '\n[ceresdb.config.analytic]\nreplay_batch_sise = 10\n',
+     "ceresdb.config.analytic.replay_batch_sise: not a key of the CeresDB 1.2.2 config; the server ignores it"),
+    ("node config wrong type", BASE.replace('name = "db1"', 'name = "db1"\nconfig = { runtime = { read_thread_num = "8" } }'),
+     "ceresdb.nodes[1].config.runtime.read_thread_num: expected u"),
+    ("partial object_store.http on 1.2.4", '[cluster]\nversion = "1.2.4"\n' + BASE.replace("[cluster]\n", "", 1)
+     + '\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "k"\nkey_secret = "s"\n'
+     'endpoint = "e"\nbucket = "b"\nprefix = "p"\nhttp = { timeout = "5s" }\n',
+     "ceresdb.object_store.http.pool_max_idle_per_host: required key is missing"),
+    ("a wrong duration in a table rendering fills", BASE + '\n[ceresdb.config.analytic.manifest]\nscan_timeout = "5 seconds"\n',
+     "ceresdb.config.analytic.manifest.scan_timeout:"),
+    ("meta config wrong type", BASE + '\n[meta.config]\nlease-sec = "10"\n', "meta.config.lease-sec: expected"),
+    ("meta config unknown key", BASE + '\n[meta.config]\nleese-sec = 10\n',
+     "meta.config.leese-sec: not a key of the CeresMeta 1.2.2 config"),
+    ("meta nested wrong type at 1.2.7", '[cluster]\nversion = "1.2.7"\n' + BASE.replace("[cluster]\n", "", 1)
+     .replace("mysql_port = 3308", "mysql_port = 3308\npostgresql_port = 5434")
+     + '\n[meta.config]\nflow-limiter = { burst = "x" }\n', "meta.config.flow-limiter.burst: expected"),
     ("non-loopback listen without token", BASE + '\n[supervisor]\nlisten = "0.0.0.0:5480"\n', "supervisor.token_file: required"),
     ("bad listen", BASE + '\n[supervisor]\nlisten = "localhost"\n', "supervisor.listen: 'localhost' is neither host:port"),
     ("owned key in config", BASE + '\n[meta.config]\ndefault-cluster-node-count = 5\n',
@@ -75,6 +106,17 @@ INVALID = [
      'endpoint = "e"\nprefix = "p"\n', "ceresdb.object_store.bucket: required for type = \"Aliyun\""),
     ("Kafka wal without kafka table", BASE + '\n[ceresdb.wal]\ntype = "Kafka"\n', "ceresdb.wal.kafka: required"),
 ]
+
+
+def test_lease_grace_shorter_than_a_full_reopen_is_a_warning(write, capsys) -> None:
+    path = write(BASE + '\n[supervisor]\nlease_grace = "10s"\n')
+    assert cli.main(["validate", "-c", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "supervisor.lease_grace: 10s is shorter than CeresMeta ceresdb 1.2.2 takes to reopen one node's 4 shards" in err
+
+
+def test_the_known_versions_are_the_versions_of_the_schema() -> None:
+    assert versions.KNOWN_RELEASES == {"ceresdb": serverschema.CERESDB_VERSIONS, "horaedb": serverschema.HORAEDB_VERSIONS}
 
 
 def test_at_least_fifteen_cases() -> None:
