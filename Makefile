@@ -37,10 +37,17 @@ lint: setup
 	$(BIN)/lint-imports
 
 unit: setup
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -q tests/unit
 
+# Pure tests first (stop at the first failure), then the Docker-backed ones on WORKERS processes
+# (ports and names are partitioned per worker), then the serial phase: scenarios that disturb the
+# whole machine (restarting dockerd) run alone, last.
+WORKERS ?= 3
 test: setup docker emulator lint
-	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest
+	$(BIN)/pytest -q -x tests/unit
+	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
+		tests/emulator tests/integration
+	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest --durations=5 tests/serial
 
 demo: setup docker emulator
 	@scripts/demo.sh

@@ -1,3 +1,3 @@
-"""ceres-supervisor: keeps a CeresDB/HoraeDB cluster in WithMeta mode running on a Docker host."""
+"""ceres-supervisor: keeps a CeresDB/HoraeDB cluster in WithMeta mode running on Docker hosts."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -22,14 +22,14 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from . import metrics, status
-from .app import Supervisor
-from .planning import NodeState
+from . import clusterview, cycles, operating, status
+from .app import Snapshot, Supervisor
 from .spec import parse_listen
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY: Final = 64 * 1024
+COOKIE: Final = "ceres_supervisor_token"
 EVENTS_DEFAULT: Final = 100
 RELOAD_WAIT_S: Final = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,7 +52,7 @@ class Api:
     def __init__(self, supervisor: Supervisor, token: str | None) -> None:
         self.supervisor = supervisor
         self.token = token
-        self._status_cache: tuple[object, bytes] | None = None
+        self._status_cache: tuple[Snapshot, bytes] | None = None
 
     # -- middlewares --
     @web.middleware
@@ -65,68 +65,74 @@ class Api:
             log.exception("api_handler_failed", path=request.path)
             return json_response({"error": "internal error", "status": 500}, 500)
 
+    def _is_token(self, given: str) -> bool:
+        assert self.token is not None
+        return hmac.compare_digest(given.strip().encode(), self.token.encode())
+
     @web.middleware
     async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token is not None and request.path != "/healthz":
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self.token.encode()
-            ):
-                return web.Response(
-                    body=json.dumps({"error": "unauthorized", "status": 401}).encode(),
-                    status=401,
-                    content_type="application/json",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        return await handler(request)
+        """On a non-loopback listener every route but /healthz needs the token: as a bearer header,
+        or (for a browser on the status page) the cookie that `/?token=...` sets once."""
+        if self.token is None or request.path == "/healthz":
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and self._is_token(given):
+            return await handler(request)
+        if self._is_token(request.cookies.get(COOKIE, "")):
+            return await handler(request)
+        if request.path == "/" and self._is_token(request.query.get("token", "")):
+            response = web.HTTPSeeOther("/")  # the token leaves the address bar and the history
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
+            return response
+        return web.Response(
+            body=json.dumps({"error": "unauthorized", "status": 401}).encode(),
+            status=401,
+            content_type="application/json",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     # -- routes --
     async def healthz(self, _request: web.Request) -> web.Response:
-        last = self.supervisor.last_cycle_at
-        limit = 3 * self.supervisor.spec.supervisor.probe_interval + 10
-        age = None if last is None else time.monotonic() - last
+        snap = self.supervisor.snapshot
+        limit = 3 * snap.probe_interval_s + 10
+        age = None if snap.loop_at is None else time.monotonic() - snap.loop_at
         ok = age is not None and age <= limit
         return json_response(
             {"ok": ok, "last_cycle_age_s": None if age is None else round(age, 3)}, 200 if ok else 503
         )
 
     async def readyz(self, _request: web.Request) -> web.Response:
-        snap = self.supervisor.snapshot
-        state = str(snap.plan.cluster_state) if snap else "starting"
+        state = self.supervisor.snapshot.cluster_state
         return json_response(
             {"ready": state == "healthy", "state": state}, 200 if state == "healthy" else 503
         )
 
     def status_body(self) -> bytes:
-        sup = self.supervisor
-        snap = sup.snapshot
-        if snap is None:
-            r = sup.reload_result
-            doc = status.unobserved_document(
-                sup.spec.cluster.name,
-                sup.desired.spec_hash,
-                sup.desired.nodes,
-                (r.ok, r.error, r.at),
-                sup.engine_error,
-            )
-            return json.dumps(doc).encode()
-        key = (snap, sup.reload_result)
-        if self._status_cache is not None and self._status_cache[0] == key:
+        snap = self.supervisor.snapshot
+        if self._status_cache is not None and self._status_cache[0] is snap:
             return self._status_cache[1]
-        doc = status.document(
-            sup.spec.cluster.name,
-            snap.desired.spec_hash,
-            snap.desired.nodes,
-            snap.plan,
-            snap.observation,
-            snap.records,
-            (sup.reload_result.ok, sup.reload_result.error, sup.reload_result.at),
-            snap.engine_error,
-        )
-        body = json.dumps(doc).encode()
-        self._status_cache = (key, body)
+        r = snap.reload
+        body = json.dumps(status.document(snap, (r.ok, r.error, r.at))).encode()
+        self._status_cache = (snap, body)
         return body
+
+    async def v1_cluster(self, _request: web.Request) -> web.Response:
+        """The whole cluster (SPEC 7); 503 with what this agent knows while the store is away."""
+        snap = self.supervisor.snapshot
+        local: dict[str, dict[str, object]] = {}
+        if snap.plan is not None and snap.observation is not None:
+            local = dict(cycles.local_documents(snap.desired, snap.plan, snap.observation, snap.records))
+        c = snap.coordination
+        leader = snap.observation.leader.member if snap.observation and snap.observation.leader else None
+        doc = clusterview.document(
+            snap.desired,
+            snap.agent,
+            local,
+            snap.store,
+            {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint},
+            leader,
+        )
+        return json_response(doc, 200 if c.ok else 503)
 
     async def v1_status(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.status_body(), content_type="application/json")
@@ -163,62 +169,22 @@ class Api:
         payload = {"ok": result.ok, "error": result.error, "at": status.rfc3339(result.at)}
         return json_response(payload, 200 if result.ok else 422)
 
-    async def metrics(self, _request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.supervisor.metrics.exposition(request.headers.get("Accept"))
         return web.Response(
-            text=self.metrics_text(),
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=body, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"}
         )
-
-    def metrics_text(self) -> str:
-        sup = self.supervisor
-        snap = sup.snapshot
-        w = metrics.Writer()
-        w.family("ceres_supervisor_node_state", "gauge", "1 for the state each node is in, 0 for the others.")
-        if snap is not None:
-            for node in snap.desired.nodes:
-                view = snap.plan.views.get(node.name)
-                for state in NodeState:
-                    w.sample(
-                        "ceres_supervisor_node_state",
-                        {"node": node.name, "role": node.role, "state": str(state)},
-                        1 if view is not None and view.state is state else 0,
-                    )
-        w.family(
-            "ceres_supervisor_restarts_total", "counter", "Failures that led to a restart, by node and kind."
-        )
-        for (node_name, reason), count in sorted(sup.counters.restarts_by_reason.items()):
-            w.sample("ceres_supervisor_restarts_total", {"node": node_name, "reason": reason}, count)
-        w.family("ceres_supervisor_lease_held", "gauge", "1 while a CeresDB node holds all its shard locks.")
-        if snap is not None and snap.observation.leases is not None:
-            for node in snap.desired.ceresdb:
-                held, _shards, _detail = snap.observation.leases.held(node.endpoint)
-                w.sample("ceres_supervisor_lease_held", {"node": node.name}, 1 if held else 0)
-        w.histogram(
-            "ceres_supervisor_probe_duration_seconds",
-            "Duration of health and readiness probes.",
-            [({}, sup.probe_latency)],
-        )
-        w.histogram(
-            "ceres_supervisor_reconcile_duration_seconds",
-            "Duration of one reconcile cycle.",
-            [({}, sup.cycle_latency)],
-        )
-        w.family(
-            "ceres_supervisor_reload_success", "gauge", "1 if the last reload applied, 0 if it was refused."
-        )
-        w.sample("ceres_supervisor_reload_success", {}, 1 if sup.reload_result.ok else 0)
-        return w.text()
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self.errors, self.auth])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/v1/status", self.v1_status)
+        app.router.add_get("/v1/cluster", self.v1_cluster)
         app.router.add_get("/v1/events", self.v1_events)
         app.router.add_post("/v1/reload", self.v1_reload)
         app.router.add_get("/metrics", self.metrics)
+        operating.Routes(self.supervisor).add_to(app)
         return app
 
 
@@ -253,6 +219,7 @@ class ApiServer:
         token = read_token(spec.token_file) if spec.token_file else None
         if not listen.is_loopback and token is None:
             raise ValueError("a non-loopback listen address needs supervisor.token_file")
+        self.supervisor.operations.token = token  # other machines' APIs take the same token
         self.runner = web.AppRunner(
             Api(self.supervisor, token).application(),
             handle_signals=False,
@@ -276,11 +243,16 @@ class ApiServer:
             raise
         log.info("status_api_listening", listen=spec.listen, auth=token is not None)
 
+    async def close(self) -> None:
+        """Stop accepting and finish the requests in flight (within the runner's shutdown_timeout)."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+
     async def serve_forever(self) -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            if self.runner is not None:
-                with contextlib.suppress(Exception):
-                    await self.runner.cleanup()
+            await self.close()
         raise RuntimeError("status api stopped unexpectedly")

@@ -1,42 +1,71 @@
-"""The daemon's lifecycle: start, the reconcile loop, events, signals, stop.
+"""The daemon's lifecycle: start, the reconcile loop, reload, signals, stop.
 
 One root TaskGroup holds the long-lived tasks, each named: `reconcile-loop`, `docker-events`,
-`probes`, `signals` (and `status-api` when the API runs). Signal handlers and Docker events only
-set a wake-up event or a flag; each cycle re-observes everything (level-triggered), plans purely
-and hands actions to the executor. A cycle survives any exception: it is logged and the next cycle
-runs. Stopping the daemon leaves the containers running unless `on_exit = "stop"`.
+`probes`, `coordination`, `signals` (and `status-api`). Signal handlers and Docker events only set
+a wake-up event or a flag; each cycle re-observes everything (`observing`), plans purely
+(`planning`) and hands actions to the executor (`executing`). A cycle survives any exception, and
+so does a reload (`reloading`). Every loop iteration ends by publishing one immutable `Snapshot`:
+the API reads nothing else. Stopping is staged under one deadline: STOPPING=1, the API closed,
+the loop finished, the agent's records revoked, the rest cancelled, then `on_exit`; a second
+signal exits at once, containers left as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final, Protocol
 
 import aiohttp
 import structlog
 
+from . import (
+    __version__,
+    controls,
+    coordination,
+    cycles,
+    etcd,
+    executing,
+    loading,
+    locality,
+    logs,
+    metrics,
+    operations,
+    planning,
+    probes,
+    reloading,
+    secrets,
+    storeview,
+    systemd,
+    topology,
+)
 from . import desired as desired_mod
-from . import executing, loading, logs, metrics, planning, probes, secrets, systemd, topology
 from .desired import DesiredCluster
 from .engine import Engine, EngineError, EngineEvent
-from .errors import DesiredStateError, Problem, SecretError
-from .observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
+from .errors import DesiredStateError, SecretError
+from .observed import Observation
+from .observing import Inflight, Observer, with_run
 from .planning import NodeRecord, Plan
+from .spec import nodes as spec_nodes
 
 log = structlog.get_logger(__name__)
 
 EVENTS_KEPT: Final = 1000
 WAKING_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause"})
 ENGINE_RETRY_S: Final = 1.0
+LOOP_FINISH_S: Final = 15.0
+"""At stop, how long the current cycle may take to finish before it is cancelled."""
+FORCED_EXIT_CODE: Final = 130
 
 
 @dataclass(frozen=True)
@@ -56,27 +85,67 @@ class ReloadResult:
 
 
 @dataclass(frozen=True)
+class Coordination:
+    ok: bool
+    detail: str
+    endpoint: str | None
+    coordinated: bool
+    """Several machines: stops by choice need a slot from the store."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """Everything the status API shows, as of the end of one cycle. Never mutated."""
+    """Everything the status API shows, as of the end of one loop iteration. Never mutated."""
 
     cycle: int
-    at: float
-    wall: datetime
+    loop_at: float | None
+    """Monotonic time of the last loop iteration (`/healthz`)."""
     desired: DesiredCluster
-    observation: Observation
-    plan: Plan
     reload: ReloadResult
-    records: dict[str, NodeRecord]
+    probe_interval_s: float
+    agent: str
+    observation: Observation | None = None
+    plan: Plan | None = None
+    records: dict[str, NodeRecord] = field(default_factory=dict)
     engine_error: str | None = None
+    store: storeview.StoreView = field(default_factory=storeview.StoreView)
+    coordination: Coordination = Coordination(False, "not connected yet", None, False)
 
+    @property
+    def reload_ok(self) -> bool:
+        return self.reload.ok
 
-@dataclass
-class Counters:
-    restarts_by_reason: dict[tuple[str, str], int] = field(default_factory=dict)
+    @property
+    def agents(self) -> dict[str, bool]:
+        """host -> up, as the store shows them."""
+        return {**dict.fromkeys(self.store.departed, False), **dict.fromkeys(self.store.agents, True)}
+
+    @property
+    def cluster_state(self) -> str:
+        if self.engine_error is not None:
+            return str(planning.ClusterState.UNKNOWN)
+        return str(self.plan.cluster_state) if self.plan else str(planning.ClusterState.STARTING)
 
 
 class _Shutdown(Exception):
     """Raised by the `signals` task to tear the root TaskGroup down."""
+
+
+class ApiHandle(Protocol):
+    async def serve_forever(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def shutdown_budget_s(stop_timeout_s: float) -> float:
+    """The whole stop, under systemd's TimeoutStopSec (90 s in the unit): the loop's finish and
+    CeresDB then meta, each within stop_timeout (default: 80 s)."""
+    return LOOP_FINISH_S + 2 * stop_timeout_s + 5.0
+
+
+def agent_name(place: locality.Locality) -> str:
+    """`--host ADDR`, else the first address of this machine the file names, else its name."""
+    return place.host or min(place.hosts(), default="") or socket.gethostname()
 
 
 class Supervisor:
@@ -85,43 +154,62 @@ class Supervisor:
     def __init__(
         self,
         loaded: loading.Loaded,
+        place: locality.Locality,
         config_path: str | None = None,
         docker_url: str | None = None,
         notifier: systemd.Notifier | None = None,
+        listen: str | None = None,
     ) -> None:
+        self.listen = listen
+        """`run --listen`: kept over every reload of the file."""
         self.loaded = loaded
         self.config_path = config_path or loaded.source
         self.spec = loaded.spec
-        self.desired = desired_mod.build(loaded.spec, secrets.resolve)
+        self.locality = place
+        self.desired = desired_mod.build(loaded.spec, secrets.resolve, place.is_local)
         self.policy = planning.Policy.of(loaded.spec.supervisor)
         self.engine = Engine(loaded.spec.cluster.name, base_url=docker_url)
+        self.observer = Observer(self.engine, place)
         self.records: dict[str, NodeRecord] = {}
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
-        self.counters = Counters()
-        self.probe_latency = metrics.Histogram(metrics.PROBE_BUCKETS_S)
-        self.cycle_latency = metrics.Histogram(metrics.CYCLE_BUCKETS_S)
-        self.snapshot: Snapshot | None = None
+        self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.reload_result = ReloadResult(True, None, None)
+        self.agent = agent_name(place)
+        self.identity = coordination.Identity(self.agent, __version__, self.spec.supervisor.listen)
+        self.coordinator = coordination.Coordinator(
+            self.spec.cluster.name,
+            self.identity,
+            self._store_endpoints(),
+            self.spec.supervisor.agent_ttl,
+            self.wake,
+        )
+        self.snapshot = Snapshot(
+            0, None, self.desired, self.reload_result, self.spec.supervisor.probe_interval, self.agent
+        )
         self.notifier = notifier or systemd.Notifier()
-        self._retiring: set[str] = set()
         self._topology_recorded = False
-        """Nodes removed from the file by a reload: their containers are stopped and removed."""
-        self.last_cycle_at: float | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self._signals = 0
         self._random = random.Random()
-        self._failed_actions: dict[str, str] = {}
-        self._containers: dict[str, ObservedContainer] = {}
-        self._orphans: tuple[ObservedContainer, ...] = ()
-        self._engine_error: str | None = None
+        self._failed: dict[str, tuple[str, str]] = {}
         self._cycle = 0
+        self._last_plan: Plan | None = None
         self._prober: probes.Prober | None = None
         self._executor = executing.Executor(
-            self.engine, loaded.spec.supervisor.stop_timeout, self._on_outcome
+            self.engine,
+            loaded.spec.supervisor.stop_timeout,
+            self._on_outcome,
+            flush=self._flush,
+            on_step=self._on_step,
         )
+        self._session: aiohttp.ClientSession | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._cycled = asyncio.Condition()
+        self.pauses = controls.PauseBook.open(self.spec.cluster.state_dir)
+        self.operations = operations.Operations(self, lambda: self._session, None)
         self.ready = asyncio.Event()
         """Set after the first completed cycle (READY=1)."""
 
@@ -130,7 +218,15 @@ class Supervisor:
     @property
     def engine_error(self) -> str | None:
         """Why the last observation of Docker failed, or None."""
-        return self._engine_error
+        return self.observer.engine_error
+
+    @property
+    def coordinated(self) -> bool:
+        """Several machines share this cluster: stops by choice need the store."""
+        return any(not n.is_local for n in self.desired.nodes)
+
+    def _store_endpoints(self) -> list[str]:
+        return [f"http://{m.host}:{m.client_port}" for m in self.spec.meta.nodes]
 
     def wake(self) -> None:
         self._wake.set()
@@ -157,15 +253,12 @@ class Supervisor:
     def _on_engine_event(self, event: EngineEvent) -> None:
         if event.container_id:
             self.engine.invalidate(event.container_id)
+        if event.host and event.host not in self.locality.hosts():
+            return  # another supervisor's container
         if event.action in ("die", "oom"):
             code = f"exit {event.exit_code}" if event.exit_code is not None else None
-            self.record_event(
-                event.node or None,
-                event.action,
-                code,
-                f"container {event.action}",
-                datetime.fromtimestamp(event.received_ns / 1e9, UTC),
-            )
+            at = datetime.fromtimestamp(event.received_ns / 1e9, UTC)
+            self.record_event(event.node or None, event.action, code, f"container {event.action}", at)
         elif event.action == "start":
             self.record_event(event.node or None, "started", None, "container started")
         if event.action in WAKING_ACTIONS:
@@ -173,69 +266,128 @@ class Supervisor:
 
     def _on_outcome(self, outcome: executing.Outcome) -> None:
         action = outcome.action
+        if action.kind == "restart":
+            self.operations.finished(action.node, None if outcome.ok else outcome.error)
         if outcome.ok:
             self.record_event(action.node, action.kind, action.reason, f"{action.kind} done")
+        elif outcome.step == "slot":
+            self._failed[action.node] = ("slot", outcome.error or "waiting for disruption budget")
         else:
-            self._failed_actions[action.node] = outcome.error or "action failed"
+            self._failed[action.node] = (outcome.step or action.kind, outcome.error or "action failed")
             self.record_event(action.node, "action_failed", outcome.error, f"{action.kind} failed")
         self._wake.set()
 
+    def _on_step(self, node: str, text: str) -> None:
+        self.operations.step(node, text)
+
+    async def _flush(self, node: desired_mod.DesiredNode) -> str:
+        """`POST /debug/flush_memtable` before a planned stop; a failure is reported, not fatal."""
+        session = self._session
+        if session is None:
+            return "no HTTP session"
+        try:
+            return await probes.flush_memtable(session, node, self.spec.supervisor.stop_timeout)
+        except probes.ProbeErrors as err:
+            log.warning("flush_failed", node=node.name, error=str(err))
+            return f"failed ({type(err).__name__}: {err}); stopping anyway"
+
+    # -- what operations need (operations.Host) --------------------------------------------------
+
+    @property
+    def current_plan(self) -> Plan | None:
+        return self._last_plan
+
+    @property
+    def current_desired(self) -> DesiredCluster:
+        return self.desired
+
+    def leader(self) -> str | None:
+        observation = self.snapshot.observation
+        return observation.leader.member if observation and observation.leader else None
+
+    def remote_agent(self, node: str) -> tuple[str, str] | None:
+        target = self.desired.node(node)
+        if target is None or target.is_local:
+            return None
+        view = self.coordinator.view
+        host = view.agent_of(node)
+        record = view.agents.get(host or "")
+        if host is None or record is None:
+            return None
+        listen = record.listen.replace("0.0.0.0", "127.0.0.1")
+        return host, listen if listen.startswith("http") else f"http://{listen}"
+
+    async def cycled(self) -> None:
+        async with self._cycled:
+            await self._cycled.wait()
+
+    def count_planned(self, node: str) -> None:
+        self.metrics.count_restart(node, "planned")
+
+    def spawn(self, coro: Awaitable[None], name: str) -> None:
+        if self._group is None:
+            raise RuntimeError("the supervisor is not running")
+        self._group.create_task(coro, name=name)  # type: ignore[arg-type]
+
+    async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
+        """The operator's pause or resume: in the local file at once, in the store when it answers.
+        Returns where it holds."""
+        queued = False
+        try:
+            if not self.coordinator.available:
+                raise etcd.EtcdUnavailable(self.coordinator.detail)
+            await self.coordinator.set_paused(sorted(nodes), pause, everything)
+        except etcd.EtcdError as err:
+            queued = True
+            log.warning("pause_queued", error=str(err))
+        await asyncio.to_thread(self.pauses.apply, nodes, pause, everything, queued)
+        self.wake()
+        return "this machine now; the store when it answers again" if queued else "every machine"
+
+    def _controls(self) -> planning.Controls:
+        current = self.pauses.current
+        return planning.Controls(current.nodes, current.all, self.operations.restart_reasons())
+
+    async def _sync_pauses(self) -> None:
+        """Mirror the store's pauses into the local file, after pushing what was asked meanwhile."""
+        if not self.coordinator.available:
+            return
+        if self.pauses.pending:
+            try:
+                for nodes, pause, everything in self.pauses.pending:
+                    await self.coordinator.set_paused(sorted(nodes), pause, everything)
+            except etcd.EtcdError:
+                return
+            await asyncio.to_thread(self.pauses.pushed)
+        view = self.coordinator.view
+        store = controls.Pauses(view.all_paused, view.paused)
+        if store != self.pauses.current:
+            await asyncio.to_thread(self.pauses.mirror, store)
+
     # -- the loop ---------------------------------------------------------------------------------
 
-    async def observe(self) -> Observation:
-        now, wall = time.monotonic(), datetime.now(UTC)
-        try:
-            listed = await self.engine.list_containers()
-            if self._engine_error is not None:
-                log.info("docker_engine_back")
-            self._engine_error = None
-            names = {n.name for n in self.desired.nodes}
-            self._containers = {c.node: c for c in listed if c.node in names}
-            self._orphans = tuple(c for c in listed if c.node not in names)
-        except EngineError as err:
-            if self._engine_error is None:
-                log.warning("docker_engine_unavailable", error=str(err))
-            self._engine_error = str(err)
-        prober = self._prober
-        meta = dict(prober.meta) if prober else {}
-        # A local member whose container is not running (or is a newer run) is not alive, whatever
-        # its last probe said: meta readiness must not lag behind a dead meta container.
-        for node in self.desired.meta:
-            if not node.is_local:
-                continue
-            c = self._containers.get(node.name)
-            member = meta.get(node.name)
-            if c is None or not c.is_running or member is None or member.alive.run_id != c.run_key:
-                dead = ProbeResult(
-                    False,
-                    "container not running" if c is None or not c.is_running else "not probed yet",
-                    now,
-                    wall,
-                )
-                meta[node.name] = MetaMemberProbe(dead, False, False)
-        failed, self._failed_actions = self._failed_actions, {}
-        return Observation(
-            at=now,
-            wall=wall,
-            containers=dict(self._containers),
-            orphans=self._orphans,
-            engine_error=self._engine_error,
-            probes=dict(prober.probes) if prober else {},
-            meta=meta,
-            leases=prober.leases if prober else None,
-            busy=dict(self._executor.busy),
-            failed_actions=failed,
-        )
-
     async def cycle(self, group: asyncio.TaskGroup) -> Plan | None:
+        """One observe -> plan -> execute -> report. None when Docker could not be observed."""
         started = time.monotonic()
         self._cycle += 1
-        observation = await self.observe()
+        failed, self._failed = self._failed, {}
+        inflight = Inflight(
+            dict(self._executor.busy), failed
+        )  # before listing: a finishing action never looks idle
+        observation = await self.observer.observe(self.desired, self._prober, inflight)
         if observation.engine_error is not None:
-            # Nothing can be planned without knowing the containers; the loop still cycled.
-            self._publish(observation, self.snapshot.plan if self.snapshot else None)
-            self.last_cycle_at = time.monotonic()
+            self._failed = {**failed, **self._failed}  # not planned: keep them for later
+            self._publish(observation, None)
             return None
+        if observation.engine_restart_exits:
+            self.record_event(None, "engine_restarted", None, "docker engine restarted")
+        local = {n.name for n in self.desired.nodes if n.is_local}
+        coordinated = self.coordinated
+        budget = (
+            self.coordinator.budget(self.spec.supervisor.max_unavailable, True, local)
+            if coordinated
+            else planning.Budget(self.spec.supervisor.max_unavailable)
+        )
         result = planning.plan(
             self.desired,
             observation,
@@ -243,30 +395,34 @@ class Supervisor:
             observation.at,
             lambda: self._random.uniform(-0.2, 0.2),
             self.policy,
+            budget,
+            self._controls(),
         )
         self.records = result.records
         for note in result.notes:
-            self.record_event(note.node, note.type, note.reason, note.message)
-            log.warning(
-                "node_failed" if note.type != "crashloop" else "node_crashloop",
-                node=note.node,
-                kind=note.type,
-                reason=note.reason,
-                detail=note.message,
-            )
-            if note.type != "crashloop":
-                key = (note.node, note.type)
-                self.counters.restarts_by_reason[key] = self.counters.restarts_by_reason.get(key, 0) + 1
+            self._note(note)
+        self._executor.slots = self.coordinator if coordinated else None
         submitted = [a for a in result.actions if self._executor.submit(group, a, self.desired)]
+        for action in submitted:
+            if action.kind == "restart":
+                self.operations.granted(action.node)
         submitted += self._retire(group, observation)
         for action in submitted:
             log.info("action_started", node=action.node, action=action.kind, reason=action.reason)
         if result.meta_ready:
             self._remember_topology()
-        self._update_probe_targets(result)
+        if self._prober is not None:
+            targets = cycles.probe_targets(self.desired, result, observation.containers)
+            self._prober.update({n.name: n for n in self.desired.nodes}, targets, self._probe_settings())
+        self._share(result, observation)
+        await self.coordinator.release(result.releasable)
+        await self._sync_pauses()
+        self._last_plan = result
         self._publish(observation, result)
+        async with self._cycled:
+            self._cycled.notify_all()
         duration = time.monotonic() - started
-        self.cycle_latency.observe(duration)
+        self.metrics.reconcile_duration.observe(duration)
         event = "cycle" if submitted or result.notes else "cycle_idle"
         (log.info if event == "cycle" else log.debug)(
             event,
@@ -278,13 +434,34 @@ class Supervisor:
         )
         return result
 
+    def _share(self, result: Plan, observation: Observation) -> None:
+        """What the other agents see of this one: its nodes, its spec, what it still has to roll."""
+        self.identity.spec_hash = self.desired.spec_hash
+        self.identity.nodes = tuple(n.name for n in self.desired.nodes if n.is_local)
+        self.identity.outdated = cycles.outdated(self.desired, observation.containers)
+        self.coordinator.publish(cycles.local_documents(self.desired, result, observation, self.records))
+
+    def _note(self, note: planning.Note) -> None:
+        self.record_event(note.node, note.type, note.reason, note.message)
+        if note.type in ("budget_wait", "engine_restarted"):
+            log.info(note.type, node=note.node, reason=note.reason, detail=note.message)
+            return
+        log.warning(
+            "node_failed" if note.type != "crashloop" else "node_crashloop",
+            node=note.node,
+            kind=note.type,
+            reason=note.reason,
+            detail=note.message,
+        )
+        if note.type != "crashloop":
+            self.metrics.count_restart(note.node, note.type)
+
     def _retire(self, group: asyncio.TaskGroup, observation: Observation) -> list[planning.Action]:
-        """Stop and remove the containers of nodes a reload took out of the file (data is kept)."""
-        left = {o.node for o in observation.orphans}
-        self._retiring &= left | set(observation.busy)
+        """Stop and remove this supervisor's containers whose node is not in the file (taken out by
+        a reload, or while the daemon was down). Their data directories are kept."""
         started = []
         for orphan in observation.orphans:
-            if orphan.node in self._retiring and orphan.node not in observation.busy:
+            if orphan.node not in observation.busy:
                 action = planning.Action(
                     "remove", orphan.node, orphan.id, "removed from the desired-state file"
                 )
@@ -292,40 +469,10 @@ class Supervisor:
                     started.append(action)
         return started
 
-    def status_line(self, result: Plan) -> str:
-        """STATUS= for systemd: `healthy: 3/3 nodes healthy`, with what is wrong when not."""
-        local = [(n, v) for n, v in result.views.items() if v.state is not planning.NodeState.REMOTE]
-        healthy = sum(1 for _n, v in local if v.state is planning.NodeState.HEALTHY)
-        text = f"{result.cluster_state}: {healthy}/{len(local)} nodes healthy"
-        trouble = [f"{n} {v.state}" for n, v in local if v.state in planning.FAILING]
-        if trouble:
-            text += "; " + ", ".join(trouble)
-        if not self.reload_result.ok and self.reload_result.error:
-            text += "; reload failed: " + self.reload_result.error.splitlines()[-1].strip()
-        return text
-
-    def _update_probe_targets(self, result: Plan) -> None:
-        if self._prober is None:
-            return
-        lost = any(v.state is planning.NodeState.LEASE_LOST for v in result.views.values())
-        targets: list[probes.Target] = [probes.Target("leases", "leases", fast=lost)]
-        for node in self.desired.nodes:
-            c = self._containers.get(node.name)
-            view = result.views.get(node.name)
-            starting = view is not None and view.state in (
-                planning.NodeState.STARTING,
-                planning.NodeState.BLOCKED,
-            )
-            if node.role == "meta":
-                run = c.run_key if c is not None and c.is_running else ""
-                if node.is_local and not run:
-                    continue
-                targets.append(
-                    probes.Target("meta", node.name, fast=not result.meta_ready or starting, run_id=run)
-                )
-            elif node.is_local and c is not None and c.is_running:
-                targets.append(probes.Target("ceresdb", node.name, fast=starting, run_id=c.run_key))
-        self._prober.update({n.name: n for n in self.desired.nodes}, targets, self._probe_settings())
+    def status_line(self, result: Plan | None) -> str:
+        return cycles.status_line(
+            result, self.engine_error, None if self.reload_result.ok else self.reload_result.error
+        )
 
     def _probe_settings(self) -> probes.ProbeSettings:
         s = self.spec
@@ -335,6 +482,7 @@ class Supervisor:
             s.release.meta_health_path,
             s.cluster.name,
             s.release.root_path,
+            s.release.meta_leader_key.encode(),
         )
 
     def _remember_topology(self) -> None:
@@ -345,35 +493,27 @@ class Supervisor:
             self._topology_recorded = True
 
     def _publish(self, observation: Observation, result: Plan | None) -> None:
-        if result is None:
-            return
+        c = self.coordinator
         self.snapshot = Snapshot(
-            self._cycle,
-            observation.at,
-            observation.wall,
-            self.desired,
-            observation,
-            result,
-            self.reload_result,
-            dict(self.records),
-            observation.engine_error,
+            cycle=self._cycle,
+            loop_at=time.monotonic(),
+            desired=self.desired,
+            reload=self.reload_result,
+            probe_interval_s=self.spec.supervisor.probe_interval,
+            agent=self.agent,
+            observation=observation,
+            plan=result or self._last_plan,
+            records=dict(self.records),
+            engine_error=observation.engine_error,
+            store=c.view,
+            coordination=Coordination(c.available, c.detail, c.endpoint, self.coordinated),
         )
-        self.last_cycle_at = time.monotonic()
 
     async def reconcile_loop(self, group: asyncio.TaskGroup) -> None:
-        interval = self.spec.supervisor.probe_interval
         while not self._stop.is_set():
             self._wake.clear()
             if self._reload_requested:
-                self._reload_requested = False
-                waiters, self._reload_waiters = self._reload_waiters, []
-                self.notifier.reloading()
-                reloaded = await self.reload()
-                snap = self.snapshot
-                self.notifier.ready(self.status_line(snap.plan) if snap else "reloaded")
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(reloaded)
+                await self._reload_now()
             try:
                 result = await self.cycle(group)
             except Exception:
@@ -385,45 +525,60 @@ class Supervisor:
                     self.notifier.ready(self.status_line(result))
                 else:
                     self.notifier.status(self.status_line(result))
-            elif self._engine_error:
-                self.notifier.status(f"docker engine unavailable: {self._engine_error}")
-            self.notifier.watchdog()
-            now = time.monotonic()
-            timeout = ENGINE_RETRY_S if self._engine_error else interval
-            if self.notifier.watchdog_interval_s is not None:
-                timeout = min(timeout, self.notifier.watchdog_interval_s / 2)
-            if result is not None and result.next_wake_at is not None:
-                timeout = min(timeout, max(0.0, result.next_wake_at - now))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+                self.notifier.watchdog()  # only a completed cycle feeds the watchdog
+            elif self.engine_error:
+                self.notifier.status(self.status_line(None))
+            await self._sleep(result)
+
+    async def _sleep(self, result: Plan | None) -> None:
+        now = time.monotonic()
+        timeout = ENGINE_RETRY_S if self.engine_error else self.spec.supervisor.probe_interval
+        if self.notifier.watchdog_interval_s is not None:
+            timeout = min(timeout, self.notifier.watchdog_interval_s / 2)
+        if result is not None and result.next_wake_at is not None:
+            timeout = min(timeout, max(0.0, result.next_wake_at - now))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     # -- reload (SIGHUP) ----------------------------------------------------------------------------
+
+    async def _reload_now(self) -> None:
+        """RELOADING=1, the reload, READY=1, and an answer for every caller, whatever happens."""
+        self._reload_requested = False
+        waiters, self._reload_waiters = self._reload_waiters, []
+        self.notifier.reloading()
+        try:
+            reloaded = await self.reload()
+        except Exception as err:  # e.g. a corrupt topology.json: keep the last good state
+            log.exception("reload_crashed")
+            reloaded = self._refuse(f"internal error while reloading: {type(err).__name__}: {err}")
+        finally:
+            self.snapshot = replace(self.snapshot, reload=self.reload_result)
+            self.notifier.ready(self.status_line(self._last_plan))
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(reloaded)
+
+    def _refuse(self, message: str) -> ReloadResult:
+        log.error("reload_failed", error=message)
+        self.reload_result = ReloadResult(False, message, datetime.now(UTC))
+        self.record_event(None, "reload_failed", message, "kept the last good desired state")
+        return self.reload_result
 
     async def reload(self) -> ReloadResult:
         """Read and validate the file; keep the last good spec when it is not usable."""
         now = datetime.now(UTC)
         try:
-            loaded = await asyncio.to_thread(loading.load, self.config_path)
-            problem = topology.problem(loaded.spec)
-            if problem is not None:
-                raise DesiredStateError(loaded.source, [problem])
-            if loaded.spec.cluster.name != self.spec.cluster.name:
-                message = "cannot change while the supervisor runs (it names the containers); stop it first"
-                raise DesiredStateError(loaded.source, [Problem("cluster.name", message)])
-            new_desired = await asyncio.to_thread(desired_mod.build, loaded.spec, secrets.resolve)
-        except (DesiredStateError, SecretError) as err:
-            message = err.render() if isinstance(err, DesiredStateError) else str(err)
-            log.error("reload_failed", error=message)
-            self.reload_result = ReloadResult(False, message, now)
-            self.record_event(None, "reload_failed", message, "kept the last good desired state")
-            return self.reload_result
+            new = await reloading.prepare(self.config_path, self.spec, self.locality)
+        except (DesiredStateError, SecretError, locality.LocalityError) as err:
+            return self._refuse(err.render() if isinstance(err, DesiredStateError) else str(err))
+        loaded = loading.with_listen(new.loaded, self.listen)
         if loaded.digest == self.loaded.digest:
             log.info("desired_state_unchanged")
         else:
-            log.info("desired_state_reloaded", spec_hash=new_desired.spec_hash)
-        removed = {n.name for n in self.desired.nodes} - {n.name for n in new_desired.nodes}
-        self._retiring |= removed
+            log.info("desired_state_reloaded", spec_hash=new.desired.spec_hash)
+        removed = {n.name for n in self.desired.nodes} - {n.name for n in new.desired.nodes}
         for name in removed:
             self.records.pop(name, None)
         old = self.spec.supervisor
@@ -441,11 +596,13 @@ class Supervisor:
             )
         if old.log_level != loaded.spec.supervisor.log_level:
             logs.configure(loaded.spec.supervisor.log_level)
-        self.loaded, self.spec, self.desired = loaded, loaded.spec, new_desired
+        self.loaded, self.spec, self.desired, self.locality = loaded, loaded.spec, new.desired, new.place
+        self.observer.locality = new.place
         self.policy = planning.Policy.of(loaded.spec.supervisor)
         self._executor.stop_timeout_s = loaded.spec.supervisor.stop_timeout
+        self.coordinator.endpoints = self._store_endpoints()
         self.reload_result = ReloadResult(True, None, now)
-        self.record_event(None, "reloaded", None, f"spec {new_desired.spec_hash}")
+        self.record_event(None, "reloaded", None, f"spec {new.desired.spec_hash}")
         return self.reload_result
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -458,9 +615,13 @@ class Supervisor:
             if not done.done():
                 done.set_result(None)
 
+        def on_break(why: str) -> None:
+            self.observer.engine_interrupted(why)
+            self._wake.set()
+
         def watch() -> None:
             try:
-                self.engine.watch_events(self._on_engine_event, loop)
+                self.engine.watch_events(self._on_engine_event, loop, on_break)
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop may be closed already
                     loop.call_soon_threadsafe(finish)
@@ -475,63 +636,82 @@ class Supervisor:
                 await asyncio.wait_for(asyncio.shield(done), timeout=5)
         raise RuntimeError("the docker events watcher stopped unexpectedly")
 
-    async def _signals_task(self) -> None:
+    async def _signals_task(
+        self, loop_task: Callable[[], asyncio.Task[None] | None], api: ApiHandle | None
+    ) -> None:
+        """Waits for a stop, then the first stages: STOPPING=1, the API closed, the loop finished,
+        the agent's records revoked (the other machines see it leave at once)."""
         await self._stop.wait()
-        raise _Shutdown
+        self.notifier.stopping()
+        log.info("supervisor_stopping")
+        if api is not None:
+            with contextlib.suppress(Exception):
+                await api.close()
+        task = loop_task()
+        if task is not None:
+            with contextlib.suppress(TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), LOOP_FINISH_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.coordinator.close(), self.spec.supervisor.probe_timeout * 2)
+        raise _Shutdown  # the rest (events, probes, actions in flight) is cancelled
+
+    def on_signal(self, signum: int) -> None:
+        if self._signals >= 1:
+            log.warning("supervisor_forced_exit", signal=signal.Signals(signum).name)
+            os._exit(FORCED_EXIT_CODE)  # the second signal: at once, containers left as they are
+        self.request_stop()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-
-    def _on_sighup(self) -> None:
-        self.request_reload()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     def remove_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
-    async def run(
-        self,
-        extra_tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] | None = None,
-        handle_signals: bool = True,
-    ) -> int:
+    async def run(self, api: ApiHandle | None = None, handle_signals: bool = True) -> int:
         """Run until stopped. Returns the process exit code."""
         if handle_signals:
             self.install_signal_handlers()
         connector = aiohttp.TCPConnector(force_close=True, limit=64)
+        budget_s = shutdown_budget_s(self.spec.supervisor.stop_timeout)
         log.info(
             "supervisor_starting",
             cluster=self.spec.cluster.name,
             nodes=len(self.desired.nodes),
             spec_hash=self.desired.spec_hash,
+            agent=self.agent,
+            hosts=sorted(self.locality.hosts()),
         )
+        loop_task: asyncio.Task[None] | None = None
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
+                self._session = session
                 self._prober = probes.Prober(
-                    session, self._probe_settings(), self.wake, self.probe_latency.observe
+                    session, self._probe_settings(), self.wake, self.metrics.probe_duration.observe
                 )
                 try:
                     async with asyncio.TaskGroup() as group:
+                        self._group = group
                         group.create_task(self._events_task(), name="docker-events")
                         group.create_task(self._prober.run(), name="probes")
-                        group.create_task(self.reconcile_loop(group), name="reconcile-loop")
-                        group.create_task(self._signals_task(), name="signals")
-                        for name, factory in extra_tasks or []:
-                            group.create_task(factory(), name=name)
+                        group.create_task(
+                            self.coordinator.run(session, self.spec.supervisor.probe_timeout),
+                            name="coordination",
+                        )
+                        loop_task = group.create_task(self.reconcile_loop(group), name="reconcile-loop")
+                        group.create_task(self._signals_task(lambda: loop_task, api), name="signals")
+                        if api is not None:
+                            group.create_task(api.serve_forever(), name="status-api")
                 except* _Shutdown:
                     pass
-                self.notifier.stopping()
-                if self.spec.supervisor.on_exit == "stop" and self._signals < 2:
-                    self.notifier.status("stopping the cluster")
-                    log.info("stopping_cluster", timeout_s=self.spec.supervisor.stop_timeout)
-                    problems = await executing.stop_cluster(
-                        self.engine, self.spec.supervisor.stop_timeout, remove=False
-                    )
-                    for problem in problems:
-                        log.error("stop_failed", detail=problem)
+                stopping_started = time.monotonic()
+                if self.spec.supervisor.on_exit == "stop":
+                    remaining = budget_s - LOOP_FINISH_S - (time.monotonic() - stopping_started)
+                    await self._stop_cluster(max(1.0, min(self.spec.supervisor.stop_timeout, remaining / 2)))
         finally:
             if handle_signals:
                 self.remove_signal_handlers()
@@ -539,49 +719,67 @@ class Supervisor:
             log.info("supervisor_stopped", on_exit=self.spec.supervisor.on_exit)
         return 0
 
+    async def _stop_cluster(self, timeout_s: float) -> None:
+        self.notifier.status("stopping the cluster")
+        log.info("stopping_cluster", timeout_s=timeout_s)
+        try:
+            problems = await executing.stop_cluster(
+                self.engine, self.observer.containers, timeout_s, remove=False
+            )
+        except EngineError as err:
+            problems = [str(err)]
+        for problem in problems:
+            log.error("stop_failed", detail=problem)
+
+
+async def decide_locality(loaded: loading.Loaded, host: str | None) -> locality.Locality:
+    hosts = [n.host for n in spec_nodes(loaded.spec)]
+    return await asyncio.to_thread(locality.decide, hosts, locality.Locality(host))
+
 
 async def plan_once(
-    loaded: loading.Loaded, docker_url: str | None = None
+    loaded: loading.Loaded, place: locality.Locality, docker_url: str | None = None
 ) -> tuple[DesiredCluster, Observation, Plan]:
     """What `run` (or a reload of this file) would do now, without doing it: observe once, plan once."""
-    supervisor = Supervisor(loaded, docker_url=docker_url)
+    supervisor = Supervisor(loaded, place, docker_url=docker_url)
+    settings = supervisor._probe_settings()
     connector = aiohttp.TCPConnector(force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            settings = supervisor._probe_settings()
             prober = probes.Prober(session, settings, lambda: None)
-            supervisor._prober = prober
+            prober.nodes = {n.name: n for n in supervisor.desired.nodes}
             meta = supervisor.desired.meta
-            results = await asyncio.gather(
-                *(
-                    probes.probe_meta(session, n, settings.health_path, settings.cluster, settings.timeout_s)
-                    for n in meta
-                )
+            answers = await asyncio.gather(
+                *(probes.probe_member(session, n, settings.health_path, settings.timeout_s) for n in meta)
             )
-            prober.meta = {n.name: r for n, r in zip(meta, results, strict=True)}
-            observation = await supervisor.observe()
-            if observation.engine_error is not None:
-                raise EngineError(observation.engine_error)
-            probes_now = dict(observation.probes)
-            for node in supervisor.desired.meta:  # tie each member's answer to the run it came from
-                c = observation.containers.get(node.name)
-                if c is not None and c.is_running and node.name in prober.meta:
-                    member = prober.meta[node.name]
-                    alive = replace(member.alive, run_id=c.run_key)
-                    observation.meta[node.name] = replace(member, alive=alive)
-                    probes_now[node.name] = alive
+            containers = {c.node: c for c in await supervisor.observer.containers()}
+            prober.meta = {
+                n.name: with_run(a, containers.get(n.name)) for n, a in zip(meta, answers, strict=True)
+            }
+            prober.leader = await probes.read_leader(
+                session, prober.members(), settings.leader_key, settings.cluster, settings.timeout_s
+            )
             for node in supervisor.desired.ceresdb:
-                c = observation.containers.get(node.name)
+                c = containers.get(node.name)
                 if node.is_local and c is not None and c.is_running:
-                    probes_now[node.name] = await probes.probe_ceresdb(
+                    prober.probes[node.name] = await probes.probe_ceresdb(
                         session, node, settings.timeout_s, c.run_key
                     )
-            leases = await probes.read_leases(
-                session, meta, settings.root, settings.cluster, settings.timeout_s
+            chief = prober.nodes.get(prober.leader.member or "")
+            prober.leases = await probes.read_leases(
+                session, prober.members(), chief, settings.root, settings.cluster, settings.timeout_s
             )
-            observation = replace(observation, probes=probes_now, leases=leases)
+            observation = await supervisor.observer.observe(supervisor.desired, prober, Inflight({}, {}))
+            if observation.engine_error is not None:
+                raise EngineError(observation.engine_error)
             result = planning.plan(
-                supervisor.desired, observation, {}, observation.at, lambda: 0.0, supervisor.policy
+                supervisor.desired,
+                observation,
+                {},
+                observation.at,
+                lambda: 0.0,
+                supervisor.policy,
+                planning.Budget(supervisor.spec.supervisor.max_unavailable),
             )
             return supervisor.desired, observation, result
     finally:

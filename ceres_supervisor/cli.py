@@ -9,21 +9,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import sys
-from collections.abc import Sequence
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Final
 
 import structlog
 
-from . import __version__, api, app, client, executing, files, loading, logs, rendering, secrets, topology
+from . import (
+    __version__,
+    api,
+    app,
+    client,
+    completion,
+    executing,
+    files,
+    loading,
+    logs,
+    observing,
+    rendering,
+    secrets,
+    topology,
+)
 from .engine import Engine, EngineError
 from .errors import CeresError, DesiredStateError
+from .locality import LocalityError
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_INVALID: Final = 2
 EXIT_INTERNAL: Final = 70
+
+
+def _version() -> str:
+    """This version, and the Python and Docker SDK it runs with."""
+    try:
+        sdk = metadata.version("docker")
+    except metadata.PackageNotFoundError:
+        sdk = "not installed"
+    return f"ceres-supervisor {__version__} (Python {platform.python_version()}, Docker SDK {sdk})"
 
 
 def _print_warnings(loaded: loading.Loaded) -> None:
@@ -63,7 +91,7 @@ def _load_for_daemon(path: str) -> loading.Loaded:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    loaded = _load_for_daemon(args.config)
+    loaded = loading.with_listen(_load_for_daemon(args.config), args.listen)
     logs.configure(args.log_level or loaded.spec.supervisor.log_level)
     log = structlog.get_logger("ceres_supervisor")
     for warning in loaded.warnings:
@@ -72,7 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
-    supervisor = app.Supervisor(loaded, config_path=args.config, docker_url=args.docker_url)
+    place = await app.decide_locality(loaded, args.host)
+    supervisor = app.Supervisor(
+        loaded, place, config_path=args.config, docker_url=args.docker_url, listen=args.listen
+    )
     server = api.ApiServer(supervisor)
     try:
         await server.start()  # before the loop: a taken address fails before any container is touched
@@ -80,7 +111,7 @@ async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
         print(f"error: cannot serve the status API on {server.where}: {err}", file=sys.stderr)
         supervisor.engine.close()
         return EXIT_FAILED
-    return await supervisor.run(extra_tasks=[("status-api", server.serve_forever)])
+    return await supervisor.run(server)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -88,7 +119,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _print_warnings(loaded)
     logs.configure("warning")
     try:
-        desired_cluster, observation, result = asyncio.run(app.plan_once(loaded, args.docker_url))
+        place = asyncio.run(app.decide_locality(loaded, args.host))
+        desired_cluster, observation, result = asyncio.run(app.plan_once(loaded, place, args.docker_url))
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -113,15 +145,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(col.ljust(w) for col, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-    managed = _running_daemon_nodes(args.config)
-    if managed is not None:
+    if _daemon_answers(args.config) is not None:
         print("A daemon is running for this cluster: this is what `ceres-supervisor reload` would do.")
     for orphan in observation.orphans:
-        if managed is not None and orphan.node in managed:
-            print(f"remove: container {orphan.name} (node {orphan.node!r} left the file; data kept)")
-        else:
-            why = f"node {orphan.node!r} is not in the file; `down` removes it"
-            print(f"orphan: container {orphan.name} ({why})")
+        print(f"remove: container {orphan.name} (node {orphan.node!r} is not in the file; data kept)")
     if any(v.state == "blocked" for v in result.views.values()):
         print("CeresDB nodes start once meta is ready (the next cycles of `run`).")
     return EXIT_OK
@@ -134,17 +161,6 @@ def _daemon_answers(config: str) -> str | None:
     except client.Unreachable:
         return None
     return ep.where
-
-
-def _running_daemon_nodes(config: str) -> set[str] | None:
-    """The nodes a daemon answering for this file manages now, or None when none answers."""
-    try:
-        code, doc = asyncio.run(client.call(client.endpoint(None, None, config), "GET", "/v1/status", 2.0))
-    except client.Unreachable:
-        return None
-    if code != 200 or not isinstance(doc, dict):
-        return None
-    return {str(n.get("name")) for n in doc.get("nodes") or [] if isinstance(n, dict)}
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -161,7 +177,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     logs.configure("info")
     engine = Engine(spec.cluster.name, base_url=args.docker_url)
     try:
-        problems = asyncio.run(executing.stop_cluster(engine, spec.supervisor.stop_timeout, remove=True))
+        place = asyncio.run(app.decide_locality(loaded, args.host))
+        observer = observing.Observer(engine, place)
+        problems = asyncio.run(
+            executing.stop_cluster(engine, observer.containers, spec.supervisor.stop_timeout, True)
+        )
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -198,16 +218,30 @@ def _call(args: argparse.Namespace, method: str, path: str, timeout_s: float = 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The whole cluster from /v1/cluster; this machine's view (/v1/status) with a note when the
+    store cannot be read, or with --local."""
+    note = None
     try:
-        code, body = _call(args, "GET", "/v1/status")
+        if not args.local:
+            code, body = _call(args, "GET", "/v1/cluster")
+            if code == 503 and isinstance(body, dict):
+                detail = (body.get("coordination") or {}).get("detail")
+                note = f"coordination unavailable ({detail}): this is the local view of this supervisor"
+        if args.local or code in (404, 503):
+            code, body = _call(args, "GET", "/v1/status")
     except client.Unreachable as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if code != 200 or not isinstance(body, dict):
         print(f"error: the daemon refused: HTTP {code}: {body}", file=sys.stderr)
         return EXIT_REFUSED
-    print(json.dumps(body, indent=2) if args.json else client.table(body))
-    return EXIT_OK if (body.get("cluster") or {}).get("state") == "healthy" else EXIT_FAILED
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(client.table(body))
+        if note:
+            print(note)
+    return EXIT_OK if (body.get("cluster") or {}).get("state") == "healthy" and note is None else EXIT_FAILED
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -229,12 +263,130 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return EXIT_REFUSED if code in (401, 403) else EXIT_FAILED
 
 
+def _post(args: argparse.Namespace, path: str, body: Mapping[str, object]) -> tuple[int, object]:
+    ep = client.endpoint(args.url, args.socket, args.config, args.token_file)
+    return asyncio.run(client.call(ep, "POST", path, 10.0, body))
+
+
+def _refusal(code: int, body: object) -> int:
+    """Print why the daemon said no; the exit code for it."""
+    error = body.get("error") if isinstance(body, dict) else body
+    print(f"error: HTTP {code}: {error}", file=sys.stderr)
+    if isinstance(body, dict) and body.get("known"):
+        print(f"known nodes: {', '.join(map(str, body['known']))}", file=sys.stderr)
+    if code in (401, 403):
+        return EXIT_REFUSED
+    return EXIT_INVALID if code in (400, 404) else EXIT_FAILED
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    verb = "pause" if args.handler is cmd_pause else "resume"
+    if bool(args.all) == bool(args.nodes):
+        print(f"error: name the nodes to {verb}, or --all", file=sys.stderr)
+        return EXIT_INVALID
+    paths = [f"/v1/{verb}"] if args.all else [f"/v1/nodes/{n}/{verb}" for n in args.nodes]
+    try:
+        for path in paths:
+            code, body = _post(args, path, {"who": "cli"})
+            if code != 200:
+                return _refusal(code, body)
+            what = "the whole cluster" if args.all else path.split("/")[3]
+            holds = body.get("holds_on") if isinstance(body, dict) else None
+            print(f"{what}: {verb}d (holds on {holds})")
+    except client.Unreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _follow(args: argparse.Namespace, op_id: str) -> int:
+    """Print the operation's steps as they come; Ctrl-C asks it to stop after the current node."""
+    ep = client.endpoint(args.url, args.socket, args.config, args.token_file)
+    printed = 0
+    cancelled = False
+    while True:
+        try:
+            code, doc = asyncio.run(client.call(ep, "GET", f"/v1/operations/{op_id}", 10.0))
+            if code != 200 or not isinstance(doc, dict):
+                return _refusal(code, doc)
+            steps = doc.get("steps") or []
+            for step in steps[printed:]:
+                print(f"{step.get('at')}  {step.get('text')}", flush=True)
+            printed = len(steps)
+            if doc.get("outcome") is not None:
+                return EXIT_OK if doc.get("outcome") == "ok" else EXIT_FAILED
+            time.sleep(0.5)  # the operation's pace is the cluster's; poll it
+        except KeyboardInterrupt:
+            if cancelled:
+                print("\nleft it running; follow it with GET /v1/operations/" + op_id, file=sys.stderr)
+                return 130
+            cancelled = True
+            print("\nstopping after the current node (Ctrl-C again to leave it running)", file=sys.stderr)
+            asyncio.run(client.call(ep, "POST", f"/v1/operations/{op_id}/cancel", 10.0))
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    if args.handler is cmd_restart:
+        path, body = f"/v1/nodes/{args.node}/restart", {"who": "cli"}
+    else:
+        path, body = "/v1/rolling-restart", {"who": "cli", "role": args.role}
+    try:
+        code, answer = _post(args, path, body)
+        if code != 202 or not isinstance(answer, dict):
+            return _refusal(code, answer)
+        op_id = str(answer.get("operation"))
+        print(
+            f"operation {op_id}" + (f": {', '.join(answer['nodes'])}" if answer.get("nodes") else ""),
+            flush=True,
+        )
+        return EXIT_OK if args.no_wait else _follow(args, op_id)
+    except client.Unreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return cmd_pause(args)
+
+
+def cmd_rolling_restart(args: argparse.Namespace) -> int:
+    return cmd_restart(args)
+
+
+def cmd_completion(_args: argparse.Namespace) -> int:
+    print(completion.bash_script(build_parser()))
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """Node names of the file, read leniently (secrets need not be available): for completion."""
+    try:
+        document = tomllib.loads(Path(args.config).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
+        return EXIT_FAILED
+    for section in ("meta", "ceresdb"):
+        table = document.get(section)
+        for node in table.get("nodes", []) if isinstance(table, dict) else []:
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                print(node["name"])
+    return EXIT_OK
+
+
+def _host_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        metavar="ADDR",
+        help="this supervisor runs exactly the nodes whose host is ADDR (default: every node whose host "
+        "is an address of this machine)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ceres-supervisor",
         description="Keeps a CeresDB/HoraeDB cluster (WithMeta mode) running on a Docker host.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check a desired-state file (exit 0 valid, 2 invalid)")
@@ -250,11 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, metavar="FILE")
     run.add_argument("--log-level", choices=sorted(logs.LEVELS), help="overrides supervisor.log_level")
     run.add_argument("--docker-url", help="Docker Engine address (default: DOCKER_HOST or the local socket)")
+    run.add_argument(
+        "--listen", metavar="ADDR", help="the API's address (host:port or unix:/path) instead of the file's"
+    )
+    _host_arg(run)
     run.set_defaults(handler=cmd_run)
 
     plan = sub.add_parser("plan", help="what `run` would change now, and why, without doing it")
     plan.add_argument("-c", "--config", required=True, metavar="FILE")
     plan.add_argument("--docker-url", help=argparse.SUPPRESS)
+    _host_arg(plan)
     plan.set_defaults(handler=cmd_plan)
 
     down = sub.add_parser("down", help="stop CeresDB nodes then meta and remove the containers; data is kept")
@@ -263,16 +420,50 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--force", action="store_true", help="even if a daemon answers on the file's listen address"
     )
+    _host_arg(down)
     down.set_defaults(handler=cmd_down)
 
     status = sub.add_parser("status", help="the cluster and its nodes (exit 0 healthy, 1 not, 3 unreachable)")
     _api_args(status)
-    status.add_argument("--json", action="store_true", help="print /v1/status as it is")
+    status.add_argument("--json", action="store_true", help="print the document as the API gave it")
+    status.add_argument("--local", action="store_true", help="this supervisor's nodes only (/v1/status)")
     status.set_defaults(handler=cmd_status)
 
     reload = sub.add_parser("reload", help="re-read the file in the running daemon (as SIGHUP)")
     _api_args(reload)
     reload.set_defaults(handler=cmd_reload)
+
+    for verb, handler, what in (
+        ("pause", cmd_pause, "never start, stop or restart"),
+        ("resume", cmd_resume, "handle again"),
+    ):
+        control = sub.add_parser(verb, help=f"{what} these nodes (maintenance), on every machine")
+        _api_args(control)
+        control.add_argument("nodes", nargs="*", metavar="NODE")
+        control.add_argument("--all", action="store_true", help="the whole cluster")
+        control.set_defaults(handler=handler)
+
+    restart = sub.add_parser("restart", help="planned restart of one node (flush, stop, start, wait healthy)")
+    _api_args(restart)
+    restart.add_argument("node", metavar="NODE")
+    restart.add_argument("--no-wait", action="store_true", help="print the operation id and return")
+    restart.set_defaults(handler=cmd_restart)
+
+    rolling = sub.add_parser(
+        "rolling-restart", help="meta followers, the leader, then CeresDB, one at a time"
+    )
+    _api_args(rolling)
+    rolling.add_argument("--role", choices=("meta", "ceresdb"), help="only the nodes of this role")
+    rolling.add_argument("--no-wait", action="store_true", help="print the operation id and return")
+    rolling.set_defaults(handler=cmd_rolling_restart)
+
+    completion_cmd = sub.add_parser("completion", help="print a shell completion script (bash)")
+    completion_cmd.add_argument("shell", choices=("bash",))
+    completion_cmd.set_defaults(handler=cmd_completion)
+
+    nodes = sub.add_parser("nodes")  # for completion: the node names of a file, one a line
+    nodes.add_argument("-c", "--config", default=client.DEFAULT_CONFIG, metavar="FILE")
+    nodes.set_defaults(handler=cmd_nodes)
     return parser
 
 
@@ -287,6 +478,9 @@ def main(argv: Sequence[str]) -> int:
         return code
     except DesiredStateError as err:
         print(err.render(), file=sys.stderr)
+        return EXIT_INVALID
+    except LocalityError as err:
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
     except CeresError as err:
         print(f"error: {err}", file=sys.stderr)

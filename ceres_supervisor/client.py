@@ -56,7 +56,7 @@ def endpoint(
     if path:
         try:
             table = tomllib.loads(Path(path).read_text()).get("supervisor", {})
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
             table = {}
         if isinstance(table, dict):
             listen_text = str(table.get("listen", DEFAULT_LISTEN))
@@ -77,7 +77,9 @@ def from_listen(listen: Listen, token: str | None, where: str) -> Endpoint:
     return Endpoint(f"http://{host}:{listen.port}", None, token, where)
 
 
-async def call(ep: Endpoint, method: str, path: str, timeout_s: float = 10.0) -> tuple[int, Any]:
+async def call(
+    ep: Endpoint, method: str, path: str, timeout_s: float = 10.0, body: object = None
+) -> tuple[int, Any]:
     connector = aiohttp.UnixConnector(path=ep.socket) if ep.socket else aiohttp.TCPConnector()
     headers = {"Authorization": f"Bearer {ep.token}"} if ep.token else {}
     try:
@@ -85,7 +87,7 @@ async def call(ep: Endpoint, method: str, path: str, timeout_s: float = 10.0) ->
             aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as session,
-            session.request(method, ep.base + path, headers=headers) as response,
+            session.request(method, ep.base + path, headers=headers, json=body) as response,
         ):
             raw = await response.read()
             try:
@@ -144,9 +146,12 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
     now = now or datetime.now(UTC)
     cluster = doc.get("cluster") or {}
     reload = doc.get("reload") or {}
-    lines = [
-        f"cluster {cluster.get('name')}: {cluster.get('state')}   spec {cluster.get('spec_hash') or '-'}"
-    ]
+    given = cluster.get("spec_hashes")
+    hashes: dict[str, Any] = given if isinstance(given, dict) else {}
+    spec_hash = cluster.get("spec_hash") or (
+        next(iter(set(hashes.values()))) if len(set(hashes.values())) == 1 else None
+    )
+    lines = [f"cluster {cluster.get('name')}: {cluster.get('state')}   spec {spec_hash or '-'}"]
     if reload.get("ok") is False:
         error = " / ".join(line.strip() for line in str(reload.get("error")).splitlines()[1:]) or reload.get(
             "error"
@@ -156,9 +161,18 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
         lines.append(f"last reload: ok at {reload.get('at')}")
     if (doc.get("engine") or {}).get("ok") is False:
         lines.append(f"docker engine: {(doc.get('engine') or {}).get('error')}")
+    if len(set(hashes.values())) > 1:
+        listed = ", ".join(f"{host} {h}" for host, h in sorted(hashes.items()))
+        lines.append(f"the agents' files differ (changes wait until they agree): {listed}")
+    for agent in doc.get("agents") or []:
+        if isinstance(agent, dict) and agent.get("state") == "down":
+            lines.append(
+                f"agent {agent.get('host')} DOWN since {agent.get('since') or agent.get('heartbeat_at')}"
+            )
     rows = [COLUMNS]
     for n in doc.get("nodes") or []:
         ports = "/".join(str(p) for p in (n.get("ports") or {}).values())
+        restarts = n.get("restarts")
         rows.append(
             (
                 n.get("name", ""),
@@ -168,7 +182,7 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
                 n.get("state", ""),
                 _health(n),
                 _lease(n),
-                str(n.get("restarts", 0)),
+                "-" if restarts is None else str(restarts),
                 _uptime(n.get("started_at"), now),
                 n.get("reason") or "-",
             )
@@ -186,6 +200,8 @@ def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = 
             lines.append(fixed.rstrip())
             if reason not in ("-", "REASON"):
                 lines.append("    " + _cut(reason, width - 4))
+    for slot in doc.get("disruptions") or []:
+        lines.append(f"disruption slot: {slot.get('node')} by {slot.get('host')} ({slot.get('reason')})")
     for orphan in doc.get("orphans") or []:
         lines.append(f"orphan container {orphan.get('name')} (not in the file; `down` removes it)")
     return "\n".join(_cut(line, width) for line in lines)

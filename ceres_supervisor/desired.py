@@ -3,14 +3,14 @@
 `build` turns a validated spec into one `DesiredNode` per node: its rendered config (secrets
 resolved, because the hash must change when a secret does), the container to run, and the
 spec-hash that tells an adopted container from one that must be recreated. Reading secrets is
-the only I/O here, through the injected resolver.
+the only I/O here, through the injected resolver; which hosts are this machine's is decided once,
+elsewhere (`locality`), and passed in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ LABEL_CLUSTER: Final = f"{LABEL_PREFIX}.cluster"
 LABEL_NODE: Final = f"{LABEL_PREFIX}.node"
 LABEL_ROLE: Final = f"{LABEL_PREFIX}.role"
 LABEL_SPEC_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
+LABEL_HOST: Final = f"{LABEL_PREFIX}.host"
 
 Role = Literal["meta", "ceresdb"]
 
@@ -94,29 +95,6 @@ def container_name(cluster: str, node: str) -> str:
     return f"ceres-{cluster}-{node}"
 
 
-def is_address_of_this_machine(host: str) -> bool:
-    """True for loopback addresses and addresses of this machine's interfaces.
-
-    Binding a UDP socket succeeds only for a local address, which answers the question without
-    parsing interface tables.
-    """
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_DGRAM)
-    except OSError:
-        return False
-    for info in infos:
-        address = str(info[4][0])
-        if address.startswith("127."):
-            return True
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((address, 0))
-            except OSError:
-                continue
-            return True
-    return False
-
-
 def _hash(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -124,7 +102,7 @@ def _hash(payload: object) -> str:
 def build(
     spec: DesiredState,
     resolve: Callable[[SecretRef], str],
-    is_local: Callable[[str], bool] = is_address_of_this_machine,
+    is_local: Callable[[str], bool],
 ) -> DesiredCluster:
     """One DesiredNode per node, meta first. Raises SecretError if a secret cannot be read."""
     state_dir = Path(spec.cluster.state_dir)
@@ -157,6 +135,7 @@ def build(
             LABEL_NODE: node.name,
             LABEL_ROLE: node.role,
             LABEL_SPEC_HASH: spec_hash,
+            LABEL_HOST: node.host,
         }
         container = ContainerSpec(
             name=container_name(spec.cluster.name, node.name),

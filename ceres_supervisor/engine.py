@@ -1,9 +1,13 @@
 """The Docker Engine adapter: the only module that imports `docker`.
 
-Every SDK call runs in a small thread pool, under a timeout, one logical operation per thread hop;
-a caller that is cancelled waits for its thread before re-raising, so none is orphaned. Docker's
-exceptions become ours (`EngineError` and subclasses). The events stream runs in its own thread
-with its own connection and hands events to the loop with `call_soon_threadsafe`.
+Every SDK call runs in a thread pool, under a timeout, one logical operation per thread hop.
+Observation (list, inspect) has its own small pool, so actions that hold a thread for a whole
+`stop_timeout` can never starve it. A call that times out is cancelled if it has not started; an
+action that has started is awaited to its end (the SDK's own socket timeout bounds it), so no call
+ever runs behind the caller's back after it was reported failed. A cancelled caller waits for its
+thread before re-raising. Docker's exceptions become ours (`EngineError` and subclasses). The
+events stream runs in its own thread with its own connection, hands events to the loop with
+`call_soon_threadsafe`, and after a break reconnects with `since` so nothing is missed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from .desired import LABEL_CLUSTER, LABEL_MANAGED, LABEL_NODE, LABEL_ROLE, LABEL_SPEC_HASH, ContainerSpec
+from .desired import (
+    LABEL_CLUSTER,
+    LABEL_HOST,
+    LABEL_MANAGED,
+    LABEL_NODE,
+    LABEL_ROLE,
+    LABEL_SPEC_HASH,
+    ContainerSpec,
+)
 from .errors import CeresError
 from .observed import ObservedContainer
 
@@ -75,6 +87,8 @@ class EngineEvent:
     """Docker's timeNano of the event."""
     received_ns: int
     """time.time_ns() when the supervisor received it."""
+    host: str = ""
+    """The container's `io.ceres-supervisor.host` label."""
 
 
 def _translate(err: Exception, what: str) -> EngineError:
@@ -121,6 +135,7 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         started_at=parse_time(state.get("StartedAt")),
         finished_at=None if running else parse_time(state.get("FinishedAt")),
         error=str(state.get("Error") or ""),
+        host=labels.get(LABEL_HOST, ""),
     )
 
 
@@ -130,8 +145,10 @@ class Engine:
     def __init__(self, cluster: str, base_url: str | None = None, workers: int = 8) -> None:
         self.cluster = cluster
         self._base_url = base_url
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._observe_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-observe")
+        self._action_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker-act")
         self._client: docker.APIClient | None = None
+        self._client_lock = threading.Lock()
         self._inspected: dict[str, tuple[str, ObservedContainer]] = {}
         self._stale: set[str] = set()
         self._stale_lock = threading.Lock()
@@ -150,19 +167,21 @@ class Engine:
         if path is not None and not os.path.exists(path):
             raise EngineUnavailable(f"Docker Engine unavailable: no socket at {path} (is dockerd running?)")
 
+    def _new_client(self, timeout: int | None) -> docker.APIClient:
+        if self._base_url:
+            return docker.APIClient(base_url=self._base_url, version="auto", timeout=timeout)  # type: ignore[arg-type]
+        return docker.from_env(timeout=timeout).api  # type: ignore[arg-type]
+
     def _api(self) -> docker.APIClient:
         self._check_socket()
-        if self._client is None:
-            kwargs: dict[str, Any] = {"timeout": int(CALL_TIMEOUT_S)}
-            self._client = (
-                docker.APIClient(base_url=self._base_url, version="auto", **kwargs)
-                if self._base_url
-                else docker.from_env(**kwargs).api
-            )
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._new_client(int(CALL_TIMEOUT_S))
+            return self._client
 
-    async def _call(self, what: str, fn: Callable[[], T], timeout_s: float = CALL_TIMEOUT_S) -> T:
-        loop = asyncio.get_running_loop()
+    async def _call(
+        self, what: str, fn: Callable[[], T], timeout_s: float = CALL_TIMEOUT_S, *, observe: bool = False
+    ) -> T:
         context = contextvars.copy_context()
 
         def run() -> T:
@@ -173,16 +192,26 @@ class Engine:
             except Exception as err:
                 raise _translate(err, what) from err
 
-        future = loop.run_in_executor(self._pool, run)
+        pool = self._observe_pool if observe else self._action_pool
+        submitted = pool.submit(run)
+        future = asyncio.wrap_future(submitted)
         try:
             async with asyncio.timeout(timeout_s):
                 return await asyncio.shield(future)
         except TimeoutError:
+            if submitted.cancel():  # still queued: it will never run
+                raise EngineTimeout(f"{what}: no answer within {timeout_s:g}s (not started)") from None
+            if observe:  # a read left running changes nothing; the next one queues behind it
+                raise EngineTimeout(f"{what}: no answer within {timeout_s:g}s") from None
+            log.warning("docker_call_slow", call=what, waited_s=timeout_s)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)  # an action is awaited to its end: it never runs later
             raise EngineTimeout(f"{what}: no answer within {timeout_s:g}s") from None
         except asyncio.CancelledError:
             # Let the thread finish so that no call is left running behind our back.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
+            if not submitted.cancel():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(future), timeout=timeout_s)
             raise
 
     def _filters(self) -> dict[str, list[str]]:
@@ -199,13 +228,18 @@ class Engine:
             self._stale.add(container_id)
 
     async def list_containers(self) -> list[ObservedContainer]:
-        """Managed containers of this cluster; inspects only those whose state changed."""
+        """Managed containers of this cluster (every host's); inspects only those that changed."""
 
         def list_and_inspect() -> list[ObservedContainer]:
             api = self._api()
             with self._stale_lock:
                 stale, self._stale = self._stale, set()
-            summaries = api.containers(all=True, filters=self._filters())
+            try:
+                summaries = api.containers(all=True, filters=self._filters())
+            except Exception:
+                with self._stale_lock:
+                    self._stale |= stale
+                raise
             result = []
             seen = set()
             for summary in summaries:
@@ -223,10 +257,10 @@ class Engine:
                 del self._inspected[gone]
             return result
 
-        return await self._call("list containers", list_and_inspect, timeout_s=LIST_TIMEOUT_S)
+        return await self._call("list containers", list_and_inspect, LIST_TIMEOUT_S, observe=True)
 
     async def ping(self) -> None:
-        await self._call("ping", lambda: self._api().ping(), timeout_s=5.0)
+        await self._call("ping", lambda: self._api().ping(), timeout_s=5.0, observe=True)
 
     async def image_exists(self, image: str) -> bool:
         def check() -> bool:
@@ -236,14 +270,14 @@ class Engine:
                 return False
             return True
 
-        return await self._call(f"inspect image {image}", check)
+        return await self._call(f"inspect image {image}", check, observe=True)
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         def tail() -> str:
             raw = self._api().logs(container_id, stdout=True, stderr=True, tail=lines)
             return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else ""
 
-        return await self._call("container logs", tail, timeout_s=5.0)
+        return await self._call("container logs", tail, timeout_s=5.0, observe=True)
 
     # -- actions --
     async def create_and_start(self, spec: ContainerSpec) -> str:
@@ -300,33 +334,46 @@ class Engine:
         await self._call("remove container", remove)
 
     # -- events --
-    def watch_events(self, deliver: Callable[[EngineEvent], None], loop: asyncio.AbstractEventLoop) -> None:
-        """Blocking: stream this cluster's container events until `stop_events()`; reconnects."""
+    def watch_events(
+        self,
+        deliver: Callable[[EngineEvent], None],
+        loop: asyncio.AbstractEventLoop,
+        on_break: Callable[[str], None] = lambda _why: None,
+    ) -> None:
+        """Blocking: stream this cluster's container events until `stop_events()`.
+
+        When the stream breaks (dockerd restarted, say) it reconnects with `since` set to the last
+        event seen, so nothing in between is lost, and `on_break` is told (on the loop)."""
         delay_s = 0.5
+        since: int | None = None
         while not self._events_stop.is_set():
             try:
                 self._check_socket()
                 # No read timeout: the stream is idle between events.
-                client = (
-                    docker.APIClient(base_url=self._base_url, version="auto", timeout=None)  # type: ignore[arg-type]
-                    if self._base_url
-                    else docker.from_env(timeout=None).api  # type: ignore[arg-type]
-                )
+                client = self._new_client(None)
                 filters = {"type": "container", **self._filters()}
-                self._events_stream = client.events(decode=True, filters=filters)
+                self._events_stream = client.events(decode=True, filters=filters, since=since)
                 delay_s = 0.5
                 for raw in self._events_stream:
                     if self._events_stop.is_set():
                         break
                     event = self._event(raw)
                     if event is not None:
+                        since = event.at_ns // 1_000_000_000
                         loop.call_soon_threadsafe(deliver, event)
+                else:
+                    if not self._events_stop.is_set():
+                        raise EngineUnavailable("the events stream ended")
             except Exception as err:  # the stream ends or breaks when dockerd restarts
                 if self._events_stop.is_set():
                     break
                 log.warning("docker_events_interrupted", error=str(err), retry_in_s=delay_s)
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(on_break, str(err))
+                if since is None:
+                    since = int(time.time()) - 1
             if not self._events_stop.wait(delay_s):
-                delay_s = min(delay_s * 2, 10.0)
+                delay_s = min(delay_s * 2, 5.0)
 
     @staticmethod
     def _event(raw: dict[str, Any]) -> EngineEvent | None:
@@ -342,6 +389,7 @@ class Engine:
             exit_code=int(code) if code is not None and str(code).lstrip("-").isdigit() else None,
             at_ns=int(raw.get("timeNano") or 0),
             received_ns=time.time_ns(),
+            host=str(attributes.get(LABEL_HOST, "")),
         )
 
     def stop_events(self) -> None:
@@ -353,7 +401,8 @@ class Engine:
 
     def close(self) -> None:
         self.stop_events()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._observe_pool, self._action_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()

@@ -44,3 +44,7 @@ class SecretError(CeresError):
 
 class FatalError(CeresError):
     """The daemon cannot go on; it exits non-zero."""
+
+
+class SlotRefused(CeresError):
+    """The store refused a disruption slot: the stop waits (not a failure)."""

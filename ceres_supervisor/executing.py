@@ -11,14 +11,17 @@ import asyncio
 import errno
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
 from . import files
 from .desired import DesiredCluster, DesiredNode
 from .engine import Engine, EngineError, EngineImageMissing
+from .errors import SlotRefused
+from .observed import ObservedContainer
 from .planning import Action
 
 log = structlog.get_logger(__name__)
@@ -28,12 +31,25 @@ class PreflightError(Exception):
     """A node cannot be started as things are on this machine (port taken, ...)."""
 
 
+class Slots(Protocol):
+    """Disruption slots of the cluster-wide budget (`coordination`); none on one machine."""
+
+    async def acquire(self, node: str, role: str, reason: str) -> None:
+        """Take the slot for `node` or raise SlotRefused saying who holds the budget."""
+
+
+Flush = Callable[[DesiredNode], Awaitable[str]]
+"""`POST /debug/flush_memtable` on a CeresDB node before a planned stop; returns what it said."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     action: Action
     ok: bool
     error: str | None
     duration_s: float
+    step: str | None = None
+    """The step that failed: "slot", "stop", "remove", "create", "start" (None when ok)."""
 
 
 def port_in_use(port: int) -> bool:
@@ -61,10 +77,22 @@ def preflight(node: DesiredNode) -> None:
 
 
 class Executor:
-    def __init__(self, engine: Engine, stop_timeout_s: float, on_done: Callable[[Outcome], None]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        stop_timeout_s: float,
+        on_done: Callable[[Outcome], None],
+        slots: Slots | None = None,
+        flush: Flush | None = None,
+        on_step: Callable[[str, str], None] = lambda _node, _text: None,
+    ) -> None:
         self.engine = engine
         self.stop_timeout_s = stop_timeout_s
         self.on_done = on_done
+        self.slots = slots
+        self.flush = flush
+        self.on_step = on_step
+        """Told each step of a planned restart (the operation shows them)."""
         self.busy: dict[str, str] = {}
 
     def submit(self, group: asyncio.TaskGroup, action: Action, desired: DesiredCluster) -> bool:
@@ -81,8 +109,11 @@ class Executor:
     async def _run(self, action: Action, node: DesiredNode | None) -> None:
         started = time.monotonic()
         error: str | None = None
+        steps: list[str] = []
         try:
-            await self.apply(action, node)
+            await self.apply(action, node, steps.append)
+        except SlotRefused as err:
+            error = str(err)
         except EngineImageMissing:
             assert node is not None
             error = (
@@ -98,7 +129,8 @@ class Executor:
             error = f"internal error: {type(err).__name__}: {err}"
         finally:
             self.busy.pop(action.node, None)
-        outcome = Outcome(action, error is None, error, time.monotonic() - started)
+        step = steps[-1] if error is not None and steps else None
+        outcome = Outcome(action, error is None, error, time.monotonic() - started, step)
         if error is None:
             log.info(
                 "action_done",
@@ -107,25 +139,48 @@ class Executor:
                 reason=action.reason,
                 duration_s=round(outcome.duration_s, 3),
             )
+        elif step == "slot":
+            log.info("action_waits", node=action.node, action=action.kind, detail=error)
         else:
-            log.error("action_failed", node=action.node, action=action.kind, error=error)
+            log.error("action_failed", node=action.node, action=action.kind, step=step, error=error)
         self.on_done(outcome)
 
-    async def apply(self, action: Action, node: DesiredNode | None) -> None:
-        if action.kind == "remove":  # a node taken out of the file; its data directory stays
+    async def apply(self, action: Action, node: DesiredNode | None, step: Callable[[str], None]) -> None:
+        """Carry `action` out; `step` is told each step before it runs (to name what failed)."""
+        if action.by_choice and self.slots is not None:
+            step("slot")
+            assert node is not None
+            await self.slots.acquire(action.node, node.role, action.reason)
+        if (
+            action.kind == "restart"
+            and self.flush is not None
+            and node is not None
+            and node.role == "ceresdb"
+        ):
+            step("flush")
+            said = await self.flush(node)
+            self.on_step(action.node, f"flush_memtable: {said}")
+        if action.kind in ("remove", "stop", "recreate", "restart"):
             assert action.container_id is not None
+            step("stop")
+            if action.kind == "restart":
+                self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {self.stop_timeout_s:g}s)")
             await self.engine.stop(action.container_id, self.stop_timeout_s)
+            if action.kind == "stop":
+                return
+            if action.kind == "restart":
+                assert node is not None
+                step("start")
+                self.on_step(action.node, "starting")
+                await asyncio.to_thread(prepare, node)
+                await self.engine.start(action.container_id)
+                return
+            step("remove")  # a node taken out of the file keeps its data directory
             await self.engine.remove(action.container_id)
-            return
+            if action.kind == "remove":
+                return
         assert node is not None
-        if action.kind == "stop":
-            assert action.container_id is not None
-            await self.engine.stop(action.container_id, self.stop_timeout_s)
-            return
-        if action.kind == "recreate":
-            assert action.container_id is not None
-            await self.engine.stop(action.container_id, self.stop_timeout_s)
-            await self.engine.remove(action.container_id)
+        step("create" if action.kind != "start" else "start")
         await asyncio.to_thread(prepare, node)
         preflight(node)
         if action.kind == "start":
@@ -135,13 +190,18 @@ class Executor:
             await self.engine.create_and_start(node.container)
 
 
-async def stop_cluster(engine: Engine, timeout_s: float, remove: bool) -> list[str]:
-    """Every managed container of the cluster (orphans too): CeresDB nodes first, in parallel,
-    then meta; each within `timeout_s`. Data directories are kept."""
+async def stop_cluster(
+    engine: Engine,
+    containers: Callable[[], Awaitable[Sequence[ObservedContainer]]],
+    timeout_s: float,
+    remove: bool,
+) -> list[str]:
+    """Every container `containers()` lists (this supervisor's, orphans too): CeresDB nodes first,
+    in parallel, then meta; each within `timeout_s`. Data directories are kept."""
     problems: list[str] = []
-    containers = await engine.list_containers()
+    listed = await containers()
     for role in ("ceresdb", "meta"):
-        targets = [c for c in containers if c.role == role]
+        targets = [c for c in listed if c.role == role]
 
         async def stop_one(container_id: str, name: str) -> None:
             try:

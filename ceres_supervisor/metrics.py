@@ -1,74 +1,137 @@
-"""Prometheus text exposition (format 0.0.4) for the few series the supervisor exports.
+"""`/metrics` with the official Prometheus client: one registry per daemon, no global state.
 
-Small on purpose: a histogram type and a writer. Label values are escaped; the `reason` label of
-restarts is a kind (died, unhealthy, lease_lost, ...), never free text, so cardinality stays bounded.
+The node-level series are collected from the last snapshot when Prometheus scrapes (nothing is
+updated per cycle); the two histograms and the restarts counter are updated where things happen.
+The standard process metrics (`process_resident_memory_bytes`, `process_cpu_seconds_total`,
+`process_open_fds`, ...) come with the registry. The `reason` label of restarts is a kind (died,
+unhealthy, lease_lost, planned, ...), never free text, so cardinality stays bounded. Text format
+0.0.4, or OpenMetrics when the scraper asks for it.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Final
+import platform
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .desired import DesiredCluster
+from .planning import NodeState, Plan
 
 PROBE_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CYCLE_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 
-@dataclass
-class Histogram:
-    buckets: Sequence[float]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        self.counts = [0] * len(self.buckets)
-
-    def observe(self, value: float) -> None:
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.total += value
-        self.count += 1
+class Snapshotlike(Protocol):
+    @property
+    def desired(self) -> DesiredCluster: ...
+    @property
+    def plan(self) -> Plan | None: ...
+    @property
+    def reload_ok(self) -> bool: ...
+    @property
+    def agents(self) -> dict[str, bool]: ...
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _FromSnapshot(Collector):
+    """Gauges read from the daemon's last snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Snapshotlike]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # nothing to check at registration: the snapshot does not exist yet
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        states = GaugeMetricFamily(
+            "ceres_supervisor_node_state",
+            "1 for the state each node is in, 0 for the others.",
+            labels=["node", "role", "state"],
+        )
+        held = GaugeMetricFamily(
+            "ceres_supervisor_lease_held",
+            "1 while a CeresDB node holds all its shard locks.",
+            labels=["node"],
+        )
+        if snap.plan is not None:
+            for node in snap.desired.nodes:
+                view = snap.plan.views.get(node.name)
+                for state in NodeState:
+                    value = 1 if view is not None and view.state is state else 0
+                    states.add_metric([node.name, node.role, str(state)], value)
+                if node.role == "ceresdb" and node.is_local and view is not None and view.lease is not None:
+                    held.add_metric([node.name], 1 if view.lease.held else 0)
+        yield states
+        yield held
+        agents = GaugeMetricFamily(
+            "ceres_supervisor_agent_up",
+            "1 for each supervisor agent up in the store, 0 when down.",
+            labels=["host"],
+        )
+        for host, up in sorted(snap.agents.items()):
+            agents.add_metric([host], 1 if up else 0)
+        yield agents
+        reload = GaugeMetricFamily(
+            "ceres_supervisor_reload_success", "1 if the last reload applied, 0 if it was refused."
+        )
+        reload.add_metric([], 1 if snap.reload_ok else 0)
+        yield reload
+        info = GaugeMetricFamily(
+            "ceres_supervisor_info",
+            "The supervisor's version (always 1).",
+            labels=["version", "python", "docker_sdk"],
+        )
+        info.add_metric([__version__, platform.python_version(), metadata.version("docker")], 1)
+        yield info
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+class Metrics:
+    """The daemon's registry and the series it updates as things happen."""
 
+    def __init__(self, snapshot: Callable[[], Snapshotlike]) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: the counters are the daemon's own life
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(_FromSnapshot(snapshot))
+        self.restarts = Counter(
+            "ceres_supervisor_restarts",
+            "Restarts by node and kind (a failure, or planned).",
+            ["node", "reason"],
+            registry=self.registry,
+        )
+        self.probe_duration = Histogram(
+            "ceres_supervisor_probe_duration_seconds",
+            "Duration of health and readiness probes.",
+            buckets=PROBE_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "ceres_supervisor_reconcile_duration_seconds",
+            "Duration of one reconcile cycle.",
+            buckets=CYCLE_BUCKETS_S,
+            registry=self.registry,
+        )
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    def count_restart(self, node: str, reason: str) -> None:
+        self.restarts.labels(node=node, reason=reason).inc()
 
+    def restarts_by_reason(self) -> dict[tuple[str, str], int]:
+        """(node, reason) -> count, for tests and the status line."""
+        counts: dict[tuple[str, str], int] = {}
+        for metric in self.restarts.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["node"], sample.labels["reason"])] = int(sample.value)
+        return counts
 
-class Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
-        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
-
-    def histogram(
-        self, name: str, help_text: str, series: Iterable[tuple[dict[str, str], Histogram]]
-    ) -> None:
-        self.family(name, "histogram", help_text)
-        for labels, h in series:
-            cumulative = 0
-            for bound, count in zip(h.buckets, h.counts, strict=True):
-                cumulative += count
-                self.sample(f"{name}_bucket", {**labels, "le": _number(bound)}, cumulative)
-            self.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, h.count)
-            self.sample(f"{name}_sum", labels, h.total)
-            self.sample(f"{name}_count", labels, h.count)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The text Prometheus asked for (`Accept`), and its content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

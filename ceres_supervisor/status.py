@@ -7,11 +7,26 @@ value appears here, so no secret can.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
-from .desired import DesiredNode
+from .desired import DesiredCluster, DesiredNode
 from .observed import Observation
 from .planning import NodeRecord, NodeState, Plan
+
+
+class Snapshotlike(Protocol):
+    @property
+    def desired(self) -> DesiredCluster: ...
+    @property
+    def observation(self) -> Observation | None: ...
+    @property
+    def plan(self) -> Plan | None: ...
+    @property
+    def records(self) -> dict[str, NodeRecord]: ...
+    @property
+    def engine_error(self) -> str | None: ...
+    @property
+    def cluster_state(self) -> str: ...
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -20,9 +35,9 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _wall(mono: float | None, observation: Observation) -> str | None:
+def _wall(mono: float | None, observation: Observation | None) -> str | None:
     """A monotonic instant as wall-clock time, anchored at the observation."""
-    if mono is None:
+    if mono is None or observation is None:
         return None
     return rfc3339(observation.wall + timedelta(seconds=mono - observation.at))
 
@@ -34,11 +49,11 @@ def _ports(node: DesiredNode) -> dict[str, int]:
 
 
 def node_document(
-    node: DesiredNode, plan: Plan, observation: Observation, record: NodeRecord
+    node: DesiredNode, plan: Plan | None, observation: Observation | None, record: NodeRecord, unobserved: str
 ) -> dict[str, Any]:
-    view = plan.views.get(node.name)
-    container = observation.containers.get(node.name)
-    probe = observation.probes.get(node.name)
+    view = plan.views.get(node.name) if plan else None
+    container = observation.containers.get(node.name) if observation else None
+    probe = observation.probes.get(node.name) if observation else None
     if probe is not None and container is not None and probe.run_id and probe.run_id != container.run_key:
         probe = None  # a result about a previous run of the container
     health = {
@@ -48,12 +63,11 @@ def node_document(
     }
     lease: dict[str, Any] | None = None
     if node.role == "ceresdb":
-        leases = observation.leases
-        if leases is None:
-            lease = {"held": None, "shards": [], "detail": "not read yet"}
+        status = view.lease if view else None
+        if status is None:
+            lease = {"held": None, "shards": [], "detail": "not judged" if view else None}
         else:
-            held, shards, detail = leases.held(node.endpoint)
-            lease = {"held": held, "shards": list(shards), "detail": detail}
+            lease = {"held": status.held, "shards": list(status.shards), "detail": status.detail}
     last_exit = record.last_exit
     running = container is not None and container.is_running
     return {
@@ -64,79 +78,44 @@ def node_document(
         "container_id": container.id if container else None,
         "image": container.image if container else node.container.image,
         "state": str(view.state) if view else str(NodeState.PENDING),
-        "reason": view.reason if view else None,
+        "reason": view.reason if view else unobserved,
         "health": health,
         "lease": lease,
         "restarts": record.restarts,
         "last_exit": None
         if last_exit is None
-        else {
-            "code": last_exit.code,
-            "oom": last_exit.oom,
-            "at": rfc3339(last_exit.at),
-        },
+        else {"code": last_exit.code, "oom": last_exit.oom, "at": rfc3339(last_exit.at)},
         "next_restart_at": _wall(view.next_restart_at if view else None, observation),
         "started_at": rfc3339(container.started_at) if running and container else None,
     }
 
 
-def document(
-    cluster_name: str,
-    spec_hash: str,
-    nodes: tuple[DesiredNode, ...],
-    plan: Plan,
-    observation: Observation,
-    records: dict[str, NodeRecord],
-    reload: tuple[bool, str | None, datetime | None],
-    engine_error: str | None,
-) -> dict[str, Any]:
+def document(snap: Snapshotlike, reload: tuple[bool, str | None, datetime | None]) -> dict[str, Any]:
+    """The whole `/v1/status` document of one snapshot (before the first observation too: every
+    node pending, with the reason, nothing claimed about containers)."""
     ok, error, at = reload
+    observation, plan = snap.observation, snap.plan
+    engine_error = snap.engine_error
+    unobserved = "waiting for the Docker Engine (see engine.error)" if engine_error else "not observed yet"
     return {
-        "cluster": {"name": cluster_name, "state": str(plan.cluster_state), "spec_hash": spec_hash},
+        "cluster": {
+            "name": snap.desired.spec.cluster.name,
+            "state": snap.cluster_state,
+            "spec_hash": snap.desired.spec_hash,
+        },
         "reload": {"ok": ok, "error": error, "at": rfc3339(at)},
         "engine": {"ok": engine_error is None, "error": engine_error},
-        "meta": {"ready": plan.meta_ready, "detail": plan.meta_detail},
-        "nodes": [node_document(n, plan, observation, records.get(n.name, NodeRecord())) for n in nodes],
-        "orphans": [{"name": o.name, "node": o.node, "container_id": o.id} for o in observation.orphans],
-        "observed_at": rfc3339(observation.wall),
-    }
-
-
-def unobserved_document(
-    cluster_name: str,
-    spec_hash: str,
-    nodes: tuple[DesiredNode, ...],
-    reload: tuple[bool, str | None, datetime | None],
-    engine_error: str | None,
-) -> dict[str, Any]:
-    """Before the first observation (e.g. Docker not answering at start): the same shape, every
-    node pending with the reason, nothing claimed about containers."""
-    ok, error, at = reload
-    reason = "waiting for the Docker Engine (see engine.error)" if engine_error else "not observed yet"
-    return {
-        "cluster": {"name": cluster_name, "state": "starting", "spec_hash": spec_hash},
-        "reload": {"ok": ok, "error": error, "at": rfc3339(at)},
-        "engine": {"ok": engine_error is None, "error": engine_error},
-        "meta": {"ready": False, "detail": reason},
+        "meta": {
+            "ready": plan.meta_ready if plan else False,
+            "detail": plan.meta_detail if plan else unobserved,
+            "leader": observation.leader.member if observation and observation.leader else None,
+        },
         "nodes": [
-            {
-                "name": n.name,
-                "role": n.role,
-                "host": n.host,
-                "ports": _ports(n),
-                "container_id": None,
-                "image": n.container.image,
-                "state": str(NodeState.PENDING),
-                "reason": reason,
-                "health": {"ok": None, "detail": None, "checked_at": None},
-                "lease": None if n.role == "meta" else {"held": None, "shards": [], "detail": None},
-                "restarts": 0,
-                "last_exit": None,
-                "next_restart_at": None,
-                "started_at": None,
-            }
-            for n in nodes
+            node_document(n, plan, observation, snap.records.get(n.name, NodeRecord()), unobserved)
+            for n in snap.desired.nodes
         ],
-        "orphans": [],
-        "observed_at": None,
+        "orphans": [{"name": o.name, "node": o.node, "container_id": o.id} for o in observation.orphans]
+        if observation
+        else [],
+        "observed_at": rfc3339(observation.wall) if observation else None,
     }

@@ -25,8 +25,12 @@ def problem(spec: DesiredState) -> Problem | None:
     path = Path(spec.cluster.state_dir) / TOPOLOGY_FILE
     try:
         recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        return Problem("cluster.state_dir", f"{path} cannot be read ({err}); move it away to start afresh")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("ceresdb_nodes", []), list):
+        return Problem("cluster.state_dir", f"{path} is not a record this supervisor wrote; move it away")
     if spec.meta.topology != "static" or recorded.get("topology") != "static":
         return None
     before = sorted(recorded.get("ceresdb_nodes", []))

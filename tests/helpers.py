@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import socket
 import time
@@ -45,14 +46,25 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _worker_range() -> tuple[int, int]:
+    """This test process's own slice of [10000, ephemeral low): pytest-xdist workers never pick the
+    same port, even between one's check and its server's bind."""
+    high = min(_ephemeral_low(), 65536) - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    width = (high - 10000) // max(1, count)
+    return 10000 + index * width, 10000 + (index + 1) * width - 1
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free right now (bound on 0.0.0.0 to be sure), below the kernel's ephemeral range:
     a port from that range can be taken by any outgoing connection before a server binds it."""
     rng = random.Random()
-    high = min(_ephemeral_low(), 65536) - 1
+    low, high = _worker_range()
     ports: list[int] = []
     while len(ports) < count:
-        port = rng.randint(10000, high)
+        port = rng.randint(low, high)
         if port in ports:
             continue
         with socket.socket() as s:

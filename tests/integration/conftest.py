@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,8 +23,8 @@ from ceres_supervisor.desired import LABEL_CLUSTER
 from ceres_supervisor.planning import NodeRecord, NodeView
 from ceres_supervisor.spec import DesiredState
 
-from ..helpers import free_ports
-from ..standins import cluster_toml
+from ..helpers import free_ports, http_json
+from ..standins import FastTicks, cluster_toml
 
 T = TypeVar("T")
 
@@ -72,6 +75,7 @@ class Cluster:
     supervisor: app.Supervisor | None = None
     task: asyncio.Task[int] | None = None
     api_url: str = ""
+    ticks: FastTicks | None = None
 
     @property
     def path(self) -> Path:
@@ -88,20 +92,25 @@ class Cluster:
         self.path.write_text(self.text)
         return self.path
 
-    async def start(self, docker_url: str | None = None, handle_signals: bool = False) -> app.Supervisor:
+    async def start(self, docker_url: str | None = None, handle_signals: bool = False,
+                    host: str | None = None) -> app.Supervisor:
         """The daemon as `ceres-supervisor run` assembles it: API bound first, then the loop."""
         self.write()
         loaded = loading.load(self.path)
-        self.supervisor = app.Supervisor(loaded, config_path=str(self.path), docker_url=docker_url)
+        place = await app.decide_locality(loaded, host)
+        self.supervisor = app.Supervisor(loaded, place, config_path=str(self.path), docker_url=docker_url)
         server = api.ApiServer(self.supervisor)
         await server.start()
         self.api_url = "http://" + loaded.spec.supervisor.listen.replace("0.0.0.0", "127.0.0.1")
         self.task = asyncio.create_task(
-            self.supervisor.run(extra_tasks=[("status-api", server.serve_forever)], handle_signals=handle_signals),
-            name="supervisor-under-test",
+            self.supervisor.run(server, handle_signals=handle_signals), name="supervisor-under-test",
         )
         await eventually(lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle")
         return self.supervisor
+
+    def close(self) -> None:
+        if self.ticks is not None:
+            self.ticks.__exit__()
 
     async def stop(self) -> None:
         if self.supervisor is not None and self.task is not None and not self.task.done():
@@ -123,7 +132,7 @@ class Cluster:
 
     def view(self, node: str) -> NodeView | None:
         snap = self.supervisor.snapshot if self.supervisor else None
-        return snap.plan.views.get(node) if snap else None
+        return snap.plan.views.get(node) if snap and snap.plan else None
 
     def state(self, node: str) -> str | None:
         view = self.view(node)
@@ -134,8 +143,7 @@ class Cluster:
         return self.supervisor.records.get(node, NodeRecord())
 
     def cluster_state(self) -> str | None:
-        snap = self.supervisor.snapshot if self.supervisor else None
-        return str(snap.plan.cluster_state) if snap else None
+        return self.supervisor.snapshot.cluster_state if self.supervisor else None
 
     async def healthy(self, timeout_s: float = 60) -> None:
         await eventually(lambda: self.cluster_state() == "healthy", timeout_s,
@@ -143,10 +151,72 @@ class Cluster:
 
     def _states(self) -> dict[str, Any]:
         snap = self.supervisor.snapshot if self.supervisor else None
-        return {n: (str(v.state), v.reason) for n, v in snap.plan.views.items()} if snap else {}
+        return {n: (str(v.state), v.reason) for n, v in snap.plan.views.items()} if snap and snap.plan else {}
 
     def node_spec(self, node: str) -> Any:
         return next(n for n in [*self.spec.meta.nodes, *self.spec.ceresdb.nodes] if n.name == node)
+
+
+@dataclass
+class Daemon:
+    """`ceres-supervisor run` as its own process (what systemd runs), its log in a file."""
+
+    config: Path
+    log: Path
+    host: str | None = None
+    env: dict[str, str] | None = None
+    process: subprocess.Popen[bytes] | None = None
+    listen: str = ""
+    """`--listen`: this daemon's API instead of the file's (several agents, one file)."""
+
+    def start(self) -> Daemon:
+        args = [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(self.config), "--log-level", "debug"]
+        if self.host:
+            args += ["--host", self.host]
+        if self.listen:
+            args += ["--listen", self.listen]
+        with self.log.open("ab") as handle:
+            self.process = subprocess.Popen(args, stdout=handle, stderr=handle, env={**os.environ, **(self.env or {})})
+        return self
+
+    @property
+    def url(self) -> str:
+        listen = self.listen or self.config.read_text().split('listen = "', 1)[1].split('"', 1)[0]
+        return "http://" + listen.replace("0.0.0.0", "127.0.0.1")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        return http_json(self.url + path, timeout_s=5)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Every daemon a test starts is stopped (SIGTERM, then SIGKILL) when it ends, also on failure."""
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            daemon.stop()
 
 
 @pytest.fixture
@@ -162,6 +232,7 @@ async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> As
         text = cluster_toml(meta=meta, db=db, version=version, cluster_name=name, state_dir=str(root / "state"),
                             extra=settings + extra, **kwargs)
         cluster = Cluster(docker_client, root, name, text)
+        cluster.ticks = FastTicks(docker_client, name).__enter__()
         made.append(cluster)
         return cluster
 
@@ -172,5 +243,6 @@ async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> As
             try:
                 await cluster.stop()
             finally:
+                cluster.close()
                 for container in await cluster.containers():
                     await asyncio.to_thread(container.remove, force=True)

@@ -271,19 +271,22 @@ async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(make_c
                                                                           tmp_path: Path) -> None:
     cluster = make_cluster()
     cluster.write()
-    supervisor = app.Supervisor(loading.load(cluster.path), docker_url=f"unix://{tmp_path}/no-docker.sock")
+    loaded = loading.load(cluster.path)
+    supervisor = app.Supervisor(loaded, await app.decide_locality(loaded, None),
+                                docker_url=f"unix://{tmp_path}/no-docker.sock")
     server = api.ApiServer(supervisor)
     await server.start()
     url = "http://" + supervisor.spec.supervisor.listen
-    task = asyncio.create_task(supervisor.run(extra_tasks=[("status-api", server.serve_forever)],
-                                              handle_signals=False))
+    task = asyncio.create_task(supervisor.run(server, handle_signals=False))
     try:
         # The loop cycles (retrying Docker), so /healthz is 200; nothing is ready.
         await eventually(lambda: get(f"{url}/healthz"), 10, "healthz")
         await eventually(lambda: _status_code(f"{url}/healthz", 200), 15, "healthz 200 while Docker is down")
-        assert (await get(f"{url}/readyz"))[0] == 503
+        code, ready, _ = await get(f"{url}/readyz")
+        assert (code, ready) == (503, {"ready": False, "state": "unknown"})
         _c, doc, _ = await get(f"{url}/v1/status")
         assert doc["engine"]["ok"] is False and "unavailable" in doc["engine"]["error"]  # type: ignore[index]
+        assert doc["cluster"]["state"] == "unknown"  # type: ignore[index]
         assert {n["name"]: n["state"] for n in doc["nodes"]} == {"meta0": "pending", "db0": "pending", "db1": "pending"}  # type: ignore[index]
         assert all(n["reason"].startswith("waiting for the Docker Engine") for n in doc["nodes"])  # type: ignore[index]
         with contextlib.redirect_stdout(io.StringIO()) as out:

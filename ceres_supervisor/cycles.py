@@ -1,0 +1,95 @@
+"""What one reconcile cycle derives from its plan, besides actions. Pure.
+
+The probes to run next (fast while something is starting or waiting), the line systemd shows,
+the documents this agent publishes for its nodes, the nodes whose container runs an outdated
+spec, and the operator's pauses merged from the file on disk and the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from . import status
+from .desired import DesiredCluster
+from .observed import Observation, ObservedContainer
+from .planning import FAILING, Controls, NodeRecord, NodeState, Plan
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing to probe. `fast` while starting (or meta not ready): probed every 0.1 s."""
+
+    kind: Literal["ceresdb", "meta", "leader", "leases"]
+    key: str
+    fast: bool = False
+    run_id: str = ""
+
+
+def probe_targets(
+    desired: DesiredCluster, plan: Plan, containers: Mapping[str, ObservedContainer]
+) -> list[Target]:
+    """Meta members (every one of the file), this supervisor's running CeresDB nodes, the leader
+    and the shard locks; fast while starting, while meta is not ready, while shards are awaited."""
+    waiting = any(v.state in (NodeState.LEASE_LOST, NodeState.REOPENING) for v in plan.views.values())
+    targets = [
+        Target("leader", "leader", fast=not plan.meta_ready),
+        Target("leases", "leases", fast=waiting),
+    ]
+    for node in desired.nodes:
+        c = containers.get(node.name)
+        view = plan.views.get(node.name)
+        starting = view is not None and view.state in (NodeState.STARTING, NodeState.BLOCKED)
+        run = c.run_key if c is not None and c.is_running else ""
+        if node.is_local and not run:
+            continue
+        if node.role == "meta":
+            targets.append(Target("meta", node.name, fast=not plan.meta_ready or starting, run_id=run))
+        elif node.is_local:
+            targets.append(Target("ceresdb", node.name, fast=starting, run_id=run))
+    return targets
+
+
+def status_line(plan: Plan | None, engine_error: str | None, reload_error: str | None) -> str:
+    """STATUS= for systemd: `healthy: 3/3 nodes healthy`, with what is wrong when not."""
+    if plan is None or engine_error is not None:
+        text = f"unknown: docker engine unavailable: {engine_error}"
+    else:
+        local = [(n, v) for n, v in plan.views.items() if v.state is not NodeState.REMOTE]
+        healthy = sum(1 for _n, v in local if v.state is NodeState.HEALTHY)
+        text = f"{plan.cluster_state}: {healthy}/{len(local)} nodes healthy"
+        trouble = [f"{n} {v.state}" for n, v in local if v.state in FAILING]
+        if trouble:
+            text += "; " + ", ".join(trouble)
+    if reload_error:
+        text += "; reload failed: " + reload_error.splitlines()[-1].strip()
+    return text
+
+
+def local_documents(
+    desired: DesiredCluster, plan: Plan, observation: Observation, records: Mapping[str, NodeRecord]
+) -> dict[str, dict[str, Any]]:
+    """This supervisor's nodes as `/v1/status` shows them: what it publishes for the others."""
+    return {
+        n.name: status.node_document(n, plan, observation, records.get(n.name, NodeRecord()), "")
+        for n in desired.nodes
+        if n.is_local
+    }
+
+
+def outdated(desired: DesiredCluster, containers: Mapping[str, ObservedContainer]) -> tuple[str, ...]:
+    """This supervisor's nodes whose container runs another spec than the file's."""
+    return tuple(
+        n.name
+        for n in desired.nodes
+        if n.is_local and (c := containers.get(n.name)) is not None and c.spec_hash != n.spec_hash
+    )
+
+
+def controls(
+    file_paused: frozenset[str], file_all: bool, store_paused: frozenset[str], store_all: bool
+) -> Controls:
+    """A pause holds when either place has it: the store (every machine) or the local file
+    (it survives a store outage and a restart of this supervisor)."""
+    return Controls(file_paused | store_paused, file_all or store_all)

@@ -1,0 +1,60 @@
+"""Reading a changed desired-state file for a running daemon (SIGHUP, `POST /v1/reload`).
+
+`prepare` reads and validates the file, refuses what a running daemon cannot change (each would
+start nodes on other data or under other names), decides the locality of hosts it has not seen
+before and builds the new desired cluster. It changes nothing: the daemon swaps one reference when
+it returns, and keeps its last good state when it raises. File and DNS work runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from . import desired as desired_mod
+from . import loading, locality, secrets, topology
+from .desired import DesiredCluster
+from .errors import DesiredStateError, Problem
+from .spec import DesiredState
+from .spec import nodes as spec_nodes
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    loaded: loading.Loaded
+    desired: DesiredCluster
+    place: locality.Locality
+
+
+def static_problems(running: DesiredState, new: DesiredState) -> list[Problem]:
+    """What a running daemon cannot change, each with its key path."""
+    problems = []
+    problem = topology.problem(new)
+    if problem is not None:
+        problems.append(problem)
+    for key, old, now in (
+        ("cluster.name", running.cluster.name, new.cluster.name),
+        ("cluster.state_dir", running.cluster.state_dir, new.cluster.state_dir),
+        ("cluster.flavor", running.cluster.flavor, new.cluster.flavor),
+    ):
+        if old != now:
+            problems.append(
+                Problem(
+                    key,
+                    f"cannot change from {old!r} to {now!r} while the supervisor runs (nodes would start on "
+                    "other data); stop the daemon, move the data, start it again",
+                )
+            )
+    return problems
+
+
+async def prepare(path: str, running: DesiredState, place: locality.Locality) -> Reloaded:
+    """Raises DesiredStateError, SecretError or LocalityError; touches nothing."""
+    loaded = await asyncio.to_thread(loading.load, path)
+    problems = static_problems(running, loaded.spec)
+    if problems:
+        raise DesiredStateError(loaded.source, problems)
+    hosts = [n.host for n in spec_nodes(loaded.spec)]
+    new_place = await asyncio.to_thread(locality.decide, hosts, place)
+    desired = await asyncio.to_thread(desired_mod.build, loaded.spec, secrets.resolve, new_place.is_local)
+    return Reloaded(loaded, desired, new_place)
