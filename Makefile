@@ -44,6 +44,7 @@ unit: setup
 # whole machine (restarting dockerd) run alone, last.
 WORKERS ?= 3
 test: setup docker emulator lint
+	@scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -x tests/unit
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
 		tests/emulator tests/integration

@@ -16,13 +16,14 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
 
-from . import clusterview, cycles, operating, status
+from . import clusterview, cycles, operating, page, status
 from .app import Snapshot, Supervisor
 from .spec import parse_listen
 
@@ -60,6 +61,8 @@ class Api:
         try:
             return await handler(request)
         except web.HTTPException as err:
+            if err.content_type == "application/json":
+                return err  # a handler's own JSON answer (e.g. 404 with the known node names)
             return json_response({"error": err.reason, "status": err.status}, err.status)
         except Exception:
             log.exception("api_handler_failed", path=request.path)
@@ -118,13 +121,17 @@ class Api:
 
     async def v1_cluster(self, _request: web.Request) -> web.Response:
         """The whole cluster (SPEC 7); 503 with what this agent knows while the store is away."""
+        doc = self.v1_cluster_document()
+        return json_response(doc, 200 if doc["coordination"]["ok"] else 503)
+
+    def v1_cluster_document(self) -> dict[str, Any]:
         snap = self.supervisor.snapshot
         local: dict[str, dict[str, object]] = {}
         if snap.plan is not None and snap.observation is not None:
             local = dict(cycles.local_documents(snap.desired, snap.plan, snap.observation, snap.records))
         c = snap.coordination
         leader = snap.observation.leader.member if snap.observation and snap.observation.leader else None
-        doc = clusterview.document(
+        return clusterview.document(
             snap.desired,
             snap.agent,
             local,
@@ -132,7 +139,28 @@ class Api:
             {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint},
             leader,
         )
-        return json_response(doc, 200 if c.ok else 503)
+
+    async def page(self, _request: web.Request) -> web.Response:
+        """The read-only status page: the /v1/cluster document and the last events, as HTML."""
+        csp = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+        try:
+            doc = self.v1_cluster_document()
+        except Exception:
+            log.exception("status_page_failed")
+            text = page.render_error("the cluster view could not be built")
+            return web.Response(text=text, status=500, content_type="text/html", headers=csp)
+        events = [
+            {
+                "at": status.rfc3339(e.at),
+                "node": e.node,
+                "type": e.type,
+                "reason": e.reason,
+                "message": e.message,
+            }
+            for e in list(self.supervisor.events)[-page.EVENTS_SHOWN :]
+        ]
+        text = page.render(doc, events, datetime.now(UTC))
+        return web.Response(text=text, content_type="text/html", headers=csp)
 
     async def v1_status(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.status_body(), content_type="application/json")
@@ -177,6 +205,7 @@ class Api:
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self.errors, self.auth])
+        app.router.add_get("/", self.page)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/v1/status", self.v1_status)
