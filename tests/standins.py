@@ -18,8 +18,7 @@ from docker.models.containers import Container
 from ceres_supervisor import files, loading, rendering, secrets
 from ceres_supervisor.spec import DesiredState
 
-from .helpers import TEST_LABEL, free_ports
-
+from .helpers import SESSION, TEST_LABEL, free_ports
 
 IMAGE_PREFIX = os.environ.get("CERES_TEST_IMAGE_PREFIX", "ceres-emulator")
 """The stand-in images' repository (another one only to try images being worked on)."""
@@ -57,7 +56,7 @@ class StandIns:
 
     client: docker.DockerClient
     root: Path
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    run_id: str = field(default_factory=lambda: f"{SESSION}-{uuid.uuid4().hex[:8]}")
 
     def load(self, text: str) -> DesiredState:
         path = self.root / "cluster.toml"
@@ -123,3 +122,15 @@ class FastTicks:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(5)
+
+
+def emulator_hook(container: Container, *args: str) -> None:
+    """`docker exec <container> ceres-emulator-fault <args>` (see tests/emulator/README.md)."""
+    result = container.exec_run(["ceres-emulator-fault", *args])
+    assert result.exit_code == 0, result.output
+
+
+def set_scheduler_tick(containers: list[Container], seconds: float) -> None:
+    """Meta's scheduler interval (real: 5 s) on each meta container; it persists in the container."""
+    for container in containers:
+        emulator_hook(container, "tick", str(seconds))

@@ -5,9 +5,12 @@
 1. A Debian bookworm rootfs from mmdebstrap (reads this machine's apt sources), imported with
    `docker import` as ceres-emulator/rootfs:<recipe hash>; built once per recipe.
 2. Per version, ceres-emulator/ceresmeta-server:<v> and ceres-emulator/ceresdb-server:<v>
-   (horaemeta-server / horaedb-server from 2.0.0): the rootfs plus image/*.py, labelled with the
-   hash of the emulator sources. An image whose label matches is left alone, so a second run does
-   nothing.
+   (horaemeta-server / horaedb-server from 2.0.0): the rootfs plus image/*.py (and
+   ceres_supervisor/serverschema.py when it exists, next to them), labelled with the hash of those
+   sources. An image whose label matches is left alone, so a second run does nothing.
+
+CERES_EMULATOR_REPOSITORY=<name> builds the server images as <name>/...:<v> instead (the rootfs
+stays shared): for working on the stand-ins without replacing the images other test runs use.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ import docker.errors
 
 HERE = Path(__file__).resolve().parent
 IMAGE_DIR = HERE / "image"
-REPOSITORY = "ceres-emulator"
+SERVERSCHEMA = HERE.parents[1] / "ceres_supervisor" / "serverschema.py"
+"""The supervisor's model of the servers' configuration; the stand-ins parse with it if present."""
+ROOTFS_REPOSITORY = "ceres-emulator"
+REPOSITORY = os.environ.get("CERES_EMULATOR_REPOSITORY") or ROOTFS_REPOSITORY
 HASH_LABEL = "io.ceres-emulator.source-hash"
 DEFAULT_VERSIONS = ["1.2.2"]
 MMDEBSTRAP_ARGS = [
@@ -54,9 +60,16 @@ def digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
+def image_sources() -> list[tuple[str, bytes]]:
+    """(name in the image, content) of every Python file the stand-ins run."""
+    sources = [(f.name, f.read_bytes()) for f in sorted(IMAGE_DIR.glob("*.py"))]
+    if SERVERSCHEMA.is_file():
+        sources.append((SERVERSCHEMA.name, SERVERSCHEMA.read_bytes()))
+    return sources
+
+
 def source_hash() -> str:
-    files = sorted(IMAGE_DIR.glob("*.py"))
-    return digest(Path(__file__).read_bytes(), *(f.name.encode() + f.read_bytes() for f in files))
+    return digest(Path(__file__).read_bytes(), *(name.encode() + data for name, data in image_sources()))
 
 
 def image_names(version: str) -> dict[str, str]:
@@ -85,7 +98,7 @@ def ensure_mmdebstrap() -> None:
 
 def ensure_rootfs(client: docker.DockerClient, args: list[str] = MMDEBSTRAP_ARGS, name: str = "rootfs") -> str:
     """A Debian rootfs from mmdebstrap, imported once per recipe as ceres-emulator/<name>:<hash>."""
-    tag = f"{REPOSITORY}/{name}:{digest(json.dumps(args).encode())}"
+    tag = f"{ROOTFS_REPOSITORY}/{name}:{digest(json.dumps(args).encode())}"
     try:
         client.images.get(tag)
         return tag
@@ -137,8 +150,8 @@ def build_context(base: str, role: str, version: str, hashed: str) -> bytes:
             tar.addfile(info, io.BytesIO(data))
 
         add("Dockerfile", dockerfile.encode())
-        for source in sorted(IMAGE_DIR.glob("*.py")):
-            add(f"emulator/{source.name}", source.read_bytes())
+        for name, data in image_sources():
+            add(f"emulator/{name}", data)
         add("emulator/VERSION", f"{version}\n".encode())
         add("ceres-emulator-fault", (IMAGE_DIR / "fault.py").read_bytes(), 0o755)
     return buffer.getvalue()

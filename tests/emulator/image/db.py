@@ -1,8 +1,10 @@
 """CeresDB / HoraeDB stand-in (see ../README.md for what mirrors which reference section).
 
 Parses its TOML like the real server, connects to meta eagerly (exit 1 when refused or when the
-cluster does not exist yet), heartbeats, opens the shards meta dispatches by taking their locks in
-etcd (waiting out a lock still held by an old lease), and serves GET / on its HTTP port.
+cluster does not exist yet), heartbeats its open shards, and opens the shards meta dispatches by
+taking each lock with one create-if-absent txn: a lock that still exists (the previous
+incarnation's, until its TTL runs out) fails the open, and the node neither waits nor retries;
+meta's scheduler does. Serves GET /, /debug/shards and /debug/flush_memtable on its HTTP port.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import threading
 import time
 import tomllib
 from http.server import ThreadingHTTPServer
-from pathlib import Path
 
 import common
 import etcdv3
@@ -26,7 +27,8 @@ FLAVOR, VERSION = common.release()
 V2 = VERSION >= (2, 0, 0)
 TOP_LEVEL = {"node", "server", "runtime", "logger", "tracing", "query_engine", "limiter",
              "cluster_deployment", "analytic"}
-FAULT_FILE = Path("/run/ceres-emulator/fault")
+WAL_TYPES = ("RocksDB", "Obkv", "Kafka")
+"""`type = "Local"` arrives only in 2.1.0 (HDB v2.1.0:src/wal/src/config.rs:72)."""
 
 
 def _log(message: str, **fields: object) -> None:
@@ -64,6 +66,11 @@ class Config:
         for key in document:
             if key not in TOP_LEVEL:
                 _parse_panic(f"unknown field `{key}`")
+        # The seam for ceres_supervisor/serverschema.py (copied into the image when it exists):
+        # wrong types and missing required keys fail like serde; unknown keys only at the top level.
+        for segments, kind, message in common.schema_violations(document, "db", VERSION, "ceresdb") or []:
+            if kind in ("type", "missing") or (kind == "unknown" and len(segments) <= 1):
+                _parse_panic(f"{'.'.join(segments)}: {message}")
         node, server = _table(document, "node"), _table(document, "server")
         addr_env = "HORAEDB_SERVER_ADDR" if V2 else "CERESDB_SERVER_ADDR"
         # Replaces [node] addr verbatim: "ip:8831" becomes the node name "ip:8831:8831".
@@ -79,8 +86,11 @@ class Config:
             _parse_panic("cluster_deployment: unknown or missing variant `mode`")
         self.with_meta = deployment.get("mode") == "WithMeta"
         wal = _table(_table(document, "analytic"), "wal")
-        if wal and wal.get("type") not in ("RocksDB", "Obkv", "Kafka", "Local"):
-            _parse_panic("analytic.wal: unknown or missing variant `type`")
+        if wal and "type" not in wal:
+            _parse_panic("analytic.wal: missing field `type`")
+        if wal and wal.get("type") not in WAL_TYPES:
+            expected = ", ".join(f"`{t}`" for t in WAL_TYPES)
+            _parse_panic(f"analytic.wal: unknown variant `{wal.get('type')}`, expected one of {expected}")
         client, etcd = _table(deployment, "meta_client"), _table(deployment, "etcd_client")
         self.cluster_name = os.environ.get("CLUSTER_NAME") or str(client.get("cluster_name", ""))
         meta_env = os.environ.get("HORAEMETA_SERVER_ADDR") if V2 else None
@@ -101,22 +111,22 @@ class Config:
         return f"{self.addr}:{self.grpc_port}"
 
 
-def fault() -> str:
-    try:
-        return FAULT_FILE.read_text().strip()
-    except OSError:
-        return ""
-
-
 class Shards:
-    """Open shards and their etcd locks (reference 2.4: create-if-absent txn, TTL/3 keepalive)."""
+    """Open shards and their etcd locks (reference 2.4, 2.5).
+
+    OpenShard grants a lease, then takes the lock with one create-if-absent txn; a lock that exists
+    fails the open (HDB v1.2.2:server/src/grpc/meta_event_service/mod.rs:196-227,249-250;
+    cluster/src/shard_lock_manager.rs:386-421,478-503). Held locks are kept alive every TTL/3; one
+    whose lease expired closes its shard and the process keeps running.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.lock = threading.Lock()
         self.open: dict[int, tuple[int, float]] = {}  # shard -> (lease, last successful keepalive)
-        self.opening: set[int] = set()
-        self.etcd = [etcdv3.Client(a, timeout_s=max(1.0, config.lock_ttl / 6)) for a in config.etcd_addrs]
+        self.shard_locks: dict[int, threading.Lock] = {}
+        self.rpc_timeout_s = max(1.0, config.lock_ttl / 6)
+        self.etcd = [etcdv3.Client(a, timeout_s=self.rpc_timeout_s) for a in config.etcd_addrs]
 
     def key(self, shard: int) -> bytes:
         return f"{self.config.root_path}/{self.config.cluster_name}/shards/{shard:020d}".encode()
@@ -131,34 +141,47 @@ class Shards:
                 error = err
         raise etcdv3.EtcdError(str(error))
 
-    def request_open(self, shard_ids: list[int]) -> None:
-        with self.lock:
-            wanted = [s for s in shard_ids if s not in self.open and s not in self.opening]
-            self.opening.update(wanted)
-        for shard in wanted:
-            threading.Thread(target=self._acquire, args=(shard,), name=f"open-{shard}", daemon=True).start()
+    def open_shards(self, shard_ids: list[int]) -> tuple[list[int], dict[int, str]]:
+        """Handle meta's OpenShard for each id: (opened, {failed id: error})."""
+        opened: list[int] = []
+        failed: dict[int, str] = {}
+        for shard in shard_ids:
+            _log("Receive open shard request", shard_id=shard)
+            with self.lock:
+                guard = self.shard_locks.setdefault(shard, threading.Lock())
+            with guard:
+                error = self._acquire(shard)
+            if error is None:
+                opened.append(shard)
+                _log("Handle open shard success", shard_id=shard)
+            else:
+                failed[shard] = error
+                _log("Failed to open shard", shard_id=shard, err=error)
+        return opened, failed
 
-    def _acquire(self, shard: int) -> None:
+    def _acquire(self, shard: int) -> str | None:
+        with self.lock:
+            if shard in self.open:
+                _log("Shard lock is already granted", shard_id=shard)
+                return None
+        if common.read_fault() == "freeze-lease":  # the etcd client is stuck: the RPC times out
+            time.sleep(self.rpc_timeout_s)
+            return f"fail to acquire shard lock, cause: Failed to grant lease, shard_id:{shard}, err: timeout"
+        try:
+            lease = int(str(self.call("grant", self.config.lock_ttl)))
+        except etcdv3.EtcdError as err:
+            return f"fail to acquire shard lock, cause: Failed to grant lease, shard_id:{shard}, err:{err}"
         value = etcdv3.encode_shard_lock(self.config.endpoint)
-        waited = False
-        while True:
-            if fault() == "freeze-lease":  # the etcd client is stuck: no keepalive, no new lock
-                time.sleep(0.5)
-                continue
-            try:
-                lease = int(str(self.call("grant", self.config.lock_ttl)))
-                if self.call("create_if_absent", self.key(shard), value, lease):
-                    with self.lock:
-                        self.opening.discard(shard)
-                        self.open[shard] = (lease, time.monotonic())
-                    _log("shard opened", shard=shard)
-                    return
-                if not waited:
-                    _log("shard lock held by an old lease, waiting for it to expire", shard=shard)
-                    waited = True
-            except etcdv3.EtcdError as err:
-                _log("acquire shard lock failed", shard=shard, error=err)
-            time.sleep(1.0)
+        try:
+            created = self.call("create_if_absent", self.key(shard), value, lease)
+        except etcdv3.EtcdError as err:
+            return f"fail to acquire shard lock, cause: Failed to create lock in etcd, shard_id:{shard}, err:{err}"
+        if not created:
+            # The granted lease is not revoked: it just runs out (as in the real server).
+            return f"fail to acquire shard lock, cause: Failed to execute txn of create lock, shard_id:{shard}."
+        with self.lock:
+            self.open[shard] = (lease, time.monotonic())
+        return None
 
     def keepalive_loop(self) -> None:
         interval = self.config.lock_ttl / 3
@@ -168,7 +191,7 @@ class Shards:
             with self.lock:
                 snapshot = dict(self.open)
             for shard, (lease, last_ok) in snapshot.items():
-                if fault() == "freeze-lease":
+                if common.read_fault() == "freeze-lease":
                     ttl = -1  # the keepalive is not sent
                 elif now - last_ok < interval:
                     continue
@@ -183,18 +206,23 @@ class Shards:
                     elif now - last_ok > self.config.lock_ttl:
                         # on_lock_expired: close the shard; the process keeps running.
                         self.open.pop(shard, None)
-                        _log("shard lock expired, shard closed", shard=shard)
+                        _log("Shard lock is released, try to close the tables and shard", shard_id=shard)
 
     def open_ids(self) -> list[int]:
         with self.lock:
             return sorted(self.open)
 
 
+def record_flush() -> None:
+    """Evidence for tests that a flush happened (before a stop, say): one line per call."""
+    common.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with common.FLUSH_FILE.open("a") as handle:
+        handle.write(f"{time.time():.3f} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+
+
 def make_http_handler(shards: Shards | None) -> type[common.JsonHandler]:
     class Handler(common.JsonHandler):
         def do_GET(self) -> None:
-            while fault() == "freeze-http":
-                time.sleep(0.2)  # accept, then never answer
             path = self.path.split("?", 1)[0]
             if path == "/":
                 self.send_json(200, {"status": "ok"})
@@ -202,29 +230,50 @@ def make_http_handler(shards: Shards | None) -> type[common.JsonHandler]:
                 ids = shards.open_ids() if shards else []
                 self.send_json(200, [{"id": i, "role": "Leader", "version": 1} for i in ids])
             else:
-                self.send_json(404, {"code": 404, "message": "not found"})
+                self.not_found()
+
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/debug/flush_memtable":
+                # Every table's memtable is flushed; the stand-in has no tables, so both lists are
+                # empty (HDB v1.2.2:server/src/http.rs:341-387; the same shape up to v2.0.0).
+                record_flush()
+                _log("flush memtable", success=0, failed=0)
+                self.send_json(200, {"success": [], "failed": []})
+            else:
+                self.not_found()
+
+        def not_found(self) -> None:
+            # warp's rejection handler (HDB v1.2.2:server/src/http.rs handle_rejection).
+            self.send_json(404, {"code": 404, "message": "NOT_FOUND"})
 
     return Handler
 
 
 class GrpcPort(socketserver.StreamRequestHandler):
-    """Stands in for MetaEventService on grpc_port: meta sends `OPEN [ids]` (see README)."""
+    """Stands in for MetaEventService on grpc_port: meta sends `OPEN [ids]`, the node answers one
+    JSON line `{"opened": [ids], "failed": {"<id>": "<error>"}}` (see README)."""
 
     shards: Shards | None = None
 
     def handle(self) -> None:
-        self.request.settimeout(2.0)
+        self.request.settimeout(5.0)
         try:
             line = self.rfile.readline(4096)
         except OSError:
             return
-        if line.startswith(b"OPEN ") and self.shards is not None:
-            try:
-                ids = [int(i) for i in json.loads(line[5:])]
-            except (ValueError, TypeError):
-                return
-            self.shards.request_open(ids)
-            self.wfile.write(b"OK\n")
+        if not line.startswith(b"OPEN ") or self.shards is None:
+            return
+        try:
+            ids = [int(i) for i in json.loads(line[5:])]
+        except (ValueError, TypeError):
+            return
+        opened, failed = self.shards.open_shards(ids)
+        answer = {"opened": opened, "failed": {str(k): v for k, v in failed.items()}}
+        try:
+            self.wfile.write(json.dumps(answer).encode() + b"\n")
+        except OSError:
+            return
 
 
 class Quiet(socketserver.BaseRequestHandler):
@@ -236,7 +285,8 @@ def serve_tcp(bind: str, port: int, handler: type[socketserver.BaseRequestHandle
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     server = socketserver.ThreadingTCPServer((bind, port), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=f"tcp-{port}", daemon=True).start()
+    # A long poll interval: select() wakes on connections anyway, and nothing calls shutdown().
+    threading.Thread(target=server.serve_forever, args=(3600,), name=f"tcp-{port}", daemon=True).start()
 
 
 def heartbeat_loop(config: Config, meta: etcdv3.Client, shards: Shards) -> None:
@@ -251,26 +301,17 @@ def heartbeat_loop(config: Config, meta: etcdv3.Client, shards: Shards) -> None:
             time.sleep(config.lease_s / 2)
 
 
-def watch_exit_fault() -> None:
-    while True:
-        text = fault()
-        if text.startswith("exit"):
-            code = int(text.split()[1]) if len(text.split()) > 1 else 1
-            _log("fault hook: exiting", code=code)
-            os._exit(code)
-        time.sleep(0.2)
-
-
 def main() -> None:
     path = sys.argv[sys.argv.index("--config") + 1] if "--config" in sys.argv else "/etc/ceresdb/ceresdb.toml"
     config = Config(path)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # graceful stop; shard locks are not released
+    # A graceful stop, at once (shard locks are not released); a stop that hangs (the `ignore-sigterm`
+    # hook) lasts until Docker's SIGKILL, as a real server stuck in its shutdown would.
+    signal.signal(signal.SIGTERM, lambda *_: None if common.read_fault() == "ignore-sigterm" else os._exit(0))
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     # freeze-* faults are transient (a wedged process that a restart cures); `exit N` persists
     # across restarts of the same container (a node that crashes at once every time).
-    if fault().startswith("freeze"):
-        FAULT_FILE.write_text("")
-    threading.Thread(target=watch_exit_fault, name="fault", daemon=True).start()
+    common.HOOKS = common.Hooks("ceresdb")
+    common.HOOKS.start()
     if config.lock_ttl < 15:
         _panic(f"shard_lock_lease_ttl_sec must be at least 15, given {config.lock_ttl}")
     shards: Shards | None = None
@@ -307,7 +348,7 @@ def main() -> None:
         _panic(f"failed to start server: {err}")
     http.daemon_threads = True
     _log("server started", endpoint=config.endpoint, http_port=config.http_port)
-    http.serve_forever()
+    http.serve_forever(3600)
 
 
 if __name__ == "__main__":

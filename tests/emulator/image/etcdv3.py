@@ -75,13 +75,19 @@ class Client:
 
     def range_prefix(self, prefix: bytes) -> list[tuple[bytes, bytes, int, int]]:
         """[(key, value, mod_revision, lease)] of every key under `prefix`."""
+        return self.range_prefix_at(prefix)[0]
+
+    def range_prefix_at(self, prefix: bytes) -> tuple[list[tuple[bytes, bytes, int, int]], int]:
+        """range_prefix, and the store's revision when it was read."""
         answer = self.call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))})
         kvs = answer.get("kvs") or []
-        assert isinstance(kvs, list)
-        return [
+        header = answer.get("header") or {}
+        assert isinstance(kvs, list) and isinstance(header, dict)
+        rows = [
             (_unb64(kv.get("key")), _unb64(kv.get("value")), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0)))
             for kv in kvs
         ]
+        return rows, int(header.get("revision", 0))
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
         body: dict[str, object] = {"key": _b64(key), "value": _b64(value)}
@@ -106,6 +112,10 @@ class Client:
     def grant(self, ttl_s: int) -> int:
         return int(str(self.call("/v3/lease/grant", {"TTL": str(ttl_s)})["ID"]))
 
+    def revoke(self, lease: int) -> None:
+        """Revoke `lease`: every key attached to it is deleted."""
+        self.call("/v3/lease/revoke", {"ID": str(lease)})
+
     def keepalive(self, lease: int) -> int:
         """Renew `lease` once; returns the TTL left (0 or less: the lease is gone)."""
         answer = self.call("/v3/lease/keepalive", {"ID": str(lease)})
@@ -122,14 +132,67 @@ class Client:
         return members
 
 
-def encode_shard_lock(node_name: str) -> bytes:
-    """protobuf `ShardLockValue { string node_name = 1; }`, as CeresDB writes the lock value."""
-    data = node_name.encode()
-    length = bytearray()
-    n = len(data)
+# --- the two protobuf values the supervisor reads from etcd -----------------------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
-        length.append(byte | (0x80 if n else 0))
+        out.append(byte | (0x80 if n else 0))
         if not n:
-            break
-    return b"\x0a" + bytes(length) + data
+            return bytes(out)
+
+
+def _string_field(number: int, text: str) -> bytes:
+    """A proto3 string field; empty strings are not written, as Go's and prost's encoders do."""
+    data = text.encode()
+    return _varint(number << 3 | 2) + _varint(len(data)) + data if data else b""
+
+
+def encode_shard_lock(node_name: str) -> bytes:
+    """protobuf `ShardLockValue { string node_name = 1; }`, as CeresDB writes the lock value
+    (apache/incubator-horaedb-proto protos/meta_event.proto)."""
+    return _string_field(1, node_name)
+
+
+def encode_member(name: str, member_id: int, endpoint: str) -> bytes:
+    """protobuf `metastoragepb.Member { string name = 1; uint64 id = 2; string endpoint = 3;
+    int32 leader_priority = 4; }` as CeresMeta's leader writes it (META v1.2.2:server/member/
+    member.go Marshal; leader_priority is never set, so never written)."""
+    ident = _varint(2 << 3 | 0) + _varint(member_id) if member_id else b""
+    return _string_field(1, name) + ident + _string_field(3, endpoint)
+
+
+def decode_member(data: bytes) -> tuple[str, int, str]:
+    """(name, id, endpoint) of a Member; raises ValueError if malformed."""
+    fields: dict[int, bytes | int] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value, shift = 0, 0
+        while i < len(data):
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise ValueError("truncated varint")
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            fields[number] = varint()
+        elif wire == 2:
+            length = varint()
+            if i + length > len(data):
+                raise ValueError("truncated field")
+            fields[number], i = data[i:i + length], i + length
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    name, ident, endpoint = fields.get(1, b""), fields.get(2, 0), fields.get(3, b"")
+    if not isinstance(name, bytes) or not isinstance(ident, int) or not isinstance(endpoint, bytes):
+        raise ValueError("wrong wire type for a Member field")
+    return name.decode(), ident, endpoint.decode()

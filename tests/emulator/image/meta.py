@@ -1,14 +1,19 @@
 """CeresMeta / HoraeMeta stand-in (see ../README.md for what mirrors which reference section).
 
-Runs a real etcd from the rendered configuration, serves the version's HTTP API once etcd is
-ready, campaigns for meta leadership, creates the default cluster, takes CeresDB heartbeats and
-assigns shards statically. Exits 0 when etcd fails or does not get ready in time, as the real one.
+Runs a real etcd from the rendered configuration and serves the version's HTTP API once etcd is
+ready. The etcd leader campaigns for the meta leader key (protobuf Member, `lease-sec` lease,
+create-if-absent); the meta leader creates the default cluster, registers CeresDB nodes from their
+heartbeats and runs the static-topology scheduler of its version every tick (5 s, as the real
+`schedulerInterval`; `ceres-emulator-fault tick S` changes it for tests). Followers forward like
+the real server: to the leader's advertise host with their own HTTP port, with no loop guard.
+Exits 0 when etcd fails or does not get ready in time, as the real one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,20 +24,30 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from typing import NamedTuple
 
 import common
 import etcdv3
+import scheduling
 
 FLAVOR, VERSION = common.release()
 V2 = VERSION >= (2, 0, 0)
 HTTP_PORT_KEY, HTTP_PORT_ENV = ("default-http-port", "DEFAULT_HTTP_PORT") if VERSION < (1, 2, 7) else ("http-port", "HTTP_PORT")
 HEALTH_PATH = "/api/v1/healthCheck" if VERSION < (1, 2, 7) else "/api/v1/health"
-NODE_EXPIRY_S = 10.0  # hard-coded in CeresMeta (reference 2.3)
-SCHEDULER_TICK_S = 1.0  # real: 5 s; see README "deliberate differences"
+SCHEDULER_INTERVAL_S = 5.0
+"""`schedulerInterval` (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go:24)."""
 CLUSTER_CREATE_DELAY_S = 2.0
-FORWARDED_HEADER = "X-Ceres-Emulator-Forwarded"
+"""The real leader creates it right after election (META v1.2.2:server/server.go:293-300); the
+stand-in widens that window so that pitfall 6 (CeresDB started too early exits 1) is observable."""
+LEADER_LOOP_S = 0.5
+MSG_PREFIX = "err: " if VERSION < (1, 2, 7) else ""
+"""Error messages: `fmt.Sprintf("err: %s", ...)` at 1.2.2, the bare error from 1.2.7's `wrap`
+(META v1.2.2:server/service/http/api.go:280-314, v1.2.7:api.go:176-190,693-718)."""
+SELF_FORWARD_CAP_S = 120.0
+"""A follower forwarding to itself recurses until the caller gives up; the stand-in holds the
+request instead, at most this long."""
 
 
 def _log(message: str, **fields: object) -> None:
@@ -71,6 +86,8 @@ def load_config(path: str) -> dict[str, object]:
         "election-timeout-ms": ("ELECTION_TIMEOUT_MS", 3000),
         HTTP_PORT_KEY: (HTTP_PORT_ENV, 8080),
     }
+    if VERSION >= (1, 2, 7):  # META v1.2.7:server/config/config.go:148
+        keys["procedure-executing-batch-size"] = ("PROCEDURE_EXECUTING_BATCH_SIZE", scheduling.DEFAULT_BATCH_SIZE)
     for struct_env in ("LOG", "ETCD_LOG", "FLOW_LIMITER"):
         if os.environ.get(struct_env):
             _panic(f"env: parse error on field of type struct: {struct_env}")
@@ -82,6 +99,11 @@ def load_config(path: str) -> dict[str, object]:
         _log("config file not found, using defaults", path=path)
     except tomllib.TOMLDecodeError as err:
         _panic(f"fail to parse config: {err}")
+    # The seam for ceres_supervisor/serverschema.py: go-toml fails on a wrong type, never on an
+    # unknown key.
+    for segments, kind, message in common.schema_violations(document, "meta", VERSION, "meta") or []:
+        if kind == "type":
+            _panic(f"toml: {'.'.join(segments)}: {message}")
     config: dict[str, object] = {}
     for key, (env, default) in keys.items():
         value = document.get(key, default)  # unknown keys are ignored, as go-toml does
@@ -110,6 +132,21 @@ def _local_url(url: str) -> str:
     return f"http://{host}:{parsed.port}"
 
 
+class Member(NamedTuple):
+    name: str
+    id: int
+    endpoint: str
+
+
+def format_http_addr(endpoint: str, http_port: int) -> str:
+    """formatHTTPAddr: the leader's endpoint host with *this* node's HTTP port (META v1.2.2:
+    server/service/http/forward.go:91-104)."""
+    host_port = urllib.parse.urlparse(endpoint).netloc.split(":")
+    if len(host_port) != 2:
+        raise ValueError(f"parse leader addr, grpcAdd:{endpoint}")
+    return f"{host_port[0]}:{http_port}"
+
+
 # --- the server -----------------------------------------------------------------------------------
 
 class Meta:
@@ -120,20 +157,33 @@ class Meta:
         self.root = str(config["storage-root-path"])
         self.cluster_name = str(config["default-cluster-name"])
         self.http_port = int(str(config[HTTP_PORT_KEY]))
+        self.http_serving = False
         self.client_url = _local_url(str(config["client-urls"]))
-        self.advertise_client = str(config["advertise-client-urls"]).split(",")[0]
+        # Member.Endpoint: the first advertise-client-url (META v1.2.7:server/server.go:173).
+        self.endpoint = str(config["advertise-client-urls"]).split(",")[0]
+        self.lease_sec = int(str(config["lease-sec"]))
+        self.batch_size = int(str(config.get("procedure-executing-batch-size", scheduling.DEFAULT_BATCH_SIZE)))
         self.etcd = etcdv3.Client(self.client_url, timeout_s=2.0)
-        self.incarnation = uuid.uuid4().hex
-        self.leader_key = b"/members/leader" if VERSION < (1, 2, 7) else f"{self.root}/members/leader".encode()
+        # `<storage-root-path>/members/leader` from 1.2.7; the root is passed as "" before
+        # (META v1.2.2:server/server.go:149, v1.2.7:server/server.go:173, member.go:37-39).
+        self.leader_key = f"{self.root if VERSION >= (1, 2, 7) else ''}/members/leader".encode()
         self.cluster_key = common.EMULATOR_PREFIX + self.cluster_name.encode()
+        self.topology_key = self.cluster_key + b"/topology"
         self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.member_id = 0
         self.leader_lease = 0
         self.leader_since = 0.0
-        self.leader_endpoint: str | None = None
+        self.next_keepalive = 0.0
+        self.cached_leader: Member | None = None
+        # The cluster manager, started on the leader only (AfterElected), stopped when it steps down.
         self.cluster: dict[str, object] | None = None
-        self.last_touch: dict[str, float] = {}
-        self.last_revision: dict[str, int] = {}
-        self.last_open_sent: dict[str, float] = {}
+        self.view: scheduling.View | None = None
+        self.registered: dict[str, scheduling.Registered] = {}
+        self.heartbeat_seen: dict[str, int] = {}
+        self.heartbeat_baseline: int | None = None
+        self.in_flight: set[int] = set()
+        self.rng = random.Random()
         self.process: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -190,106 +240,147 @@ class Meta:
                 self.process.kill()
                 self.process.wait()
 
-    # -- leadership (reference 6, "Meta first") --
+    # -- leadership (META v1.2.2:server/member/watch_leader.go Watch, member.go) --
     def is_leader(self) -> bool:
         with self.lock:
             return self.leader_lease != 0
 
+    def is_local(self, leader: Member) -> bool:
+        """IsLocal: the leader's id is this member's up to 1.2.6, its endpoint from 1.2.7
+        (META v1.2.2:server/member/member.go:80,94; v1.2.7 compares Endpoint)."""
+        if VERSION < (1, 2, 7):
+            return leader.id == self.member_id
+        return leader.endpoint == self.endpoint
+
     def leadership_step(self) -> None:
-        if self.is_leader():
-            if self.etcd.keepalive(self.leader_lease) <= 0:
-                _log("lost meta leadership")
-                with self.lock:
-                    self.leader_lease, self.cluster = 0, None
-            return
         status = self.etcd.status()
         header = status.get("header") or {}
         assert isinstance(header, dict)
-        if str(status.get("leader")) == str(header.get("member_id")):
-            lease = self.etcd.grant(int(str(self.config["lease-sec"])))
-            value = json.dumps({"name": self.name, "id": self.incarnation, "endpoint": self.advertise_client})
-            if self.etcd.create_if_absent(self.leader_key, value.encode(), lease):
-                _log("became meta leader", name=self.name)
-                with self.lock:
-                    self.leader_lease, self.leader_since = lease, time.monotonic()
-                    self.leader_endpoint = self.advertise_client
-                return
+        self.member_id = int(str(header.get("member_id", 0)))
+        etcd_leader = int(str(status.get("leader", 0)))
+        if self.is_leader():
+            self.keep_leading(etcd_leader)
+            return
         found = self.etcd.get(self.leader_key)
+        if found is None:
+            # Only the etcd leader campaigns; the others keep their cached leader and wait.
+            if etcd_leader == self.member_id:
+                self.campaign()
+            return
+        try:
+            leader = Member(*etcdv3.decode_member(found[0]))
+        except ValueError as err:
+            _log("fail to get leader", error=f"invalid leader value: {err}")
+            return
         with self.lock:
-            self.leader_endpoint = json.loads(found[0])["endpoint"] if found else None
+            if self.cached_leader != leader:
+                _log("update leader cache", endpoint=leader.endpoint)
+            self.cached_leader = leader
+        if leader.id != etcd_leader and leader.id == self.member_id:
+            # The leader is not the etcd leader and this member is it: reset (ResetLeader).
+            self.etcd.delete(self.leader_key)
 
-    def ensure_cluster(self) -> None:
-        """The leader loads the default cluster, creating it a moment after election if absent."""
+    def campaign(self) -> None:
+        """CampaignAndKeepLeader: a lease of lease-sec, then create the key only if absent."""
+        lease = self.etcd.grant(self.lease_sec)
+        value = etcdv3.encode_member(self.name, self.member_id, self.endpoint)
+        if not self.etcd.create_if_absent(self.leader_key, value, lease):
+            return
+        _log("[SetLeader]", leader_key=self.leader_key.decode(), leader=self.name)
         with self.lock:
-            if self.cluster is not None or time.monotonic() - self.leader_since < CLUSTER_CREATE_DELAY_S:
+            self.leader_lease, self.leader_since = lease, time.monotonic()
+            self.next_keepalive = time.monotonic() + self.lease_sec / 3
+            self.cached_leader = Member(self.name, self.member_id, self.endpoint)
+            self.wake.notify_all()
+
+    def keep_leading(self, etcd_leader: int) -> None:
+        now = time.monotonic()
+        if etcd_leader != self.member_id:
+            _log("etcd leader changed and should re-assign the leadership", old_leader=self.name)
+            self.step_down(revoke=True)
+            return
+        if now >= self.next_keepalive:
+            if self.etcd.keepalive(self.leader_lease) <= 0:
+                _log("no longer a leader because lease has expired")
+                self.step_down(revoke=False)
                 return
+            self.next_keepalive = now + self.lease_sec / 3
+
+    def step_down(self, revoke: bool) -> None:
+        with self.lock:
+            lease, self.leader_lease = self.leader_lease, 0
+            # BeforeTransfer: the cluster manager stops; its registered-node cache is gone.
+            self.cluster, self.view, self.registered = None, None, {}
+            self.heartbeat_seen, self.heartbeat_baseline = {}, None
+        if revoke and lease:
+            try:
+                self.etcd.revoke(lease)  # closing the lease deletes the leader key
+            except etcdv3.EtcdError as err:
+                _log("close lease failed", error=err)
+
+    # -- the cluster manager, on the leader (AfterElected) --
+    def ensure_cluster(self) -> None:
+        """Loads the default cluster at once, or creates it a moment after election if absent."""
+        with self.lock:
+            if self.cluster is not None:
+                return
+            since = time.monotonic() - self.leader_since
         found = self.etcd.get(self.cluster_key)
         if found is None:
-            record = {
-                "ID": 0, "Name": self.cluster_name,
-                # Frozen at creation (pitfall 5): later config changes do not reach it.
-                "MinNodeCount": int(str(self.config["default-cluster-node-count"])),
-                "ShardTotal": int(str(self.config["default-cluster-shard-total"])),
-                "EnableSchedule": True, "TopologyType": str(self.config["topology-type"]),
-                "CreatedAt": int(time.time() * 1000), "ModifiedAt": int(time.time() * 1000),
-            }
+            if since < CLUSTER_CREATE_DELAY_S:
+                return
+            now_ms = int(time.time() * 1000)
+            record: dict[str, object] = {"ID": 0, "Name": self.cluster_name,
+                                         # Frozen at creation (pitfall 5): later config changes do not reach it.
+                                         "MinNodeCount": int(str(self.config["default-cluster-node-count"]))}
             if not V2:
                 record["ReplicationFactor"] = 1
+            record["ShardTotal"] = int(str(self.config["default-cluster-shard-total"]))
+            if not V2:
+                record["EnableSchedule"] = True
+            record["TopologyType"] = str(self.config["topology-type"])
+            if VERSION >= (1, 2, 7):
+                record["ProcedureExecutingBatchSize"] = self.batch_size
+            record["CreatedAt"], record["ModifiedAt"] = now_ms, now_ms
             self.etcd.create_if_absent(self.cluster_key, json.dumps(record).encode())
             _log("created default cluster", cluster=self.cluster_name, min_node_count=record["MinNodeCount"])
             found = self.etcd.get(self.cluster_key)
         assert found is not None
+        topology = self.etcd.get(self.topology_key)
+        view = scheduling.View.from_json(json.loads(topology[0])) if topology else scheduling.View()
         with self.lock:
             self.cluster = json.loads(found[0])
+            self.view = view
+            self.wake.notify_all()
 
-    # -- scheduling (reference 2.3) --
-    def schedule(self) -> None:
+    def receive_heartbeats(self) -> None:
+        """NodeHeartbeat -> RegisterNode, for each heartbeat put since the last look. A new leader
+        starts with an empty cache: heartbeats older than its election do not register anyone."""
         with self.lock:
-            cluster = self.cluster
-        if cluster is None:
-            return
-        now = time.monotonic()
-        beats: dict[str, dict[str, object]] = {}
-        for key, value, revision, _lease in self.etcd.range_prefix(self.cluster_key + b"/heartbeats/"):
-            endpoint = key.rsplit(b"/", 1)[1].decode()
-            beats[endpoint] = json.loads(value)
-            if self.last_revision.get(endpoint) != revision:
-                self.last_revision[endpoint], self.last_touch[endpoint] = revision, now
-        topology_key = self.cluster_key + b"/topology"
-        found = self.etcd.get(topology_key)
-        if found is None:
-            # Registered nodes are never pruned (reference 2.2): every endpoint ever seen counts.
-            if len(beats) < int(str(cluster["MinNodeCount"])):
+            if self.cluster is None or self.view is None:
                 return
-            nodes = sorted(beats)
-            shards = {str(i): nodes[i % len(nodes)] for i in range(int(str(cluster["ShardTotal"])))}
-            self.etcd.create_if_absent(topology_key, json.dumps({"version": 1, "shards": shards}).encode())
-            _log("assigned shards", nodes=",".join(nodes))
-            found = self.etcd.get(topology_key)
-            assert found is not None
-        assigned: dict[str, list[int]] = {}
-        for shard, endpoint in json.loads(found[0])["shards"].items():
-            assigned.setdefault(endpoint, []).append(int(shard))
-        for endpoint, shard_ids in assigned.items():
-            alive = now - self.last_touch.get(endpoint, -1e9) <= NODE_EXPIRY_S
-            opened = set(beats.get(endpoint, {}).get("shards", []))  # type: ignore[call-overload]
-            missing = sorted(set(shard_ids) - opened)
-            if alive and missing and now - self.last_open_sent.get(endpoint, -1e9) >= 2.0:
-                self.last_open_sent[endpoint] = now
-                self.dispatch_open(endpoint, missing)
-
-    def dispatch_open(self, endpoint: str, shard_ids: list[int]) -> None:
-        """OpenShard: meta dials the node's registered endpoint (addr:grpc_port)."""
-        host, sep, port = endpoint.rpartition(":")
-        try:
-            if not sep or ":" in host or not port.isdigit():
-                raise ValueError(f"invalid endpoint {endpoint!r}")
-            with socket.create_connection((host, int(port)), timeout=1.0) as conn:
-                conn.sendall(b"OPEN " + json.dumps(shard_ids).encode() + b"\n")
-                conn.settimeout(1.0)
-                conn.recv(16)
-        except (OSError, ValueError) as err:
-            _log("dispatch open shard failed", endpoint=endpoint, error=err)
+        rows, revision = self.etcd.range_prefix_at(self.cluster_key + b"/heartbeats/")
+        now = time.monotonic()
+        changed = False
+        with self.lock:
+            if self.view is None or self.cluster is None:
+                return
+            if self.heartbeat_baseline is None:
+                self.heartbeat_baseline = revision
+            for key, value, mod_revision, _lease in rows:
+                endpoint = key.rsplit(b"/", 1)[1].decode()
+                if mod_revision <= self.heartbeat_seen.get(endpoint, self.heartbeat_baseline):
+                    continue
+                self.heartbeat_seen[endpoint] = mod_revision
+                try:
+                    shards = [int(s) for s in json.loads(value).get("shards", [])]
+                except (ValueError, TypeError, AttributeError):
+                    continue
+                changed |= scheduling.register_node(self.view, self.registered, endpoint, shards,
+                                                    int(str(self.cluster["MinNodeCount"])), now)
+            snapshot = self.view.to_json() if changed else None
+        if snapshot is not None:
+            self.etcd.put(self.topology_key, json.dumps(snapshot).encode())
 
     def loop(self) -> None:
         while not self.stopping:
@@ -297,26 +388,99 @@ class Meta:
                 self.leadership_step()
                 if self.is_leader():
                     self.ensure_cluster()
-                    self.schedule()
+                    self.receive_heartbeats()
             except (etcdv3.EtcdError, OSError, ValueError, KeyError) as err:
                 _log("leader loop error", error=err)
-            time.sleep(0.5 if not self.is_leader() else SCHEDULER_TICK_S / 2)
+            time.sleep(LEADER_LOOP_S)
+
+    # -- the scheduler manager (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go) --
+    def tick_s(self) -> float:
+        return common.read_tick() or SCHEDULER_INTERVAL_S
+
+    def notify(self) -> None:
+        with self.lock:
+            self.wake.notify_all()
+
+    def scheduler_loop(self) -> None:
+        """Sleep a tick, then one pass; a changed tick hook takes effect at once."""
+        while not self.stopping:
+            started = time.monotonic()
+            with self.lock:
+                while (remaining := started + self.tick_s() - time.monotonic()) > 0:
+                    self.wake.wait(remaining)
+            try:
+                self.schedule_once()
+            except (etcdv3.EtcdError, OSError, ValueError, KeyError) as err:
+                _log("scheduler failed", error=err)
+
+    def schedule_once(self) -> None:
+        with self.lock:
+            if self.leader_lease == 0 or self.cluster is None or self.view is None:
+                return
+            shard_total = int(str(self.cluster["ShardTotal"]))
+            if scheduling.prepare_finished(self.view, shard_total):
+                self.view.state, self.view.version = scheduling.STABLE, self.view.version + 1
+                snapshot = self.view.to_json()
+                result = None
+            else:
+                snapshot = None
+                result = scheduling.static_schedule(VERSION, self.view, shard_total, dict(self.registered),
+                                                    time.monotonic(), self.rng, self.batch_size)
+                opens = [(s, n) for s, n in result.opens if s not in self.in_flight]
+                self.in_flight.update(s for s, _ in opens)
+        if snapshot is not None:
+            _log("update cluster state to stable", version=snapshot["Version"])
+            self.etcd.put(self.topology_key, json.dumps(snapshot).encode())
+            return
+        assert result is not None
+        if result.error:
+            _log("scheduler failed", error=result.error)
+            return
+        if not opens:
+            return
+        by_node: dict[str, list[int]] = {}
+        for shard, node in opens:
+            by_node.setdefault(node, []).append(shard)
+        _log("scheduler submit new procedure", reason=result.reason,
+             shards=";".join(f"{n}={ids}" for n, ids in by_node.items()))
+        for node, shard_ids in by_node.items():
+            threading.Thread(target=self.dispatch_open, args=(node, shard_ids), name="open-shard", daemon=True).start()
+
+    def dispatch_open(self, endpoint: str, shard_ids: list[int]) -> None:
+        """OpenShard: meta dials the node's registered endpoint (addr:grpc_port)."""
+        try:
+            host, sep, port = endpoint.rpartition(":")
+            try:
+                if not sep or ":" in host or not port.isdigit():
+                    raise ValueError(f"invalid endpoint {endpoint!r}")
+                with socket.create_connection((host, int(port)), timeout=2.0) as conn:
+                    conn.sendall(b"OPEN " + json.dumps(shard_ids).encode() + b"\n")
+                    conn.settimeout(30.0)
+                    answer = json.loads(conn.makefile("rb").readline() or b"{}")
+            except (OSError, ValueError) as err:
+                _log("dispatch open shard failed", endpoint=endpoint, shards=shard_ids, error=err)
+                return
+            for shard, error in (answer.get("failed") or {}).items():
+                _log("procedure start failed", shard_id=shard, node=endpoint, error=f"open shard: {error}")
+            if answer.get("opened"):
+                _log("transfer leader finish", shards=answer["opened"], new_leader_node=endpoint)
+        finally:
+            with self.lock:
+                self.in_flight.difference_update(shard_ids)
 
     # -- HTTP (reference 2.1, 2.2) --
-    def node_shards(self) -> dict[str, object] | None:
-        found = self.etcd.get(self.cluster_key + b"/topology")
-        if found is None:
-            return {"ClusterTopologyVersion": 0, "NodeShards": []}
-        topology = json.loads(found[0])
-        shards = [
-            {"ShardInfo": {"ID": int(s), "Role": 1, "Version": 1},
-             "ShardNode": {"ID": int(s), "ShardRole": 1, "NodeName": endpoint}}
-            for s, endpoint in sorted(topology["shards"].items(), key=lambda item: int(item[0]))
-        ]
-        return {"ClusterTopologyVersion": topology["version"], "NodeShards": shards}
+    def node_shards(self) -> dict[str, object]:
+        assert self.view is not None
+        shards = []
+        for shard, name in self.view.shard_nodes:
+            info: dict[str, object] = {"ID": shard, "Role": 1, "Version": 0}
+            if VERSION >= (1, 2, 7):
+                info["Status"] = 0  # not filled in by GetNodeShards: the zero value
+            shards.append({"ShardInfo": info, "ShardNode": {"ID": shard, "ShardRole": 1, "NodeName": name}})
+        return {"ClusterTopologyVersion": self.view.version, "NodeShards": shards}
 
 
-def error_envelope(code: int, desc: str, cause: str, msg: str) -> dict[str, object]:
+def error_envelope(code: int, desc: str, msg: str, cause: str = "<nil>") -> dict[str, object]:
     return {"status": "error", "error": f"(#{code}){desc}, cause:{cause}", "msg": msg}
 
 
@@ -325,65 +489,103 @@ def make_handler(meta: Meta) -> type[common.JsonHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == HEALTH_PATH:
-                self.send_json(200, {"status": "success"})
+                self.received("healthCheck" if VERSION < (1, 2, 7) else "health")
+                self.send_json(200, {"status": "success"})  # never forwarded
             elif path == "/api/v1/clusters":
-                self.leader_only(lambda: [meta.cluster] if meta.cluster else [])
+                self.received("listClusters")
+                self.forwarded(self.list_clusters)
             else:
                 self.not_found()
 
         def do_POST(self) -> None:
             path = self.path.split("?", 1)[0]
-            body = self.read_json()
             if path == "/api/v1/getNodeShards":
-                name = body.get("clusterName") or body.get("ClusterName")
-                if name != meta.cluster_name:
-                    self.send_json(404, error_envelope(404, "cluster not found", f"cluster:{name}",
-                                                       "get node shards"))
-                    return
-                self.leader_only(meta.node_shards)
+                self.received("getNodeShards")
+                self.forwarded(self.get_node_shards)
             else:
                 self.not_found()
 
+        def received(self, handler_name: str, **extra: object) -> None:
+            """printRequestInsmt: every API request is logged at INFO (META v1.2.2:
+            server/service/http/api.go:83-94)."""
+            _log("receive http request", handlerName=handler_name, client_host=f"{self.client_address[0]}:{self.client_address[1]}",
+                 method=self.command, body=self.body.decode(errors="replace"), **extra)
+
         def not_found(self) -> None:
-            body = b"404 page not found\n"
-            self.send_response(404)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_raw(404, b"404 page not found\n", "text/plain; charset=utf-8")
 
-        def leader_only(self, answer: object) -> None:
-            if meta.is_leader():
-                self.send_json(200, {"status": "success", "data": answer()})  # type: ignore[operator]
-                return
-            self.forward()
-
-        def forward(self) -> None:
-            """To the leader's host with *this* node's HTTP port (pitfall 10)."""
+        # -- answers of the leader's cluster manager --
+        def list_clusters(self) -> None:
             with meta.lock:
-                leader = meta.leader_endpoint
-            if leader is None or self.headers.get(FORWARDED_HEADER):
-                self.send_json(500, error_envelope(500, "forward to leader", "no leader", "forward to leader"))
+                clusters = [meta.cluster] if meta.cluster else []
+            self.send_json(200, {"status": "success", "data": clusters})
+
+        def get_node_shards(self) -> None:
+            try:
+                body = json.loads(self.body or b"")
+                name = next((v for k, v in body.items() if k.lower() == "clustername"), "") if isinstance(body, dict) else ""
+            except ValueError as err:
+                self.send_json(400, error_envelope(400, "parse request params", f"{MSG_PREFIX}{err}"))
                 return
-            host = urllib.parse.urlparse(leader).hostname
-            data = self.body if self.command == "POST" else None
+            with meta.lock:
+                answer = meta.node_shards() if meta.cluster is not None and name == meta.cluster_name else None
+            if answer is None:
+                self.send_json(500, error_envelope(500, "get node shards",
+                                                   f"{MSG_PREFIX}get cluster: (#404)cluster not found, cause:cluster name:{name}"))
+                return
+            self.send_json(200, {"status": "success", "data": answer})
+
+        # -- forwarding (META v1.2.2:server/service/http/forward.go:48-104) --
+        def forwarded(self, answer: Callable[[], None]) -> None:
+            with meta.lock:
+                leader = meta.cached_leader
+            if leader is None:
+                _log("forward to leader failed", error="get forwarded addr: no leader found")
+                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}get forwarded addr: no leader found"))
+                return
+            if meta.is_local(leader):
+                answer()
+                return
+            try:
+                addr = format_http_addr(leader.endpoint, meta.http_port)
+            except ValueError as err:
+                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}format http addr: {err}"))
+                return
+            host, port = addr.rsplit(":", 1)
+            if meta.http_serving and int(port) == meta.http_port and common.is_local_host(host):
+                self.forward_to_self(addr)
+            else:
+                self.proxy(addr)
+
+        def forward_to_self(self, addr: str) -> None:
+            """The leader's host with this member's port is this member (it binds 0.0.0.0): the real
+            server sends the request to itself, again and again, each hop logged at INFO, until the
+            caller gives up. Emulated: the request is held, one hop logged a second."""
+            def hop(n: int) -> None:
+                self.received(self.path.rsplit("/", 1)[-1], forwarded_to=addr, hop=n + 1)
+
+            outcome = self.hold(lambda: True, cap_s=SELF_FORWARD_CAP_S, every_second=hop)
+            if outcome == "cap":
+                self.send_json(500, error_envelope(500, "forward to leader",
+                                                   f'{MSG_PREFIX}{self.command} "http://{addr}{self.path}": dial tcp {addr}: socket: too many open files'))
+            else:
+                self.close_connection = True
+
+        def proxy(self, addr: str) -> None:
             request = urllib.request.Request(
-                f"http://{host}:{meta.http_port}{self.path}", data=data, method=self.command,
-                headers={FORWARDED_HEADER: "1", "Content-Type": "application/json"},
+                f"http://{addr}{self.path}", data=self.body if self.command == "POST" else None, method=self.command,
+                headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")},
             )
             try:
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    status, raw = response.status, response.read()
+                with urllib.request.urlopen(request, timeout=SELF_FORWARD_CAP_S) as response:
+                    status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
             except urllib.error.HTTPError as err:
-                status, raw = err.code, err.read()
+                status, raw, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
             except OSError as err:
-                self.send_json(500, error_envelope(500, "forward to leader", str(err), "forward to leader"))
+                _log("forward client send request failed", error=err)
+                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}{err}"))
                 return
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            self.send_raw(status, raw, ctype or "application/json")
 
     return Handler
 
@@ -393,6 +595,9 @@ def main() -> None:
     config = load_config(path)
     _log("server start with config", **{k: config[k] for k in ("node-name", "client-urls", HTTP_PORT_KEY)})
     meta = Meta(config)
+    common.HOOKS = common.Hooks("meta")
+    common.HOOKS.listeners.append(meta.notify)  # a new tick takes effect at once
+    common.HOOKS.start()
 
     def on_term(signum: int, _frame: object) -> None:
         # Only signal here: the main thread is inside Popen.wait() on etcd, and waiting again from
@@ -417,11 +622,13 @@ def main() -> None:
     try:
         server = ThreadingHTTPServer(("0.0.0.0", meta.http_port), make_handler(meta))
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        meta.http_serving = True
+        threading.Thread(target=server.serve_forever, args=(3600,), name="http", daemon=True).start()
     except OSError as err:
         # The real HTTP server runs in a goroutine whose listen error is only logged.
         _log("http service failed to start", port=meta.http_port, error=err)
     threading.Thread(target=meta.loop, name="leader", daemon=True).start()
+    threading.Thread(target=meta.scheduler_loop, name="scheduler", daemon=True).start()
     assert meta.process is not None
     code = meta.process.wait()
     if not meta.stopping:
