@@ -35,6 +35,8 @@ class Budget:
     """Nodes holding a disruption slot cluster-wide -> the host that took it."""
     outdated: frozenset[str] = frozenset()
     """Other machines' nodes whose container still runs an old spec (a rolling change)."""
+    files_differ: str | None = None
+    """The agents' desired states differ (who has which): recreates wait until they agree."""
 
 
 def blockers(

@@ -8,6 +8,10 @@ CeresMeta, not CeresDB, reopens shards, at its own pace (`reference/ceres-interf
 - meta's scheduler ticks every 5 s; at 1.2.2 it reopens one shard per tick for the whole cluster,
   from 1.2.4 it batches (META v1.2.4 static_topology_shard_scheduler.go, procedures appended up to
   `procedureExecutingBatchSize`);
+- the scheduler learns that a shard is open only from the node's next heartbeat (every 2/3 of
+  `ceresdb.lease`, HDB v1.2.2 cluster/src/cluster_impl.rs `start_heartbeat_loop`, nothing sent
+  after an open); until then it submits the same shard again, so at 1.2.2 each shard costs up to
+  a tick plus a heartbeat interval;
 - up to 1.2.7 the first assigned node that is offline aborts the whole pass, so nothing reopens
   anywhere while one is down; 2.0.0 skips offline nodes.
 
@@ -43,23 +47,29 @@ class Pace:
     offline_blocks: bool
     """Up to 1.2.7: an offline assigned node stops every reopen in the cluster."""
     label: str
+    heartbeat_s: float
+    """CeresDB's heartbeat interval, 2/3 of `ceresdb.lease`: how late meta learns of an open."""
 
     @classmethod
-    def of(cls, version: tuple[int, int, int]) -> Pace:
+    def of(cls, version: tuple[int, int, int], lease_s: float) -> Pace:
         return cls(
             one_per_tick=version < (1, 2, 4),
             offline_blocks=version < (2, 0, 0),
             label=".".join(map(str, version)),
+            heartbeat_s=lease_s * 2 / 3,
         )
 
     def seconds(self, pending: int) -> float:
-        """How long the scheduler may take to reopen a shard when `pending` wait cluster-wide."""
-        ticks = pending + 1 if self.one_per_tick else BATCHED_TICKS
-        return ticks * SCHEDULER_TICK_S
+        """How long the scheduler may take to reopen a shard when `pending` wait cluster-wide:
+        at 1.2.2 the shards ahead of it one at a time, each a tick plus the heartbeat that reports
+        it open; batched, two ticks and a heartbeat."""
+        if self.one_per_tick:
+            return (pending + 1) * (SCHEDULER_TICK_S + self.heartbeat_s)
+        return BATCHED_TICKS * SCHEDULER_TICK_S + self.heartbeat_s
 
     def full_reopen_s(self, shards: int) -> float:
         """Reopening all of one node's `shards`, nothing else pending."""
-        return self.seconds(shards) if self.one_per_tick else BATCHED_TICKS * SCHEDULER_TICK_S
+        return self.seconds(shards if self.one_per_tick else 0)
 
 
 @dataclass(frozen=True)

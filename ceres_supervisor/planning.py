@@ -99,6 +99,9 @@ class NodeRecord:
     run_key: str | None = None
     """container ID @ StartedAt of the run being watched."""
     run_seen_at: float = 0.0
+    """When the run started, on the monotonic clock: Docker's StartedAt when it is known (so that a
+    supervisor restarted beside a container that never answered does not give it a fresh
+    start_timeout), else when this supervisor first saw it."""
     healthy_since: float | None = None
     probe_failures: int = 0
     last_probe_at: float = 0.0
@@ -278,7 +281,7 @@ def _evaluate(
         exit_info = ExitInfo(c.exit_code, c.oom_killed, c.finished_at)
         rec = replace(rec, accounted_exit=c.exit_identity, last_exit=exit_info, stop_counted_for=None)
         if rec.expected_exit == c.id or busy in STOPPING_KINDS:
-            rec = replace(rec, expected_exit=None)
+            rec = replace(rec, expected_exit=None, healthy_since=None)
         elif paused:
             rec = replace(rec, reason=f"stopped while paused ({describe_exit(c)})", next_restart_at=None)
         elif c.id in observed.engine_restart_exits:
@@ -377,10 +380,11 @@ def _watch_running(
 ) -> tuple[NodeView, NodeRecord, Want | None]:
     now, policy = cycle.now, cycle.policy
     if rec.run_key != c.run_key:  # a new run: forget the previous run's probes and clocks
+        age = (cycle.observed.wall - c.started_at).total_seconds() if c.started_at else 0.0
         rec = replace(
             rec,
             run_key=c.run_key,
-            run_seen_at=now,
+            run_seen_at=now - max(0.0, age),
             healthy_since=None,
             probe_failures=0,
             last_probe_at=0.0,
@@ -402,7 +406,9 @@ def _watch_running(
         deadline = rec.run_seen_at + policy.start_timeout_s
         if blocked:
             return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
-        if now >= deadline:
+        # Past start_timeout it is judged like any running node: failure_threshold failed probes
+        # in a row (a node started here has failed every probe since; one found running has not).
+        if now >= deadline and rec.probe_failures >= policy.failure_threshold:
             answer = fresh.detail if fresh else "no probe answer"
             reason = f"not healthy within {policy.start_timeout_s:g}s: {answer}"
             return (
@@ -410,7 +416,8 @@ def _watch_running(
                 rec,
                 stop(reason, NodeState.UNHEALTHY, "start_timeout"),
             )
-        cycle.wakes.append(deadline)
+        if deadline > now:
+            cycle.wakes.append(deadline)
         return NodeView(NodeState.STARTING, fresh.detail if fresh and not fresh.ok else None), rec, None
 
     judgement: leases.Judgement | None = None
@@ -471,7 +478,7 @@ def _watch_running(
 def _lease_contexts(cycle: _Cycle, records: dict[str, NodeRecord]) -> dict[str, leases.Context]:
     """For each local CeresDB node: what the rest of the cluster says about its shards' wait."""
     view = cycle.observed.leases
-    pace = leases.Pace.of(cycle.desired.spec.release.version)
+    pace = leases.Pace.of(cycle.desired.spec.release.version, cycle.desired.spec.ceresdb.lease)
     if view is None or view.error is not None:
         empty = leases.Context(pace, (), 0, (), cycle.policy.lease_grace_s)
         return {n.name: empty for n in cycle.desired.ceresdb}
@@ -594,6 +601,8 @@ def _rolling_gate(
     healthy, and CeresDB only once every meta member runs its new spec."""
     if rolling:
         return "waiting its turn: another node is being recreated"
+    if cycle.budget.files_differ is not None:
+        return f"waiting until every agent runs the same file ({cycle.budget.files_differ})"
     if node.role == "ceresdb":
         stale = [
             m.name
@@ -602,9 +611,7 @@ def _rolling_gate(
             and (c := cycle.observed.containers.get(m.name)) is not None
             and c.spec_hash != m.spec_hash
         ]
-        stale += [
-            name for name, (role, why) in cycle.budget.peers.items() if role == "meta" and why == "old spec"
-        ]
+        stale += [m.name for m in cycle.desired.meta if m.name in cycle.budget.outdated]
         if stale:
             return f"waiting its turn: meta first ({', '.join(sorted(stale))} not recreated yet)"
     unhealthy = sorted(name for name, (_role, why) in down.items() if name != node.name and why is not None)
@@ -622,8 +629,11 @@ def _grant(
     if not action.by_choice:
         return view, rec
     if want.failure is not None and rec.stop_counted_for != rec.run_key:
-        rec = cycle.fail(node.name, rec, action.reason, want.failure)
-        rec = replace(rec, stop_counted_for=rec.run_key)
+        # The run goes on until the stop happens: a stop that must wait for its slot leaves the
+        # node judged as it is (unhealthy, holding its shards), not as a fresh start that would
+        # count against every other node's budget. healthy_since is cleared at the exit.
+        counted = cycle.fail(node.name, rec, action.reason, want.failure)
+        rec = replace(counted, stop_counted_for=rec.run_key, healthy_since=rec.healthy_since)
     return (
         NodeView(want.state, action.reason, rec.next_restart_at, lease=view.lease),
         replace(rec, expected_exit=action.container_id),

@@ -152,7 +152,7 @@ def check(spec: DesiredState) -> Findings:
                     (
                         f"meta nodes {', '.join(names)} share a machine: CeresMeta forwards API calls to the "
                         "leader's host with the follower's own HTTP port, which cannot work here "
-                        "(the supervisor asks each member itself)"
+                        "(the supervisor sends those routes to the leader only)"
                     ),
                 )
             )
@@ -292,7 +292,7 @@ def _check_server_schema(spec: DesiredState) -> list[Problem]:
 def _check_lease_grace(spec: DesiredState) -> list[Problem]:
     """lease_grace is added to the time CeresMeta takes to reopen a node's shards; shorter than
     that full reopen, a judgement that goes wrong (a slow meta) restarts a node that only waits."""
-    pace = leases.Pace.of(spec.release.version)
+    pace = leases.Pace.of(spec.release.version, spec.ceresdb.lease)
     shards = -(-spec.meta.shard_total // max(1, len(spec.ceresdb.nodes)))
     full = pace.full_reopen_s(shards)
     if spec.supervisor.lease_grace < full:

@@ -129,6 +129,10 @@ class ClusterSection(_Model):
         return value
 
 
+MIN_AGENT_TTL_S: Final = 3.0
+"""etcd grants no lease under 1.5 s (3/2 election ticks); 3 s leaves a keepalive a second."""
+
+
 class SupervisorSection(_Model):
     listen: str = "127.0.0.1:5480"
     """`host:port` for TCP or `unix:/path` for a unix socket."""
@@ -160,6 +164,16 @@ class SupervisorSection(_Model):
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("agent_ttl")
+    @classmethod
+    def _agent_ttl(cls, value: float) -> float:
+        if value < MIN_AGENT_TTL_S:
+            raise ValueError(
+                f"must be at least {MIN_AGENT_TTL_S:g}s: the lease is kept alive every agent_ttl/3, and a "
+                "shorter one expires under a machine that only paused for a moment"
+            )
         return value
 
 

@@ -19,7 +19,9 @@ ME = "127.0.0.1:8831"
 OTHER = "127.0.0.2:8831"
 STARTED = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 """When the node's container (this run) started."""
-V122, V127, V200 = Pace.of((1, 2, 2)), Pace.of((1, 2, 7)), Pace.of((2, 0, 0))
+LEASE_S = 7.5
+"""ceresdb.lease: a heartbeat every 5 s, so that the paces below come out round."""
+V122, V127, V200 = (Pace.of(v, LEASE_S) for v in ((1, 2, 2), (1, 2, 7), (2, 0, 0)))
 
 
 def reading(
@@ -50,9 +52,9 @@ def context(
 
 
 def judge(
-    view: LeaseView | None, memory: Memory = Memory(), ctx: Context | None = None, run_seen_at: float = 0.0
+    view: LeaseView | None, memory: Memory | None = None, ctx: Context | None = None, run_seen_at: float = 0.0
 ) -> leases.Judgement:
-    return leases.judge(view, ME, STARTED, run_seen_at, memory, ctx or context())
+    return leases.judge(view, ME, STARTED, run_seen_at, memory or Memory(), ctx or context())
 
 
 ALL_MINE = {0: (ME, 7), 2: (ME, 7), 1: (OTHER, 9), 3: (OTHER, 9)}
@@ -87,12 +89,12 @@ def test_intermittent_read_errors_do_not_postpone_a_restart_for_ever() -> None:
     ctx = context(V200, grace=5)
     missing = {1: (OTHER, 9), 3: (OTHER, 9)}
     j = judge(reading(100, missing), ctx=ctx)
-    assert j.state == "reopening"  # meta may still reopen them (2 ticks of 5 s)
-    j = judge(reading(111, missing), j.memory, ctx)
-    assert (j.state, j.restart) == ("lost", False)
-    j = judge(reading(113, {}, error="timed out"), j.memory, ctx)
-    assert j.state == "unknown"
+    assert j.state == "reopening"  # meta may still reopen them (2 ticks of 5 s, a heartbeat)
     j = judge(reading(116, missing), j.memory, ctx)
+    assert (j.state, j.restart) == ("lost", False)
+    j = judge(reading(118, {}, error="timed out"), j.memory, ctx)
+    assert j.state == "unknown"
+    j = judge(reading(121, missing), j.memory, ctx)
     assert (j.state, j.restart, j.lost_for_s) == ("lost", True, 5.0)
 
 
@@ -130,10 +132,12 @@ def test_a_lease_first_seen_after_the_start_is_this_run() -> None:
 @pytest.mark.parametrize(
     ("pace", "pending", "due_s"),
     [
-        (V122, 0, 5.0),  # 1.2.2: one shard per 5 s tick for the whole cluster
-        (V122, 7, 40.0),  # ... so 7 pending elsewhere put this one up to 8 ticks away
-        (V127, 7, 10.0),  # from 1.2.4 every pending shard goes in one batch
-        (V200, 30, 10.0),
+        # 1.2.2: one shard per 5 s tick for the whole cluster, and it moves on only once the
+        # node's next heartbeat (5 s here) reports the shard open
+        (V122, 0, 10.0),
+        (V122, 7, 80.0),  # ... so 7 pending elsewhere put this one up to 8 such steps away
+        (V127, 7, 15.0),  # from 1.2.4 every pending shard goes in one batch: two ticks, a heartbeat
+        (V200, 30, 15.0),
     ],
 )
 def test_missing_shards_wait_for_the_version_s_pace(pace: Pace, pending: int, due_s: float) -> None:
@@ -153,8 +157,8 @@ def test_progress_restarts_the_pace_clock() -> None:
     j = judge(reading(100, {1: (OTHER, 9), 3: (OTHER, 9)}), ctx=ctx)
     j = judge(reading(118, {0: (ME, 7), 1: (OTHER, 9), 3: (OTHER, 9)}), j.memory, ctx)  # shard 0 came back
     assert j.state == "reopening" and j.memory.reopen_since == 118
-    j = judge(reading(137, {0: (ME, 7), 1: (OTHER, 9), 3: (OTHER, 9)}), j.memory, ctx)
-    assert j.state == "reopening"  # due at 118 + 4 ticks
+    j = judge(reading(157, {0: (ME, 7), 1: (OTHER, 9), 3: (OTHER, 9)}), j.memory, ctx)
+    assert j.state == "reopening"  # due at 118 + 4 x (tick + heartbeat)
 
 
 @pytest.mark.parametrize(("pace", "held_back"), [(V122, True), (V127, True), (V200, False)])
@@ -209,6 +213,6 @@ def test_a_shard_locked_by_another_endpoint_is_waited_for() -> None:
     ],
 )
 def test_pace_by_version(version: tuple[int, int, int], one: bool, blocks: bool) -> None:
-    pace = Pace.of(version)
+    pace = Pace.of(version, LEASE_S)
     assert (pace.one_per_tick, pace.offline_blocks) == (one, blocks)
-    assert pace.full_reopen_s(4) == (25.0 if one else 10.0)
+    assert pace.full_reopen_s(4) == (50.0 if one else 15.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -382,6 +382,7 @@ def test_the_failed_stop_clears_the_expected_exit_mark(cluster: desired.DesiredC
 
 def test_a_refused_slot_waits_without_counting(cluster: desired.DesiredCluster) -> None:
     cs, probes, records = failing(cluster, "db0")
+    records["db0"] = replace(records["db0"], run_seen_at=NOW - 10)  # started 10 s ago, then healthy
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert p.records["db0"].failures == 1
     refused = "waiting for disruption budget: db9 (slot held by 10.0.0.9)"
@@ -392,6 +393,14 @@ def test_a_refused_slot_waits_without_counting(cluster: desired.DesiredCluster) 
         now=NOW + 1,
     )
     assert p2.records["db0"].failures == 1 and p2.records["db0"].reason == refused
+    # Still judged as the failing run it is, not as a fresh start: a "starting" node would count
+    # against another machine's budget, and two machines would each wait for the other for ever.
+    assert p2.views["db0"].state is NodeState.UNHEALTHY
+    assert actions(p2) == [("stop", "db0")]
+    # Once stopped, the healthy time of the run that ended no longer resets the failure count.
+    stopped = container(cluster, "db0", "exited", exit_code=143)
+    p3 = plan(cluster, observation(cluster, [cs[0], stopped, cs[2]], probes=probes), p2.records, now=NOW + 2)
+    assert p3.records["db0"].healthy_since is None and p3.records["db0"].failures == 1
 
 
 # --- blocked, unhealthy, lease --------------------------------------------------------------------
@@ -446,10 +455,33 @@ def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: desire
     cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
     records = healthy_records(cs)
-    records["db0"] = NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1)
+    records["db0"] = NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1,
+                                probe_failures=2)  # it failed every probe since it started
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == [("stop", "db0")]
     assert p.notes[0].type == "start_timeout"
+
+
+def test_a_container_found_running_is_timed_from_its_start_and_judged_by_its_probes(
+    cluster: desired.DesiredCluster,
+) -> None:
+    """A supervisor restarted beside a frozen node: the node started long ago (Docker's StartedAt),
+    so it gets no fresh start_timeout, and it is stopped after failure_threshold failed probes,
+    not after one."""
+    cs, probes = running(cluster)  # started in January, the observation is of November
+    db0 = cs[1]
+    records: dict[str, NodeRecord] = {}
+    for i, expected in enumerate([[], [], [("stop", "db0")]]):
+        probes["db0"] = probe(db0, ok=False, at=NOW + i)
+        p = plan(cluster, observation(cluster, cs, probes=probes), records, now=NOW + i)
+        assert actions(p) == expected, i
+        records = p.records
+    assert p.records["db0"].run_seen_at < NOW - 120
+    assert p.notes[0].type == "start_timeout" and "not healthy within 120s" in p.notes[0].reason
+    recent = replace(db0, started_at=WALL - timedelta(seconds=10))
+    p = plan(cluster, observation(cluster, [cs[0], recent, cs[2]], probes={**probes, "db0": probe(recent, False)}), {})
+    assert p.records["db0"].run_seen_at == NOW - 10  # 110 s of its start window left
+    assert p.views["db0"].state is NodeState.STARTING and p.next_wake_at == NOW + 110
 
 
 def test_busy_node_is_left_alone_and_its_stop_is_not_a_failure(cluster: desired.DesiredCluster) -> None:
@@ -489,10 +521,11 @@ def test_a_lost_lease_is_reopening_then_lost_then_restarted(tmp_path: Path) -> N
     )
     assert p.views["db0"].state is NodeState.REOPENING and actions(p) == []
     assert "CeresMeta 1.2.2 should reopen them within" in (p.views["db0"].reason or "")
+    # 1.2.2, two shards pending: up to 3 x (a 5 s tick + a 6.7 s heartbeat) = 35 s, then the grace
     for at, state, acts in [
-        (NOW + 14, NodeState.REOPENING, []),
-        (NOW + 15, NodeState.LEASE_LOST, []),
-        (NOW + 20, NodeState.LEASE_LOST, [("stop", "db0")]),
+        (NOW + 34.5, NodeState.REOPENING, []),
+        (NOW + 35.5, NodeState.LEASE_LOST, []),
+        (NOW + 40.5, NodeState.LEASE_LOST, [("stop", "db0")]),
     ]:
         view = LeaseView(at, WALL, LEASES, locks(*mine))
         p = plan(three, observation(three, cs, probes=probes, leases=view), p.records, now=at, policy=policy)
@@ -642,6 +675,24 @@ def test_changed_ceresdb_waits_for_every_other_node_healthy(cluster: desired.Des
     assert actions(p) == [] and "waiting its turn: db1 not healthy" in (p.views["db0"].reason or "")
 
 
+def test_changed_ceresdb_waits_for_a_meta_member_another_agent_has_still_to_recreate(tmp_path: Path) -> None:
+    """The rolling change is cluster-wide: meta1 lives on another machine, whose agent publishes
+    that it still runs the old spec; db0 here waits for it, then goes."""
+    path = tmp_path / "c.toml"
+    path.write_text(META3.replace('name = "meta1"\nhost = "127.0.0.1"', 'name = "meta1"\nhost = "127.0.0.2"'))
+    cl = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
+    local = [container(cl, n.name) for n in cl.nodes if n.is_local]
+    changed = [replace(c, spec_hash="old") if c.node == "db0" else c for c in local]
+    observed = observation(cl, changed, probes={c.node: probe(c) for c in changed})
+    peers = {"meta1": ("meta", None)}
+    waiting = plan(cl, observed, healthy_records(changed),
+                   budget=Budget(coordinated=True, peers=peers, outdated=frozenset({"meta1"})))
+    assert actions(waiting) == []
+    assert "meta first (meta1 not recreated yet)" in (waiting.views["db0"].reason or "")
+    going = plan(cl, observed, healthy_records(changed), budget=Budget(coordinated=True, peers=peers))
+    assert actions(going) == [("recreate", "db0")]
+
+
 def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredCluster) -> None:
     cs, probes = running(cluster)
     stopped = replace(container(cluster, "db1", "exited", exit_code=0), spec_hash="old")
@@ -655,7 +706,7 @@ def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredClust
 def test_containers_that_died_with_the_docker_engine_are_started_without_a_failure(
     cluster: desired.DesiredCluster,
 ) -> None:
-    cs, probes = running(cluster)
+    cs, _probes = running(cluster)
     records = healthy_records(cs)
     dead = [container(cluster, c.node, "exited", exit_code=143) for c in cs]
     p = plan(

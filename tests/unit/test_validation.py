@@ -17,6 +17,7 @@ SECRET_VALUE = "s3cr3t-value-that-must-never-print"
 # (case id, file text, expected key path or fragment in the message)
 INVALID = [
     ("unknown key", BASE + '\n[supervisor]\nprobe_intervall = "5s"\n', "supervisor.probe_intervall: unknown key"),
+    ("agent_ttl too short", BASE + '\n[supervisor]\nagent_ttl = "1s"\n', "supervisor.agent_ttl: must be at least 3s"),
     ("unknown node key", BASE.replace('name = "db1"', 'name = "db1"\nport = 1'), "ceresdb.nodes[1].port: unknown key"),
     ("duplicate node name", BASE.replace('name = "db1"', 'name = "db0"'), "ceresdb.nodes[1].name: duplicate node name"),
     ("name shared across roles", BASE.replace('name = "db0"', 'name = "meta0"'), "ceresdb.nodes[0].name: duplicate"),
