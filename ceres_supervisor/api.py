@@ -24,7 +24,8 @@ import structlog
 from aiohttp import web
 
 from . import clusterview, cycles, operating, page, status
-from .app import Snapshot, Supervisor
+from .app import Supervisor
+from .snapshot import Snapshot
 from .spec import parse_listen
 
 log = structlog.get_logger(__name__)
@@ -61,8 +62,8 @@ class Api:
         try:
             return await handler(request)
         except web.HTTPException as err:
-            if err.content_type == "application/json":
-                return err  # a handler's own JSON answer (e.g. 404 with the known node names)
+            if err.content_type == "application/json" and err.text:  # a handler's own JSON answer
+                return web.Response(text=err.text, status=err.status, content_type="application/json")
             return json_response({"error": err.reason, "status": err.status}, err.status)
         except Exception:
             log.exception("api_handler_failed", path=request.path)

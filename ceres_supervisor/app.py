@@ -18,11 +18,10 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -45,7 +44,6 @@ from . import (
     probes,
     reloading,
     secrets,
-    storeview,
     systemd,
     topology,
 )
@@ -54,9 +52,9 @@ from .desired import DesiredCluster
 from .engine import Engine, EngineError, EngineEvent
 from .errors import DesiredStateError, SecretError
 from .observed import Observation
-from .observing import Inflight, Observer, with_run
+from .observing import Inflight, Observer, follow_events
 from .planning import NodeRecord, Plan
-from .spec import nodes as spec_nodes
+from .snapshot import Coordination, Event, ReloadResult, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -66,65 +64,6 @@ ENGINE_RETRY_S: Final = 1.0
 LOOP_FINISH_S: Final = 15.0
 """At stop, how long the current cycle may take to finish before it is cancelled."""
 FORCED_EXIT_CODE: Final = 130
-
-
-@dataclass(frozen=True)
-class Event:
-    at: datetime
-    node: str | None
-    type: str
-    reason: str | None
-    message: str
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    ok: bool
-    error: str | None
-    at: datetime | None
-
-
-@dataclass(frozen=True)
-class Coordination:
-    ok: bool
-    detail: str
-    endpoint: str | None
-    coordinated: bool
-    """Several machines: stops by choice need a slot from the store."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the status API shows, as of the end of one loop iteration. Never mutated."""
-
-    cycle: int
-    loop_at: float | None
-    """Monotonic time of the last loop iteration (`/healthz`)."""
-    desired: DesiredCluster
-    reload: ReloadResult
-    probe_interval_s: float
-    agent: str
-    observation: Observation | None = None
-    plan: Plan | None = None
-    records: dict[str, NodeRecord] = field(default_factory=dict)
-    engine_error: str | None = None
-    store: storeview.StoreView = field(default_factory=storeview.StoreView)
-    coordination: Coordination = Coordination(False, "not connected yet", None, False)
-
-    @property
-    def reload_ok(self) -> bool:
-        return self.reload.ok
-
-    @property
-    def agents(self) -> dict[str, bool]:
-        """host -> up, as the store shows them."""
-        return {**dict.fromkeys(self.store.departed, False), **dict.fromkeys(self.store.agents, True)}
-
-    @property
-    def cluster_state(self) -> str:
-        if self.engine_error is not None:
-            return str(planning.ClusterState.UNKNOWN)
-        return str(self.plan.cluster_state) if self.plan else str(planning.ClusterState.STARTING)
 
 
 class _Shutdown(Exception):
@@ -253,7 +192,7 @@ class Supervisor:
     def _on_engine_event(self, event: EngineEvent) -> None:
         if event.container_id:
             self.engine.invalidate(event.container_id)
-        if event.host and event.host not in self.locality.hosts():
+        if event.host and not self.locality.owns(event.host):
             return  # another supervisor's container
         if event.action in ("die", "oom"):
             code = f"exit {event.exit_code}" if event.exit_code is not None else None
@@ -384,7 +323,7 @@ class Supervisor:
         local = {n.name for n in self.desired.nodes if n.is_local}
         coordinated = self.coordinated
         budget = (
-            self.coordinator.budget(self.spec.supervisor.max_unavailable, True, local)
+            self.coordinator.budget(self.spec.supervisor.max_unavailable, True, local, self.desired.spec_hash)
             if coordinated
             else planning.Budget(self.spec.supervisor.max_unavailable)
         )
@@ -413,7 +352,7 @@ class Supervisor:
             self._remember_topology()
         if self._prober is not None:
             targets = cycles.probe_targets(self.desired, result, observation.containers)
-            self._prober.update({n.name: n for n in self.desired.nodes}, targets, self._probe_settings())
+            self._prober.update({n.name: n for n in self.desired.nodes}, targets, self.probe_settings())
         self._share(result, observation)
         await self.coordinator.release(result.releasable)
         await self._sync_pauses()
@@ -474,7 +413,7 @@ class Supervisor:
             result, self.engine_error, None if self.reload_result.ok else self.reload_result.error
         )
 
-    def _probe_settings(self) -> probes.ProbeSettings:
+    def probe_settings(self) -> probes.ProbeSettings:
         s = self.spec
         return probes.ProbeSettings(
             s.supervisor.probe_interval,
@@ -608,33 +547,11 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def _events_task(self) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def finish() -> None:
-            if not done.done():
-                done.set_result(None)
-
         def on_break(why: str) -> None:
             self.observer.engine_interrupted(why)
             self._wake.set()
 
-        def watch() -> None:
-            try:
-                self.engine.watch_events(self._on_engine_event, loop, on_break)
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop may be closed already
-                    loop.call_soon_threadsafe(finish)
-
-        thread = threading.Thread(target=watch, name="docker-events", daemon=True)
-        thread.start()
-        try:
-            await asyncio.shield(done)
-        finally:
-            self.engine.stop_events()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(done), timeout=5)
-        raise RuntimeError("the docker events watcher stopped unexpectedly")
+        await follow_events(self.engine, self._on_engine_event, on_break)
 
     async def _signals_task(
         self, loop_task: Callable[[], asyncio.Task[None] | None], api: ApiHandle | None
@@ -691,7 +608,7 @@ class Supervisor:
             async with aiohttp.ClientSession(connector=connector) as session:
                 self._session = session
                 self._prober = probes.Prober(
-                    session, self._probe_settings(), self.wake, self.metrics.probe_duration.observe
+                    session, self.probe_settings(), self.wake, self.metrics.probe_duration.observe
                 )
                 try:
                     async with asyncio.TaskGroup() as group:
@@ -730,57 +647,3 @@ class Supervisor:
             problems = [str(err)]
         for problem in problems:
             log.error("stop_failed", detail=problem)
-
-
-async def decide_locality(loaded: loading.Loaded, host: str | None) -> locality.Locality:
-    hosts = [n.host for n in spec_nodes(loaded.spec)]
-    return await asyncio.to_thread(locality.decide, hosts, locality.Locality(host))
-
-
-async def plan_once(
-    loaded: loading.Loaded, place: locality.Locality, docker_url: str | None = None
-) -> tuple[DesiredCluster, Observation, Plan]:
-    """What `run` (or a reload of this file) would do now, without doing it: observe once, plan once."""
-    supervisor = Supervisor(loaded, place, docker_url=docker_url)
-    settings = supervisor._probe_settings()
-    connector = aiohttp.TCPConnector(force_close=True)
-    try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            prober = probes.Prober(session, settings, lambda: None)
-            prober.nodes = {n.name: n for n in supervisor.desired.nodes}
-            meta = supervisor.desired.meta
-            answers = await asyncio.gather(
-                *(probes.probe_member(session, n, settings.health_path, settings.timeout_s) for n in meta)
-            )
-            containers = {c.node: c for c in await supervisor.observer.containers()}
-            prober.meta = {
-                n.name: with_run(a, containers.get(n.name)) for n, a in zip(meta, answers, strict=True)
-            }
-            prober.leader = await probes.read_leader(
-                session, prober.members(), settings.leader_key, settings.cluster, settings.timeout_s
-            )
-            for node in supervisor.desired.ceresdb:
-                c = containers.get(node.name)
-                if node.is_local and c is not None and c.is_running:
-                    prober.probes[node.name] = await probes.probe_ceresdb(
-                        session, node, settings.timeout_s, c.run_key
-                    )
-            chief = prober.nodes.get(prober.leader.member or "")
-            prober.leases = await probes.read_leases(
-                session, prober.members(), chief, settings.root, settings.cluster, settings.timeout_s
-            )
-            observation = await supervisor.observer.observe(supervisor.desired, prober, Inflight({}, {}))
-            if observation.engine_error is not None:
-                raise EngineError(observation.engine_error)
-            result = planning.plan(
-                supervisor.desired,
-                observation,
-                {},
-                observation.at,
-                lambda: 0.0,
-                supervisor.policy,
-                planning.Budget(supervisor.spec.supervisor.max_unavailable),
-            )
-            return supervisor.desired, observation, result
-    finally:
-        supervisor.engine.close()

@@ -31,6 +31,7 @@ from . import (
     loading,
     logs,
     observing,
+    oneshot,
     rendering,
     secrets,
     topology,
@@ -100,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
-    place = await app.decide_locality(loaded, args.host)
+    place = await oneshot.decide_locality(loaded, args.host)
     supervisor = app.Supervisor(
         loaded, place, config_path=args.config, docker_url=args.docker_url, listen=args.listen
     )
@@ -119,8 +120,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _print_warnings(loaded)
     logs.configure("warning")
     try:
-        place = asyncio.run(app.decide_locality(loaded, args.host))
-        desired_cluster, observation, result = asyncio.run(app.plan_once(loaded, place, args.docker_url))
+        place = asyncio.run(oneshot.decide_locality(loaded, args.host))
+        desired_cluster, observation, result = asyncio.run(oneshot.plan_once(loaded, place, args.docker_url))
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
@@ -177,7 +178,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     logs.configure("info")
     engine = Engine(spec.cluster.name, base_url=args.docker_url)
     try:
-        place = asyncio.run(app.decide_locality(loaded, args.host))
+        place = asyncio.run(oneshot.decide_locality(loaded, args.host))
         observer = observing.Observer(engine, place)
         problems = asyncio.run(
             executing.stop_cluster(engine, observer.containers, spec.supervisor.stop_timeout, True)

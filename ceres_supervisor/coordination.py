@@ -104,6 +104,7 @@ class Coordinator:
         self._written: dict[str, str] = {}
         self._dirty = asyncio.Event()
         self._held: set[str] = set()
+        self._identity_written: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
 
     @property
     def endpoint(self) -> str | None:
@@ -117,12 +118,15 @@ class Coordinator:
     def publish(self, docs: Mapping[str, dict[str, Any]]) -> None:
         """This cycle's documents of this agent's nodes; written when something significant changed."""
         self._docs = dict(docs)
-        if any(self._written.get(n) != significant(d) for n, d in docs.items()) or set(self._written) - set(
-            docs
-        ):
+        changed_nodes = any(self._written.get(n) != significant(d) for n, d in docs.items())
+        if changed_nodes or set(self._written) - set(docs) or self._identity_written != self._identity_mark():
             self._dirty.set()
 
-    def budget(self, max_unavailable: int, coordinated: bool, local: set[str]) -> Budget:
+    def _identity_mark(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+        i = self.identity
+        return i.spec_hash, i.nodes, i.outdated
+
+    def budget(self, max_unavailable: int, coordinated: bool, local: set[str], spec_hash: str) -> Budget:
         """The disruption budget as the store shows the other machines' nodes."""
         self.max_unavailable = max_unavailable
         view = self.view
@@ -132,7 +136,13 @@ class Coordinator:
                 peers[name] = (str(doc.get("role", "")), down_reason(doc))
         outdated = frozenset(n for a in view.agents.values() for n in a.outdated if n not in local)
         slots = {name: str(slot.get("host", "?")) for name, slot in view.slots.items()}
-        return Budget(max_unavailable, coordinated, self.available, peers, slots, outdated)
+        others = {host: a.spec_hash for host, a in view.agents.items() if host != self.identity.host}
+        differ = None
+        if any(h != spec_hash for h in others.values()):
+            differ = ", ".join(
+                f"{host} {h}" for host, h in sorted({**others, self.identity.host: spec_hash}.items())
+            )
+        return Budget(max_unavailable, coordinated, self.available, peers, slots, outdated, differ)
 
     # -- the session -------------------------------------------------------------------------------
 
@@ -161,6 +171,7 @@ class Coordinator:
             self._lease = await client.grant(self.ttl_s)
             self._written.clear()
             self._held.clear()
+            self._identity_written = None
         await client.put(
             self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
         )
@@ -199,8 +210,17 @@ class Coordinator:
                     await self._dirty.wait()
 
     async def _write_nodes(self, client: etcd.Etcd) -> None:
+        """The node records that changed, and the agent's own when its file or its outdated nodes
+        did (a rolling change must reach the other agents at once, not at the next heartbeat)."""
         ops = []
         written = {}
+        identity = self._identity_mark()
+        if identity != self._identity_written:
+            ops.append(
+                etcd.put_request(
+                    self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
+                )
+            )
         for name, doc in self._docs.items():
             mark = significant(doc)
             if self._written.get(name) != mark:
@@ -214,6 +234,7 @@ class Coordinator:
         for name in gone:
             self._written.pop(name, None)
         self._written.update(written)
+        self._identity_written = identity
 
     async def _watch(self, client: etcd.Etcd, start: int) -> None:
         revision = start

@@ -11,6 +11,7 @@ Blocking (DNS, sockets): call it from a thread.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,19 @@ class Locality:
             return host == self.host
         return self.decided.get(host, False)
 
+    def owns(self, host: str) -> bool:
+        """Whether a container labelled with `host` is this supervisor's, also for a host the file
+        no longer names (a node removed while the daemon was down): an address of this machine
+        is, decided without DNS; an unknown name is not (nothing is removed on a guess)."""
+        if self.host is not None:
+            return host == self.host
+        if host in self.decided:
+            return self.decided[host]
+        try:
+            return _address_is_local(str(ipaddress.IPv4Address(host)))
+        except ValueError:
+            return False
+
     def hosts(self) -> frozenset[str]:
         """The node hosts this supervisor owns (the `io.ceres-supervisor.host` labels it touches)."""
         if self.host is not None:
@@ -42,6 +56,7 @@ class Locality:
         return frozenset(h for h, local in self.decided.items() if local)
 
 
+@functools.lru_cache(maxsize=256)
 def _address_is_local(address: str) -> bool:
     if ipaddress.IPv4Address(address).is_loopback:
         return True

@@ -11,14 +11,18 @@ takes no action. Three things it must get right, whatever the timing:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
 
 from .desired import DesiredCluster
-from .engine import Engine, EngineError
+from .engine import Engine, EngineError, EngineEvent
 from .locality import Locality
 from .observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
 from .probes import Prober
@@ -48,7 +52,7 @@ class Observer:
         """This supervisor's container: its host label is one of our hosts. A container from
         before the label existed is ours only when no `--host` splits the machine."""
         if c.host:
-            return c.host in self.locality.hosts()
+            return self.locality.owns(c.host)
         return self.locality.host is None
 
     def engine_interrupted(self, why: str) -> None:
@@ -128,3 +132,35 @@ def with_run(member: MetaMemberProbe, c: ObservedContainer | None) -> MetaMember
     if c is None or not c.is_running:
         return member
     return replace(member, alive=replace(member.alive, run_id=c.run_key))
+
+
+async def follow_events(
+    engine: Engine, on_event: Callable[[EngineEvent], None], on_break: Callable[[str], None]
+) -> None:
+    """Docker's event stream, read by a thread of its own (the SDK blocks), handed to the loop.
+
+    `on_event` runs on the event loop for each event; `on_break` when the stream breaks (the
+    watcher reconnects by itself). Never returns: raises if the watcher thread ever ends, and on
+    cancellation stops the stream and waits up to 5 s for the thread."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def watch() -> None:
+        try:
+            engine.watch_events(on_event, loop, on_break)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                loop.call_soon_threadsafe(finish)
+
+    threading.Thread(target=watch, name="docker-events", daemon=True).start()
+    try:
+        await asyncio.shield(done)
+    finally:
+        engine.stop_events()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(done), timeout=5)
+    raise RuntimeError("the docker events watcher stopped unexpectedly")

@@ -19,6 +19,8 @@ from .desired import DesiredCluster
 from .planning import NodeState, Plan
 
 WHO: Final = frozenset({"api", "cli"})
+MAX_BODY: Final = 64 * 1024
+"""The same limit as the application's client_max_size, checked before anything is read."""
 NOT_RUNNING: Final = frozenset(
     {
         NodeState.PAUSED,
@@ -52,6 +54,8 @@ def _json(payload: object, status: int = 200) -> web.Response:
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
     try:
         doc = json.loads(await request.read() or b"{}")
     except (ValueError, UnicodeDecodeError):

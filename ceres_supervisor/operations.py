@@ -25,7 +25,6 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 import structlog
 
-from . import leases
 from .desired import DesiredCluster
 from .planning import FAILING, NodeState, Plan
 
@@ -34,6 +33,8 @@ log = structlog.get_logger(__name__)
 KEPT: Final = 100
 """Finished operations kept for `GET /v1/operations/<id>`."""
 REMOTE_POLL_S: Final = 1.0
+SHARDS_WAIT_CAP_S: Final = 900.0
+"""A bound on the wait for a node's shards, past the lease judgement's own (lease_lost fails it)."""
 
 
 class Busy(Exception):
@@ -221,6 +222,7 @@ class Operations:
         done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self.requested[node] = op.id
         self._done[node] = done
+        run_before = self._run_key(node)
         try:
             while node in self.requested:  # until the planner grants the stop
                 await self._cycle_or(done)
@@ -239,7 +241,7 @@ class Operations:
             raise OperationFailed(f"{node}: {error}")
         self.host.count_planned(node)
         self.host.record_event(node, "planned_restart", op.who, f"restarted by operation {op.id}")
-        await self._until_healthy(op, node)
+        await self._until_healthy(op, node, run_before)
 
     async def _cycle_or(self, done: asyncio.Future[str | None]) -> None:
         cycled: asyncio.Future[None] = asyncio.ensure_future(self.host.cycled())
@@ -285,7 +287,10 @@ class Operations:
         record = plan.records.get(node) if plan else None
         return record.run_key if record else None
 
-    async def _until_healthy(self, op: Operation, node: str) -> None:
+    async def _until_healthy(self, op: Operation, node: str, run_before: str | None) -> None:
+        """A new run of the node, healthy within start_timeout; for CeresDB then its shards: as long
+        as the lease judgement says it is only waiting (`reopening`, at the version's pace), this
+        waits; `lease_lost` or another failing state ends the operation."""
         desired = self.host.current_desired
         policy = desired.spec.supervisor
         target = desired.node(node)
@@ -294,7 +299,8 @@ class Operations:
         deadline = time.monotonic() + policy.start_timeout
         while True:
             view = self._view(node)
-            if view is not None and view.state is NodeState.HEALTHY:
+            new_run = self._run_key(node) not in (None, run_before)
+            if new_run and view is not None and view.state in (NodeState.HEALTHY, NodeState.REOPENING):
                 break
             if time.monotonic() >= deadline:
                 reason = f" ({view.state}: {view.reason})" if view is not None else ""
@@ -303,18 +309,17 @@ class Operations:
         if target.role == "meta":
             op.step(f"{node}: healthy")
             return
-        pace = leases.Pace.of(desired.spec.release.version)
-        shards = max(1, desired.spec.meta.shard_total // max(1, len(desired.ceresdb)))
-        wait_s = desired.spec.ceresdb.shard_lock_ttl + pace.full_reopen_s(shards) + policy.lease_grace
-        op.step(
-            f"{node}: healthy; waiting for its shards (up to {wait_s:.0f}s at CeresMeta {pace.label}'s pace)"
-        )
-        deadline = time.monotonic() + wait_s
+        op.step(f"{node}: healthy; waiting for its shards (CeresMeta {desired.spec.cluster.version}'s pace)")
+        deadline = time.monotonic() + SHARDS_WAIT_CAP_S
+        last = None
         while True:
             view = self._view(node)
             if view is not None and view.state is NodeState.HEALTHY and view.available:
                 op.step(f"{node}: healthy with its shards")
                 return
+            if view is not None and view.state is NodeState.REOPENING and view.reason != last:
+                op.step(f"{node}: {view.reason}")
+                last = view.reason
             if time.monotonic() >= deadline or (view is not None and view.state in FAILING):
                 why = f"{view.state}: {view.reason}" if view is not None else "not observed"
                 raise OperationFailed(f"{node} did not get its shards back ({why})")

@@ -9,8 +9,8 @@ import pytest
 
 from ceres_supervisor import clusterview, desired, loading
 from ceres_supervisor import storeview as coordination
-from ceres_supervisor.storeview import AgentRecord, StoreView
 from ceres_supervisor.etcd import KeyValue
+from ceres_supervisor.storeview import AgentRecord, StoreView
 
 from .conftest import BASE
 

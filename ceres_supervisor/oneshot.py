@@ -1,0 +1,77 @@
+"""The commands that look once: where this machine stands in the file, and what `run` would do.
+
+`plan_once` assembles a `Supervisor` without running it and calls the same observation and
+planning code as the daemon's cycle: it reads Docker, the meta members, the leader and the shard
+locks once, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from . import loading, locality, planning, probes
+from .app import Supervisor
+from .desired import DesiredCluster
+from .engine import EngineError
+from .observed import Observation
+from .observing import Inflight, with_run
+from .planning import NodeRecord, Plan
+from .spec import nodes as spec_nodes
+
+
+async def decide_locality(loaded: loading.Loaded, host: str | None) -> locality.Locality:
+    hosts = [n.host for n in spec_nodes(loaded.spec)]
+    return await asyncio.to_thread(locality.decide, hosts, locality.Locality(host))
+
+
+async def plan_once(
+    loaded: loading.Loaded, place: locality.Locality, docker_url: str | None = None
+) -> tuple[DesiredCluster, Observation, Plan]:
+    """What `run` (or a reload of this file) would do now, without doing it: observe once, plan once."""
+    supervisor = Supervisor(loaded, place, docker_url=docker_url)
+    settings = supervisor.probe_settings()
+    connector = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            prober = probes.Prober(session, settings, lambda: None)
+            prober.nodes = {n.name: n for n in supervisor.desired.nodes}
+            meta = supervisor.desired.meta
+            answers = await asyncio.gather(
+                *(probes.probe_member(session, n, settings.health_path, settings.timeout_s) for n in meta)
+            )
+            containers = {c.node: c for c in await supervisor.observer.containers()}
+            prober.meta = {
+                n.name: with_run(a, containers.get(n.name)) for n, a in zip(meta, answers, strict=True)
+            }
+            prober.probes.update({name: member.alive for name, member in prober.meta.items()})
+            prober.leader = await probes.read_leader(
+                session, prober.members(), settings.leader_key, settings.cluster, settings.timeout_s
+            )
+            for node in supervisor.desired.ceresdb:
+                c = containers.get(node.name)
+                if node.is_local and c is not None and c.is_running:
+                    prober.probes[node.name] = await probes.probe_ceresdb(
+                        session, node, settings.timeout_s, c.run_key
+                    )
+            chief = prober.nodes.get(prober.leader.member or "")
+            prober.leases = await probes.read_leases(
+                session, prober.members(), chief, settings.root, settings.cluster, settings.timeout_s
+            )
+            observation = await supervisor.observer.observe(supervisor.desired, prober, Inflight({}, {}))
+            if observation.engine_error is not None:
+                raise EngineError(observation.engine_error)
+            budget = planning.Budget(supervisor.spec.supervisor.max_unavailable)
+            policy = supervisor.policy
+
+            def once(records: dict[str, NodeRecord]) -> Plan:
+                return planning.plan(
+                    supervisor.desired, observation, records, observation.at, lambda: 0.0, policy, budget
+                )
+
+            # Twice: the first pass sees every node for the first time (never healthy yet); the
+            # second judges them as a running daemon that had seen this observation would.
+            return supervisor.desired, observation, once(once({}).records)
+    finally:
+        supervisor.engine.close()
