@@ -4,6 +4,8 @@ A stop by choice is any stop of a running container that the supervisor decides 
 lease lost, start timeout, a recreate, a planned restart); a crash is never one. A meta member is
 stopped by choice only while every other member is healthy (etcd keeps its quorum); a CeresDB
 node only while fewer than `max_unavailable` other CeresDB nodes are down or without their shards.
+CeresDB nodes that are down themselves and all wait for a stop go one at a time, first by name
+(as Kubernetes evicts pods that are already unhealthy: otherwise they block each other for ever).
 
 `Budget` is the one interface behind the decision. On one machine it is built from this
 supervisor's own view; with several machines `coordination` builds it from every agent's
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 COORDINATION_UNAVAILABLE: Final = "coordination unavailable"
+WAITING_FOR_STOP: Final = frozenset({"unhealthy", "lease_lost"})
+"""Down reasons of nodes the supervisor wants to stop and holds back: already down themselves."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,20 @@ def blockers(
     if budget.coordinated and not budget.available:
         return [COORDINATION_UNAVAILABLE]
     every = {**budget.peers, **down}
+    own = every.get(node, (role, None))[1]
+
+    def blocks(name: str, why: str | None) -> bool:
+        if why is None or name == node:
+            return False
+        # CeresDB nodes that are down (no shards) and each wait to be stopped would wait for each
+        # other for ever; stopping one takes nothing more from the cluster than it already lost.
+        # The first by name goes first; the others still wait for it, so one at a time.
+        return not (role == "ceresdb" and own in WAITING_FOR_STOP and why in WAITING_FOR_STOP and name > node)
+
     others = sorted(
         f"{name} ({why})"
         for name, (other_role, why) in every.items()
-        if name != node and other_role == role and why is not None
+        if other_role == role and blocks(name, why)
     )
     others += sorted(
         f"{name} (slot held by {host})"

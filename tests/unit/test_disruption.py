@@ -38,6 +38,16 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
             Budget(max_unavailable=2),
             ["db1 (reopening)", "db2 (lease_lost)"],
         ),
+        # down themselves and each waiting for a stop: the first by name goes, the others wait for it
+        ("db0", down(DB3, db0="unhealthy", db1="unhealthy", db2="lease_lost"), Budget(), None),
+        ("db1", down(DB3, db0="unhealthy", db1="unhealthy"), Budget(), ["db0 (unhealthy)"]),
+        ("db1", down(DB3, db0="stopping", db1="unhealthy", db2="unhealthy"), Budget(), ["db0 (stopping)"]),
+        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(), ["db1 (reopening)"]),  # not waiting
+        ("db0", down(DB3, db1="unhealthy"), Budget(), ["db1 (unhealthy)"]),  # db0 itself holds its shards
+        ("db0", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), None),
+        ("db4", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), ["db0 (unhealthy)"]),
+        # meta keeps the strict rule: a member that is down may still be in etcd's quorum
+        ("meta0", down(META3, meta0="unhealthy", meta1="unhealthy"), Budget(), ["meta1 (unhealthy)"]),
         # roles are budgeted apart: a meta member down does not hold back a CeresDB stop
         ("db0", {**down(META3, meta1="unhealthy"), **down(DB3, db0="unhealthy")}, Budget(), None),
         # another machine's nodes, as their agents published them

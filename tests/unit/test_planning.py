@@ -598,6 +598,19 @@ def test_ceresdb_stops_by_choice_within_max_unavailable(
     assert [n for kind, n in actions(p) if kind == "stop"] == stopped
 
 
+def test_nodes_down_themselves_that_never_became_healthy_are_stopped_one_at_a_time(
+    big: desired.DesiredCluster,
+) -> None:
+    """Found running by a restarted supervisor, failing, never seen healthy: each counts against
+    the other's budget; the first by name goes, the others wait for it (no deadlock)."""
+    cs, probes, records = failing(big, "db0", "db1", "db2")
+    for name in ("db0", "db1", "db2"):
+        records[name] = replace(records[name], healthy_since=None, run_seen_at=NOW - 300)
+    p = plan(big, observation(big, cs, probes=probes), records)
+    assert actions(p) == [("stop", "db0")], {n: (v.state, v.reason) for n, v in p.views.items()}
+    assert p.views["db1"].reason.endswith("waiting for disruption budget: db0 (stopping)")  # type: ignore[union-attr]
+
+
 def test_a_crash_is_restarted_whatever_the_budget(big: desired.DesiredCluster) -> None:
     cs, probes, records = failing(big, "db1", "db2")
     crashed = container(big, "db0", "exited", exit_code=137)
