@@ -9,7 +9,7 @@ import docker
 import pytest
 
 from .emulator import build
-from .helpers import TEST_LABEL
+from .helpers import SESSION, TEST_LABEL
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -18,6 +18,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "/integration/" in str(item.path) or "/emulator/" in str(item.path):
             item.add_marker(pytest.mark.docker)
     items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item, so fixtures can tell a failed test at teardown."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is None or report.failed
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +43,6 @@ def docker_client() -> Iterator[docker.DockerClient]:
     build.main(os.environ.get("CERES_EMULATOR_VERSIONS", "1.2.2 1.2.7 2.0.0").split())
     yield client
     for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        container.remove(force=True)
+        if container.labels.get(TEST_LABEL, "").startswith(SESSION):
+            container.remove(force=True)
     client.close()

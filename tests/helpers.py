@@ -10,9 +10,13 @@ import socket
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+import docker
+from docker.models.containers import Container
 
 from ceres_supervisor.probes import decode_shard_lock
 
@@ -20,6 +24,9 @@ T = TypeVar("T")
 
 TEST_LABEL = "io.ceres-supervisor.test"
 """Every container a test starts carries this label; teardown removes them by it."""
+SESSION = uuid.uuid4().hex[:8]
+"""This test process: the value of TEST_LABEL starts with it, so that a session's safety-net cleanup
+removes its own leftovers only (pytest-xdist runs several sessions side by side)."""
 
 
 def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
@@ -97,7 +104,9 @@ def _b64(data: bytes) -> str:
 def etcd_range(client_url: str, prefix: str) -> dict[str, tuple[bytes, int]]:
     """{key: (value, lease)} of every key under `prefix`, through etcd's JSON gateway."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    _status, answer = http_json(f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())})
+    _status, answer = http_json(
+        f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())}
+    )
     assert isinstance(answer, dict), answer
     return {
         base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")), int(kv.get("lease", 0)))
@@ -105,12 +114,100 @@ def etcd_range(client_url: str, prefix: str) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def shard_lock_leases(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, tuple[str, int]]:
+def shard_lock_leases(
+    client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster"
+) -> dict[int, tuple[str, int]]:
     """{shard id: (holder endpoint, etcd lease id)} from the shard-lock keys."""
     prefix = f"{root}/{cluster}/shards/"
-    return {int(k.rsplit("/", 1)[1]): (str(decode_shard_lock(v)), lease) for k, (v, lease) in etcd_range(client_url, prefix).items()}
+    return {
+        int(k.rsplit("/", 1)[1]): (str(decode_shard_lock(v)), lease)
+        for k, (v, lease) in etcd_range(client_url, prefix).items()
+    }
 
 
 def shard_locks(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, str]:
     """{shard id: holder endpoint} from the shard-lock keys."""
     return {shard: holder for shard, (holder, _lease) in shard_lock_leases(client_url, root, cluster).items()}
+
+
+def decode_member(value: bytes) -> tuple[str, int, str]:
+    """(name, id, endpoint) of protobuf `metastoragepb.Member { string name = 1; uint64 id = 2;
+    string endpoint = 3; int32 leader_priority = 4; }`, decoded strictly: unknown fields, wrong wire
+    types or trailing bytes raise ValueError."""
+    fields: dict[int, bytes | int] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value_, shift = 0, 0
+        while i < len(value):
+            byte = value[i]
+            i += 1
+            value_ |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value_
+            shift += 7
+        raise ValueError("truncated varint")
+
+    while i < len(value):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        expected = {1: 2, 2: 0, 3: 2, 4: 0}.get(number)
+        if expected is None or wire != expected:
+            raise ValueError(f"field {number} with wire type {wire} is not in Member")
+        if wire == 0:
+            fields[number] = varint()
+        else:
+            length = varint()
+            if i + length > len(value):
+                raise ValueError("truncated field")
+            fields[number], i = value[i : i + length], i + length
+    name, ident, endpoint = fields.get(1, b""), fields.get(2, 0), fields.get(3, b"")
+    assert isinstance(name, bytes) and isinstance(ident, int) and isinstance(endpoint, bytes)
+    return name.decode(), ident, endpoint.decode()
+
+
+def meta_leader_key(version: str, root: str) -> str:
+    """CeresMeta's leader key: `/members/leader` up to 1.2.6, `<root>/members/leader` from 1.2.7."""
+    parts = tuple(int(x) for x in version.split("."))
+    return "/members/leader" if parts < (1, 2, 7) else f"{root}/members/leader"
+
+
+def meta_leader(client_url: str, key: str) -> tuple[tuple[str, int, str], int] | None:
+    """((name, id, endpoint), lease) of the meta leader key, or None when no leader holds it."""
+    found = etcd_range(client_url, key).get(key)
+    return (decode_member(found[0]), found[1]) if found else None
+
+
+def etcd_member_status(client_url: str) -> tuple[int, int]:
+    """(this member's id, the etcd leader's id) from /v3/maintenance/status."""
+    _status, answer = http_json(f"{client_url}/v3/maintenance/status", {})
+    assert isinstance(answer, dict), answer
+    return int(answer["header"]["member_id"]), int(answer["leader"])
+
+
+def node_shards(
+    meta_http_url: str, cluster: str = "defaultCluster", timeout_s: float = 2.0
+) -> list[tuple[int, str]]:
+    """[(shard, node name)] from getNodeShards, in topology order (ask the leader: a follower on a
+    shared machine forwards to itself)."""
+    status, body = http_json(f"{meta_http_url}/api/v1/getNodeShards", {"clusterName": cluster}, timeout_s)
+    assert status == 200 and isinstance(body, dict), (status, body)
+    return [(int(s["ShardNode"]["ID"]), str(s["ShardNode"]["NodeName"])) for s in body["data"]["NodeShards"]]
+
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+"""What a failed test leaves to read: its containers' logs (kept out of git)."""
+
+
+def save_logs(test: str, containers: list[Container]) -> Path:
+    """Each container's log (stdout and stderr, timestamped) under tests/artifacts/<test>/."""
+    where = ARTIFACTS / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in test)
+    where.mkdir(parents=True, exist_ok=True)
+    for container in containers:
+        try:
+            text = container.logs(timestamps=True)
+        except docker.errors.APIError as err:  # a log we cannot read is said, not fatal
+            text = f"(logs unreadable: {err})".encode()
+        (where / f"{container.name}.log").write_bytes(text)
+    return where

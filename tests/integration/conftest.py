@@ -18,19 +18,26 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from ceres_supervisor import api, app, loading
+from ceres_supervisor import api, app, loading, oneshot
 from ceres_supervisor.desired import LABEL_CLUSTER
 from ceres_supervisor.planning import NodeRecord, NodeView
 from ceres_supervisor.spec import DesiredState
 
-from ..helpers import free_ports, http_json
+from ..conftest import failed
+from ..helpers import free_ports, http_json, save_logs
 from ..standins import FastTicks, cluster_toml
 
 T = TypeVar("T")
 
 FAST: dict[str, object] = {
-    "probe_interval": "1s", "probe_timeout": "500ms", "failure_threshold": 3, "start_timeout": "30s",
-    "lease_grace": "5s", "backoff_initial": "1s", "backoff_max": "8s", "crashloop_failures": 4,
+    "probe_interval": "1s",
+    "probe_timeout": "500ms",
+    "failure_threshold": 3,
+    "start_timeout": "30s",
+    "lease_grace": "5s",
+    "backoff_initial": "1s",
+    "backoff_max": "8s",
+    "crashloop_failures": 4,
     "stop_timeout": "10s",
 }
 """Supervisor settings for tests: fast probes, short grace and backoff."""
@@ -38,13 +45,18 @@ FAST: dict[str, object] = {
 
 def supervisor_table(**overrides: object) -> str:
     settings = {"listen": f"127.0.0.1:{free_ports(1)[0]}", **FAST, **overrides}
-    lines = ["[supervisor]"] + [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}"
-                                for k, v in settings.items()]
+    lines = ["[supervisor]"] + [
+        f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
-async def eventually(predicate: Callable[[], T | Awaitable[T | None] | None], timeout_s: float, what: str,
-                     interval_s: float = 0.05) -> T:
+async def eventually(
+    predicate: Callable[[], T | Awaitable[T | None] | None],
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.05,
+) -> T:
     """Poll until `predicate` returns something truthy, without blocking the event loop."""
     deadline = time.monotonic() + timeout_s
     last: object = None
@@ -92,20 +104,24 @@ class Cluster:
         self.path.write_text(self.text)
         return self.path
 
-    async def start(self, docker_url: str | None = None, handle_signals: bool = False,
-                    host: str | None = None) -> app.Supervisor:
+    async def start(
+        self, docker_url: str | None = None, handle_signals: bool = False, host: str | None = None
+    ) -> app.Supervisor:
         """The daemon as `ceres-supervisor run` assembles it: API bound first, then the loop."""
         self.write()
         loaded = loading.load(self.path)
-        place = await app.decide_locality(loaded, host)
+        place = await oneshot.decide_locality(loaded, host)
         self.supervisor = app.Supervisor(loaded, place, config_path=str(self.path), docker_url=docker_url)
         server = api.ApiServer(self.supervisor)
         await server.start()
         self.api_url = "http://" + loaded.spec.supervisor.listen.replace("0.0.0.0", "127.0.0.1")
         self.task = asyncio.create_task(
-            self.supervisor.run(server, handle_signals=handle_signals), name="supervisor-under-test",
+            self.supervisor.run(server, handle_signals=handle_signals),
+            name="supervisor-under-test",
         )
-        await eventually(lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle")
+        await eventually(
+            lambda: self.supervisor is not None and self.supervisor.ready.is_set(), 30, "first cycle"
+        )
         return self.supervisor
 
     def close(self) -> None:
@@ -138,6 +154,14 @@ class Cluster:
         view = self.view(node)
         return str(view.state) if view else None
 
+    def in_state(self, node: str, state: str) -> bool:
+        """For `eventually`: true in `state`, else an error naming the state and reason seen."""
+        view = self.view(node)
+        if view is None or str(view.state) != state:
+            seen = f"{view.state}: {view.reason}" if view else "not planned yet"
+            raise AssertionError(f"{node} is {seen}")
+        return True
+
     def record(self, node: str) -> NodeRecord:
         assert self.supervisor is not None
         return self.supervisor.records.get(node, NodeRecord())
@@ -145,9 +169,20 @@ class Cluster:
     def cluster_state(self) -> str | None:
         return self.supervisor.snapshot.cluster_state if self.supervisor else None
 
+    async def serving(self, node: str, timeout_s: float = 60) -> None:
+        """The node answers its probes again (healthy, or reopening: waiting for its shards)."""
+        await eventually(
+            lambda: self.state(node) in ("healthy", "reopening"),
+            timeout_s,
+            f"{node} serving (states: {self._states()})",
+        )
+
     async def healthy(self, timeout_s: float = 60) -> None:
-        await eventually(lambda: self.cluster_state() == "healthy", timeout_s,
-                         f"cluster {self.name} healthy (states: {self._states()})")
+        await eventually(
+            lambda: self.cluster_state() == "healthy",
+            timeout_s,
+            f"cluster {self.name} healthy (states: {self._states()})",
+        )
 
     def _states(self) -> dict[str, Any]:
         snap = self.supervisor.snapshot if self.supervisor else None
@@ -170,13 +205,24 @@ class Daemon:
     """`--listen`: this daemon's API instead of the file's (several agents, one file)."""
 
     def start(self) -> Daemon:
-        args = [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(self.config), "--log-level", "debug"]
+        args = [
+            sys.executable,
+            "-m",
+            "ceres_supervisor",
+            "run",
+            "-c",
+            str(self.config),
+            "--log-level",
+            "debug",
+        ]
         if self.host:
             args += ["--host", self.host]
         if self.listen:
             args += ["--listen", self.listen]
         with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(args, stdout=handle, stderr=handle, env={**os.environ, **(self.env or {})})
+            self.process = subprocess.Popen(
+                args, stdout=handle, stderr=handle, env={**os.environ, **(self.env or {})}
+            )
         return self
 
     @property
@@ -205,7 +251,9 @@ class Daemon:
                 self.process.wait(10)
 
     def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        return (
+            "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        )
 
 
 @pytest.fixture
@@ -220,17 +268,33 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 @pytest.fixture
-async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> AsyncIterator[Callable[..., Cluster]]:
+async def make_cluster(
+    docker_client: docker.DockerClient, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(meta: int = 1, db: int = 2, extra: str = "", version: str = "1.2.2",
-             supervisor: dict[str, object] | None = None, state_root: Path | None = None, **kwargs: Any) -> Cluster:
+    def make(
+        meta: int = 1,
+        db: int = 2,
+        extra: str = "",
+        version: str = "1.2.2",
+        supervisor: dict[str, object] | None = None,
+        state_root: Path | None = None,
+        **kwargs: Any,
+    ) -> Cluster:
         name = f"t{uuid.uuid4().hex[:8]}"
         root = (state_root or tmp_path) / name
         root.mkdir()
         settings = "\n" + supervisor_table(**(supervisor or {}))
-        text = cluster_toml(meta=meta, db=db, version=version, cluster_name=name, state_dir=str(root / "state"),
-                            extra=settings + extra, **kwargs)
+        text = cluster_toml(
+            meta=meta,
+            db=db,
+            version=version,
+            cluster_name=name,
+            state_dir=str(root / "state"),
+            extra=settings + extra,
+            **kwargs,
+        )
         cluster = Cluster(docker_client, root, name, text)
         cluster.ticks = FastTicks(docker_client, name).__enter__()
         made.append(cluster)
@@ -244,5 +308,8 @@ async def make_cluster(docker_client: docker.DockerClient, tmp_path: Path) -> As
                 await cluster.stop()
             finally:
                 cluster.close()
-                for container in await cluster.containers():
+                containers = await cluster.containers()
+                if failed(request):
+                    await asyncio.to_thread(save_logs, request.node.name, containers)
+                for container in containers:
                     await asyncio.to_thread(container.remove, force=True)

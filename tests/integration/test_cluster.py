@@ -84,8 +84,16 @@ class Machines:
         return True
 
     def wait_healthy(self, timeout_s: float = 180) -> None:
-        wait_until(self.healthy_everywhere, timeout_s,
-                   f"every agent seeing the whole cluster healthy ({[self.states(i) for i in range(3)]})", 0.5)
+        try:
+            wait_until(self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.5)
+        except AssertionError as err:
+            seen = []
+            for i in range(3):
+                try:
+                    seen.append(self.states(i))
+                except OSError as why:
+                    seen.append({"unreachable": str(why)})
+            raise AssertionError(f"{err}; states per agent: {seen}") from None
 
     def container(self, node: str) -> docker.models.containers.Container:
         return self.client.containers.get(f"ceres-{self.name}-{node}")

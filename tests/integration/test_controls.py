@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -140,7 +141,7 @@ async def test_a_rolling_restart_goes_followers_leader_ceresdb_one_at_a_time(
         code, body = await call(cluster, "POST", "/v1/rolling-restart", {"who": "api"})
         assert code == 202
         doc = await follow(cluster, body["operation"], 600)
-        assert doc["outcome"] == "ok", doc
+        assert doc["outcome"] == "ok", json.dumps(doc, indent=1)
         order = [e.node for e in events.chosen_stops()]
         most, intervals = events.most_down_at_once()
     followers = sorted(m for m in ("meta0", "meta1", "meta2") if m != leader)
@@ -174,7 +175,7 @@ async def test_a_planned_restart_waits_for_the_budget_and_says_so(make_cluster: 
         container = await cluster.container("db1")  # clear its fault; it is stopped, so no exec
         await asyncio.to_thread(container.put_archive, "/run/ceres-emulator", _empty_fault())
         doc = await follow(cluster, op_id, 240)
-        assert doc["outcome"] == "ok", doc
+        assert doc["outcome"] == "ok", json.dumps(doc, indent=1)
         assert len(events.chosen_stops("db0")) == 1
 
 

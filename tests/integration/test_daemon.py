@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -10,16 +11,19 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 
 import aiohttp
+import docker
 import pytest
 
 from ceres_supervisor import loading
 from ceres_supervisor.engine import Engine, parse_time
 
-from ..helpers import shard_lock_leases, shard_locks
+from ..dockerevents import DockerEvents
+from ..helpers import meta_leader, meta_leader_key, node_shards, shard_lock_leases, shard_locks
 from ..standins import kill_main_process
 from .conftest import Cluster, eventually
 
@@ -34,6 +38,10 @@ def started_at(container: object) -> str:
     return str(container.attrs["State"]["StartedAt"])  # type: ignore[attr-defined]
 
 
+def root(cluster: Cluster) -> str:
+    return cluster.spec.release.root_path
+
+
 def client_url(cluster: Cluster) -> str:
     meta = cluster.spec.meta.nodes[0]
     return f"http://{meta.host}:{meta.client_port}"
@@ -44,20 +52,37 @@ def endpoint(cluster: Cluster, node: str) -> str:
     return f"{n.host}:{n.grpc_port}"
 
 
+def assignment(cluster: Cluster) -> dict[int, str]:
+    """shard -> endpoint as CeresMeta assigns them, asked of the leader (at 1.2.2 the crc32 ring
+    often splits them unevenly, even all on one node)."""
+    key = meta_leader_key(cluster.spec.cluster.version, root(cluster))
+    leader = meta_leader(client_url(cluster), key)
+    assert leader is not None, "no meta leader"
+    address = leader[0][2].removeprefix("http://")
+    chief = next(m for m in cluster.spec.meta.nodes if f"{m.host}:{m.client_port}" == address)
+    return dict(node_shards(f"http://{chief.host}:{chief.http_port}", cluster.name))
+
+
 async def all_locked(cluster: Cluster) -> dict[int, str]:
-    expected = {endpoint(cluster, n.name) for n in cluster.spec.ceresdb.nodes}
+    """Every shard locked by the node meta assigns it to."""
 
     def check() -> dict[int, str] | None:
-        locks = shard_locks(client_url(cluster), cluster=cluster.name)
-        return locks if len(locks) == 8 and set(locks.values()) == expected else None
+        locks = shard_locks(client_url(cluster), root=root(cluster), cluster=cluster.name)
+        shards = cluster.spec.meta.shard_total
+        return locks if len(locks) == shards and locks == assignment(cluster) else None
 
     return await eventually(lambda: asyncio.to_thread(check), 60, "every shard locked by its node")
 
 
-@pytest.mark.parametrize("meta_count", [1, 3])
+VERSIONS = ["1.2.2", "1.2.7", "2.0.0"]
+"""The core scenarios run on every version's stand-ins (each meets its health route, its root path
+and its leader key); the rest of the suite is spread over them."""
+
+
+@pytest.mark.parametrize(("version", "meta_count"), [("1.2.2", 1), ("1.2.7", 1), ("2.0.0", 1), ("1.2.7", 3)])
 async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: Callable[..., Cluster],
-                                                                 meta_count: int) -> None:
-    cluster = make_cluster(meta=meta_count, db=2)
+                                                                 version: str, meta_count: int) -> None:
+    cluster = make_cluster(meta=meta_count, db=2, version=version)
     spec = loading.load(cluster.write()).spec
     first_listed: list[float] = []
 
@@ -99,13 +124,15 @@ async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: C
     assert sorted(locks) == list(range(8))
 
 
-async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster: Callable[..., Cluster],
+                                                                    version: str) -> None:
+    cluster = make_cluster(version=version)
     supervisor = await cluster.start()
     await cluster.healthy(90)
     await all_locked(cluster)
     mine = endpoint(cluster, "db0")
-    old_leases = {lease for holder, lease in shard_lock_leases(client_url(cluster), cluster=cluster.name).values() if holder == mine}
+    old_leases = {lease for holder, lease in shard_lock_leases(client_url(cluster), root=root(cluster), cluster=cluster.name).values() if holder == mine}
     container = await cluster.container("db0")
     killed = time.time()
     kill_main_process(container)
@@ -120,15 +147,19 @@ async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster
     assert any(e.node == "db0" and e.type == "died" and e.reason == "exit 137 (SIGKILL)" for e in supervisor.events)
     assert (await cluster.container("db0")).id == container.id  # started again, not recreated
 
+    expected = sum(1 for holder in assignment(cluster).values() if holder == mine)
+
     def relocked() -> bool:
-        now = [lease for holder, lease in shard_lock_leases(client_url(cluster), cluster=cluster.name).values() if holder == mine]
-        return len(now) == 4 and not set(now) & old_leases
+        now = [lease for holder, lease in shard_lock_leases(client_url(cluster), root=root(cluster), cluster=cluster.name).values() if holder == mine]
+        return len(now) == expected and not set(now) & old_leases
 
     await eventually(lambda: asyncio.to_thread(relocked), 45, "db0's shards locked again under new leases")
 
 
-async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster: Callable[..., Cluster],
+                                                                    version: str) -> None:
+    cluster = make_cluster(version=version)
     supervisor = await cluster.start()
     await cluster.healthy(90)
     before = {n: started_at(await cluster.container(n)) for n in ("db0", "db1")}
@@ -142,6 +173,39 @@ async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster
     assert not [e for e in supervisor.events if e.node in ("db0", "db1") and e.type in ("unhealthy", "lease_lost")]
 
 
+def clear_fault(container: object) -> None:
+    """Empty the stand-in's fault file of a container that may be stopped (no exec then)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("fault"), io.BytesIO(b""))
+    container.put_archive("/run/ceres-emulator", buffer.getvalue())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_cluster: Callable[..., Cluster],
+                                                                      docker_client: object, version: str) -> None:
+    """While meta is not ready a CeresDB node that fails its probes is blocked: never stopped. Once meta
+    is back it is handled (it still fails: restarted once)."""
+    cluster = make_cluster(version=version, supervisor={"backoff_initial": "2s", "backoff_max": "4s"})
+    await cluster.start()
+    await cluster.healthy(90)
+    meta0 = await cluster.container("meta0")
+    with DockerEvents(docker_client, cluster.name) as events:  # type: ignore[arg-type]
+        await asyncio.to_thread(meta0.exec_run, ["ceres-emulator-fault", "exit", "0"])  # meta down, and again at each start
+        await eventually(lambda: cluster.state("db1") == "blocked", 20, "db1 blocked while meta is down")
+        db1 = await cluster.container("db1")
+        await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "freeze-http"])
+        await eventually(lambda: "failed probes" in (cluster.view("db1").reason or ""), 20,  # type: ignore[union-attr]
+                         "db1 failing its probes while blocked")
+        assert cluster.state("db1") == "blocked"
+        await asyncio.sleep(3 * 1.0)  # a window: three more probe intervals, still no stop
+        assert events.chosen_stops("db1") == [] and cluster.state("db1") == "blocked"
+        await asyncio.to_thread(clear_fault, meta0)
+        await eventually(lambda: len(events.chosen_stops("db1")) == 1, 90, "db1 restarted once meta is back")
+        await cluster.healthy(120)
+    assert len(events.chosen_stops("db1")) == 1 and events.chosen_stops("db0") == []
+
+
 async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(supervisor={"backoff_initial": "500ms", "backoff_max": "2s", "crashloop_failures": 4})
     supervisor = await cluster.start()
@@ -151,13 +215,16 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
     await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "exit", "3"])  # every start exits 3 at once
     await eventually(lambda: cluster.state("db1") == "crashloop", 30, "db1 marked crashloop")
     await eventually(lambda: cluster.record("db1").failures >= 6, 30, "six failures of db1")
-    # The gap between each death and the next start: 0, 0.5, 1, 2 (cap), 2 s, with +-20% jitter.
+    # The delay between each death and the next start (SPEC 4.5): 0, 0.5, 1, then the crashloop
+    # (its 4th failure) waits backoff_max: 2, 2 s, each +-20%. Never earlier than that (behaviour);
+    # how much later is load, so only a generous bound (timings are bench/restart.py's business).
     deaths = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "died"]
     starts = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "start"]
     gaps = [min(s for s in starts if s >= d) - d for d in deaths[:5]]
     expected = [0, 0.5, 1.0, 2.0, 2.0]
     for gap, want in zip(gaps, expected, strict=True):
-        assert want * 0.8 - 0.05 <= gap <= want * 1.2 + 0.5, (gaps, expected)
+        assert want * 0.8 - 0.05 <= gap <= want * 1.2 + 3.0, (gaps, expected)
+    assert gaps[0] < gaps[1] < gaps[2] < gaps[3], gaps
     assert all(e.reason == "exit 3" for e in supervisor.events if e.node == "db1" and e.type == "die")
     now = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
     assert now == others
@@ -166,12 +233,18 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
 
 async def test_frozen_keepalives_are_lease_lost_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
+    # A 3 s lease: heartbeats every 2 s, so CeresMeta 1.2.2's pace (a tick and a heartbeat per
+    # shard) runs out in about 30 s rather than a minute.
+    cluster.text = cluster.text.replace("[ceresdb]\n", '[ceresdb]\nlease = "3s"\n', 1)
     supervisor = await cluster.start()
     await cluster.healthy(90)
     await all_locked(cluster)
     db0 = await cluster.container("db0")
     await asyncio.to_thread(db0.exec_run, ["ceres-emulator-fault", "freeze-lease"])
-    await eventually(lambda: cluster.state("db0") == "lease_lost", 40, "db0 lease_lost")
+    # Its locks expire (shard_lock_ttl), it is reopening while CeresMeta could still reopen them (its
+    # pace), then lease_lost, and restarted lease_grace later.
+    await eventually(lambda: cluster.in_state("db0", "reopening"), 40, "db0 reopening")
+    await eventually(lambda: cluster.in_state("db0", "lease_lost"), 90, "db0 lease_lost")
     lost_at = time.monotonic()
     await eventually(lambda: cluster.record("db0").restarts == 1, 20, "db0 restarted")
     assert time.monotonic() - lost_at >= 5 - 1.5  # after lease_grace (5 s), measured from when we saw it
@@ -213,7 +286,7 @@ async def test_missing_image_is_reported_while_the_rest_runs(make_cluster: Calla
 
 async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(make_cluster: Callable[..., Cluster],
                                                                               docker_client: object) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(version="2.0.0")
     await cluster.start()
     await cluster.healthy(90)
     await cluster.stop()  # on_exit = "leave": the containers keep running
@@ -226,11 +299,17 @@ async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(ma
         labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": f"{cluster.name}x",
                 "io.ceres-supervisor.node": "db0", "io.ceres-supervisor.role": "ceresdb"},
         name=f"foreign-{cluster.name}")
-    orphan = await asyncio.to_thread(
+    await asyncio.to_thread(
         docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
         labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": cluster.name,
                 "io.ceres-supervisor.node": "ghost", "io.ceres-supervisor.role": "ceresdb"},
         name=f"ceres-{cluster.name}-ghost")
+    elsewhere = await asyncio.to_thread(
+        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
+        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": cluster.name,
+                "io.ceres-supervisor.node": "db9", "io.ceres-supervisor.role": "ceresdb",
+                "io.ceres-supervisor.host": "192.0.2.9"},
+        name=f"ceres-{cluster.name}-db9")
     try:
         # db1's rendered config changes: only db1 is recreated.
         cluster.text = cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "debug" } }')
@@ -242,13 +321,19 @@ async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(ma
             c = await cluster.container(node)
             assert (c.id, started_at(c)) == (before[node].id, started_at(before[node])), node
         assert (await cluster.container("db1")).id != before["db1"].id
-        for c in (foreign, orphan):
+        # A node removed from the file while the daemon was down is removed at its start (SPEC 4.7);
+        # another cluster's container and another host's are never touched.
+        async def ghost_gone() -> bool:
+            return await asyncio.to_thread(_get_or_none, cluster, "ghost") is None
+
+        await eventually(ghost_gone, 30, "the orphan removed")
+        for c in (foreign, elsewhere):
             await asyncio.to_thread(c.reload)
             assert c.status == "running"
-        snap = cluster.supervisor.snapshot  # type: ignore[union-attr]
-        assert snap is not None and [o.node for o in snap.observation.orphans] == ["ghost"]
+        assert any(e.node == "ghost" and e.type == "remove" for e in cluster.supervisor.events)  # type: ignore[union-attr]
     finally:
-        await asyncio.to_thread(foreign.remove, force=True)
+        for c in (foreign, elsewhere):
+            await asyncio.to_thread(c.remove, force=True)
 
 
 def _daemon(cluster: Cluster) -> subprocess.Popen[str]:
@@ -277,8 +362,10 @@ def _until_healthy_cycle(process: subprocess.Popen[str], timeout_s: float) -> No
     raise AssertionError(f"no healthy cycle within {timeout_s}s; last log lines: {seen[-5:]}")
 
 
-async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make_cluster: Callable[..., Cluster],
+                                                                           version: str) -> None:
+    cluster = make_cluster(version=version)
     cluster.write()
     processes: list[subprocess.Popen[str]] = []
     try:
@@ -311,9 +398,10 @@ async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make
 
 
 def _get_or_none(cluster: Cluster, node: str) -> object | None:
+    """The node's container, or None when Docker says there is none (any other error is raised)."""
     try:
         return cluster.client.containers.get(cluster.container_name(node))
-    except Exception:
+    except docker.errors.NotFound:
         return None
 
 
@@ -381,7 +469,7 @@ async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluste
         killed = time.monotonic()
         await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 30, f"restart {round_ + 1}")
         assert time.monotonic() - killed < 5, f"restart {round_ + 1} waited for a later cycle"
-        await cluster.healthy(60)
+        await cluster.serving("db1", 60)
 
 
 async def test_a_port_taken_by_another_process_is_a_reason_not_a_crash(make_cluster: Callable[..., Cluster]) -> None:
@@ -416,7 +504,7 @@ async def test_one_crash_is_one_restart(make_cluster: Callable[..., Cluster]) ->
     for round_ in range(1, 4):
         kill_main_process(await cluster.container("db0"))
         await eventually(lambda r=round_: cluster.record("db0").restarts >= r, 30, f"restart {round_}")
-        await cluster.healthy(60)
+        await cluster.serving("db0", 60)
         starts = [e for e in supervisor.events if e.node == "db0" and e.type == "start"]
         assert len(starts) == round_, [(e.at, e.reason) for e in starts]
         assert cluster.record("db0").restarts == round_

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from ceres_supervisor import app
+from ceres_supervisor import snapshot
 
 from .conftest import Cluster, eventually
 
@@ -23,7 +23,7 @@ async def identities(cluster: Cluster) -> dict[str, tuple[str, str]]:
     return out
 
 
-async def reload(cluster: Cluster) -> app.ReloadResult:
+async def reload(cluster: Cluster) -> snapshot.ReloadResult:
     assert cluster.supervisor is not None
     return await asyncio.wait_for(cluster.supervisor.request_reload(), 30)
 

@@ -7,11 +7,12 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import docker
+import pytest
 
 from ceres_supervisor import app
 from ceres_supervisor.engine import Engine, EngineTimeout
@@ -84,12 +85,12 @@ async def test_a_hung_docker_call_is_never_run_behind_the_caller(tmp_path: Path,
             queued = asyncio.create_task(engine._call("remove container",
                                                       lambda: engine._api().remove_container(sleeper.id, force=True),
                                                       timeout_s=1.0))
-            await eventually(lambda: queued.done(), 5, "the queued call timing out")
+            await eventually(queued.done, 5, "the queued call timing out")
             assert isinstance(queued.exception(), EngineTimeout) and "not started" in str(queued.exception())
             await asyncio.sleep(1.5)  # past the first call's timeout: it must still be waited for
             assert not first.done()
             proxy.open.set()
-            await eventually(lambda: first.done(), 30, "the running call awaited to its end")
+            await eventually(first.done, 30, "the running call awaited to its end")
             assert isinstance(first.exception(), EngineTimeout)
             await asyncio.to_thread(sleeper.reload)
             assert sleeper.status == "running"  # it ran, and it was over before the caller was told
@@ -141,13 +142,13 @@ async def test_a_broken_topology_record_is_refused_and_the_daemon_keeps_its_stat
 
 
 async def test_state_dir_and_flavor_cannot_change_under_a_running_daemon(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+    cluster = make_cluster(version="1.2.7")
     await cluster.start()
     await cluster.healthy(90)
     before = await identities(cluster)
     good = cluster.text
     for changed, key in ((good.replace('state_dir = "', 'state_dir = "/srv'), "cluster.state_dir"),
-                         (good.replace('flavor = "ceresdb"', 'flavor = "horaedb"').replace('version = "1.2.2"', 'version = "2.0.0"'),
+                         (good.replace('flavor = "ceresdb"', 'flavor = "horaedb"').replace('version = "1.2.7"', 'version = "2.0.0"'),
                           "cluster.flavor")):
         cluster.write(changed)
         result = await asyncio.wait_for(cluster.supervisor.request_reload(), 30)  # type: ignore[union-attr]
@@ -171,7 +172,7 @@ async def test_a_node_removed_while_the_daemon_was_down_is_removed_at_start(make
 
 
 class Notify:
-    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET (closed by the fixture)."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -188,13 +189,24 @@ class Notify:
                 return [f for _t, f in self.fields]
             self.fields += [(time.monotonic(), f) for f in data.decode().split("\n")]
 
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Notify]:
+    listener = Notify(tmp_path / "notify.sock")
+    try:
+        yield listener
+    finally:
+        listener.close()
+
 
 async def test_stop_is_staged_and_a_second_signal_exits_at_once(make_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                                daemons: list[Daemon],
+                                                                daemons: list[Daemon], notify: Notify,
                                                                 docker_client: docker.DockerClient) -> None:
     cluster = make_cluster(supervisor={"on_exit": "stop", "stop_timeout": "20s"})
     cluster.write()
-    notify = Notify(tmp_path / "notify.sock")
     daemon = Daemon(cluster.path, tmp_path / "d.log", env={"NOTIFY_SOCKET": str(notify.path)}).start()
     daemons.append(daemon)
     await eventually(lambda: daemon.get("/readyz")[0] == 200, 120, "the cluster healthy")
@@ -211,12 +223,10 @@ async def test_stop_is_staged_and_a_second_signal_exits_at_once(make_cluster: Ca
     assert stopping_at < time.monotonic() and first_kill > 0
 
     # Second signal during the stop: out at once, containers left as they are.
-    for c in await cluster.containers():
-        await asyncio.to_thread(c.start)
-    await fault(cluster, "db0", "ignore-sigterm")  # its stop would take the whole stop_timeout
     daemon2 = Daemon(cluster.path, tmp_path / "d2.log", env={"NOTIFY_SOCKET": str(notify.path)}).start()
     daemons.append(daemon2)
-    await eventually(lambda: daemon2.get("/readyz")[0] == 200, 120, "healthy again (adopted)")
+    await eventually(lambda: daemon2.get("/readyz")[0] == 200, 120, "healthy again (started by the new daemon)")
+    await fault(cluster, "db0", "ignore-sigterm")  # its stop would take the whole stop_timeout
     daemon2.signal(signal.SIGTERM)
     await eventually(lambda: "stopping_cluster" in daemon2.log.read_text(), 30, "the cluster being stopped")
     started = time.monotonic()
@@ -228,10 +238,9 @@ async def test_stop_is_staged_and_a_second_signal_exits_at_once(make_cluster: Ca
 
 
 async def test_no_watchdog_while_docker_cannot_be_observed(make_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                          daemons: list[Daemon]) -> None:
+                                                          daemons: list[Daemon], notify: Notify) -> None:
     cluster = make_cluster()
     cluster.write()
-    notify = Notify(tmp_path / "notify.sock")
     env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000", "DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
     daemon = Daemon(cluster.path, tmp_path / "d.log", env=env).start()
     daemons.append(daemon)

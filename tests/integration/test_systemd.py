@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from ..emulator import build
-from ..helpers import TEST_LABEL, http_json
+from ..helpers import SESSION, TEST_LABEL, http_json
 from .conftest import Cluster, eventually
 from .test_reload import identities
 
@@ -143,7 +143,7 @@ def systemd_container(docker_client: docker.DockerClient) -> Iterator[tuple[obje
     container = docker_client.containers.run(
         image, ["/sbin/init"], detach=True, name=f"ceres-systemd-{base.name}", network_mode="host",
         cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"], cgroupns="host",
-        tmpfs={"/run": "", "/run/lock": ""}, volumes=mounts, labels={TEST_LABEL: base.name},
+        tmpfs={"/run": "", "/run/lock": ""}, volumes=mounts, labels={TEST_LABEL: f"{SESSION}-{base.name}"},
     )
     try:
         yield container, base
