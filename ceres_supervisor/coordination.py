@@ -105,6 +105,7 @@ class Coordinator:
         self._dirty = asyncio.Event()
         self._held: set[str] = set()
         self._identity_written: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
+        self._closing = False
 
     @property
     def endpoint(self) -> str | None:
@@ -150,15 +151,20 @@ class Coordinator:
         """For ever: connect, keep the lease and the records, follow the watch; on trouble, say so
         (`available` false) and start over."""
         self._client = etcd.Etcd(session, self.endpoints, timeout_s)
-        while True:
+        while not self._closing:
             try:
                 await self._session(self._client)
             except* etcd.EtcdError as group:
-                self._unavailable(str(group.exceptions[0]))
+                if not self._closing:  # at a clean exit the revoked lease is expected
+                    self._unavailable(str(group.exceptions[0]))
             except* Exception as group:  # a bug here must not take the daemon down
                 log.error("coordination_failed", error=repr(group.exceptions[0]), exc_info=group)
                 self._unavailable(f"internal error: {group.exceptions[0]!r}")
-            await asyncio.sleep(RETRY_S)
+            # close() comes before the daemon cancels this task, and a cancellation that lands
+            # while the session's TaskGroup handles an error is folded into that error (Python
+            # 3.11): the flag, not the cancellation, ends the loop, so the daemon always stops.
+            if not self._closing:
+                await asyncio.sleep(RETRY_S)
 
     def _unavailable(self, why: str) -> None:
         if self.available or self.detail != why:
@@ -255,7 +261,9 @@ class Coordinator:
                 raise etcd.EtcdUnavailable(f"watch: {err}") from None
 
     async def close(self) -> None:
-        """A clean exit: revoke the lease, so every record and slot of this agent goes at once."""
+        """A clean exit: revoke the lease, so every record and slot of this agent goes at once
+        (and the session ends: no reconnection after its lease is gone)."""
+        self._closing = True
         if self._client is not None and self._lease:
             with contextlib.suppress(etcd.EtcdError):
                 await self._client.revoke(self._lease)
