@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import requests
 from docker.models.containers import Container
 
 from ceres_supervisor import files, loading, rendering, secrets
@@ -114,6 +115,8 @@ class FastTicks:
                         self.done.add(c.id)
             except docker.errors.APIError:
                 continue  # a container that went away between the list and the exec
+            except (docker.errors.DockerException, requests.RequestException):
+                continue  # the Docker Engine is restarting (tests/serial): try again at the next poll
 
     def __enter__(self) -> FastTicks:
         self.thread.start()
