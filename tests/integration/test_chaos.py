@@ -27,6 +27,7 @@ import docker
 import pytest
 
 from ..helpers import http_json
+from ..standins import kill_main_process
 from .conftest import Cluster, eventually
 
 CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "80"))
@@ -208,8 +209,7 @@ async def _one_fault(rng: random.Random, cluster: Cluster, client: docker.Docker
     role = target.labels.get("io.ceres-supervisor.role")
     try:
         if kind == "kill":
-            target.reload()
-            os.kill(target.attrs["State"]["Pid"], signal.SIGKILL)
+            kill_main_process(target)  # guards Pid 0 (died meanwhile): os.kill(0) would kill our group
         elif kind == "pause":
             target.pause()
         else:  # freeze: a CeresDB node's etcd client, a meta member's HTTP
