@@ -49,12 +49,15 @@ async def plan_once(
             prober.leader = await probes.read_leader(
                 session, prober.members(), settings.leader_key, settings.cluster, settings.timeout_s
             )
-            for node in supervisor.desired.ceresdb:
-                c = containers.get(node.name)
-                if node.is_local and c is not None and c.is_running:
-                    prober.probes[node.name] = await probes.probe_ceresdb(
-                        session, node, settings.timeout_s, c.run_key
-                    )
+            running = [
+                (node, c)
+                for node in supervisor.desired.ceresdb
+                if node.is_local and (c := containers.get(node.name)) is not None and c.is_running
+            ]
+            answered = await asyncio.gather(  # at once: a hung node costs one timeout, not one each
+                *(probes.probe_ceresdb(session, node, settings.timeout_s, c.run_key) for node, c in running)
+            )
+            prober.probes.update({node.name: a for (node, _), a in zip(running, answered, strict=True)})
             chief = prober.nodes.get(prober.leader.member or "")
             prober.leases = await probes.read_leases(
                 session, prober.members(), chief, settings.root, settings.cluster, settings.timeout_s
