@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 NODE_WRITE_MIN_S: Final = 0.1
 RETRY_S: Final = 1.0
 SLOT_ATTEMPTS: Final = 3
+LEASE_EXPIRED: Final = "the agent's lease expired (the store was out of reach too long)"
 SIGNIFICANT: Final = (
     "state",
     "reason",
@@ -106,6 +107,8 @@ class Coordinator:
         self._held: set[str] = set()
         self._identity_written: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
         self._closing = False
+        self.retries = 0
+        """Store calls that failed and were tried again within the lease (a stall, not an outage)."""
 
     @property
     def endpoint(self) -> str | None:
@@ -173,6 +176,7 @@ class Coordinator:
         self.on_change()
 
     async def _session(self, client: etcd.Etcd) -> None:
+        kept_at = time.monotonic()  # the lease, granted or kept alive now, lasts ttl_s from here at least
         if not self._lease or await client.keepalive(self._lease) <= 0:
             self._lease = await client.grant(self.ttl_s)
             self._written.clear()
@@ -189,28 +193,46 @@ class Coordinator:
         self._dirty.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch(client, snapshot.revision + 1), name="coordination-watch")
-            group.create_task(self._keep(client), name="coordination-lease")
+            group.create_task(self._keep(client, kept_at), name="coordination-lease")
 
-    async def _keep(self, client: etcd.Etcd) -> None:
-        """Keepalive at TTL/3 (with the agent's heartbeat), node records as they change."""
+    async def _keep(self, client: etcd.Etcd, kept_at: float) -> None:
+        """Keepalive at TTL/3 (with the agent's heartbeat), node records as they change.
+
+        A call that no member answers in time (one slow fsync on a loaded disk, a member
+        restarting) is tried again while the lease has more than a third of its TTL left: the agent
+        stays available, since its records and slots still stand; past that it gives up, before
+        other agents could see its lease expire while it still counted on it."""
         interval = self.ttl_s / 3
         next_beat = 0.0
         while True:
             now = time.monotonic()
-            if now >= next_beat:
-                if await client.keepalive(self._lease) <= 0:
-                    raise etcd.EtcdError("the agent's lease expired (the store was out of reach too long)")
-                await client.put(
-                    self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
-                )
-                next_beat = now + interval
-                if not self.available:
-                    self.available, self.detail = True, "ok"
-                    self.on_change()
-            if self._dirty.is_set():
-                self._dirty.clear()
-                await self._write_nodes(client)
-                await asyncio.sleep(NODE_WRITE_MIN_S)
+            try:
+                if now >= next_beat:
+                    if await client.keepalive(self._lease) <= 0:
+                        raise etcd.EtcdError(LEASE_EXPIRED)
+                    kept_at = now
+                    await client.put(
+                        self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
+                    )
+                    next_beat = now + interval
+                    if not self.available:
+                        self.available, self.detail = True, "ok"
+                        self.on_change()
+                if self._dirty.is_set():
+                    self._dirty.clear()
+                    try:
+                        await self._write_nodes(client)
+                    except etcd.EtcdUnavailable:
+                        self._dirty.set()  # written at the next try
+                        raise
+                    await asyncio.sleep(NODE_WRITE_MIN_S)
+            except etcd.EtcdUnavailable as err:
+                if time.monotonic() + RETRY_S >= kept_at + self.ttl_s * 2 / 3:
+                    raise
+                self.retries += 1
+                log.info("coordination_retry", error=str(err))
+                await asyncio.sleep(RETRY_S)
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_beat - time.monotonic())):
                     await self._dirty.wait()

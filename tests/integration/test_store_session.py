@@ -1,0 +1,102 @@
+"""The agent's session with the store (coordination.py) against a real etcd: the one embedded in a
+meta stand-in. A stall shorter than the lease is not an outage; a longer one is, and it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import docker
+import pytest
+
+from ceres_supervisor import etcd
+from ceres_supervisor.coordination import Coordinator, Identity
+from ceres_supervisor.storeview import prefix
+
+from ..standins import StandIns, cluster_toml
+from .conftest import eventually
+
+CLUSTER = "storeSession"
+
+
+@pytest.fixture
+def store(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[tuple[str, docker.models.containers.Container]]:
+    """(the client URL, the container) of one meta stand-in, removed at the end."""
+    standins = StandIns(docker_client, tmp_path)
+    try:
+        spec = standins.load(cluster_toml(meta=1, db=1, version="1.2.7"))
+        container = standins.run(spec, "meta0")
+        yield f"http://127.0.0.1:{spec.meta.nodes[0].client_port}", container
+    finally:
+        standins.cleanup()
+
+
+def node_doc(state: str) -> dict[str, object]:
+    return {"name": "db0", "role": "ceresdb", "state": state, "reason": None, "lease": {"held": True, "shards": [0]}}
+
+
+async def test_a_stall_shorter_than_the_lease_keeps_the_agent_available_and_loses_no_write(
+        store: tuple[str, docker.models.containers.Container]) -> None:
+    url, container = store
+    seen: list[tuple[bool, str]] = []
+    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), [url], 30,
+                              lambda: seen.append((coordinator.available, coordinator.detail)))
+    async with aiohttp.ClientSession() as session:
+        reader = etcd.Etcd(session, [url], 2.0)
+        task = asyncio.create_task(coordinator.run(session, 2.0))
+        try:
+            await eventually(lambda: coordinator.available, 60, "the agent connected to the store")
+            coordinator.publish({"db0": node_doc("healthy")})
+            await eventually(lambda: _record(reader, "db0"), 10, "the first record written")
+            seen.clear()  # from here on, every change of the session's state is recorded
+
+            container.pause()  # every call now times out (2 s), as on a member that stopped answering
+            try:
+                coordinator.publish({"db0": node_doc("unhealthy")})
+                await eventually(lambda: coordinator.retries >= 1, 15, "a write that failed and will be tried again")
+            finally:
+                container.unpause()
+            doc = await eventually(lambda: _record(reader, "db0", "unhealthy"), 15, "the write made during the stall")
+            assert doc["state"] == "unhealthy"
+            assert coordinator.available and all(available for available, _ in seen), seen
+        finally:
+            await coordinator.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _record(reader: etcd.Etcd, node: str, state: str | None = None) -> dict[str, object] | None:
+    found = await reader.range(prefix(CLUSTER) + f"nodes/{node}".encode())
+    if not found.kvs:
+        return None
+    doc = json.loads(found.kvs[0].value)
+    return doc if state is None or doc.get("state") == state else None  # type: ignore[no-any-return]
+
+
+async def test_a_stall_longer_than_the_lease_allows_is_unavailable_then_the_records_come_back(
+        store: tuple[str, docker.models.containers.Container]) -> None:
+    url, container = store
+    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), [url], 3,
+                              lambda: None)
+    async with aiohttp.ClientSession() as session:
+        reader = etcd.Etcd(session, [url], 2.0)
+        task = asyncio.create_task(coordinator.run(session, 2.0))
+        try:
+            await eventually(lambda: coordinator.available, 60, "the agent connected to the store")
+            coordinator.publish({"db0": node_doc("healthy")})
+            await eventually(lambda: _record(reader, "db0"), 10, "the first record written")
+            container.pause()  # a 3 s lease kept alive every 1 s: no room to wait, the agent says so
+            try:
+                await eventually(lambda: not coordinator.available, 15, "the session declared unavailable")
+            finally:
+                container.unpause()
+            assert "timed out" in coordinator.detail or "expired" in coordinator.detail, coordinator.detail
+            await eventually(lambda: coordinator.available, 30, "the session back")
+            await eventually(lambda: _record(reader, "db0", "healthy"), 15, "the node record written again")
+        finally:
+            await coordinator.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
