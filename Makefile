@@ -74,6 +74,7 @@ bench: setup docker emulator
 	cd bench && ../$(BIN)/python coldstart.py 5
 	cd bench && ../$(BIN)/python scale.py 60 30
 	cd bench && ../$(BIN)/python cluster.py 20 5 60
+	cd bench && ../$(BIN)/python cluster_chaos.py 600
 	cd bench && ../$(BIN)/python storeclient.py 3 1000
 	cd bench && ../$(BIN)/python report.py
 
