@@ -99,6 +99,8 @@ class Chaos:
         self.client = docker.from_env()
         self.faults: Counter[str] = Counter()
         self.missed: Counter[str] = Counter()
+        self.idle = 0
+        """Steps with nothing the rules allow to harm."""
         self.frozen_meta: set[str] = set()
         self.agent_down: tuple[str, float] | None = None
         """(host, when to start it again)."""
@@ -111,6 +113,7 @@ class Chaos:
     def step(self) -> None:
         if self.agent_down is not None and time.monotonic() >= self.agent_down[1]:
             self.m.start_agent(self.agent_down[0])
+            self.say(f"agent {self.agent_down[0]} started again")
             self.agent_down = None
         everything = self.containers()
         running = [c for c in everything if c.status == "running"]
@@ -119,6 +122,10 @@ class Chaos:
         meta_whole = len(meta) == 3 and all(c.status == "running" for c in meta) and not self.frozen_meta
         targets = [c for c in running if c.labels.get("io.ceres-supervisor.role") == "ceresdb" or meta_whole]
         kinds = ["kill", "pause", "freeze"] * bool(targets) + ["agent"] * (self.agent_down is None)
+        if not kinds:  # nothing to harm that the rules allow: an agent is down, nothing else runs
+            self.idle += 1
+            self.say("idle: nothing to harm")
+            return
         kind = self.rng.choices(kinds, weights=[{"kill": 4, "pause": 2, "freeze": 2, "agent": 1}[k] for k in kinds])[0]
         if kind == "agent":
             host = self.rng.choice(cluster.HOSTS)
@@ -127,6 +134,7 @@ class Chaos:
             agent.process.wait(10)
             self.agent_down = (host, time.monotonic() + self.rng.uniform(2, 10))
             self.faults["agent"] += 1
+            self.say(f"agent {host} killed")
             return
         target = self.rng.choice(targets)
         role = target.labels.get("io.ceres-supervisor.role")
@@ -142,13 +150,17 @@ class Chaos:
                     raise docker.errors.APIError(f"the fault hook failed: {result.output!r}")
         except (docker.errors.APIError, ProcessLookupError) as err:
             self.missed[kind] += 1  # it died or changed under us
-            print(f"missed {kind} of {target.name}: {err}", flush=True)
+            self.say(f"missed {kind} of {target.name}: {err}")
             return
         if kind != "kill":
             self.harms.append((time.time(), target.id[:12]))
             if role == "meta":
                 self.frozen_meta.add(target.id)  # paused or frozen until its agent stops it
         self.faults[f"{kind} {role}"] += 1
+        self.say(f"{kind} {target.name}")
+
+    def say(self, what: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {what}", flush=True)
 
     def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -202,7 +214,8 @@ def main(seconds: int, seed: int) -> None:
         [[role, stops[role], crashes[role], overlap[role], sum(1 for r, _ in beside if r == role)]
          for role in ("meta", "ceresdb")],
         settings,
-        f"Seed {seed}. Faults injected: {faults}; missed (the target died or changed under the step): {missed}. "
+        f"Seed {seed}. Faults injected: {faults}; missed (the target died or changed under the step): {missed}; "
+        f"idle steps (an agent down and nothing else allowed to harm): {chaos.idle}. "
         "Judged from Docker's events: a stop by choice is a `kill` with SIGTERM, down from it to the node's next "
         f"`start`; 'beside a crash': another node of the role not running for more than {DECISION_S:g} s at the "
         "stop (a death younger than that may not have reached the deciding agent). Pauses and freezes ended by: "
