@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from .bodies import read_body
 from .errors import CeresError
 
 MAX_ANSWER: Final = 8 << 20
@@ -170,7 +171,7 @@ class Etcd:
 
     async def _post(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(self.timeout_s), self.session.post(endpoint + path, json=body) as response:
-            raw = await response.content.read(MAX_ANSWER)
+            raw = await read_body(response.content, MAX_ANSWER, first_line=True)
         first = raw.split(b"\n", 1)[0]  # keepalive streams one object a line; take the first
         answer = json.loads(first) if first.strip() else {}
         if not isinstance(answer, dict):

@@ -28,6 +28,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
+from .bodies import read_body
 from .cycles import Target
 from .desired import DesiredNode
 from .observed import LeaseView, MetaLeader, MetaMemberProbe, ProbeResult, ShardLock
@@ -133,7 +134,10 @@ async def _get_json(
     session: aiohttp.ClientSession, method: str, url: str, timeout_s: float, body: object = None
 ) -> tuple[int, Any]:
     async with asyncio.timeout(timeout_s), session.request(method, url, json=body) as response:
-        raw = await response.content.read(_MAX_BODY)
+        try:
+            raw = await read_body(response.content, _MAX_BODY)
+        except ValueError as err:
+            return response.status, str(err)
         try:
             return response.status, json.loads(raw) if raw else None
         except ValueError:
