@@ -5,7 +5,11 @@ lease lost, start timeout, a recreate, a planned restart); a crash is never one.
 stopped by choice only while every other member is healthy (etcd keeps its quorum); a CeresDB
 node only while fewer than `max_unavailable` other CeresDB nodes are down or without their shards.
 CeresDB nodes that are down themselves and all wait for a stop go one at a time, first by name
-(as Kubernetes evicts pods that are already unhealthy: otherwise they block each other for ever).
+(as Kubernetes evicts pods that are already unhealthy: otherwise they block each other for ever),
+and a node that only waits for meta to hand its shards back does not hold them back: up to 1.2.7
+one offline assigned node stops every reopen in the cluster (reference section 2.5), so it may be
+waiting for the very node it would hold back, and stopping a node that holds no shards takes
+nothing more from the cluster.
 
 `Budget` is the one interface behind the decision. On one machine it is built from this
 supervisor's own view; with several machines `coordination` builds it from every agent's
@@ -22,6 +26,9 @@ from typing import Final
 COORDINATION_UNAVAILABLE: Final = "coordination unavailable"
 WAITING_FOR_STOP: Final = frozenset({"unhealthy", "lease_lost"})
 """Down reasons of nodes the supervisor wants to stop and holds back: already down themselves."""
+WAITING_FOR_SHARDS: Final = frozenset({"reopening", "without its shards"})
+"""Down reasons of nodes that run and answer and wait for meta to reopen their shards (a local
+state, and what `storeview.down_reason` says of another machine's node)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,13 @@ def blockers(
     def blocks(name: str, why: str | None) -> bool:
         if why is None or name == node:
             return False
-        # CeresDB nodes that are down (no shards) and each wait to be stopped would wait for each
-        # other for ever; stopping one takes nothing more from the cluster than it already lost.
-        # The first by name goes first; the others still wait for it, so one at a time.
-        return not (role == "ceresdb" and own in WAITING_FOR_STOP and why in WAITING_FOR_STOP and name > node)
+        if role != "ceresdb" or own not in WAITING_FOR_STOP:
+            return True
+        # `node` is down itself (no shards): stopping it takes nothing more from the cluster. Those
+        # that each wait to be stopped would wait for each other for ever: the first by name goes
+        # first, the others still wait for it, so one at a time. A node waiting for its shards may
+        # be waiting for `node` itself (an offline assigned node stops every reopen up to 1.2.7).
+        return not ((why in WAITING_FOR_STOP and name > node) or why in WAITING_FOR_SHARDS)
 
     others = sorted(
         f"{name} ({why})"

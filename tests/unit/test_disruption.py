@@ -30,8 +30,9 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
         ),
         # ceresdb: fewer than max_unavailable others down or without their shards
         ("db0", down(DB3, db0="unhealthy"), Budget(), None),
-        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(), ["db1 (reopening)"]),
-        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(max_unavailable=2), None),
+        ("db0", down(DB3, db0="unhealthy", db1="starting"), Budget(), ["db1 (starting)"]),
+        ("db0", down(DB3, db0="unhealthy", db1="starting"), Budget(max_unavailable=2), None),
+        ("db0", down(DB3, db0="lease unknown", db1="reopening"), Budget(), ["db1 (reopening)"]),
         (
             "db0",
             down(DB3, db1="reopening", db2="lease_lost"),
@@ -42,7 +43,13 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
         ("db0", down(DB3, db0="unhealthy", db1="unhealthy", db2="lease_lost"), Budget(), None),
         ("db1", down(DB3, db0="unhealthy", db1="unhealthy"), Budget(), ["db0 (unhealthy)"]),
         ("db1", down(DB3, db0="stopping", db1="unhealthy", db2="unhealthy"), Budget(), ["db0 (stopping)"]),
-        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(), ["db1 (reopening)"]),  # not waiting
+        ("db1", down(DB3, db0="not running", db1="unhealthy"), Budget(), ["db0 (not running)"]),  # crashed
+        # ... and a node waiting for meta to reopen its shards does not hold them back: up to 1.2.7 an
+        # offline assigned node (a paused or hung db0) stops every reopen, so db1 waits for db0
+        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(), None),
+        ("db0", down(DB3, db0="lease_lost"), Budget(peers={"db4": ("ceresdb", "without its shards")}), None),
+        ("db2", down(DB3, db0="reopening", db1="unhealthy", db2="unhealthy"), Budget(), ["db1 (unhealthy)"]),
+        ("db0", down(DB3, db1="reopening"), Budget(), ["db1 (reopening)"]),  # db0 holds its shards: strict
         ("db0", down(DB3, db1="unhealthy"), Budget(), ["db1 (unhealthy)"]),  # db0 itself holds its shards
         ("db0", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), None),
         ("db4", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), ["db0 (unhealthy)"]),
