@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -38,65 +40,69 @@ def node_doc(state: str) -> dict[str, object]:
     return {"name": "db0", "role": "ceresdb", "state": state, "reason": None, "lease": {"held": True, "shards": [0]}}
 
 
-async def test_a_stall_shorter_than_the_lease_keeps_the_agent_available_and_loses_no_write(
-        store: tuple[str, docker.models.containers.Container]) -> None:
-    url, container = store
+@dataclass
+class Agent:
+    """A Coordinator session running against the store, a second client to read what it wrote,
+    and every (available, detail) the session went through once its first record was written."""
+
+    coordinator: Coordinator
+    reader: etcd.Etcd
+    seen: list[tuple[bool, str]]
+
+    async def record(self, node: str, state: str | None = None) -> dict[str, object] | None:
+        found = await self.reader.range(prefix(CLUSTER) + f"nodes/{node}".encode())
+        if not found.kvs:
+            return None
+        doc = json.loads(found.kvs[0].value)
+        return doc if state is None or doc.get("state") == state else None  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def agent(url: str, ttl_s: float) -> AsyncIterator[Agent]:
+    """Connected, db0 published healthy and written; the session closed at the end."""
     seen: list[tuple[bool, str]] = []
-    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), [url], 30,
+    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), [url], ttl_s,
                               lambda: seen.append((coordinator.available, coordinator.detail)))
     async with aiohttp.ClientSession() as session:
-        reader = etcd.Etcd(session, [url], 2.0)
+        a = Agent(coordinator, etcd.Etcd(session, [url], 2.0), seen)
         task = asyncio.create_task(coordinator.run(session, 2.0))
         try:
             await eventually(lambda: coordinator.available, 60, "the agent connected to the store")
             coordinator.publish({"db0": node_doc("healthy")})
-            await eventually(lambda: _record(reader, "db0"), 10, "the first record written")
+            await eventually(lambda: a.record("db0"), 10, "the first record written")
             seen.clear()  # from here on, every change of the session's state is recorded
-
-            container.pause()  # every call now times out (2 s), as on a member that stopped answering
-            try:
-                coordinator.publish({"db0": node_doc("unhealthy")})
-                await eventually(lambda: coordinator.retries >= 1, 15, "a write that failed and will be tried again")
-            finally:
-                container.unpause()
-            doc = await eventually(lambda: _record(reader, "db0", "unhealthy"), 15, "the write made during the stall")
-            assert doc["state"] == "unhealthy"
-            assert coordinator.available and all(available for available, _ in seen), seen
+            yield a
         finally:
             await coordinator.close()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def _record(reader: etcd.Etcd, node: str, state: str | None = None) -> dict[str, object] | None:
-    found = await reader.range(prefix(CLUSTER) + f"nodes/{node}".encode())
-    if not found.kvs:
-        return None
-    doc = json.loads(found.kvs[0].value)
-    return doc if state is None or doc.get("state") == state else None  # type: ignore[no-any-return]
+async def test_a_stall_shorter_than_the_lease_keeps_the_agent_available_and_loses_no_write(
+        store: tuple[str, docker.models.containers.Container]) -> None:
+    url, container = store
+    async with agent(url, 30) as a:
+        container.pause()  # every call now times out (2 s), as on a member that stopped answering
+        try:
+            a.coordinator.publish({"db0": node_doc("unhealthy")})
+            await eventually(lambda: a.coordinator.retries >= 1, 15, "a write that failed and will be tried again")
+        finally:
+            container.unpause()
+        doc = await eventually(lambda: a.record("db0", "unhealthy"), 15, "the write made during the stall")
+        assert doc["state"] == "unhealthy"
+        assert a.coordinator.available and all(available for available, _ in a.seen), a.seen
 
 
 async def test_a_stall_longer_than_the_lease_allows_is_unavailable_then_the_records_come_back(
         store: tuple[str, docker.models.containers.Container]) -> None:
     url, container = store
-    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), [url], 3,
-                              lambda: None)
-    async with aiohttp.ClientSession() as session:
-        reader = etcd.Etcd(session, [url], 2.0)
-        task = asyncio.create_task(coordinator.run(session, 2.0))
+    async with agent(url, 3) as a:
+        container.pause()  # a 3 s lease kept alive every 1 s: no room to wait, the agent says so
         try:
-            await eventually(lambda: coordinator.available, 60, "the agent connected to the store")
-            coordinator.publish({"db0": node_doc("healthy")})
-            await eventually(lambda: _record(reader, "db0"), 10, "the first record written")
-            container.pause()  # a 3 s lease kept alive every 1 s: no room to wait, the agent says so
-            try:
-                await eventually(lambda: not coordinator.available, 15, "the session declared unavailable")
-            finally:
-                container.unpause()
-            assert "timed out" in coordinator.detail or "expired" in coordinator.detail, coordinator.detail
-            await eventually(lambda: coordinator.available, 30, "the session back")
-            await eventually(lambda: _record(reader, "db0", "healthy"), 15, "the node record written again")
+            await eventually(lambda: not a.coordinator.available, 15, "the session declared unavailable")
         finally:
-            await coordinator.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            container.unpause()
+        detail = a.coordinator.detail
+        assert "timed out" in detail or "expired" in detail, detail
+        await eventually(lambda: a.coordinator.available, 30, "the session back")
+        await eventually(lambda: a.record("db0", "healthy"), 15, "the node record written again")
