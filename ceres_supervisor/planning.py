@@ -441,7 +441,10 @@ def _watch_running(
         if blocked:
             return NodeView(NodeState.BLOCKED, _join(cycle.meta_detail, detail)), rec, None
         reason = f"unhealthy: {detail}"
-        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=keeps)
+        # It keeps serving only with shards of its own: one that meta assigns none serves nothing,
+        # so it is down itself, as the other agents judge its published record (storeview).
+        held = judgement is not None and judgement.state == "held"
+        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=held)
         return view, rec, stop(reason, NodeState.UNHEALTHY, "unhealthy")
     probe_note = fresh.detail if fresh is not None and not fresh.ok else None
 

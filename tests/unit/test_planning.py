@@ -611,6 +611,20 @@ def test_nodes_down_themselves_that_never_became_healthy_are_stopped_one_at_a_ti
     assert p.views["db1"].reason.endswith("waiting for disruption budget: db0 (stopping)")  # type: ignore[union-attr]
 
 
+def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(big: desired.DesiredCluster) -> None:
+    """Meta moved every shard to db0; db1 and db2 fail their probes; another machine's db9 fails
+    too. They serve nothing, so they are down themselves, as the other agents judge their published
+    records: db1 goes first, db2 and db9 wait for it. (Judged as holding shards, db2 and db9 and
+    db1 each waited for the others for ever, across agents.)"""
+    cs, probes, records = failing(big, "db1", "db2")
+    everything_on_db0 = {"127.0.0.1:8831": (0, 1, 2, 3, 4, 5)}
+    view = LeaseView(NOW, WALL, everything_on_db0, {s: ShardLock("127.0.0.1:8831", 7) for s in range(6)})
+    budget = Budget(peers={"db9": ("ceresdb", "unhealthy")})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, budget=budget)
+    assert actions(p) == [("stop", "db1")], {n: (v.state, v.reason) for n, v in p.views.items()}
+    assert (p.views["db2"].reason or "").endswith("waiting for disruption budget: db1 (stopping)")
+
+
 def test_a_crash_is_restarted_whatever_the_budget(big: desired.DesiredCluster) -> None:
     cs, probes, records = failing(big, "db1", "db2")
     crashed = container(big, "db0", "exited", exit_code=137)
