@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import random
@@ -64,15 +65,21 @@ def _worker_range() -> tuple[int, int]:
     return 10000 + index * width, 10000 + (index + 1) * width - 1
 
 
+_RECENTLY_GIVEN: collections.deque[int] = collections.deque(maxlen=1024)
+"""Ports this process handed out lately: free when checked, but maybe not bound yet by whoever got
+them (a cluster file's ports and then its agents' listen ports, from two calls, once collided)."""
+
+
 def free_ports(count: int) -> list[int]:
     """Ports free right now (bound on 0.0.0.0 to be sure), below the kernel's ephemeral range:
-    a port from that range can be taken by any outgoing connection before a server binds it."""
+    a port from that range can be taken by any outgoing connection before a server binds it.
+    Never one this process handed out lately (see _RECENTLY_GIVEN)."""
     rng = random.Random()
     low, high = _worker_range()
     ports: list[int] = []
     while len(ports) < count:
         port = rng.randint(low, high)
-        if port in ports:
+        if port in ports or port in _RECENTLY_GIVEN:
             continue
         with socket.socket() as s:
             try:
@@ -80,6 +87,7 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 continue
         ports.append(port)
+    _RECENTLY_GIVEN.extend(ports)
     return ports
 
 
