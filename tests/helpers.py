@@ -109,11 +109,14 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def etcd_range(client_url: str, prefix: str) -> dict[str, tuple[bytes, int]]:
-    """{key: (value, lease)} of every key under `prefix`, through etcd's JSON gateway."""
+def etcd_range(client_url: str, prefix: str, timeout_s: float = 10.0) -> dict[str, tuple[bytes, int]]:
+    """{key: (value, lease)} of every key under `prefix`, through etcd's JSON gateway.
+
+    The timeout is generous: a linearizable read waits for the store's next commit, which one slow
+    fsync on a loaded machine holds up for seconds; the tests observe, they do not judge etcd."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     _status, answer = http_json(
-        f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())}
+        f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())}, timeout_s
     )
     assert isinstance(answer, dict), answer
     return {

@@ -7,6 +7,7 @@ base64-encoded and returns int64 fields as strings.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -51,8 +52,8 @@ class Client:
                 raw = response.read()
         except urllib.error.HTTPError as err:
             raise EtcdError(f"{path}: HTTP {err.code} {err.read()[:200]!r}") from None
-        except (OSError, ValueError) as err:
-            raise EtcdError(f"{path}: {err}") from None
+        except (OSError, ValueError, http.client.HTTPException) as err:  # HTTPException: an answer cut short
+            raise EtcdError(f"{path}: {err!r}") from None
         # keepalive streams one JSON object per line; take the first.
         first = raw.split(b"\n", 1)[0]
         try:

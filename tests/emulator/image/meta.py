@@ -389,8 +389,8 @@ class Meta:
                 if self.is_leader():
                     self.ensure_cluster()
                     self.receive_heartbeats()
-            except (etcdv3.EtcdError, OSError, ValueError, KeyError) as err:
-                _log("leader loop error", error=err)
+            except Exception as err:  # the loop outlives any one failed pass
+                _log("leader loop error", error=repr(err))
             time.sleep(LEADER_LOOP_S)
 
     # -- the scheduler manager (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go) --
@@ -410,8 +410,8 @@ class Meta:
                     self.wake.wait(remaining)
             try:
                 self.schedule_once()
-            except (etcdv3.EtcdError, OSError, ValueError, KeyError) as err:
-                _log("scheduler failed", error=err)
+            except Exception as err:  # the loop outlives any one failed pass
+                _log("scheduler failed", error=repr(err))
 
     def schedule_once(self) -> None:
         with self.lock:
