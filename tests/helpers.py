@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import json
 import os
 import random
+import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -211,10 +213,14 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 """What a failed test leaves to read: its containers' logs (kept out of git)."""
 
 
-def save_logs(test: str, containers: list[Container]) -> Path:
-    """Each container's log (stdout and stderr, timestamped) under tests/artifacts/<test>/."""
+def save_logs(test: str, containers: list[Container], files: Iterable[Path] = ()) -> Path:
+    """Each container's log (stdout and stderr, timestamped) under tests/artifacts/<test>/, and a
+    copy of each of `files` (etcd's own log, which meta writes into its data directory)."""
     where = ARTIFACTS / "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in test)
     where.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        with contextlib.suppress(OSError):
+            shutil.copyfile(path, where / f"{path.parent.name}-{path.name}")
     for container in containers:
         try:
             text = container.logs(timestamps=True)

@@ -310,6 +310,7 @@ async def make_cluster(
                 cluster.close()
                 containers = await cluster.containers()
                 if failed(request):
-                    await asyncio.to_thread(save_logs, request.node.name, containers)
+                    etcd_logs = list((cluster.root / "state" / "data").glob("*/etcd.log"))
+                    await asyncio.to_thread(save_logs, request.node.name, containers, etcd_logs)
                 for container in containers:
                     await asyncio.to_thread(container.remove, force=True)
