@@ -323,7 +323,13 @@ class Supervisor:
         local = {n.name for n in self.desired.nodes if n.is_local}
         coordinated = self.coordinated
         budget = (
-            self.coordinator.budget(self.spec.supervisor.max_unavailable, True, local, self.desired.spec_hash)
+            self.coordinator.budget(
+                self.spec.supervisor.max_unavailable,
+                True,
+                {n.name: n.role for n in self.desired.nodes},
+                local,
+                self.desired.spec_hash,
+            )
             if coordinated
             else planning.Budget(self.spec.supervisor.max_unavailable)
         )

@@ -99,6 +99,8 @@ class Coordinator:
         self.available = False
         self.detail = "not connected yet"
         self.max_unavailable = 1
+        self._remote: dict[str, str] = {}
+        """The file's nodes on other machines -> their role (set by `budget`)."""
         self._client: etcd.Etcd | None = None
         self._lease = 0
         self._docs: dict[str, dict[str, Any]] = {}
@@ -119,6 +121,13 @@ class Coordinator:
 
     # -- what the loop hands over ----------------------------------------------------------------
 
+    def _down(self, docs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, str | None]]:
+        """name -> (role, why it is down or None) of every node the store publishes, and of each node of
+        the file on another machine that it does not publish (unknown: counted as down)."""
+        down = {name: (role, down_reason(None)) for name, role in self._remote.items()}
+        down.update({name: (str(doc.get("role", "")), down_reason(doc)) for name, doc in docs.items()})
+        return down
+
     def publish(self, docs: Mapping[str, dict[str, Any]]) -> None:
         """This cycle's documents of this agent's nodes; written when something significant changed."""
         self._docs = dict(docs)
@@ -130,14 +139,20 @@ class Coordinator:
         i = self.identity
         return i.spec_hash, i.nodes, i.outdated
 
-    def budget(self, max_unavailable: int, coordinated: bool, local: set[str], spec_hash: str) -> Budget:
-        """The disruption budget as the store shows the other machines' nodes."""
+    def budget(
+        self,
+        max_unavailable: int,
+        coordinated: bool,
+        roles: Mapping[str, str],
+        local: set[str],
+        spec_hash: str,
+    ) -> Budget:
+        """The disruption budget as the store shows the other machines' nodes. `roles`: every node of
+        this agent's file -> its role; `local`: the ones this agent runs."""
         self.max_unavailable = max_unavailable
+        self._remote = {name: role for name, role in roles.items() if name not in local}
         view = self.view
-        peers: dict[str, tuple[str, str | None]] = {}
-        for name, doc in view.nodes.items():
-            if name not in local:
-                peers[name] = (str(doc.get("role", "")), down_reason(doc))
+        peers = {name: why for name, why in self._down(view.nodes).items() if name not in local}
         outdated = frozenset(n for a in view.agents.values() for n in a.outdated if n not in local)
         slots = {name: str(slot.get("host", "?")) for name, slot in view.slots.items()}
         others = {host: a.spec_hash for host, a in view.agents.items() if host != self.identity.host}
@@ -312,9 +327,7 @@ class Coordinator:
                 if seen.slots.get(node, {}).get("host") == self.identity.host:
                     self._held.add(node)
                     return
-                down = {
-                    name: (str(doc.get("role", "")), down_reason(doc)) for name, doc in seen.nodes.items()
-                }
+                down = self._down(seen.nodes)
                 budget = Budget(
                     self.max_unavailable,
                     True,

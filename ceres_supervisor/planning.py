@@ -517,7 +517,7 @@ def _online(cycle: _Cycle, node: DesiredNode | None) -> bool:
         return False  # an endpoint that is not in the file never comes back
     if not node.is_local:
         peer = cycle.budget.peers.get(node.name)
-        return peer is None or peer[1] not in ("not running", "agent down")
+        return peer is None or peer[1] != "not running"  # an unpublished node may well be online
     c = cycle.observed.containers.get(node.name)
     return c is not None and c.state == "running"
 

@@ -152,10 +152,16 @@ def apply(
     return StoreView(revision, agents, nodes, slots, frozenset(paused), all_paused, malformed, departed)
 
 
+UNPUBLISHED: Final = "unknown: no supervisor publishes it"
+"""Why a node of the file that no live agent publishes counts as down: its agent is gone (a machine
+that died takes its nodes with it) or has not written it yet. Nobody can tell it serves, so it
+counts against the budget, as Kubernetes counts a pod on a lost node against a disruption budget."""
+
+
 def down_reason(doc: Mapping[str, Any] | None) -> str | None:
     """Why a published node counts against the budget (None: healthy with its shards)."""
     if doc is None:
-        return "not published"
+        return UNPUBLISHED
     state = doc.get("state")
     lease = doc.get("lease")
     held = lease.get("held") if isinstance(lease, dict) else None

@@ -9,6 +9,8 @@ import pytest
 
 from ceres_supervisor import clusterview, desired, loading
 from ceres_supervisor import storeview as coordination
+from ceres_supervisor.coordination import Coordinator, Identity
+from ceres_supervisor.disruption import blockers
 from ceres_supervisor.etcd import KeyValue
 from ceres_supervisor.storeview import AgentRecord, StoreView
 
@@ -90,7 +92,7 @@ def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted
 @pytest.mark.parametrize(
     ("doc", "why"),
     [
-        (None, "not published"),
+        (None, coordination.UNPUBLISHED),
         (node_doc("db1"), None),
         (node_doc("db1", held=None), None),
         (node_doc("db1", held=False), "without its shards"),
@@ -102,6 +104,24 @@ def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted
 )
 def test_down_reason_of_a_published_node(doc: dict[str, object] | None, why: str | None) -> None:
     assert coordination.down_reason(doc) == why
+
+
+def test_a_node_of_the_file_that_no_agent_publishes_counts_against_the_budget() -> None:
+    """Its agent is gone (the chaos benchmark: db5 crashed while its agent was down, and another agent
+    stopped db0 beside it): nobody knows that it serves, so it is down until published again."""
+    coordinator = Coordinator("defaultCluster", Identity(host="127.0.0.1", version="t", listen="x"),
+                              ["http://127.0.0.1:1"], 5, lambda: None)
+    coordinator.available = True
+    coordinator.view = coordination.apply(StoreView(), ROOT, [kv("nodes/db1", node_doc("db1"))], [], 3, reset=True)
+    roles = {"meta0": "meta", "db0": "ceresdb", "db1": "ceresdb", "db2": "ceresdb"}
+    budget = coordinator.budget(1, True, roles, {"db0"}, "h1")
+    unknown = coordination.UNPUBLISHED
+    assert budget.peers == {"meta0": ("meta", unknown), "db1": ("ceresdb", None), "db2": ("ceresdb", unknown)}
+    assert blockers("db0", "ceresdb", {"db0": ("ceresdb", "unhealthy")}, budget) == [f"db2 ({unknown})"]
+    published = coordination.apply(coordinator.view, ROOT, [kv("nodes/db2", node_doc("db2"))], [], 4)
+    coordinator.view = published
+    budget = coordinator.budget(1, True, roles, {"db0"}, "h1")
+    assert blockers("db0", "ceresdb", {"db0": ("ceresdb", "unhealthy")}, budget) is None
 
 
 def test_a_timestamp_alone_is_not_worth_a_write() -> None:
