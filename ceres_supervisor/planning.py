@@ -443,8 +443,8 @@ def _watch_running(
         reason = f"unhealthy: {detail}"
         # It keeps serving only with shards of its own: one that meta assigns none serves nothing,
         # so it is down itself, as the other agents judge its published record (storeview).
-        held = judgement is not None and judgement.state == "held"
-        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=held)
+        serving = status is not None and status.held is True
+        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=serving)
         return view, rec, stop(reason, NodeState.UNHEALTHY, "unhealthy")
     probe_note = fresh.detail if fresh is not None and not fresh.ok else None
 
