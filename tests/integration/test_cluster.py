@@ -26,7 +26,7 @@ from ceres_supervisor import cli
 
 from ..dockerevents import DockerEvents
 from ..helpers import free_ports, http_json, wait_until
-from ..standins import FastTicks, kill_main_process
+from ..standins import FastTicks, emulator_hook, kill_main_process
 from .conftest import FAST, Daemon
 
 pytestmark = pytest.mark.xdist_group("several-machines")
@@ -109,8 +109,7 @@ class Machines:
         return daemon
 
     def fault(self, node: str, *args: str) -> None:
-        result = self.container(node).exec_run(["ceres-emulator-fault", *args])
-        assert result.exit_code == 0, result.output
+        emulator_hook(self.container(node), *args)
 
 
 @pytest.fixture(scope="module")
