@@ -63,7 +63,11 @@ def blockers(
     own = every.get(node, (role, None))[1]
 
     def blocks(name: str, why: str | None) -> bool:
-        if why is None or name == node:
+        if name == node:
+            return False
+        if name in budget.slots and why not in WAITING_FOR_SHARDS:
+            return True  # being stopped by choice, whatever its record says yet (below: up to 1.2.7)
+        if why is None:
             return False
         if role != "ceresdb" or own not in WAITING_FOR_STOP:
             return True
@@ -71,17 +75,14 @@ def blockers(
         # that each wait to be stopped would wait for each other for ever: the first by name goes
         # first, the others still wait for it, so one at a time. A node waiting for its shards may
         # be waiting for `node` itself (an offline assigned node stops every reopen up to 1.2.7).
+        # Another agent may have sent a later name first (it judged before `node` was published
+        # down): its slot then blocks, above, so it is still one at a time.
         return not ((why in WAITING_FOR_STOP and name > node) or why in WAITING_FOR_SHARDS)
 
     others = sorted(
-        f"{name} ({why})"
+        f"{name} ({why or f'slot held by {budget.slots[name]}'})"
         for name, (other_role, why) in every.items()
         if other_role == role and blocks(name, why)
-    )
-    others += sorted(
-        f"{name} (slot held by {host})"
-        for name, host in budget.slots.items()
-        if name != node and name in every and every[name][0] == role and every[name][1] is None
     )
     limit = 1 if role == "meta" else budget.max_unavailable
     return others if len(others) >= limit else None

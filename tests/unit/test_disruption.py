@@ -64,6 +64,17 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
         ("db0", down(DB3), Budget(slots={"db1": "127.0.0.2"}), ["db1 (slot held by 127.0.0.2)"]),
         ("db0", down(DB3, db1="stopping"), Budget(slots={"db1": "127.0.0.2"}), ["db1 (stopping)"]),
         ("db0", down(DB3), Budget(slots={"db0": "127.0.0.1"}), None),  # its own slot
+        # another agent stopped db4 before db0 was published down: its slot blocks, whatever the order
+        (
+            "db0",
+            down(DB3, db0="unhealthy"),
+            Budget(peers={"db4": ("ceresdb", "unhealthy")}, slots={"db4": "127.0.0.3"}),
+            ["db4 (unhealthy)"],
+        ),
+        # ... but once it only waits for its shards, its slot does not hold a node down itself back
+        # (up to 1.2.7 its shards may wait for that very node)
+        ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(slots={"db1": "127.0.0.2"}), None),
+        ("db0", down(DB3, db1="reopening"), Budget(slots={"db1": "127.0.0.2"}), ["db1 (reopening)"]),
         # several machines and the store unreachable: no stop by choice at all
         ("db0", down(DB3), Budget(coordinated=True, available=False), ["coordination unavailable"]),
         ("db0", down(DB3), Budget(coordinated=False, available=False), None),
