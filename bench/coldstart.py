@@ -22,7 +22,7 @@ import common
 import docker
 from stats import summary
 
-from ceres_supervisor.spec import DesiredState
+from ceres_supervisor.model.spec import DesiredState
 from tests.helpers import meta_leader
 from tests.standins import StandIns
 

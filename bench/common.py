@@ -34,9 +34,9 @@ import report
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ceres_supervisor import files, loading, rendering, secrets  # noqa: E402
-from ceres_supervisor.engine import parse_time  # noqa: E402
-from ceres_supervisor.spec import SupervisorSection  # noqa: E402
+from ceres_supervisor.adapters.engine import parse_time  # noqa: E402
+from ceres_supervisor.desired import files, loading, rendering, secrets  # noqa: E402
+from ceres_supervisor.model.spec import SupervisorSection  # noqa: E402
 from tests.emulator import build  # noqa: E402
 from tests.helpers import free_ports  # noqa: E402
 from tests.standins import cluster_toml  # noqa: E402

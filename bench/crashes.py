@@ -10,7 +10,7 @@ under Docker's policy. A crash is `kill -9` of the container's main process, don
 polled every 5 ms from that event on. Series alternate who goes first.
 
 The supervisor's delays are its choice (SPEC 6: "a choice, not a defect, but it must match
-section 4.5 exactly"): the expected one comes from `ceres_supervisor.backoff` with the default
+section 4.5 exactly"): the expected one comes from `ceres_supervisor.decisions.backoff` with the default
 policy, and the one it chose from its `died` event ("failure N; restart in X s").
 """
 
@@ -26,8 +26,8 @@ import common
 import docker
 from stats import summary
 
-from ceres_supervisor import backoff
-from ceres_supervisor.spec import SupervisorSection
+from ceres_supervisor.decisions import backoff
+from ceres_supervisor.model.spec import SupervisorSection
 
 DEFAULTS = SupervisorSection()
 SPEC_CRASHES = 6

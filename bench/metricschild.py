@@ -21,9 +21,11 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from ceres_supervisor import desired, loading, planning
-from ceres_supervisor.backoff import Policy
-from ceres_supervisor.observed import (
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.backoff import Policy
+from ceres_supervisor.desired import containers as desired
+from ceres_supervisor.desired import loading
+from ceres_supervisor.model.observed import (
     LeaseView,
     MetaLeader,
     MetaMemberProbe,
@@ -32,7 +34,7 @@ from ceres_supervisor.observed import (
     ProbeResult,
     ShardLock,
 )
-from ceres_supervisor.spec import SupervisorSection
+from ceres_supervisor.model.spec import SupervisorSection
 
 CALLS = 1000
 NOW = 1000.0
@@ -110,7 +112,7 @@ def main(mode: str) -> None:
     before = rss_mib()
     importlib.import_module("prometheus_client")
     imported = rss_mib()
-    metrics = importlib.import_module("ceres_supervisor.metrics").Metrics(lambda: snapshot)
+    metrics = importlib.import_module("ceres_supervisor.surfaces.metrics").Metrics(lambda: snapshot)
     metrics.count_restart("db0", "died")
     built = rss_mib()
     started = time.process_time()

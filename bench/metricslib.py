@@ -6,7 +6,7 @@ Each repetition runs bench/metricschild.py in a fresh Python process, twice: ove
 (the project's model and planner imported) and over the daemon's baseline (aiohttp and the Docker
 client imported too, so the stdlib modules they share with prometheus_client are not counted
 again). It reads its own VmRSS before and after `import prometheus_client`, after building
-`ceres_supervisor.metrics.Metrics(...)` over a healthy plan of 1 meta + 3 CeresDB nodes, and the
+`ceres_supervisor.surfaces.metrics.Metrics(...)` over a healthy plan of 1 meta + 3 CeresDB nodes, and the
 CPU time of 1000 `exposition()` calls, each the whole `/metrics` body. No Docker, no daemon: the
 daemon's idle cost, now and before the change, is in steady.py's table.
 """
@@ -40,7 +40,7 @@ def main(reps: int) -> None:
     rows = []
     for what, key, previous in (("the baseline (RSS MiB)", "before", None),
                                 ("+ `import prometheus_client`", "imported", "before"),
-                                ("+ `ceres_supervisor.metrics` imported, `Metrics(...)` built", "built", "imported"),
+                                ("+ `ceres_supervisor.surfaces.metrics` imported, `Metrics(...)` built", "built", "imported"),
                                 (f"+ {CALLS} `exposition()` calls", "after", "built")):
         cells = [f"{median(m, key):.1f}" if previous is None else f"{median(m, key) - median(m, previous):+.1f}"
                  for m, _label in MODES]

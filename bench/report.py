@@ -117,7 +117,7 @@ def render(runs: dict[str, dict[str, Any]]) -> str:
         "`kill -9` of the container's main process (`State.Pid`): Docker treats `docker kill` as a manual stop "
         "and would not restart. Percentiles interpolate linearly between ranks (numpy's default). Every "
         "table's heading names the commit it measured, the date and the machine; the line under it, the "
-        "supervisor settings it changed from the defaults of `ceres_supervisor.spec.SupervisorSection`.\n",
+        "supervisor settings it changed from the defaults of `ceres_supervisor.model.spec.SupervisorSection`.\n",
         f"## Summary (commit {', '.join(commits) or '?'}; the scripts took {duration(total)} in all)\n",
         summary(runs),
     ]

@@ -3,7 +3,7 @@
     python bench/storechild.py grpc|gateway HOST PORT CALLS
 
 `grpc`: aetcd (a maintained asyncio gRPC client; installed only in a temporary virtualenv);
-`gateway`: `ceres_supervisor.etcd.Etcd`, the project's client of etcd's JSON gateway over aiohttp.
+`gateway`: `ceres_supervisor.adapters.etcd.Etcd`, the project's client of etcd's JSON gateway over aiohttp.
 Reads VmRSS (MiB) at start, after `import aiohttp` (which the daemon has anyway), after importing
 the client, after creating it and writing one key (which connects), and after CALLS reads of that
 key; the CPU and wall time of those reads. Prints one JSON line.
@@ -46,7 +46,7 @@ async def measure(kind: str, host: str, port: int, calls: int) -> dict[str, Any]
         def read() -> Awaitable[object]:
             return client.get(KEY)
     else:
-        etcd = importlib.import_module("ceres_supervisor.etcd")
+        etcd = importlib.import_module("ceres_supervisor.adapters.etcd")
         rss["imported"] = rss_mib()
         session = aiohttp.ClientSession()
         client = etcd.Etcd(session, [f"http://{host}:{port}"], 2.0)

@@ -4,7 +4,7 @@
 
 The gRPC side is aetcd, installed with its dependencies (grpcio, protobuf) into a temporary
 virtualenv under /tmp that is removed at the end (never into .venv); the gateway side is the
-project's `ceres_supervisor.etcd.Etcd` over aiohttp. Both talk to the real etcd inside one CeresMeta
+project's `ceres_supervisor.adapters.etcd.Etcd` over aiohttp. Both talk to the real etcd inside one CeresMeta
 stand-in (Debian's etcd 3.4, the client port on loopback), each in a fresh Python process
 (bench/storechild.py), repetitions interleaved; the figures are medians.
 """
@@ -26,7 +26,7 @@ import docker
 from tests.standins import StandIns
 
 CHILD = Path(__file__).resolve().parent / "storechild.py"
-KINDS = (("grpc", "aetcd (gRPC)"), ("gateway", "ceres_supervisor.etcd (JSON gateway, aiohttp)"))
+KINDS = (("grpc", "aetcd (gRPC)"), ("gateway", "ceres_supervisor.adapters.etcd (JSON gateway, aiohttp)"))
 
 
 def grpc_venv(directory: Path) -> Path:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from . import cli
+from ceres_supervisor.cli import commands
 
 
 def main() -> None:
-    sys.exit(cli.main(sys.argv[1:]))
+    sys.exit(commands.main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import TypeVar
 import docker
 from docker.models.containers import Container
 
-from ceres_supervisor.probes import decode_shard_lock
+from ceres_supervisor.observation.probes import decode_shard_lock
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ import docker
 import requests
 from docker.models.containers import Container
 
-from ceres_supervisor import files, loading, rendering, secrets
-from ceres_supervisor.spec import DesiredState
+from ceres_supervisor.desired import files, loading, rendering, secrets
+from ceres_supervisor.model.spec import DesiredState
 
 from .helpers import SESSION, TEST_LABEL, free_ports
 

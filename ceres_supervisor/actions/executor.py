@@ -17,12 +17,12 @@ from typing import Protocol
 
 import structlog
 
-from . import files
-from .desired import DesiredCluster, DesiredNode
-from .engine import Engine, EngineError, EngineImageMissing
-from .errors import SlotRefused
-from .observed import ObservedContainer
-from .planning import Action
+from ceres_supervisor.adapters.engine import Engine, EngineError, EngineImageMissing
+from ceres_supervisor.decisions.planning import Action
+from ceres_supervisor.desired import files
+from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
+from ceres_supervisor.model.errors import SlotRefused
+from ceres_supervisor.model.observed import ObservedContainer
 
 log = structlog.get_logger(__name__)
 

@@ -30,7 +30,7 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from .desired import (
+from ceres_supervisor.desired.containers import (
     LABEL_CLUSTER,
     LABEL_HOST,
     LABEL_MANAGED,
@@ -39,8 +39,8 @@ from .desired import (
     LABEL_SPEC_HASH,
     ContainerSpec,
 )
-from .errors import CeresError
-from .observed import ObservedContainer
+from ceres_supervisor.model.errors import CeresError
+from ceres_supervisor.model.observed import ObservedContainer
 
 log = structlog.get_logger(__name__)
 

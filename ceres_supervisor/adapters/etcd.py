@@ -19,8 +19,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from .bodies import read_body
-from .errors import CeresError
+from ceres_supervisor.adapters.bodies import read_body
+from ceres_supervisor.model.errors import CeresError
 
 MAX_ANSWER: Final = 8 << 20
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from .spec import Listen, parse_listen
+from ceres_supervisor.model.spec import Listen, parse_listen
 
 DEFAULT_CONFIG: Final = "/etc/ceres-supervisor/cluster.toml"
 DEFAULT_LISTEN: Final = "127.0.0.1:5480"

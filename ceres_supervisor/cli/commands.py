@@ -20,25 +20,17 @@ from typing import Final
 
 import structlog
 
-from . import (
-    __version__,
-    api,
-    app,
-    client,
-    completion,
-    executing,
-    files,
-    loading,
-    logs,
-    observing,
-    oneshot,
-    rendering,
-    secrets,
-    topology,
-)
-from .engine import Engine, EngineError
-from .errors import CeresError, DesiredStateError
-from .locality import LocalityError
+from ceres_supervisor import __version__
+from ceres_supervisor.actions import executor
+from ceres_supervisor.adapters import logs
+from ceres_supervisor.adapters.engine import Engine, EngineError
+from ceres_supervisor.cli import client, completion, oneshot
+from ceres_supervisor.daemon import app
+from ceres_supervisor.desired import files, loading, rendering, secrets, topology
+from ceres_supervisor.desired.locality import LocalityError
+from ceres_supervisor.model.errors import CeresError, DesiredStateError
+from ceres_supervisor.observation import observer
+from ceres_supervisor.surfaces import api
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -179,9 +171,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     engine = Engine(spec.cluster.name, base_url=args.docker_url)
     try:
         place = asyncio.run(oneshot.decide_locality(loaded, args.host))
-        observer = observing.Observer(engine, place)
+        watcher = observer.Observer(engine, place)
         problems = asyncio.run(
-            executing.stop_cluster(engine, observer.containers, spec.supervisor.stop_timeout, True)
+            executor.stop_cluster(engine, watcher.containers, spec.supervisor.stop_timeout, True)
         )
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)

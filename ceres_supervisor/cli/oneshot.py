@@ -11,14 +11,16 @@ import asyncio
 
 import aiohttp
 
-from . import loading, locality, planning, probes
-from .app import Supervisor
-from .desired import DesiredCluster
-from .engine import EngineError
-from .observed import Observation
-from .observing import Inflight, with_run
-from .planning import NodeRecord, Plan
-from .spec import nodes as spec_nodes
+from ceres_supervisor.adapters.engine import EngineError
+from ceres_supervisor.daemon.app import Supervisor
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.planning import NodeRecord, Plan
+from ceres_supervisor.desired import loading, locality
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.observed import Observation
+from ceres_supervisor.model.spec import nodes as spec_nodes
+from ceres_supervisor.observation import probes
+from ceres_supervisor.observation.observer import Inflight, with_run
 
 
 async def decide_locality(loaded: loading.Loaded, host: str | None) -> locality.Locality:

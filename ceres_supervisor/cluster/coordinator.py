@@ -30,10 +30,18 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from . import disruption, etcd
-from .disruption import Budget
-from .errors import SlotRefused
-from .storeview import AgentRecord, StoreView, apply, down_reason, now_text, prefix, significant
+from ceres_supervisor.adapters import etcd
+from ceres_supervisor.cluster.view import (
+    AgentRecord,
+    StoreView,
+    apply,
+    down_reason,
+    now_text,
+    prefix,
+    significant,
+)
+from ceres_supervisor.decisions.budget import COORDINATION_UNAVAILABLE, Budget, blockers, describe
+from ceres_supervisor.model.errors import SlotRefused
 
 log = structlog.get_logger(__name__)
 
@@ -312,7 +320,7 @@ class Coordinator:
         """Take `node`'s slot with one txn that re-checks the budget at one revision of the store."""
         client = self._client
         if client is None or not self.available or not self._lease:
-            raise SlotRefused(disruption.describe([disruption.COORDINATION_UNAVAILABLE]))
+            raise SlotRefused(describe([COORDINATION_UNAVAILABLE]))
         key = self._key("disruptions", node)
         try:
             for _attempt in range(SLOT_ATTEMPTS):
@@ -335,9 +343,9 @@ class Coordinator:
                     {},
                     {n: str(s.get("host")) for n, s in seen.slots.items()},
                 )
-                who = disruption.blockers(node, role, down, budget)
+                who = blockers(node, role, down, budget)
                 if who is not None:
-                    raise SlotRefused(disruption.describe(who))
+                    raise SlotRefused(describe(who))
                 slot = json.dumps(
                     {"host": self.identity.host, "reason": reason, "since": now_text()}
                 ).encode()
@@ -355,9 +363,9 @@ class Coordinator:
                     return
         except etcd.EtcdError as err:
             raise SlotRefused(
-                disruption.describe([f"{disruption.COORDINATION_UNAVAILABLE} ({err})"])
+                describe([f"{COORDINATION_UNAVAILABLE} ({err})"])
             ) from None
-        raise SlotRefused(disruption.describe(["the cluster changed while the slot was being taken"]))
+        raise SlotRefused(describe(["the cluster changed while the slot was being taken"]))
 
     async def release(self, releasable: frozenset[str]) -> None:
         """Give back the slots of nodes that are healthy with their shards again."""

@@ -28,33 +28,25 @@ from typing import Final, Protocol
 import aiohttp
 import structlog
 
-from . import (
-    __version__,
-    controls,
-    coordination,
-    cycles,
-    etcd,
-    executing,
-    loading,
-    locality,
-    logs,
-    metrics,
-    operations,
-    planning,
-    probes,
-    reloading,
-    secrets,
-    systemd,
-    topology,
-)
-from . import desired as desired_mod
-from .desired import DesiredCluster
-from .engine import Engine, EngineError, EngineEvent
-from .errors import DesiredStateError, SecretError
-from .observed import Observation
-from .observing import Inflight, Observer, follow_events
-from .planning import NodeRecord, Plan
-from .snapshot import Coordination, Event, ReloadResult, Snapshot
+from ceres_supervisor import __version__
+from ceres_supervisor.actions import executor
+from ceres_supervisor.adapters import etcd, logs, systemd
+from ceres_supervisor.adapters.engine import Engine, EngineError, EngineEvent
+from ceres_supervisor.cluster import coordinator
+from ceres_supervisor.daemon import reloading
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.planning import NodeRecord, Plan
+from ceres_supervisor.decisions.targets import probe_targets
+from ceres_supervisor.desired import containers as desired_mod
+from ceres_supervisor.desired import loading, locality, secrets, topology
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.errors import DesiredStateError, SecretError
+from ceres_supervisor.model.observed import Observation
+from ceres_supervisor.observation import probes
+from ceres_supervisor.observation.observer import Inflight, Observer, follow_events
+from ceres_supervisor.operations import pauses, restarts
+from ceres_supervisor.surfaces import metrics, reports
+from ceres_supervisor.surfaces.snapshot import Coordination, Event, ReloadResult, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -114,8 +106,8 @@ class Supervisor:
         self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.reload_result = ReloadResult(True, None, None)
         self.agent = agent_name(place)
-        self.identity = coordination.Identity(self.agent, __version__, self.spec.supervisor.listen)
-        self.coordinator = coordination.Coordinator(
+        self.identity = coordinator.Identity(self.agent, __version__, self.spec.supervisor.listen)
+        self.coordinator = coordinator.Coordinator(
             self.spec.cluster.name,
             self.identity,
             self._store_endpoints(),
@@ -137,7 +129,7 @@ class Supervisor:
         self._cycle = 0
         self._last_plan: Plan | None = None
         self._prober: probes.Prober | None = None
-        self._executor = executing.Executor(
+        self._executor = executor.Executor(
             self.engine,
             loaded.spec.supervisor.stop_timeout,
             self._on_outcome,
@@ -147,8 +139,8 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
         self._group: asyncio.TaskGroup | None = None
         self._cycled = asyncio.Condition()
-        self.pauses = controls.PauseBook.open(self.spec.cluster.state_dir)
-        self.operations = operations.Operations(self, lambda: self._session, None)
+        self.pauses = pauses.PauseBook.open(self.spec.cluster.state_dir)
+        self.operations = restarts.Operations(self, lambda: self._session, None)
         self.ready = asyncio.Event()
         """Set after the first completed cycle (READY=1)."""
 
@@ -203,7 +195,7 @@ class Supervisor:
         if event.action in WAKING_ACTIONS:
             self._wake.set()
 
-    def _on_outcome(self, outcome: executing.Outcome) -> None:
+    def _on_outcome(self, outcome: executor.Outcome) -> None:
         action = outcome.action
         if action.kind == "restart":
             self.operations.finished(action.node, None if outcome.ok else outcome.error)
@@ -230,7 +222,7 @@ class Supervisor:
             log.warning("flush_failed", node=node.name, error=str(err))
             return f"failed ({type(err).__name__}: {err}); stopping anyway"
 
-    # -- what operations need (operations.Host) --------------------------------------------------
+    # -- what operations need (restarts.Host) --------------------------------------------------
 
     @property
     def current_plan(self) -> Plan | None:
@@ -299,7 +291,7 @@ class Supervisor:
                 return
             await asyncio.to_thread(self.pauses.pushed)
         view = self.coordinator.view
-        store = controls.Pauses(view.all_paused, view.paused)
+        store = pauses.Pauses(view.all_paused, view.paused)
         if store != self.pauses.current:
             await asyncio.to_thread(self.pauses.mirror, store)
 
@@ -357,7 +349,7 @@ class Supervisor:
         if result.meta_ready:
             self._remember_topology()
         if self._prober is not None:
-            targets = cycles.probe_targets(self.desired, result, observation.containers)
+            targets = probe_targets(self.desired, result, observation.containers)
             self._prober.update({n.name: n for n in self.desired.nodes}, targets, self.probe_settings())
         self._share(result, observation)
         await self.coordinator.release(result.releasable)
@@ -383,8 +375,8 @@ class Supervisor:
         """What the other agents see of this one: its nodes, its spec, what it still has to roll."""
         self.identity.spec_hash = self.desired.spec_hash
         self.identity.nodes = tuple(n.name for n in self.desired.nodes if n.is_local)
-        self.identity.outdated = cycles.outdated(self.desired, observation.containers)
-        self.coordinator.publish(cycles.local_documents(self.desired, result, observation, self.records))
+        self.identity.outdated = reports.outdated(self.desired, observation.containers)
+        self.coordinator.publish(reports.local_documents(self.desired, result, observation, self.records))
 
     def _note(self, note: planning.Note) -> None:
         self.record_event(note.node, note.type, note.reason, note.message)
@@ -415,7 +407,7 @@ class Supervisor:
         return started
 
     def status_line(self, result: Plan | None) -> str:
-        return cycles.status_line(
+        return reports.status_line(
             result, self.engine_error, None if self.reload_result.ok else self.reload_result.error
         )
 
@@ -646,7 +638,7 @@ class Supervisor:
         self.notifier.status("stopping the cluster")
         log.info("stopping_cluster", timeout_s=timeout_s)
         try:
-            problems = await executing.stop_cluster(
+            problems = await executor.stop_cluster(
                 self.engine, self.observer.containers, timeout_s, remove=False
             )
         except EngineError as err:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from . import desired as desired_mod
-from . import loading, locality, secrets, topology
-from .desired import DesiredCluster
-from .errors import DesiredStateError, Problem
-from .spec import DesiredState
-from .spec import nodes as spec_nodes
+from ceres_supervisor.desired import containers as desired_mod
+from ceres_supervisor.desired import loading, locality, secrets, topology
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.errors import DesiredStateError, Problem
+from ceres_supervisor.model.spec import DesiredState
+from ceres_supervisor.model.spec import nodes as spec_nodes
 
 
 @dataclass(frozen=True)

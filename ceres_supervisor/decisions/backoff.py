@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from .spec import SupervisorSection
+from ceres_supervisor.model.spec import SupervisorSection
 
 JITTER: Final = 0.2
 """Restart delays vary by +-20%: nodes that failed together do not restart together."""

@@ -25,51 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Final, Literal
+from typing import Literal
 
-from .observed import LeaseView
-
-SCHEDULER_TICK_S: Final = 5.0
-"""CeresMeta's scheduler interval (META v1.2.2 scheduler_manager.go `schedulerInterval`, the same
-at v1.2.7 and in HoraeMeta 2.0.0)."""
-BATCHED_TICKS: Final = 2
-"""From 1.2.4 every pending shard goes in one batch: one tick to notice, one to run it."""
+from ceres_supervisor.model.observed import LeaseView
+from ceres_supervisor.model.versions import Pace
 
 State = Literal["held", "reopening", "lost", "unknown", "unassigned"]
-
-
-@dataclass(frozen=True)
-class Pace:
-    """How the version's CeresMeta reopens shards."""
-
-    one_per_tick: bool
-    """1.2.2: one open-shard procedure per tick, cluster-wide, first pending shard first."""
-    offline_blocks: bool
-    """Up to 1.2.7: an offline assigned node stops every reopen in the cluster."""
-    label: str
-    heartbeat_s: float
-    """CeresDB's heartbeat interval, 2/3 of `ceresdb.lease`: how late meta learns of an open."""
-
-    @classmethod
-    def of(cls, version: tuple[int, int, int], lease_s: float) -> Pace:
-        return cls(
-            one_per_tick=version < (1, 2, 4),
-            offline_blocks=version < (2, 0, 0),
-            label=".".join(map(str, version)),
-            heartbeat_s=lease_s * 2 / 3,
-        )
-
-    def seconds(self, pending: int) -> float:
-        """How long the scheduler may take to reopen a shard when `pending` wait cluster-wide:
-        at 1.2.2 the shards ahead of it one at a time, each a tick plus the heartbeat that reports
-        it open; batched, two ticks and a heartbeat."""
-        if self.one_per_tick:
-            return (pending + 1) * (SCHEDULER_TICK_S + self.heartbeat_s)
-        return BATCHED_TICKS * SCHEDULER_TICK_S + self.heartbeat_s
-
-    def full_reopen_s(self, shards: int) -> float:
-        """Reopening all of one node's `shards`, nothing else pending."""
-        return self.seconds(shards if self.one_per_tick else 0)
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final, Literal
 
-from . import backoff, disruption, leases
-from .backoff import Policy
-from .desired import DesiredCluster, DesiredNode
-from .disruption import Budget
-from .observed import Observation, ObservedContainer
+from ceres_supervisor.decisions import backoff, leases
+from ceres_supervisor.decisions.backoff import Policy
+from ceres_supervisor.decisions.budget import Budget, blockers, describe
+from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
+from ceres_supervisor.model import versions
+from ceres_supervisor.model.observed import Observation, ObservedContainer
 
 __all__ = [
     "Action",
@@ -481,7 +482,7 @@ def _watch_running(
 def _lease_contexts(cycle: _Cycle, records: dict[str, NodeRecord]) -> dict[str, leases.Context]:
     """For each local CeresDB node: what the rest of the cluster says about its shards' wait."""
     view = cycle.observed.leases
-    pace = leases.Pace.of(cycle.desired.spec.release.version, cycle.desired.spec.ceresdb.lease)
+    pace = versions.Pace.of(cycle.desired.spec.release.version, cycle.desired.spec.ceresdb.lease)
     if view is None or view.error is not None:
         empty = leases.Context(pace, (), 0, (), cycle.policy.lease_grace_s)
         return {n.name: empty for n in cycle.desired.ceresdb}
@@ -563,8 +564,8 @@ def plan(
         if want is not None and want.rolling:
             held_back = _rolling_gate(cycle, node, rolling, down)
         if want is not None and want.action.by_choice and held_back is None:
-            who = disruption.blockers(node.name, node.role, down, cycle.budget)
-            held_back = disruption.describe(who) if who is not None else None
+            who = blockers(node.name, node.role, down, cycle.budget)
+            held_back = describe(who) if who is not None else None
         if want is None:
             rec = replace(rec, budget_wait=None)
         elif held_back is not None:

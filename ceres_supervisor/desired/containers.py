@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from . import rendering
-from .spec import DesiredState, SecretRef, nodes
+from ceres_supervisor.desired import rendering
+from ceres_supervisor.model.spec import DesiredState, SecretRef, nodes
 
 LABEL_PREFIX: Final = "io.ceres-supervisor"
 LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"

@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import rendering
-from .spec import SecretRef
+from ceres_supervisor.desired import rendering
+from ceres_supervisor.model.spec import SecretRef
 
 SECRET_MODE = 0o600
 PLAIN_MODE = 0o644

@@ -15,8 +15,9 @@ from typing import Any
 
 import pydantic
 
-from . import rules, secrets, spec
-from .errors import DesiredStateError, Problem
+from ceres_supervisor.desired import rules, secrets
+from ceres_supervisor.model import spec
+from ceres_supervisor.model.errors import DesiredStateError, Problem
 
 _MESSAGES = {
     "extra_forbidden": "unknown key",

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import CeresError
+from ceres_supervisor.model.errors import CeresError
 
 
 class LocalityError(CeresError):

@@ -16,9 +16,8 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel
 
-from . import durations
-from .secrets import REDACTED
-from .spec import DbNode, DesiredState, MetaNode, SecretRef, machine_of
+from ceres_supervisor.model import durations
+from ceres_supervisor.model.spec import REDACTED, DbNode, DesiredState, MetaNode, SecretRef, machine_of
 
 Document = dict[str, Any]
 

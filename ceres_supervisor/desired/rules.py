@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from . import leases, rendering, serverschema, versions
-from .errors import Problem
-from .spec import (
+from ceres_supervisor.desired import rendering, serverschema
+from ceres_supervisor.model import versions
+from ceres_supervisor.model.errors import Problem
+from ceres_supervisor.model.spec import (
     LEASE_MAX_S,
     SHARD_LOCK_TTL_MIN,
     DesiredState,
@@ -292,7 +293,7 @@ def _check_server_schema(spec: DesiredState) -> list[Problem]:
 def _check_lease_grace(spec: DesiredState) -> list[Problem]:
     """lease_grace is added to the time CeresMeta takes to reopen a node's shards; shorter than
     that full reopen, a judgement that goes wrong (a slow meta) restarts a node that only waits."""
-    pace = leases.Pace.of(spec.release.version, spec.ceresdb.lease)
+    pace = versions.Pace.of(spec.release.version, spec.ceresdb.lease)
     shards = -(-spec.meta.shard_total // max(1, len(spec.ceresdb.nodes)))
     full = pace.full_reopen_s(shards)
     if spec.supervisor.lease_grace < full:

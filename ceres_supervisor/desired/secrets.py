@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .errors import Problem, SecretError
-from .spec import DesiredState, SecretRef, secret_refs
-
-REDACTED = "***"
+from ceres_supervisor.model.errors import Problem, SecretError
+from ceres_supervisor.model.spec import DesiredState, SecretRef, secret_refs
 
 
 def resolve(ref: SecretRef, environ: Mapping[str, str] | None = None) -> str:

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Final
 
-from . import files
-from .desired import DesiredCluster
-from .errors import Problem
-from .spec import DesiredState
+from ceres_supervisor.desired import files
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.errors import Problem
+from ceres_supervisor.model.spec import DesiredState
 
 TOPOLOGY_FILE: Final = "topology.json"
 

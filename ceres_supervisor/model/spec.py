@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from . import durations, versions
+from ceres_supervisor.model import durations, versions
 
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 """Node and cluster names become container names and etcd path segments."""
@@ -58,6 +58,10 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+REDACTED: Final = "***"
+"""What output shows instead of a secret's value."""
 
 
 class SecretRef(_Model):

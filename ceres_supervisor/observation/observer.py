@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 
 import structlog
 
-from .desired import DesiredCluster
-from .engine import Engine, EngineError, EngineEvent
-from .locality import Locality
-from .observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
-from .probes import Prober
+from ceres_supervisor.adapters.engine import Engine, EngineError, EngineEvent
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.desired.locality import Locality
+from ceres_supervisor.model.observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
+from ceres_supervisor.observation.probes import Prober
 
 log = structlog.get_logger(__name__)
 

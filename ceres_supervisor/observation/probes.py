@@ -28,10 +28,10 @@ from typing import Any, Final
 import aiohttp
 import structlog
 
-from .bodies import read_body
-from .cycles import Target
-from .desired import DesiredNode
-from .observed import LeaseView, MetaLeader, MetaMemberProbe, ProbeResult, ShardLock
+from ceres_supervisor.adapters.bodies import read_body
+from ceres_supervisor.decisions.targets import Target
+from ceres_supervisor.desired.containers import DesiredNode
+from ceres_supervisor.model.observed import LeaseView, MetaLeader, MetaMemberProbe, ProbeResult, ShardLock
 
 log = structlog.get_logger(__name__)
 

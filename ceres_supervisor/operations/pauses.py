@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from . import files
+from ceres_supervisor.desired import files
 
 PAUSED_FILE: Final = "paused.json"
 

@@ -25,8 +25,8 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 import structlog
 
-from .desired import DesiredCluster
-from .planning import FAILING, NodeState, Plan
+from ceres_supervisor.decisions.planning import FAILING, NodeState, Plan
+from ceres_supervisor.desired.containers import DesiredCluster
 
 log = structlog.get_logger(__name__)
 

@@ -15,18 +15,18 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 from aiohttp import web
 
-from . import clusterview, cycles, operating, page, status
-from .app import Supervisor
-from .snapshot import Snapshot
-from .spec import parse_listen
+from ceres_supervisor.model.spec import DesiredState, parse_listen
+from ceres_supervisor.surfaces import cluster_document, control_routes, page, reports, status_document
+from ceres_supervisor.surfaces.metrics import Metrics
+from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +50,23 @@ def read_token(path: str) -> str:
     return token
 
 
+class Daemon(control_routes.Daemon, Protocol):
+    """What the API asks of the daemon: its last snapshot and a few requests. The daemon
+    implements it; the API never reaches further (it reads, the loop acts)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def spec(self) -> DesiredState: ...
+    @property
+    def events(self) -> Collection[Event]: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    def request_reload(self) -> asyncio.Future[ReloadResult]: ...
+
+
 class Api:
-    def __init__(self, supervisor: Supervisor, token: str | None) -> None:
+    def __init__(self, supervisor: Daemon, token: str | None) -> None:
         self.supervisor = supervisor
         self.token = token
         self._status_cache: tuple[Snapshot, bytes] | None = None
@@ -116,7 +131,7 @@ class Api:
         if self._status_cache is not None and self._status_cache[0] is snap:
             return self._status_cache[1]
         r = snap.reload
-        body = json.dumps(status.document(snap, (r.ok, r.error, r.at))).encode()
+        body = json.dumps(status_document.document(snap, (r.ok, r.error, r.at))).encode()
         self._status_cache = (snap, body)
         return body
 
@@ -129,10 +144,10 @@ class Api:
         snap = self.supervisor.snapshot
         local: dict[str, dict[str, object]] = {}
         if snap.plan is not None and snap.observation is not None:
-            local = dict(cycles.local_documents(snap.desired, snap.plan, snap.observation, snap.records))
+            local = dict(reports.local_documents(snap.desired, snap.plan, snap.observation, snap.records))
         c = snap.coordination
         leader = snap.observation.leader.member if snap.observation and snap.observation.leader else None
-        return clusterview.document(
+        return cluster_document.document(
             snap.desired,
             snap.agent,
             local,
@@ -152,7 +167,7 @@ class Api:
             return web.Response(text=text, status=500, content_type="text/html", headers=csp)
         events = [
             {
-                "at": status.rfc3339(e.at),
+                "at": status_document.rfc3339(e.at),
                 "node": e.node,
                 "type": e.type,
                 "reason": e.reason,
@@ -176,7 +191,7 @@ class Api:
         return json_response(
             [
                 {
-                    "at": status.rfc3339(e.at),
+                    "at": status_document.rfc3339(e.at),
                     "node": e.node,
                     "type": e.type,
                     "reason": e.reason,
@@ -195,7 +210,7 @@ class Api:
                 result = await asyncio.shield(waiter)
         except TimeoutError:
             return json_response({"ok": None, "error": "reload still running", "at": None}, 202)
-        payload = {"ok": result.ok, "error": result.error, "at": status.rfc3339(result.at)}
+        payload = {"ok": result.ok, "error": result.error, "at": status_document.rfc3339(result.at)}
         return json_response(payload, 200 if result.ok else 422)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -214,7 +229,7 @@ class Api:
         app.router.add_get("/v1/events", self.v1_events)
         app.router.add_post("/v1/reload", self.v1_reload)
         app.router.add_get("/metrics", self.metrics)
-        operating.Routes(self.supervisor).add_to(app)
+        control_routes.Routes(self.supervisor).add_to(app)
         return app
 
 
@@ -238,7 +253,7 @@ def _claim_unix_path(path: str) -> None:
 class ApiServer:
     """Binds before the loop starts (a taken port fails before any container is touched)."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Daemon) -> None:
         self.supervisor = supervisor
         self.runner: web.AppRunner | None = None
         self.where = supervisor.spec.supervisor.listen

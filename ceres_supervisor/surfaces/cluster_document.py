@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .desired import DesiredCluster
-from .storeview import StoreView
+from ceres_supervisor.cluster.view import StoreView
+from ceres_supervisor.desired.containers import DesiredCluster
 
 
 def _unknown(node: Any, reason: str) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from . import operations
-from .desired import DesiredCluster
-from .planning import NodeState, Plan
+from ceres_supervisor.decisions.planning import NodeState, Plan
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.operations import restarts
 
 WHO: Final = frozenset({"api", "cli"})
 MAX_BODY: Final = 64 * 1024
@@ -35,7 +35,7 @@ NOT_RUNNING: Final = frozenset(
 
 
 class Daemon(Protocol):
-    operations: operations.Operations
+    operations: restarts.Operations
 
     @property
     def current_plan(self) -> Plan | None: ...
@@ -135,7 +135,7 @@ class Routes:
             return _json({"error": f"{node} is {state}: {why}", "status": 409, "operation": None}, 409)
         try:
             op = self.daemon.operations.begin("restart", [node], who, self.daemon.spawn)
-        except operations.Busy as err:
+        except restarts.Busy as err:
             return _json({"error": str(err), "status": 409, "operation": err.operation}, 409)
         return _json({"operation": op.id}, 202)
 
@@ -145,14 +145,14 @@ class Routes:
         role = body.get("role")
         if role not in (None, "meta", "ceresdb"):
             raise web.HTTPBadRequest(reason="role is meta or ceresdb")
-        nodes = operations.order(self.daemon.current_desired, self.daemon.leader(), role)
+        nodes = restarts.order(self.daemon.current_desired, self.daemon.leader(), role)
         try:
             op = self.daemon.operations.begin("rolling-restart", nodes, who, self.daemon.spawn)
-        except operations.Busy as err:
+        except restarts.Busy as err:
             return _json({"error": str(err), "status": 409, "operation": err.operation}, 409)
         return _json({"operation": op.id, "nodes": nodes}, 202)
 
-    def _operation(self, request: web.Request) -> operations.Operation:
+    def _operation(self, request: web.Request) -> restarts.Operation:
         op = self.daemon.operations.get(request.match_info["id"])
         if op is None:
             raise web.HTTPNotFound(reason="no such operation")

@@ -20,9 +20,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .desired import DesiredCluster
-from .planning import NodeState, Plan
+from ceres_supervisor import __version__
+from ceres_supervisor.decisions.planning import NodeState, Plan
+from ceres_supervisor.desired.containers import DesiredCluster
 
 PROBE_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CYCLE_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)

@@ -1,54 +1,19 @@
-"""What one reconcile cycle derives from its plan, besides actions. Pure.
+"""What one reconcile cycle reports besides its actions. Pure.
 
-The probes to run next (fast while something is starting or waiting), the line systemd shows,
-the documents this agent publishes for its nodes, the nodes whose container runs an outdated
-spec, and the operator's pauses merged from the file on disk and the store.
+The line systemd shows, the documents this agent publishes for its nodes, the nodes whose
+container runs an outdated spec, and the operator's pauses merged from the file on disk and the
+store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from . import status
-from .desired import DesiredCluster
-from .observed import Observation, ObservedContainer
-from .planning import FAILING, Controls, NodeRecord, NodeState, Plan
-
-
-@dataclass(frozen=True)
-class Target:
-    """One thing to probe. `fast` while starting (or meta not ready): probed every 0.1 s."""
-
-    kind: Literal["ceresdb", "meta", "leader", "leases"]
-    key: str
-    fast: bool = False
-    run_id: str = ""
-
-
-def probe_targets(
-    desired: DesiredCluster, plan: Plan, containers: Mapping[str, ObservedContainer]
-) -> list[Target]:
-    """Meta members (every one of the file), this supervisor's running CeresDB nodes, the leader
-    and the shard locks; fast while starting, while meta is not ready, while shards are awaited."""
-    waiting = any(v.state in (NodeState.LEASE_LOST, NodeState.REOPENING) for v in plan.views.values())
-    targets = [
-        Target("leader", "leader", fast=not plan.meta_ready),
-        Target("leases", "leases", fast=waiting),
-    ]
-    for node in desired.nodes:
-        c = containers.get(node.name)
-        view = plan.views.get(node.name)
-        starting = view is not None and view.state in (NodeState.STARTING, NodeState.BLOCKED)
-        run = c.run_key if c is not None and c.is_running else ""
-        if node.is_local and not run:
-            continue
-        if node.role == "meta":
-            targets.append(Target("meta", node.name, fast=not plan.meta_ready or starting, run_id=run))
-        elif node.is_local:
-            targets.append(Target("ceresdb", node.name, fast=starting, run_id=run))
-    return targets
+from ceres_supervisor.decisions.planning import FAILING, Controls, NodeRecord, NodeState, Plan
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.observed import Observation, ObservedContainer
+from ceres_supervisor.surfaces import status_document
 
 
 def status_line(plan: Plan | None, engine_error: str | None, reload_error: str | None) -> str:
@@ -72,7 +37,7 @@ def local_documents(
 ) -> dict[str, dict[str, Any]]:
     """This supervisor's nodes as `/v1/status` shows them: what it publishes for the others."""
     return {
-        n.name: status.node_document(n, plan, observation, records.get(n.name, NodeRecord()), "")
+        n.name: status_document.node_document(n, plan, observation, records.get(n.name, NodeRecord()), "")
         for n in desired.nodes
         if n.is_local
     }

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import planning, storeview
-from .desired import DesiredCluster
-from .observed import Observation
-from .planning import NodeRecord, Plan
+from ceres_supervisor.cluster import view
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.planning import NodeRecord, Plan
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.observed import Observation
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Snapshot:
     plan: Plan | None = None
     records: dict[str, NodeRecord] = field(default_factory=dict)
     engine_error: str | None = None
-    store: storeview.StoreView = field(default_factory=storeview.StoreView)
+    store: view.StoreView = field(default_factory=view.StoreView)
     coordination: Coordination = Coordination(False, "not connected yet", None, False)
 
     @property

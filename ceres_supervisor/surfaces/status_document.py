@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .desired import DesiredCluster, DesiredNode
-from .observed import Observation
-from .planning import NodeRecord, NodeState, Plan
+from ceres_supervisor.decisions.planning import NodeRecord, NodeState, Plan
+from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
+from ceres_supervisor.model.observed import Observation
 
 
 class Snapshotlike(Protocol):

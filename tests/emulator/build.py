@@ -6,7 +6,7 @@
    `docker import` as ceres-emulator/rootfs:<recipe hash>; built once per recipe.
 2. Per version, ceres-emulator/ceresmeta-server:<v> and ceres-emulator/ceresdb-server:<v>
    (horaemeta-server / horaedb-server from 2.0.0): the rootfs plus image/*.py (and
-   ceres_supervisor/serverschema.py when it exists, next to them), labelled with the hash of those
+   ceres_supervisor/desired/serverschema.py when it exists, next to them), labelled with the hash of those
    sources. An image whose label matches is left alone, so a second run does nothing.
 
 CERES_EMULATOR_REPOSITORY=<name> builds the server images as <name>/...:<v> instead (the rootfs
@@ -32,7 +32,7 @@ import docker.errors
 
 HERE = Path(__file__).resolve().parent
 IMAGE_DIR = HERE / "image"
-SERVERSCHEMA = HERE.parents[1] / "ceres_supervisor" / "serverschema.py"
+SERVERSCHEMA = HERE.parents[1] / "ceres_supervisor" / "desired" / "serverschema.py"
 """The supervisor's model of the servers' configuration; the stand-ins parse with it if present."""
 ROOTFS_REPOSITORY = "ceres-emulator"
 REPOSITORY = os.environ.get("CERES_EMULATOR_REPOSITORY") or ROOTFS_REPOSITORY

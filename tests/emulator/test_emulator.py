@@ -26,7 +26,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from ceres_supervisor.spec import DesiredState
+from ceres_supervisor.model.spec import DesiredState
 
 from ..helpers import (
     TEST_LABEL,
@@ -645,7 +645,7 @@ def check(document, schema):
     ("db-without-module", "", 1),
 ])
 def test_serverschema_seam(tmp_path: Path, role: str, violation: str, code: int) -> None:
-    """The stand-ins parse with ceres_supervisor/serverschema.py when the image carries it."""
+    """The stand-ins parse with ceres_supervisor/desired/serverschema.py when the image carries it."""
     image = tmp_path / "image"
     shutil.copytree(HERE / "image", image)
     (image / "VERSION").write_text("1.2.2\n")
@@ -672,7 +672,7 @@ def test_build_is_idempotent_and_images_start(docker_client: docker.DockerClient
                             env={**os.environ, "CERES_EMULATOR_REPOSITORY": IMAGE_PREFIX})
     assert "up to date" in result.stderr  # nothing rebuilt (how fast is not a test's business)
     image = docker_client.images.get(build.image_names("1.2.2")["db"])
-    # ceres_supervisor/serverschema.py rides along when it exists, and only then.
+    # ceres_supervisor/desired/serverschema.py rides along when it exists, and only then.
     has_schema = docker_client.containers.run(
         image, entrypoint=["/usr/bin/python3", "-c", "import os; print(os.path.exists('/opt/ceres-emulator/serverschema.py'))"],
         labels={TEST_LABEL: standins.run_id}, remove=True)

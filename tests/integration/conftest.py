@@ -18,10 +18,13 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from ceres_supervisor import api, app, loading, oneshot
-from ceres_supervisor.desired import LABEL_CLUSTER
-from ceres_supervisor.planning import NodeRecord, NodeView
-from ceres_supervisor.spec import DesiredState
+from ceres_supervisor.cli import oneshot
+from ceres_supervisor.daemon import app
+from ceres_supervisor.decisions.planning import NodeRecord, NodeView
+from ceres_supervisor.desired import loading
+from ceres_supervisor.desired.containers import LABEL_CLUSTER
+from ceres_supervisor.model.spec import DesiredState
+from ceres_supervisor.surfaces import api
 
 from ..conftest import failed
 from ..helpers import free_ports, http_json, save_logs

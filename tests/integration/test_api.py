@@ -14,7 +14,10 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ceres_supervisor import api, app, cli, loading, oneshot
+from ceres_supervisor.cli import commands, oneshot
+from ceres_supervisor.daemon import app
+from ceres_supervisor.desired import loading
+from ceres_supervisor.surfaces import api
 
 from ..helpers import free_ports
 from ..standins import kill_main_process
@@ -53,7 +56,7 @@ class StatusPoller:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.redirect_stdout(io.StringIO()):
-                code = cli.main(["status", "--url", self.url])
+                code = commands.main(["status", "--url", self.url])
             if not self.codes or self.codes[-1] != code:
                 self.codes.append(code)
             time.sleep(0.01)
@@ -114,7 +117,7 @@ async def test_status_events_metrics_and_command_around_a_sigkill(make_cluster: 
     assert restarts_total(metrics_after, "db0") == before + 1
     await cluster.stop()
     with contextlib.redirect_stderr(io.StringIO()) as err:
-        assert await asyncio.to_thread(cli.main, ["status", "--url", cluster.api_url]) == 3
+        assert await asyncio.to_thread(commands.main, ["status", "--url", cluster.api_url]) == 3
     assert cluster.api_url in err.getvalue()
 
 
@@ -186,10 +189,10 @@ async def test_non_loopback_listen_requires_the_token(make_cluster: Callable[...
     assert status_code == 200 and "s3cret" not in str(body)
     assert (await get(f"{url}/healthz"))[0] == 200  # liveness stays open for load balancers and systemd
     with contextlib.redirect_stdout(io.StringIO()):
-        assert await asyncio.to_thread(cli.main, ["status", "--url", url, "--token-file", str(token_file)]) in (0, 1)
+        assert await asyncio.to_thread(commands.main, ["status", "--url", url, "--token-file", str(token_file)]) in (0, 1)
         # token_file and listen read from the file
-        assert await asyncio.to_thread(cli.main, ["status", "-c", str(cluster.path)]) in (0, 1)
-        assert await asyncio.to_thread(cli.main, ["status", "--url", url]) == 4  # no token: refused
+        assert await asyncio.to_thread(commands.main, ["status", "-c", str(cluster.path)]) in (0, 1)
+        assert await asyncio.to_thread(commands.main, ["status", "--url", url]) == 4  # no token: refused
 
 
 class PausableDockerProxy:
@@ -292,7 +295,7 @@ async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(make_c
         assert {n["name"]: n["state"] for n in doc["nodes"]} == {"meta0": "pending", "db0": "pending", "db1": "pending"}  # type: ignore[index]
         assert all(n["reason"].startswith("waiting for the Docker Engine") for n in doc["nodes"])  # type: ignore[index]
         with contextlib.redirect_stdout(io.StringIO()) as out:
-            assert await asyncio.to_thread(cli.main, ["status", "--url", url]) == 1
+            assert await asyncio.to_thread(commands.main, ["status", "--url", url]) == 1
         assert "docker engine: Docker Engine unavailable: no socket at" in out.getvalue()
         assert not task.done()
     finally:

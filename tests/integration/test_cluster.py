@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from ceres_supervisor import cli
+from ceres_supervisor.cli import commands
 
 from ..dockerevents import DockerEvents
 from ..helpers import free_ports, http_json, wait_until
@@ -149,7 +149,7 @@ def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: M
                       "db2": HOSTS[1], "db3": HOSTS[1], "db4": HOSTS[2], "db5": HOSTS[2]}
     # `status` prints the whole cluster, with the HOST column, from any machine.
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert cli.main(["status", "--url", machines.agent(2).url]) == 0
+        assert commands.main(["status", "--url", machines.agent(2).url]) == 0
     assert "cluster " + machines.name + ": healthy" in out.getvalue()
     assert all(f"db{i}" in out.getvalue() for i in range(6))
 
@@ -231,7 +231,7 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
     wait_until(lambda: seen_down(0) and seen_down(2), AGENT_TTL_S + 10, "agents 1 and 3 seeing agent 2 down")
     assert time.monotonic() - killed <= AGENT_TTL_S + 1 + 2, "later than agent_ttl + 1 s (2 s for the polling)"
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert cli.main(["status", "--url", machines.agent(0).url]) == 1
+        assert commands.main(["status", "--url", machines.agent(0).url]) == 1
     assert f"agent {HOSTS[1]} DOWN since" in out.getvalue()
     assert all(machines.container(n).status == "running" for n in mine)
 
@@ -288,7 +288,7 @@ def test_without_quorum_nothing_is_stopped_by_choice_and_crashes_wait_for_meta(m
 
             wait_until(lambda: all(unavailable(i) for i in range(3)), 60, "every agent saying coordination unavailable")
             with contextlib.redirect_stdout(io.StringIO()) as out:
-                assert cli.main(["status", "--url", machines.agent(0).url]) == 1
+                assert commands.main(["status", "--url", machines.agent(0).url]) == 1
             assert "coordination unavailable" in out.getvalue()
             kill_main_process(machines.container("db1"))  # a crash meanwhile
             time.sleep(3 * 1.0)  # a window, not a wait: three probe intervals in which no stop may happen

@@ -17,7 +17,7 @@ import aiohttp
 import docker
 from prometheus_client.parser import text_string_to_metric_families
 
-from ceres_supervisor import cli
+from ceres_supervisor.cli import commands
 
 from ..dockerevents import DockerEvents
 from ..helpers import free_ports
@@ -77,7 +77,7 @@ async def test_a_paused_cluster_restarts_nothing_until_resumed(make_cluster: Cal
     await cluster.start()
     await cluster.healthy(90)
     with contextlib.redirect_stdout(io.StringIO()):
-        assert await asyncio.to_thread(cli.main, ["pause", "--all", "--url", cluster.api_url]) == 0
+        assert await asyncio.to_thread(commands.main, ["pause", "--all", "--url", cluster.api_url]) == 0
     await eventually(lambda: all(cluster.state(n) == "paused" for n in ("meta0", "db0", "db1")), 10, "all paused")
     with DockerEvents(docker_client, cluster.name) as events:
         kill_main_process(await cluster.container("db0"))
@@ -85,7 +85,7 @@ async def test_a_paused_cluster_restarts_nothing_until_resumed(make_cluster: Cal
         await asyncio.sleep(3 * 1.0)  # a window: three probe intervals without a restart
         assert events.of("db0", ("start",)) == []
         with contextlib.redirect_stdout(io.StringIO()):
-            assert await asyncio.to_thread(cli.main, ["resume", "--all", "--url", cluster.api_url]) == 0
+            assert await asyncio.to_thread(commands.main, ["resume", "--all", "--url", cluster.api_url]) == 0
         await cluster.healthy(90)
         assert len(events.of("db0", ("start",))) == 1
 
@@ -112,7 +112,7 @@ async def test_a_planned_restart_flushes_stops_once_starts_once_and_waits_for_th
     before = (await cluster.container("db0")).attrs["State"]["StartedAt"]
     with DockerEvents(docker_client, cluster.name) as events:
         with contextlib.redirect_stdout(io.StringIO()) as out:
-            code = await asyncio.to_thread(cli.main, ["restart", "db0", "--url", cluster.api_url])
+            code = await asyncio.to_thread(commands.main, ["restart", "db0", "--url", cluster.api_url])
         assert code == 0, out.getvalue()
         kills, starts = events.chosen_stops("db0"), events.of("db0", ("start",))
     steps = out.getvalue()

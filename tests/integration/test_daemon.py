@@ -19,8 +19,8 @@ import aiohttp
 import docker
 import pytest
 
-from ceres_supervisor import loading
-from ceres_supervisor.engine import Engine, parse_time
+from ceres_supervisor.adapters.engine import Engine, parse_time
+from ceres_supervisor.desired import loading
 
 from ..dockerevents import DockerEvents
 from ..helpers import meta_leader, meta_leader_key, node_shards, shard_lock_leases, shard_locks

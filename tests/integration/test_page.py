@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ceres_supervisor import page
+from ceres_supervisor.surfaces import page
 
 from .conftest import Cluster, eventually
 

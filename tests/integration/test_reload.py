@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from ceres_supervisor import snapshot
+from ceres_supervisor.surfaces import snapshot
 
 from .conftest import Cluster, eventually
 

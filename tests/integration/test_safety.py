@@ -14,8 +14,8 @@ import aiohttp
 import docker
 import pytest
 
-from ceres_supervisor import app
-from ceres_supervisor.engine import Engine, EngineTimeout
+from ceres_supervisor.adapters.engine import Engine, EngineTimeout
+from ceres_supervisor.daemon import app
 
 from ..dockerevents import DockerEvents
 from .conftest import Cluster, Daemon, eventually

@@ -14,9 +14,9 @@ import aiohttp
 import docker
 import pytest
 
-from ceres_supervisor import etcd
-from ceres_supervisor.coordination import Coordinator, Identity
-from ceres_supervisor.storeview import prefix
+from ceres_supervisor.adapters import etcd
+from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.view import prefix
 
 from ..standins import StandIns, cluster_toml
 from .conftest import eventually

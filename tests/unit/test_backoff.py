@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ceres_supervisor import backoff
-from ceres_supervisor.backoff import Count, Policy
+from ceres_supervisor.decisions import backoff
+from ceres_supervisor.decisions.backoff import Count, Policy
 
 POLICY = Policy(
     failure_threshold=3,

@@ -13,8 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ceres_supervisor import etcd, probes
-from ceres_supervisor.bodies import read_body
+from ceres_supervisor.adapters import etcd
+from ceres_supervisor.adapters.bodies import read_body
+from ceres_supervisor.observation import probes
 
 ROOT = b"/ceres-supervisor/c/nodes/"
 RECORDS = {f"db{i}": {"state": "healthy", "reason": "x" * 400} for i in range(20)}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ceres_supervisor import disruption
-from ceres_supervisor.disruption import Budget
+from ceres_supervisor.decisions.budget import Budget, blockers, describe
 
 HEALTHY = None
 META3 = {"meta0": ("meta", HEALTHY), "meta1": ("meta", HEALTHY), "meta2": ("meta", HEALTHY)}
@@ -84,8 +83,8 @@ def test_blockers(
     node: str, local: dict[str, tuple[str, str | None]], budget: Budget, expected: list[str] | None
 ) -> None:
     role = "meta" if node.startswith("meta") else "ceresdb"
-    assert disruption.blockers(node, role, local, budget) == expected
+    assert blockers(node, role, local, budget) == expected
 
 
 def test_describe_names_who_is_down() -> None:
-    assert disruption.describe(["db1 (reopening)"]) == "waiting for disruption budget: db1 (reopening)"
+    assert describe(["db1 (reopening)"]) == "waiting for disruption budget: db1 (reopening)"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ceres_supervisor import cli, completion
+from ceres_supervisor.cli import commands, completion
 
 from .conftest import BASE
 
@@ -65,7 +65,7 @@ def cluster_file(tmp_path: Path) -> Path:
 
 
 def test_the_script_names_every_subcommand_and_long_option() -> None:
-    parser = cli.build_parser()
+    parser = commands.build_parser()
     text = completion.bash_script(parser)
     subcommands = visible_subcommands(parser)
     assert {"validate", "run", "status", "pause", "resume", "restart", "rolling-restart"} <= set(subcommands)
@@ -97,7 +97,7 @@ def test_exactly_as_a_user_sources_it() -> None:
 def test_subcommands(script: Path) -> None:
     assert complete(script, "ceres-supervisor", "re") == ["render", "reload", "resume", "restart"]
     words = complete(script, "ceres-supervisor", "")
-    assert set(visible_subcommands(cli.build_parser())) | {"--version", "-h", "--help"} == set(words)
+    assert set(visible_subcommands(commands.build_parser())) | {"--version", "-h", "--help"} == set(words)
     assert complete(script, "ceres-supervisor", "--ver") == ["--version"]
 
 

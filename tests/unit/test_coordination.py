@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ceres_supervisor import clusterview, desired, loading
-from ceres_supervisor import storeview as coordination
-from ceres_supervisor.coordination import Coordinator, Identity
-from ceres_supervisor.disruption import blockers
-from ceres_supervisor.etcd import KeyValue
-from ceres_supervisor.storeview import AgentRecord, StoreView
+from ceres_supervisor.adapters.etcd import KeyValue
+from ceres_supervisor.cluster import view as coordination
+from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.view import AgentRecord, StoreView
+from ceres_supervisor.decisions.budget import blockers
+from ceres_supervisor.desired import containers, loading
+from ceres_supervisor.surfaces import cluster_document
 
 from .conftest import BASE
 
@@ -132,13 +133,13 @@ def test_a_timestamp_alone_is_not_worth_a_write() -> None:
 
 
 @pytest.fixture
-def two_hosts(tmp_path: Path) -> desired.DesiredCluster:
+def two_hosts(tmp_path: Path) -> containers.DesiredCluster:
     path = tmp_path / "c.toml"
     path.write_text(TWO_HOSTS)
-    return desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
+    return containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
 
 
-def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: desired.DesiredCluster) -> None:
+def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: containers.DesiredCluster) -> None:
     local = {"meta0": {"name": "meta0", "state": "healthy"}, "db0": {"name": "db0", "state": "healthy"}}
     store = coordination.apply(
         StoreView(),
@@ -152,7 +153,7 @@ def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: de
         5,
         reset=True,
     )
-    doc = clusterview.document(
+    doc = cluster_document.document(
         two_hosts, "127.0.0.1", local, store, {"ok": True, "detail": "ok", "endpoint": "e"}, "meta0"
     )
     assert [(n["name"], n["state"], n["agent"]) for n in doc["nodes"]] == [
@@ -164,7 +165,7 @@ def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: de
     assert {a["host"]: a["state"] for a in doc["agents"]} == {"127.0.0.1": "up", "127.0.0.2": "up"}
 
     gone = coordination.apply(store, ROOT, [], [ROOT + b"agents/127.0.0.2", ROOT + b"nodes/db1"], 6)
-    doc = clusterview.document(
+    doc = cluster_document.document(
         two_hosts, "127.0.0.1", local, gone, {"ok": True, "detail": "ok", "endpoint": "e"}, None
     )
     db1 = next(n for n in doc["nodes"] if n["name"] == "db1")
@@ -173,7 +174,7 @@ def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: de
     assert doc["cluster"]["state"] == "unknown"
 
 
-def test_spec_hashes_that_disagree_are_shown(two_hosts: desired.DesiredCluster) -> None:
+def test_spec_hashes_that_disagree_are_shown(two_hosts: containers.DesiredCluster) -> None:
     store = coordination.apply(
         StoreView(),
         ROOT,
@@ -188,16 +189,16 @@ def test_spec_hashes_that_disagree_are_shown(two_hosts: desired.DesiredCluster) 
         5,
         reset=True,
     )
-    doc = clusterview.document(
+    doc = cluster_document.document(
         two_hosts, "127.0.0.1", {}, store, {"ok": True, "detail": "ok", "endpoint": None}, None
     )
     assert doc["cluster"]["spec_hashes"] == {"127.0.0.1": "mine", "127.0.0.2": "other"}
     assert not doc["cluster"]["spec_agrees"]
 
 
-def test_without_the_store_every_other_node_is_unknown(two_hosts: desired.DesiredCluster) -> None:
+def test_without_the_store_every_other_node_is_unknown(two_hosts: containers.DesiredCluster) -> None:
     local = {"meta0": {"name": "meta0", "state": "healthy"}, "db0": {"name": "db0", "state": "healthy"}}
-    doc = clusterview.document(
+    doc = cluster_document.document(
         two_hosts,
         "127.0.0.1",
         local,

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ceres_supervisor import desired, loading, metrics, planning
-from ceres_supervisor.observed import (
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.planning import NodeRecord, Policy
+from ceres_supervisor.desired import containers as desired
+from ceres_supervisor.desired import loading
+from ceres_supervisor.model.observed import (
     LeaseView,
     MetaLeader,
     MetaMemberProbe,
@@ -27,7 +30,7 @@ from ceres_supervisor.observed import (
     ProbeResult,
     ShardLock,
 )
-from ceres_supervisor.planning import NodeRecord, Policy
+from ceres_supervisor.surfaces import metrics
 
 from .conftest import BASE
 

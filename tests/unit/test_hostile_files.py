@@ -15,7 +15,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ceres_supervisor import cli
+from ceres_supervisor.cli import commands
 
 from .conftest import BASE
 
@@ -78,7 +78,7 @@ def run(command: str, text: str | bytes, root: Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     args = [command, "-c", str(path)] + (["-o", str(root / "out")] if command == "render" else [])
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(args)
+        code = commands.main(args)
     return code, out.getvalue(), err.getvalue()
 
 

@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ceres_supervisor import leases
-from ceres_supervisor.leases import Context, Memory, Pace
-from ceres_supervisor.observed import LeaseView, ShardLock
+from ceres_supervisor.decisions import leases
+from ceres_supervisor.decisions.leases import Context, Memory
+from ceres_supervisor.model.observed import LeaseView, ShardLock
+from ceres_supervisor.model.versions import Pace
 
 ME = "127.0.0.1:8831"
 OTHER = "127.0.0.2:8831"

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from ceres_supervisor import locality
-from ceres_supervisor.locality import Locality, LocalityError
+from ceres_supervisor.desired import locality
+from ceres_supervisor.desired.locality import Locality, LocalityError
 
 
 def test_with_host_exactly_that_address_is_local_and_nothing_is_resolved() -> None:

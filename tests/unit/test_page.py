@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ceres_supervisor import page
-from ceres_supervisor.planning import ClusterState, NodeState
+from ceres_supervisor.decisions.planning import ClusterState, NodeState
+from ceres_supervisor.surfaces import page
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 HOSTILE = "<script>alert(1)</script>"

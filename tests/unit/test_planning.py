@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ceres_supervisor import desired, loading, planning
-from ceres_supervisor.backoff import Count
-from ceres_supervisor.observed import (
+from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions.backoff import Count
+from ceres_supervisor.decisions.planning import Budget, Controls, NodeRecord, NodeState, Policy
+from ceres_supervisor.desired import containers, loading
+from ceres_supervisor.model.observed import (
     LeaseView,
     MetaLeader,
     MetaMemberProbe,
@@ -19,7 +21,6 @@ from ceres_supervisor.observed import (
     ProbeResult,
     ShardLock,
 )
-from ceres_supervisor.planning import Budget, Controls, NodeRecord, NodeState, Policy
 
 from .conftest import BASE
 
@@ -56,25 +57,25 @@ META3 = THREE.replace(
 )
 
 
-def build(tmp_path: Path, text: str = BASE, local: bool = True) -> desired.DesiredCluster:
+def build(tmp_path: Path, text: str = BASE, local: bool = True) -> containers.DesiredCluster:
     path = tmp_path / "c.toml"
     path.write_text(text)
-    return desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: local)
+    return containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: local)
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> desired.DesiredCluster:
+def cluster(tmp_path: Path) -> containers.DesiredCluster:
     return build(tmp_path)
 
 
 @pytest.fixture
-def big(tmp_path: Path) -> desired.DesiredCluster:
+def big(tmp_path: Path) -> containers.DesiredCluster:
     """Three meta members and three CeresDB nodes."""
     return build(tmp_path, META3)
 
 
 def container(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
     node: str,
     state: str = "running",
     *,
@@ -104,7 +105,7 @@ def probe(c: ObservedContainer, ok: bool = True, at: float = NOW) -> ProbeResult
 
 
 def observation(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
     containers: list[ObservedContainer],
     *,
     meta_ready: bool = True,
@@ -134,7 +135,7 @@ def observation(
 
 
 def plan(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
     obs: Observation,
     records: dict[str, NodeRecord] | None = None,
     now: float = NOW,
@@ -150,7 +151,7 @@ def actions(p: planning.Plan) -> list[tuple[str, str]]:
     return [(a.kind, a.node) for a in p.actions]
 
 
-def running(cluster: desired.DesiredCluster) -> tuple[list[ObservedContainer], dict[str, ProbeResult]]:
+def running(cluster: containers.DesiredCluster) -> tuple[list[ObservedContainer], dict[str, ProbeResult]]:
     cs = [container(cluster, n.name) for n in cluster.nodes]
     return cs, {c.node: probe(c) for c in cs}
 
@@ -163,7 +164,7 @@ def healthy_records(cs: list[ObservedContainer], **changes: object) -> dict[str,
 
 
 def failing(
-    cluster: desired.DesiredCluster, *names: str
+    cluster: containers.DesiredCluster, *names: str
 ) -> tuple[list[ObservedContainer], dict[str, ProbeResult], dict[str, NodeRecord]]:
     """Everything running and healthy so far; `names` have failed two probes and fail a third now."""
     cs, probes = running(cluster)
@@ -178,20 +179,20 @@ def failing(
 # --- ordering and creation ------------------------------------------------------------------------
 
 
-def test_cold_start_creates_meta_and_blocks_ceresdb(cluster: desired.DesiredCluster) -> None:
+def test_cold_start_creates_meta_and_blocks_ceresdb(cluster: containers.DesiredCluster) -> None:
     p = plan(cluster, observation(cluster, [], meta_ready=False))
     assert actions(p) == [("create", "meta0")]
     assert p.views["db0"].state is NodeState.BLOCKED and p.views["db1"].state is NodeState.BLOCKED
     assert p.cluster_state is planning.ClusterState.STARTING
 
 
-def test_ceresdb_created_once_meta_is_ready(cluster: desired.DesiredCluster) -> None:
+def test_ceresdb_created_once_meta_is_ready(cluster: containers.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
     p = plan(cluster, observation(cluster, [meta], probes={"meta0": probe(meta)}))
     assert actions(p) == [("create", "db0"), ("create", "db1")]
 
 
-def test_meta_is_ready_only_when_the_leader_lists_the_cluster(cluster: desired.DesiredCluster) -> None:
+def test_meta_is_ready_only_when_the_leader_lists_the_cluster(cluster: containers.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
     obs = observation(cluster, [meta], probes={"meta0": probe(meta)})
     for leader, detail in [
@@ -207,12 +208,12 @@ def test_meta_is_ready_only_when_the_leader_lists_the_cluster(cluster: desired.D
         assert p.views["db0"].state is NodeState.BLOCKED and p.views["db0"].reason == detail
 
 
-def test_all_meta_members_start_together(big: desired.DesiredCluster) -> None:
+def test_all_meta_members_start_together(big: containers.DesiredCluster) -> None:
     p = plan(big, observation(big, [], meta_ready=False))
     assert actions(p) == [("create", "meta0"), ("create", "meta1"), ("create", "meta2")]
 
 
-def test_healthy_adopted_cluster_is_left_alone(cluster: desired.DesiredCluster) -> None:
+def test_healthy_adopted_cluster_is_left_alone(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     p = plan(cluster, observation(cluster, cs, probes=probes))
     assert actions(p) == []
@@ -231,7 +232,7 @@ def test_remote_nodes_are_never_acted_on(tmp_path: Path) -> None:
 # --- failures and backoff -------------------------------------------------------------------------
 
 
-def test_first_unexpected_exit_restarts_at_once(cluster: desired.DesiredCluster) -> None:
+def test_first_unexpected_exit_restarts_at_once(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     first = plan(cluster, observation(cluster, cs, probes=probes))
     dead = container(cluster, "db0", "exited", exit_code=137)
@@ -242,7 +243,7 @@ def test_first_unexpected_exit_restarts_at_once(cluster: desired.DesiredCluster)
     assert [(n.node, n.type, n.reason) for n in p.notes] == [("db0", "died", "exit 137 (SIGKILL)")]
 
 
-def test_meta_exit_code_0_is_a_failure(cluster: desired.DesiredCluster) -> None:
+def test_meta_exit_code_0_is_a_failure(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     first = plan(cluster, observation(cluster, cs, probes=probes))
     dead = container(cluster, "meta0", "exited", exit_code=0)
@@ -251,7 +252,7 @@ def test_meta_exit_code_0_is_a_failure(cluster: desired.DesiredCluster) -> None:
     assert p.notes[0].reason == "exit 0 (CeresMeta exits 0 when etcd fails)"
 
 
-def test_second_failure_waits_with_backoff_then_starts(cluster: desired.DesiredCluster) -> None:
+def test_second_failure_waits_with_backoff_then_starts(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     records = {"db0": NodeRecord(count=Count(1, (NOW - 5,)), restarts=1, run_key="old")}
     dead = container(cluster, "db0", "exited", exit_code=1)
@@ -265,7 +266,7 @@ def test_second_failure_waits_with_backoff_then_starts(cluster: desired.DesiredC
     assert later.records["db0"].failures == 2  # the same exit is not counted twice
 
 
-def test_crashloop_at_the_fifth_failure_waits_backoff_max(cluster: desired.DesiredCluster) -> None:
+def test_crashloop_at_the_fifth_failure_waits_backoff_max(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     records = {"db0": NodeRecord(count=Count(4, tuple(NOW - 60 * i for i in range(1, 5))), run_key="old")}
     dead = container(cluster, "db0", "exited", exit_code=1)
@@ -277,7 +278,7 @@ def test_crashloop_at_the_fifth_failure_waits_backoff_max(cluster: desired.Desir
     assert p.cluster_state is planning.ClusterState.DEGRADED
 
 
-def test_a_crash_after_a_long_healthy_run_restarts_at_once(cluster: desired.DesiredCluster) -> None:
+def test_a_crash_after_a_long_healthy_run_restarts_at_once(cluster: containers.DesiredCluster) -> None:
     """The reset is checked before the new failure is counted (healthy 601 s, backoff_reset 10m)."""
     cs, probes = running(cluster)
     records = healthy_records(cs)
@@ -287,7 +288,7 @@ def test_a_crash_after_a_long_healthy_run_restarts_at_once(cluster: desired.Desi
     assert actions(p) == [("start", "db0")] and p.records["db0"].failures == 1
 
 
-def test_exit_the_supervisor_caused_is_not_a_failure(cluster: desired.DesiredCluster) -> None:
+def test_exit_the_supervisor_caused_is_not_a_failure(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     records = {
         "db0": NodeRecord(
@@ -304,7 +305,7 @@ def test_exit_the_supervisor_caused_is_not_a_failure(cluster: desired.DesiredClu
 
 
 def test_exited_container_found_at_start_is_started_without_a_failure(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
 ) -> None:
     cs, probes = running(cluster)
     p = plan(
@@ -315,7 +316,7 @@ def test_exited_container_found_at_start_is_started_without_a_failure(
     assert p.notes == () and p.records["db0"].restarts == 0
 
 
-def test_failed_create_counts_as_a_failure(cluster: desired.DesiredCluster) -> None:
+def test_failed_create_counts_as_a_failure(cluster: containers.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
     p = plan(
         cluster,
@@ -329,7 +330,7 @@ def test_failed_create_counts_as_a_failure(cluster: desired.DesiredCluster) -> N
     assert p.records["db0"].failures == 2
 
 
-def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(cluster: desired.DesiredCluster) -> None:
+def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(cluster: containers.DesiredCluster) -> None:
     cs, probes, records = failing(cluster, "db0")
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == [("stop", "db0")] and p.records["db0"].failures == 1
@@ -365,7 +366,7 @@ def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(cluster: de
     assert p4.records["db0"].failures == 2 and [n.type for n in p4.notes] == ["died"]
 
 
-def test_the_failed_stop_clears_the_expected_exit_mark(cluster: desired.DesiredCluster) -> None:
+def test_the_failed_stop_clears_the_expected_exit_mark(cluster: containers.DesiredCluster) -> None:
     cs, probes, records = failing(cluster, "db0")
     records["db0"] = replace(
         records["db0"], expected_exit="id-db0", stop_counted_for=cs[1].run_key, count=Count(1, (NOW,))
@@ -380,7 +381,7 @@ def test_the_failed_stop_clears_the_expected_exit_mark(cluster: desired.DesiredC
     assert p2.views["db0"].state is NodeState.BACKOFF  # the second failure waits backoff_initial
 
 
-def test_a_refused_slot_waits_without_counting(cluster: desired.DesiredCluster) -> None:
+def test_a_refused_slot_waits_without_counting(cluster: containers.DesiredCluster) -> None:
     cs, probes, records = failing(cluster, "db0")
     records["db0"] = replace(records["db0"], run_seen_at=NOW - 10)  # started 10 s ago, then healthy
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
@@ -406,7 +407,7 @@ def test_a_refused_slot_waits_without_counting(cluster: desired.DesiredCluster) 
 # --- blocked, unhealthy, lease --------------------------------------------------------------------
 
 
-def test_meta_down_blocks_ceresdb_probe_and_lease_restarts(cluster: desired.DesiredCluster) -> None:
+def test_meta_down_blocks_ceresdb_probe_and_lease_restarts(cluster: containers.DesiredCluster) -> None:
     cs, _probes = running(cluster)
     bad = {c.node: probe(c, ok=False) for c in cs}
     records = {
@@ -424,7 +425,7 @@ def test_meta_down_blocks_ceresdb_probe_and_lease_restarts(cluster: desired.Desi
     assert p.views["db0"].state is NodeState.BLOCKED and p.views["db1"].state is NodeState.BLOCKED
 
 
-def test_exited_ceresdb_waits_for_meta(cluster: desired.DesiredCluster) -> None:
+def test_exited_ceresdb_waits_for_meta(cluster: containers.DesiredCluster) -> None:
     p = plan(
         cluster,
         observation(cluster, [container(cluster, "db0", "exited", exit_code=1)], meta_ready=False),
@@ -436,7 +437,7 @@ def test_exited_ceresdb_waits_for_meta(cluster: desired.DesiredCluster) -> None:
 
 @pytest.mark.parametrize(("failures_before", "acts"), [(1, []), (2, [("stop", "db0")])])
 def test_unhealthy_after_failure_threshold_probes(
-    cluster: desired.DesiredCluster, failures_before: int, acts: list[tuple[str, str]]
+    cluster: containers.DesiredCluster, failures_before: int, acts: list[tuple[str, str]]
 ) -> None:
     cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
@@ -451,7 +452,7 @@ def test_unhealthy_after_failure_threshold_probes(
         assert p.notes[0].reason == "unhealthy: 3 failed probes: GET /: timed out"
 
 
-def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: desired.DesiredCluster) -> None:
+def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
     records = healthy_records(cs)
@@ -463,7 +464,7 @@ def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: desire
 
 
 def test_a_container_found_running_is_timed_from_its_start_and_judged_by_its_probes(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
 ) -> None:
     """A supervisor restarted beside a frozen node: the node started long ago (Docker's StartedAt),
     so it gets no fresh start_timeout, and it is stopped after failure_threshold failed probes,
@@ -484,7 +485,7 @@ def test_a_container_found_running_is_timed_from_its_start_and_judged_by_its_pro
     assert p.views["db0"].state is NodeState.STARTING and p.next_wake_at == NOW + 110
 
 
-def test_busy_node_is_left_alone_and_its_stop_is_not_a_failure(cluster: desired.DesiredCluster) -> None:
+def test_busy_node_is_left_alone_and_its_stop_is_not_a_failure(cluster: containers.DesiredCluster) -> None:
     meta = container(cluster, "meta0")
     p = plan(cluster, observation(cluster, [meta], probes={"meta0": probe(meta)}, busy={"db0": "create"}))
     assert actions(p) == [("create", "db1")]
@@ -533,7 +534,7 @@ def test_a_lost_lease_is_reopening_then_lost_then_restarted(tmp_path: Path) -> N
     assert p.notes[0].type == "lease_lost" and p.notes[0].reason.startswith("lease lost for 5s: shards 0,3")
 
 
-def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(cluster: desired.DesiredCluster) -> None:
+def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     broken = LeaseView(NOW, WALL, error="cannot read shard locks: meta0: timed out")
     p = plan(cluster, observation(cluster, cs, probes=probes, leases=broken), healthy_records(cs))
@@ -546,7 +547,7 @@ def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(cluster: des
 
 
 def test_all_three_meta_members_failing_together_are_never_stopped_together(
-    big: desired.DesiredCluster,
+    big: containers.DesiredCluster,
 ) -> None:
     cs, probes, records = failing(big, "meta0", "meta1", "meta2")
     p = plan(big, observation(big, cs, probes=probes), records)
@@ -560,14 +561,14 @@ def test_all_three_meta_members_failing_together_are_never_stopped_together(
     assert [n.type for n in again.notes] == []  # the wait is an event once, not every cycle
 
 
-def test_one_meta_member_failing_is_restarted(big: desired.DesiredCluster) -> None:
+def test_one_meta_member_failing_is_restarted(big: containers.DesiredCluster) -> None:
     cs, probes, records = failing(big, "meta1")
     p = plan(big, observation(big, cs, probes=probes), records)
     assert actions(p) == [("stop", "meta1")]
 
 
 def test_two_meta_members_failing_one_is_never_stopped_while_the_other_is_down(
-    big: desired.DesiredCluster,
+    big: containers.DesiredCluster,
 ) -> None:
     cs, probes, records = failing(big, "meta1", "meta2")
     p = plan(big, observation(big, cs, probes=probes), records)
@@ -589,7 +590,7 @@ def test_two_meta_members_failing_one_is_never_stopped_while_the_other_is_down(
     ],
 )
 def test_ceresdb_stops_by_choice_within_max_unavailable(
-    big: desired.DesiredCluster, bad: tuple[str, ...], max_unavailable: int, stopped: list[str]
+    big: containers.DesiredCluster, bad: tuple[str, ...], max_unavailable: int, stopped: list[str]
 ) -> None:
     cs, probes, records = failing(big, *bad)
     p = plan(
@@ -599,7 +600,7 @@ def test_ceresdb_stops_by_choice_within_max_unavailable(
 
 
 def test_nodes_down_themselves_that_never_became_healthy_are_stopped_one_at_a_time(
-    big: desired.DesiredCluster,
+    big: containers.DesiredCluster,
 ) -> None:
     """Found running by a restarted supervisor, failing, never seen healthy: each counts against
     the other's budget; the first by name goes, the others wait for it (no deadlock)."""
@@ -611,7 +612,7 @@ def test_nodes_down_themselves_that_never_became_healthy_are_stopped_one_at_a_ti
     assert p.views["db1"].reason.endswith("waiting for disruption budget: db0 (stopping)")  # type: ignore[union-attr]
 
 
-def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(big: desired.DesiredCluster) -> None:
+def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(big: containers.DesiredCluster) -> None:
     """Meta moved every shard to db0; db1 and db2 fail their probes; another machine's db9 fails
     too. They serve nothing, so they are down themselves, as the other agents judge their published
     records: db1 goes first, db2 and db9 wait for it. (Judged as holding shards, db2 and db9 and
@@ -625,7 +626,7 @@ def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(big: desi
     assert (p.views["db2"].reason or "").endswith("waiting for disruption budget: db1 (stopping)")
 
 
-def test_a_crash_is_restarted_whatever_the_budget(big: desired.DesiredCluster) -> None:
+def test_a_crash_is_restarted_whatever_the_budget(big: containers.DesiredCluster) -> None:
     cs, probes, records = failing(big, "db1", "db2")
     crashed = container(big, "db0", "exited", exit_code=137)
     observed = [c for c in cs if c.node != "db0"] + [crashed]
@@ -634,7 +635,7 @@ def test_a_crash_is_restarted_whatever_the_budget(big: desired.DesiredCluster) -
     assert ("stop", "db1") not in actions(p) and ("stop", "db2") not in actions(p)
 
 
-def test_a_node_without_its_shards_holds_back_another_stop(big: desired.DesiredCluster) -> None:
+def test_a_node_without_its_shards_holds_back_another_stop(big: containers.DesiredCluster) -> None:
     cs, probes, records = failing(big, "db2")
     view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
     p = plan(big, observation(big, cs, probes=probes, leases=view), records)
@@ -643,7 +644,7 @@ def test_a_node_without_its_shards_holds_back_another_stop(big: desired.DesiredC
     assert "waiting for disruption budget: db1 (reopening)" in (p.views["db2"].reason or "")
 
 
-def test_peers_and_unavailable_coordination_hold_back_stops(big: desired.DesiredCluster) -> None:
+def test_peers_and_unavailable_coordination_hold_back_stops(big: containers.DesiredCluster) -> None:
     cs, probes, records = failing(big, "db0")
     p = plan(
         big, observation(big, cs, probes=probes), records, budget=Budget(coordinated=True, available=False)
@@ -663,7 +664,7 @@ def test_peers_and_unavailable_coordination_hold_back_stops(big: desired.Desired
 
 
 def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
 ) -> None:
     cs, _probes = running(cluster)
     changed = [replace(c, spec_hash="old") for c in cs]
@@ -676,7 +677,7 @@ def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(
     assert "waiting its turn" in (p.views["db0"].reason or "")
 
 
-def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: desired.DesiredCluster) -> None:
+def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: containers.DesiredCluster) -> None:
     cs, _probes = running(cluster)
     changed = [cs[0], replace(cs[1], spec_hash="old"), replace(cs[2], spec_hash="old")]
     p = plan(
@@ -693,7 +694,7 @@ def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: desi
     assert actions(p2) == []
 
 
-def test_changed_ceresdb_waits_for_every_other_node_healthy(cluster: desired.DesiredCluster) -> None:
+def test_changed_ceresdb_waits_for_every_other_node_healthy(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     changed = [cs[0], replace(cs[1], spec_hash="old"), cs[2]]
     records = healthy_records(cs)
@@ -707,7 +708,7 @@ def test_changed_ceresdb_waits_for_a_meta_member_another_agent_has_still_to_recr
     that it still runs the old spec; db0 here waits for it, then goes."""
     path = tmp_path / "c.toml"
     path.write_text(META3.replace('name = "meta1"\nhost = "127.0.0.1"', 'name = "meta1"\nhost = "127.0.0.2"'))
-    cl = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
+    cl = containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
     local = [container(cl, n.name) for n in cl.nodes if n.is_local]
     changed = [replace(c, spec_hash="old") if c.node == "db0" else c for c in local]
     observed = observation(cl, changed, probes={c.node: probe(c) for c in changed})
@@ -720,7 +721,7 @@ def test_changed_ceresdb_waits_for_a_meta_member_another_agent_has_still_to_recr
     assert actions(going) == [("recreate", "db0")]
 
 
-def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredCluster) -> None:
+def test_changed_stopped_node_is_recreated_at_once(cluster: containers.DesiredCluster) -> None:
     cs, probes = running(cluster)
     stopped = replace(container(cluster, "db1", "exited", exit_code=0), spec_hash="old")
     p = plan(cluster, observation(cluster, [cs[0], cs[1], stopped], probes=probes))
@@ -731,7 +732,7 @@ def test_changed_stopped_node_is_recreated_at_once(cluster: desired.DesiredClust
 
 
 def test_containers_that_died_with_the_docker_engine_are_started_without_a_failure(
-    cluster: desired.DesiredCluster,
+    cluster: containers.DesiredCluster,
 ) -> None:
     cs, _probes = running(cluster)
     records = healthy_records(cs)
@@ -749,7 +750,7 @@ def test_containers_that_died_with_the_docker_engine_are_started_without_a_failu
     )
 
 
-def test_a_paused_node_is_never_touched(cluster: desired.DesiredCluster) -> None:
+def test_a_paused_node_is_never_touched(cluster: containers.DesiredCluster) -> None:
     cs, probes, records = failing(cluster, "db0")
     p = plan(cluster, observation(cluster, cs, probes=probes), records, controls=Controls(frozenset({"db0"})))
     assert actions(p) == [] and p.views["db0"].state is NodeState.PAUSED

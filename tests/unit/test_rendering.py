@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from ceres_supervisor import cli, durations, files, loading, rendering, secrets, versions
-from ceres_supervisor.spec import DesiredState
+from ceres_supervisor.cli import commands
+from ceres_supervisor.desired import files, loading, rendering, secrets
+from ceres_supervisor.model import durations, versions
+from ceres_supervisor.model.spec import DesiredState
 
 from .conftest import BASE
 
@@ -229,8 +231,8 @@ def test_every_example_validates_and_renders(tmp_path: Path, monkeypatch, capsys
     source = tmp_path / example.name
     source.write_text(text)
     out = tmp_path / "out"
-    assert cli.main(["validate", "-c", str(source)]) == 0
-    assert cli.main(["render", "-c", str(source), "-o", str(out)]) == 0
+    assert commands.main(["validate", "-c", str(source)]) == 0
+    assert commands.main(["render", "-c", str(source), "-o", str(out)]) == 0
     spec = loading.load(source).spec
     for node in rendering.render(spec):
         directory = out / node.name

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from ceres_supervisor import loading, rendering, secrets, versions
-from ceres_supervisor import serverschema as ss
+from ceres_supervisor.desired import loading, rendering, secrets
+from ceres_supervisor.desired import serverschema as ss
+from ceres_supervisor.model import versions
 
 from .conftest import BASE
 

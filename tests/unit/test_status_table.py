@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ceres_supervisor import client
+from ceres_supervisor.cli import client
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 

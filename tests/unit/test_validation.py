@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ceres_supervisor import cli, loading, serverschema, versions
+from ceres_supervisor.cli import commands
+from ceres_supervisor.desired import loading, serverschema
+from ceres_supervisor.model import versions
 
 from .conftest import BASE
 
@@ -111,7 +113,7 @@ INVALID = [
 
 def test_lease_grace_shorter_than_a_full_reopen_is_a_warning(write, capsys) -> None:
     path = write(BASE + '\n[supervisor]\nlease_grace = "10s"\n')
-    assert cli.main(["validate", "-c", str(path)]) == 0
+    assert commands.main(["validate", "-c", str(path)]) == 0
     err = capsys.readouterr().err
     assert "supervisor.lease_grace: 10s is shorter than CeresMeta ceresdb 1.2.2 takes to reopen one node's 4 shards" in err
 
@@ -127,7 +129,7 @@ def test_at_least_fifteen_cases() -> None:
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 def test_invalid_file_is_rejected_with_its_key_path(write, capsys, text: str, expected: str) -> None:
     path = write(text)
-    code = cli.main(["validate", "-c", str(path)])
+    code = commands.main(["validate", "-c", str(path)])
     out, err = capsys.readouterr()
     assert code == 2, out + err
     assert expected in err, err
@@ -137,7 +139,7 @@ def test_invalid_file_is_rejected_with_its_key_path(write, capsys, text: str, ex
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 def test_invalid_file_is_never_rendered(write, tmp_path: Path, capsys, text: str, expected: str) -> None:
     out_dir = tmp_path / "out"
-    assert cli.main(["render", "-c", str(write(text)), "-o", str(out_dir)]) == 2
+    assert commands.main(["render", "-c", str(write(text)), "-o", str(out_dir)]) == 2
     assert not out_dir.exists()
 
 
@@ -161,12 +163,12 @@ def test_every_problem_is_reported_at_once(write) -> None:
 
 
 def test_valid_file_exits_zero(write, capsys) -> None:
-    assert cli.main(["validate", "-c", str(write(BASE))]) == 0
+    assert commands.main(["validate", "-c", str(write(BASE))]) == 0
     assert "valid" in capsys.readouterr().out
 
 
 def test_meta_sharing_a_machine_warns_about_forwarding(capsys) -> None:
-    assert cli.main(["validate", "-c", "etc/ceres-supervisor/examples/three-meta.toml"]) == 0
+    assert commands.main(["validate", "-c", "etc/ceres-supervisor/examples/three-meta.toml"]) == 0
     assert "forwards API calls" in capsys.readouterr().err
 
 

@@ -216,7 +216,7 @@ def is_local_host(host: str) -> bool:
     return address.startswith("127.") or address in local_ipv4_addresses()
 
 
-# --- the seam for ceres_supervisor/serverschema.py (copied into the image when it exists) ----------
+# --- the seam for ceres_supervisor/desired/serverschema.py (copied into the image when it exists) ----------
 
 def schema_violations(document: dict[str, object], role: str, version: tuple[int, int, int],
                       component: str) -> list[tuple[list[str], str, str]] | None:

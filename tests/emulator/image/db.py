@@ -66,7 +66,7 @@ class Config:
         for key in document:
             if key not in TOP_LEVEL:
                 _parse_panic(f"unknown field `{key}`")
-        # The seam for ceres_supervisor/serverschema.py (copied into the image when it exists):
+        # The seam for ceres_supervisor/desired/serverschema.py (copied into the image when it exists):
         # wrong types and missing required keys fail like serde; unknown keys only at the top level.
         for segments, kind, message in common.schema_violations(document, "db", VERSION, "ceresdb") or []:
             if kind in ("type", "missing") or (kind == "unknown" and len(segments) <= 1):

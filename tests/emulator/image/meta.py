@@ -99,7 +99,7 @@ def load_config(path: str) -> dict[str, object]:
         _log("config file not found, using defaults", path=path)
     except tomllib.TOMLDecodeError as err:
         _panic(f"fail to parse config: {err}")
-    # The seam for ceres_supervisor/serverschema.py: go-toml fails on a wrong type, never on an
+    # The seam for ceres_supervisor/desired/serverschema.py: go-toml fails on a wrong type, never on an
     # unknown key.
     for segments, kind, message in common.schema_violations(document, "meta", VERSION, "meta") or []:
         if kind == "type":
