@@ -1,0 +1,74 @@
+"""The second step of a planning pass: which wanted stops by choice may go now. Pure.
+
+A node counts against the budget by `down_reason`; a recreate of a running container also waits
+for `rolling_gate` (one change in flight, agents on one file, meta first, everyone else healthy);
+`grant` turns a granted want into the node's new view and record (a failure counted once per run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from ceres_supervisor.decisions.nodes import Cycle, Want
+from ceres_supervisor.decisions.plans import NodeRecord, NodeState, NodeView
+from ceres_supervisor.desired.containers import DesiredNode
+
+
+def down_reason(view: NodeView) -> str | None:
+    """Why a node counts against the budget: a CeresDB node is down when it does not run or does
+    not hold its shards (one that fails its probes but still holds them is not); a meta member
+    whenever it is not healthy."""
+    if view.available or (view.keeps_shards and view.state is NodeState.UNHEALTHY):
+        return None
+    if view.state is NodeState.HEALTHY:
+        return "lease unknown" if view.lease is not None else "etcd not healthy"
+    if view.state in (NodeState.BACKOFF, NodeState.CRASHLOOP, NodeState.STOPPED, NodeState.PAUSED):
+        return "not running" if view.state is not NodeState.PAUSED else "paused"
+    return str(view.state)
+
+
+def rolling_gate(
+    cycle: Cycle, node: DesiredNode, rolling: bool, down: Mapping[str, tuple[str, str | None]]
+) -> str | None:
+    """A running container is recreated only as the one change in flight, every other node
+    healthy, and CeresDB only once every meta member runs its new spec."""
+    if rolling:
+        return "waiting its turn: another node is being recreated"
+    if cycle.budget.files_differ is not None:
+        return f"waiting until every agent runs the same file ({cycle.budget.files_differ})"
+    if node.role == "ceresdb":
+        stale = [
+            m.name
+            for m in cycle.desired.meta
+            if m.is_local
+            and (c := cycle.observed.containers.get(m.name)) is not None
+            and c.spec_hash != m.spec_hash
+        ]
+        stale += [m.name for m in cycle.desired.meta if m.name in cycle.budget.outdated]
+        if stale:
+            return f"waiting its turn: meta first ({', '.join(sorted(stale))} not recreated yet)"
+    unhealthy = sorted(name for name, (_role, why) in down.items() if name != node.name and why is not None)
+    unhealthy += sorted(name for name, (_role, why) in cycle.budget.peers.items() if why is not None)
+    if unhealthy:
+        return f"waiting its turn: {', '.join(unhealthy)} not healthy"
+    return None
+
+
+def grant(
+    cycle: Cycle, node: DesiredNode, view: NodeView, rec: NodeRecord, want: Want
+) -> tuple[NodeView, NodeRecord]:
+    action = want.action
+    rec = replace(rec, budget_wait=None)
+    if not action.by_choice:
+        return view, rec
+    if want.failure is not None and rec.stop_counted_for != rec.run_key:
+        # The run goes on until the stop happens: a stop that must wait for its slot leaves the
+        # node judged as it is (unhealthy, holding its shards), not as a fresh start that would
+        # count against every other node's budget. healthy_since is cleared at the exit.
+        counted = cycle.fail(node.name, rec, action.reason, want.failure)
+        rec = replace(counted, stop_counted_for=rec.run_key, healthy_since=rec.healthy_since)
+    return (
+        NodeView(want.state, action.reason, rec.next_restart_at, lease=view.lease),
+        replace(rec, expected_exit=action.container_id),
+    )
