@@ -14,26 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final
 
 import aiohttp
 import structlog
 
 from ceres_supervisor import __version__
 from ceres_supervisor.actions import executor
-from ceres_supervisor.adapters import etcd, logs, systemd
-from ceres_supervisor.adapters.engine import Engine, EngineError, EngineEvent
+from ceres_supervisor.adapters import logs, systemd
+from ceres_supervisor.adapters.engine import Engine, EngineEvent
 from ceres_supervisor.cluster import coordinator
-from ceres_supervisor.daemon import reloading
+from ceres_supervisor.daemon import reloading, shutdown, storesync
 from ceres_supervisor.decisions import planning
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.decisions.targets import probe_targets
@@ -53,27 +51,6 @@ log = structlog.get_logger(__name__)
 EVENTS_KEPT: Final = 1000
 WAKING_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause"})
 ENGINE_RETRY_S: Final = 1.0
-LOOP_FINISH_S: Final = 15.0
-"""At stop, how long the current cycle may take to finish before it is cancelled."""
-FORCED_EXIT_CODE: Final = 130
-
-
-class _Shutdown(Exception):
-    """Raised by the `signals` task to tear the root TaskGroup down."""
-
-
-class ApiHandle(Protocol):
-    async def serve_forever(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-def shutdown_budget_s(stop_timeout_s: float) -> float:
-    """The whole stop, under systemd's TimeoutStopSec (90 s in the unit): the loop's finish and
-    CeresDB then meta, each within stop_timeout (default: 80 s)."""
-    return LOOP_FINISH_S + 2 * stop_timeout_s + 5.0
-
-
 def agent_name(place: locality.Locality) -> str:
     """`--host ADDR`, else the first address of this machine the file names, else its name."""
     return place.host or min(place.hosts(), default="") or socket.gethostname()
@@ -123,7 +100,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload_requested = False
         self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
-        self._signals = 0
+        self.signals = shutdown.Signals(self._request_stop, self.request_reload)
         self._random = random.Random()
         self._failed: dict[str, tuple[str, str]] = {}
         self._cycle = 0
@@ -140,6 +117,7 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._cycled = asyncio.Condition()
         self.pauses = pauses.PauseBook.open(self.spec.cluster.state_dir)
+        self.store_sync = storesync.StoreSync(self.coordinator, self.identity, self.pauses)
         self.operations = restarts.Operations(self, lambda: self._session, None)
         self.ready = asyncio.Event()
         """Set after the first completed cycle (READY=1)."""
@@ -163,7 +141,9 @@ class Supervisor:
         self._wake.set()
 
     def request_stop(self) -> None:
-        self._signals += 1
+        self.signals.stop()
+
+    def _request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
 
@@ -261,39 +241,14 @@ class Supervisor:
         self._group.create_task(coro, name=name)  # type: ignore[arg-type]
 
     async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
-        """The operator's pause or resume: in the local file at once, in the store when it answers.
-        Returns where it holds."""
-        queued = False
-        try:
-            if not self.coordinator.available:
-                raise etcd.EtcdUnavailable(self.coordinator.detail)
-            await self.coordinator.set_paused(sorted(nodes), pause, everything)
-        except etcd.EtcdError as err:
-            queued = True
-            log.warning("pause_queued", error=str(err))
-        await asyncio.to_thread(self.pauses.apply, nodes, pause, everything, queued)
+        """The operator's pause or resume; returns where it holds."""
+        answer = await self.store_sync.pause(nodes, pause, everything)
         self.wake()
-        return "this machine now; the store when it answers again" if queued else "every machine"
+        return answer
 
     def _controls(self) -> planning.Controls:
         current = self.pauses.current
         return planning.Controls(current.nodes, current.all, self.operations.restart_reasons())
-
-    async def _sync_pauses(self) -> None:
-        """Mirror the store's pauses into the local file, after pushing what was asked meanwhile."""
-        if not self.coordinator.available:
-            return
-        if self.pauses.pending:
-            try:
-                for nodes, pause, everything in self.pauses.pending:
-                    await self.coordinator.set_paused(sorted(nodes), pause, everything)
-            except etcd.EtcdError:
-                return
-            await asyncio.to_thread(self.pauses.pushed)
-        view = self.coordinator.view
-        store = pauses.Pauses(view.all_paused, view.paused)
-        if store != self.pauses.current:
-            await asyncio.to_thread(self.pauses.mirror, store)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -351,9 +306,8 @@ class Supervisor:
         if self._prober is not None:
             targets = probe_targets(self.desired, result, observation.containers)
             self._prober.update({n.name: n for n in self.desired.nodes}, targets, self.probe_settings())
-        self._share(result, observation)
-        await self.coordinator.release(result.releasable)
-        await self._sync_pauses()
+        self.store_sync.share(self.desired, result, observation, self.records)
+        await self.store_sync.sync(result.releasable)
         self._last_plan = result
         self._publish(observation, result)
         async with self._cycled:
@@ -370,13 +324,6 @@ class Supervisor:
             duration_ms=round(duration * 1000, 1),
         )
         return result
-
-    def _share(self, result: Plan, observation: Observation) -> None:
-        """What the other agents see of this one: its nodes, its spec, what it still has to roll."""
-        self.identity.spec_hash = self.desired.spec_hash
-        self.identity.nodes = tuple(n.name for n in self.desired.nodes if n.is_local)
-        self.identity.outdated = reports.outdated(self.desired, observation.containers)
-        self.coordinator.publish(reports.local_documents(self.desired, result, observation, self.records))
 
     def _note(self, note: planning.Note) -> None:
         self.record_event(note.node, note.type, note.reason, note.message)
@@ -551,48 +498,12 @@ class Supervisor:
 
         await follow_events(self.engine, self._on_engine_event, on_break)
 
-    async def _signals_task(
-        self, loop_task: Callable[[], asyncio.Task[None] | None], api: ApiHandle | None
-    ) -> None:
-        """Waits for a stop, then the first stages: STOPPING=1, the API closed, the loop finished,
-        the agent's records revoked (the other machines see it leave at once)."""
-        await self._stop.wait()
-        self.notifier.stopping()
-        log.info("supervisor_stopping")
-        if api is not None:
-            with contextlib.suppress(Exception):
-                await api.close()
-        task = loop_task()
-        if task is not None:
-            with contextlib.suppress(TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), LOOP_FINISH_S)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.coordinator.close(), self.spec.supervisor.probe_timeout * 2)
-        raise _Shutdown  # the rest (events, probes, actions in flight) is cancelled
-
-    def on_signal(self, signum: int) -> None:
-        if self._signals >= 1:
-            log.warning("supervisor_forced_exit", signal=signal.Signals(signum).name)
-            os._exit(FORCED_EXIT_CODE)  # the second signal: at once, containers left as they are
-        self.request_stop()
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-
-    def remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-
-    async def run(self, api: ApiHandle | None = None, handle_signals: bool = True) -> int:
+    async def run(self, api: shutdown.ApiHandle | None = None, handle_signals: bool = True) -> int:
         """Run until stopped. Returns the process exit code."""
         if handle_signals:
-            self.install_signal_handlers()
+            self.signals.install()
         connector = aiohttp.TCPConnector(force_close=True, limit=64)
-        budget_s = shutdown_budget_s(self.spec.supervisor.stop_timeout)
+        budget_s = shutdown.shutdown_budget_s(self.spec.supervisor.stop_timeout)
         log.info(
             "supervisor_starting",
             cluster=self.spec.cluster.name,
@@ -618,30 +529,33 @@ class Supervisor:
                             name="coordination",
                         )
                         loop_task = group.create_task(self.reconcile_loop(group), name="reconcile-loop")
-                        group.create_task(self._signals_task(lambda: loop_task, api), name="signals")
+                        group.create_task(
+                            shutdown.first_stages(
+                                self._stop,
+                                self.notifier,
+                                api,
+                                lambda: loop_task,
+                                self.coordinator.close,
+                                self.spec.supervisor.probe_timeout * 2,
+                            ),
+                            name="signals",
+                        )
                         if api is not None:
                             group.create_task(api.serve_forever(), name="status-api")
-                except* _Shutdown:
+                except* shutdown.ShutdownRequested:
                     pass
                 stopping_started = time.monotonic()
                 if self.spec.supervisor.on_exit == "stop":
-                    remaining = budget_s - LOOP_FINISH_S - (time.monotonic() - stopping_started)
-                    await self._stop_cluster(max(1.0, min(self.spec.supervisor.stop_timeout, remaining / 2)))
+                    remaining = budget_s - shutdown.LOOP_FINISH_S - (time.monotonic() - stopping_started)
+                    await shutdown.stop_cluster(
+                        self.engine,
+                        self.observer.containers,
+                        self.notifier,
+                        max(1.0, min(self.spec.supervisor.stop_timeout, remaining / 2)),
+                    )
         finally:
             if handle_signals:
-                self.remove_signal_handlers()
+                self.signals.remove()
             self.engine.close()
             log.info("supervisor_stopped", on_exit=self.spec.supervisor.on_exit)
         return 0
-
-    async def _stop_cluster(self, timeout_s: float) -> None:
-        self.notifier.status("stopping the cluster")
-        log.info("stopping_cluster", timeout_s=timeout_s)
-        try:
-            problems = await executor.stop_cluster(
-                self.engine, self.observer.containers, timeout_s, remove=False
-            )
-        except EngineError as err:
-            problems = [str(err)]
-        for problem in problems:
-            log.error("stop_failed", detail=problem)

@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from ceres_supervisor.adapters.engine import Engine, EngineTimeout
-from ceres_supervisor.daemon import app
+from ceres_supervisor.daemon import shutdown
 
 from ..dockerevents import DockerEvents
 from .conftest import Cluster, Daemon, eventually
@@ -231,7 +231,7 @@ async def test_stop_is_staged_and_a_second_signal_exits_at_once(make_cluster: Ca
     await eventually(lambda: "stopping_cluster" in daemon2.log.read_text(), 30, "the cluster being stopped")
     started = time.monotonic()
     daemon2.signal(signal.SIGTERM)
-    assert daemon2.wait(10) == app.FORCED_EXIT_CODE
+    assert daemon2.wait(10) == shutdown.FORCED_EXIT_CODE
     assert time.monotonic() - started < 5
     states = {c.labels["io.ceres-supervisor.node"]: c.status for c in await cluster.containers()}
     assert states["meta0"] == "running", states  # meta is stopped after CeresDB: it was not reached
