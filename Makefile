@@ -29,7 +29,7 @@ docker:
 
 # The CeresMeta / CeresDB stand-in images (tests/emulator), rebuilt only when their sources change.
 emulator: setup docker
-	$(BIN)/python tests/emulator/build.py $(VERSIONS)
+	$(BIN)/python testkit/emulator.py $(VERSIONS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -37,7 +37,7 @@ import common
 import docker
 from stats import summary
 
-from tests.standins import IMAGE_PREFIX, FastTicks
+from testkit.standins import IMAGE_PREFIX, FastTicks
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 VERSION = "1.2.7"
@@ -254,7 +254,7 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
 
     note = (f"Three agents on one machine (2 cores shared by 3 daemons and 9 containers), CeresDB {VERSION} "
             "stand-ins; the meta stand-ins' scheduler tick is 0.5 s (real: 5 s) so that shards reopen sooner "
-            "between samples (tests.standins.FastTicks).")
+            "between samples (testkit.standins.FastTicks).")
     run.table(
         f"Several machines: idle cost per agent, 3 meta + 6 CeresDB healthy ({idle_s} s)",
         ["agent (--host)", "its nodes", "CPU s", "% of one core", "RSS MiB (max)"],

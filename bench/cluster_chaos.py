@@ -16,7 +16,7 @@ At most one meta member is harmed at a time (a fault goes to meta only while all
 none is paused or frozen) and at most one agent is down: three members tolerate one failure, and
 with two gone no design can restart them safely. CeresDB nodes get no such care.
 
-Judged from Docker's own events, never from the supervisors' logs (tests/dockerevents.py): a stop
+Judged from Docker's own events, never from the supervisors' logs (testkit/dockerevents.py): a stop
 by choice is a `kill` with SIGTERM; a node is down by choice from it to its next `start`.
 - overlapping: the most nodes of a role down by choice at one moment (budget: 1 each);
 - stopped beside a crash: stops by choice of a node while another node of its role had been not
@@ -40,8 +40,8 @@ import docker
 import docker.errors
 from stats import summary
 
-from tests.dockerevents import DockerEvent, DockerEvents
-from tests.standins import kill_main_process
+from testkit.dockerevents import DockerEvent, DockerEvents
+from testkit.standins import kill_main_process
 
 MAX_UNAVAILABLE = 1
 DECISION_S = 1.0

@@ -23,8 +23,8 @@ import docker
 from stats import summary
 
 from ceres_supervisor.model.spec import DesiredState
-from tests.helpers import meta_leader
-from tests.standins import StandIns
+from testkit.helpers import meta_leader
+from testkit.standins import StandIns
 
 
 def meta_ready(spec: DesiredState) -> bool:

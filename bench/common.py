@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 from ceres_supervisor.adapters.engine import parse_time  # noqa: E402
 from ceres_supervisor.desired import files, loading, rendering, secrets  # noqa: E402
 from ceres_supervisor.model.spec import SupervisorSection  # noqa: E402
-from tests.emulator import build  # noqa: E402
-from tests.helpers import free_ports  # noqa: E402
-from tests.standins import cluster_toml  # noqa: E402
+from testkit import emulator as build  # noqa: E402
+from testkit.helpers import free_ports  # noqa: E402
+from testkit.standins import cluster_toml  # noqa: E402
 
 __all__ = ["build", "free_ports", "loading"]
 

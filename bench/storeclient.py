@@ -23,7 +23,7 @@ from typing import Any
 import common
 import docker
 
-from tests.standins import StandIns
+from testkit.standins import StandIns
 
 CHILD = Path(__file__).resolve().parent / "storechild.py"
 KINDS = (("grpc", "aetcd (gRPC)"), ("gateway", "ceres_supervisor.adapters.etcd (JSON gateway, aiohttp)"))

@@ -15,7 +15,7 @@ from typing import Any
 
 import docker
 
-from .helpers import wait_until
+from testkit.helpers import wait_until
 
 
 @dataclass(frozen=True)

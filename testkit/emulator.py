@@ -1,6 +1,6 @@
 """Build the CeresMeta / CeresDB stand-in images locally, with no registry.
 
-    python tests/emulator/build.py [VERSION ...]      (default 1.2.2; `make emulator VERSIONS=...`)
+    python testkit/emulator.py [VERSION ...]      (default 1.2.2; `make emulator VERSIONS=...`)
 
 1. A Debian bookworm rootfs from mmdebstrap (reads this machine's apt sources), imported with
    `docker import` as ceres-emulator/rootfs:<recipe hash>; built once per recipe.
@@ -30,9 +30,10 @@ from pathlib import Path
 import docker
 import docker.errors
 
-HERE = Path(__file__).resolve().parent
-IMAGE_DIR = HERE / "image"
-SERVERSCHEMA = HERE.parents[1] / "ceres_supervisor" / "desired" / "serverschema.py"
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_DIR = ROOT / "tests" / "emulator" / "image"
+"""The stand-ins' sources: what runs inside the images."""
+SERVERSCHEMA = ROOT / "ceres_supervisor" / "desired" / "serverschema.py"
 """The supervisor's model of the servers' configuration; the stand-ins parse with it if present."""
 ROOTFS_REPOSITORY = "ceres-emulator"
 REPOSITORY = os.environ.get("CERES_EMULATOR_REPOSITORY") or ROOTFS_REPOSITORY

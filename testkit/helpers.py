@@ -209,7 +209,7 @@ def node_shards(
     return [(int(s["ShardNode"]["ID"]), str(s["ShardNode"]["NodeName"])) for s in body["data"]["NodeShards"]]
 
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "tests" / "artifacts"
 """What a failed test leaves to read: its containers' logs (kept out of git)."""
 
 

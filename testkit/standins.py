@@ -18,8 +18,7 @@ from docker.models.containers import Container
 
 from ceres_supervisor.desired import files, loading, rendering, secrets
 from ceres_supervisor.model.spec import DesiredState
-
-from .helpers import SESSION, TEST_LABEL, free_ports
+from testkit.helpers import SESSION, TEST_LABEL, free_ports
 
 IMAGE_PREFIX = os.environ.get("CERES_TEST_IMAGE_PREFIX", "ceres-emulator")
 """The stand-in images' repository (another one only to try images being worked on)."""

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from .emulator import build
-from .helpers import SESSION, TEST_LABEL
+from testkit import emulator as build
+from testkit.helpers import SESSION, TEST_LABEL
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -27,8 +27,7 @@ import pytest
 from docker.models.containers import Container
 
 from ceres_supervisor.model.spec import DesiredState
-
-from ..helpers import (
+from testkit.helpers import (
     TEST_LABEL,
     etcd_member_status,
     etcd_range,
@@ -41,7 +40,8 @@ from ..helpers import (
     shard_locks,
     wait_until,
 )
-from ..standins import StandIns, cluster_toml, emulator_hook, kill_main_process, set_scheduler_tick
+from testkit.standins import StandIns, cluster_toml, emulator_hook, kill_main_process, set_scheduler_tick
+
 from . import build
 
 HERE = Path(__file__).resolve().parent
@@ -668,7 +668,7 @@ def test_serverschema_seam(tmp_path: Path, role: str, violation: str, code: int)
 
 def test_build_is_idempotent_and_images_start(docker_client: docker.DockerClient, standins: StandIns) -> None:
     time.monotonic()
-    result = subprocess.run([sys.executable, "tests/emulator/build.py", "1.2.2"], capture_output=True, text=True, check=True,
+    result = subprocess.run([sys.executable, "testkit/emulator.py", "1.2.2"], capture_output=True, text=True, check=True,
                             env={**os.environ, "CERES_EMULATOR_REPOSITORY": IMAGE_PREFIX})
     assert "up to date" in result.stderr  # nothing rebuilt (how fast is not a test's business)
     image = docker_client.images.get(build.image_names("1.2.2")["db"])

@@ -25,10 +25,10 @@ from ceres_supervisor.desired import loading
 from ceres_supervisor.desired.containers import LABEL_CLUSTER
 from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.surfaces import api
+from testkit.helpers import free_ports, http_json, save_logs
+from testkit.standins import FastTicks, cluster_toml
 
 from ..conftest import failed
-from ..helpers import free_ports, http_json, save_logs
-from ..standins import FastTicks, cluster_toml
 
 T = TypeVar("T")
 

@@ -18,9 +18,9 @@ from ceres_supervisor.cli import commands, oneshot
 from ceres_supervisor.daemon import app
 from ceres_supervisor.desired import loading
 from ceres_supervisor.surfaces import api
+from testkit.helpers import free_ports
+from testkit.standins import kill_main_process
 
-from ..helpers import free_ports
-from ..standins import kill_main_process
 from .conftest import Cluster, eventually
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from ..helpers import http_json
-from ..standins import kill_main_process
+from testkit.helpers import http_json
+from testkit.standins import kill_main_process
+
 from .conftest import Cluster, eventually
 
 CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "80"))

@@ -16,8 +16,8 @@ from pathlib import Path
 import docker
 
 from ceres_supervisor import __version__
+from testkit.helpers import free_ports, wait_until
 
-from ..helpers import free_ports, wait_until
 from .conftest import Cluster, Daemon, eventually
 
 SECRET = "s3cr3t-value-that-never-shows"

@@ -23,10 +23,10 @@ import docker
 import pytest
 
 from ceres_supervisor.cli import commands
+from testkit.dockerevents import DockerEvents
+from testkit.helpers import free_ports, http_json, wait_until
+from testkit.standins import FastTicks, emulator_hook, kill_main_process
 
-from ..dockerevents import DockerEvents
-from ..helpers import free_ports, http_json, wait_until
-from ..standins import FastTicks, emulator_hook, kill_main_process
 from .conftest import FAST, Daemon
 
 pytestmark = pytest.mark.xdist_group("several-machines")

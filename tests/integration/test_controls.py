@@ -18,10 +18,10 @@ import docker
 from prometheus_client.parser import text_string_to_metric_families
 
 from ceres_supervisor.cli import commands
+from testkit.dockerevents import DockerEvents
+from testkit.helpers import free_ports
+from testkit.standins import kill_main_process
 
-from ..dockerevents import DockerEvents
-from ..helpers import free_ports
-from ..standins import kill_main_process
 from .conftest import Cluster, eventually
 
 

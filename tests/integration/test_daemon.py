@@ -21,10 +21,10 @@ import pytest
 
 from ceres_supervisor.adapters.engine import Engine, parse_time
 from ceres_supervisor.desired import loading
+from testkit.dockerevents import DockerEvents
+from testkit.helpers import meta_leader, meta_leader_key, node_shards, shard_lock_leases, shard_locks
+from testkit.standins import kill_main_process
 
-from ..dockerevents import DockerEvents
-from ..helpers import meta_leader, meta_leader_key, node_shards, shard_lock_leases, shard_locks
-from ..standins import kill_main_process
 from .conftest import Cluster, eventually
 
 

@@ -16,9 +16,10 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from ..dockerevents import DockerEvents
-from ..helpers import http_json, node_shards, shard_lock_leases, shard_locks
-from ..standins import kill_main_process
+from testkit.dockerevents import DockerEvents
+from testkit.helpers import http_json, node_shards, shard_lock_leases, shard_locks
+from testkit.standins import kill_main_process
+
 from .conftest import Cluster, eventually
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import aiohttp
 
-from ..helpers import http_json
+from testkit.helpers import http_json
+
 from .conftest import Cluster, eventually
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from ceres_supervisor.adapters.engine import Engine, EngineTimeout
 from ceres_supervisor.daemon import shutdown
+from testkit.dockerevents import DockerEvents
 
-from ..dockerevents import DockerEvents
 from .conftest import Cluster, Daemon, eventually
 from .test_api import PausableDockerProxy
 from .test_reload import identities

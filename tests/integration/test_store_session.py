@@ -17,8 +17,8 @@ import pytest
 from ceres_supervisor.adapters import etcd
 from ceres_supervisor.cluster.coordinator import Coordinator, Identity
 from ceres_supervisor.cluster.view import prefix
+from testkit.standins import StandIns, cluster_toml
 
-from ..standins import StandIns, cluster_toml
 from .conftest import eventually
 
 CLUSTER = "storeSession"

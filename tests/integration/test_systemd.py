@@ -17,8 +17,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from ..emulator import build
-from ..helpers import SESSION, TEST_LABEL, http_json
+from testkit import emulator as build
+from testkit.helpers import SESSION, TEST_LABEL, http_json
+
 from .conftest import Cluster, eventually
 from .test_reload import identities
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import docker
 
-from ..helpers import wait_until
+from testkit.helpers import wait_until
+
 from ..integration.conftest import Cluster, eventually
 
 PROJECT = Path(__file__).resolve().parents[2]
