@@ -165,8 +165,6 @@ def down_reason(doc: Mapping[str, Any] | None) -> str | None:
     state = doc.get("state")
     lease = doc.get("lease")
     held = lease.get("held") if isinstance(lease, dict) else None
-    if state == "unhealthy" and doc.get("role") == "ceresdb" and held is True:
-        return None  # it fails its probes but still holds its shards: not down (see planning)
     if state != "healthy":
         return str(state)
     if held is False:

@@ -16,10 +16,10 @@ from ceres_supervisor.desired.containers import DesiredNode
 
 
 def down_reason(view: NodeView) -> str | None:
-    """Why a node counts against the budget: a CeresDB node is down when it does not run or does
-    not hold its shards (one that fails its probes but still holds them is not); a meta member
-    whenever it is not healthy."""
-    if view.available or (view.keeps_shards and view.state is NodeState.UNHEALTHY):
+    """Why a node counts against the budget: anything but healthy with its shards (a CeresDB node)
+    or healthy with etcd (a meta member). A node that fails its probes is down even while it still
+    holds its shard locks: nobody can tell that it serves them."""
+    if view.available:
         return None
     if view.state is NodeState.HEALTHY:
         return "lease unknown" if view.lease is not None else "etcd not healthy"

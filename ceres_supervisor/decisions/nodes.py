@@ -261,10 +261,7 @@ def _watch_running(
         if blocked:
             return NodeView(NodeState.BLOCKED, join(cycle.meta_detail, detail)), rec, None
         reason = f"unhealthy: {detail}"
-        # It keeps serving only with shards of its own: one that meta assigns none serves nothing,
-        # so it is down itself, as the other agents judge its published record (storeview).
-        serving = status is not None and status.held is True
-        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=serving)
+        view = NodeView(NodeState.UNHEALTHY, reason, lease=status)
         return view, rec, stop(reason, NodeState.UNHEALTHY, "unhealthy")
     probe_note = fresh.detail if fresh is not None and not fresh.ok else None
 
@@ -278,7 +275,7 @@ def _watch_running(
         return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
     if keeps:
         return (
-            NodeView(NodeState.HEALTHY, probe_note, available=True, lease=status, keeps_shards=True),
+            NodeView(NodeState.HEALTHY, probe_note, available=True, lease=status),
             rec,
             None,
         )

@@ -128,8 +128,6 @@ class NodeView:
     available: bool = False
     """Healthy with its shards: it does not count against the disruption budget."""
     lease: LeaseStatus | None = None
-    keeps_shards: bool = False
-    """A CeresDB node that still holds its shards (or has none to hold), healthy or not."""
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,8 @@ def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted
         (node_doc("db1", held=None), None),
         (node_doc("db1", held=False), "without its shards"),
         (node_doc("db1", state="reopening", held=False), "reopening"),
-    (node_doc("db1", state="unhealthy", held=True), None),  # failing its probes, it still holds its shards
-    (node_doc("db1", state="unhealthy", held=False), "unhealthy"),
+        (node_doc("db1", state="unhealthy", held=True), "unhealthy"),  # its locks notwithstanding
+        (node_doc("db1", state="unhealthy", held=False), "unhealthy"),
         (node_doc("db1", state="unknown"), "unknown"),
     ],
 )

@@ -635,13 +635,52 @@ def test_a_crash_is_restarted_whatever_the_budget(big: containers.DesiredCluster
     assert ("stop", "db1") not in actions(p) and ("stop", "db2") not in actions(p)
 
 
-def test_a_node_without_its_shards_holds_back_another_stop(big: containers.DesiredCluster) -> None:
+def test_a_node_without_its_shards_holds_back_a_planned_restart(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
+    assert p.views["db1"].state is NodeState.REOPENING
+    assert actions(p) == []
+    assert "waiting for disruption budget: db1 (reopening)" in (p.views["db0"].reason or "")
+
+
+def test_a_node_down_itself_is_stopped_while_another_only_waits_for_its_shards(
+    big: containers.DesiredCluster,
+) -> None:
+    """db2 fails its probes (down itself, its locks notwithstanding); db1 waits for meta to reopen
+    its shards, maybe for db2 itself (up to 1.2.7 an offline node stops every reopen): db2 goes."""
     cs, probes, records = failing(big, "db2")
     view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
     p = plan(big, observation(big, cs, probes=probes, leases=view), records)
-    assert p.views["db1"].state is NodeState.REOPENING
+    assert actions(p) == [("stop", "db2")]
+
+
+def test_an_unhealthy_node_holding_its_locks_counts_as_down(big: containers.DesiredCluster) -> None:
+    """A wedged db2 still holds its shard locks; a recreate of healthy db0 (a reload) would make two
+    nodes out with max_unavailable = 1: it waits."""
+    cs, probes, records = failing(big, "db2")
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8832", "127.0.0.1:8833"))
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
+    assert ("restart", "db0") not in actions(p), actions(p)
+    assert "waiting for disruption budget: db2 (unhealthy)" in (p.views["db0"].reason or "")
+
+
+def test_a_node_whose_lease_cannot_be_read_counts_as_down(big: containers.DesiredCluster) -> None:
+    """getNodeShards answered 500: the lease state of every node is unknown, never "unassigned":
+    a planned restart of db0 waits, nobody counts as available."""
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    view = LeaseView(NOW, WALL, locks=locks("127.0.0.1:8831"), error="getNodeShards on meta0: HTTP 500: x")
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
     assert actions(p) == []
-    assert "waiting for disruption budget: db1 (reopening)" in (p.views["db2"].reason or "")
+    for name in ("db0", "db1", "db2"):
+        assert not p.views[name].available
+        assert p.views[name].lease is not None and p.views[name].lease.held is None  # type: ignore[union-attr]
+    assert "waiting for disruption budget" in (p.views["db0"].reason or "")
 
 
 def test_peers_and_unavailable_coordination_hold_back_stops(big: containers.DesiredCluster) -> None:
