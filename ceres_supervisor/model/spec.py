@@ -118,6 +118,9 @@ class ClusterSection(_Model):
     """Release of the images; selects version-gated keys (meta HTTP port key, Kafka brokers...)."""
     network: Literal["host"] = "host"
     state_dir: str = "/var/lib/ceres-supervisor"
+    generation: Annotated[int, Field(ge=0)] = 0
+    """Raise it with every change of the file: an agent whose file has a lower generation than
+    another agent's removes nothing until the files agree (it would undo what the newer one added)."""
 
     @field_validator("version")
     @classmethod
@@ -371,6 +374,25 @@ def parse_listen(value: str) -> Listen:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{value!r} is neither host:port nor unix:/path")
     return Listen(host=host, port=int(port_text))
+
+
+def advertise_url(listen: str, host: str, override: str | None = None) -> str:
+    """The URL other agents reach this one's API at: `override` (`run --advertise`), else `listen`,
+    its wildcard address replaced by `host` (the agent's `--host`, or its first address). A unix
+    socket is reached from this machine only: "" (remote operations to this agent are refused)."""
+    if override:
+        if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", override):
+            raise ValueError(f"--advertise {override!r} is not an http:// or https:// URL")
+        return override.rstrip("/")
+    address = parse_listen(listen)
+    if address.unix_path is not None:
+        return ""
+    where = address.host or host
+    if where in ("0.0.0.0", "::", "[::]"):
+        where = host
+    if ":" in where and not where.startswith("["):
+        where = f"[{where}]"
+    return f"http://{where}:{address.port}"
 
 
 @dataclass(frozen=True)

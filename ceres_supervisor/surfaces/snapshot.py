@@ -39,6 +39,10 @@ class Coordination:
     endpoint: str | None
     coordinated: bool
     """Several machines: stops by choice need a slot from the store."""
+    revision: int = 0
+    """The store revision the view reflects."""
+    confirmed_at: float | None = None
+    """Monotonic time as of which the store last confirmed the view complete (None: never)."""
 
 
 @dataclass(frozen=True)
