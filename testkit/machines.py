@@ -1,6 +1,7 @@
 """Simulated machines: one extra Docker Engine per machine, all on this one host.
 
-Each `Engine` is its own `dockerd` (root, started by the test process) with its own unix socket,
+Each `Engine` is its own `dockerd` (root, started by the test process; named `ceres-dockerd` so
+that `pgrep -x dockerd` still finds only the main engine) with its own unix socket,
 `--data-root`, `--exec-root`, `--pidfile`, config file, key (so its own engine ID) and its own
 managed containerd (under its exec-root: it never sees the main engine's containers, nor they
 its). No bridge, no iptables, no IP forwarding: containers use host networking and are reached
@@ -99,6 +100,24 @@ SEED_MAX_IDLE_S = 24 * 3600
 DOCKERD_FLAGS = ["--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
                  "--storage-driver=overlay2"]
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DOCKERD_NAME = "ceres-dockerd"
+"""The engines' dockerd runs under this name (a symlink to dockerd): `pgrep -x dockerd`, with which
+scripts/ensure-docker.sh and tests/serial find the main engine, never finds one of them."""
+
+
+def dockerd_binary(base: Path = BASE) -> Path:
+    """`base`/bin/ceres-dockerd, a symlink to dockerd (made, or mended, here)."""
+    target = shutil.which("dockerd", path=PATH)
+    if target is None:
+        raise RuntimeError("no dockerd on the PATH (Debian: apt-get install docker.io)")
+    link = base / "bin" / DOCKERD_NAME
+    if not link.is_symlink() or os.readlink(link) != target:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        temporary = link.with_name(f".{DOCKERD_NAME}-{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(target)
+        temporary.replace(link)
+    return link
 
 
 def image_refs(versions: Iterable[str], prefix: str = IMAGE_PREFIX) -> list[str]:
@@ -277,7 +296,7 @@ def reap_stale(base: Path = BASE) -> list[Path]:
     unused for SEED_MAX_IDLE_S. Returns what was removed."""
     removed = []
     with _flock(base / "reap.lock", fcntl.LOCK_EX, 120):  # two new pools at once reap one at a time
-        candidates = [d for d in base.glob("*") if d.is_dir() and d.name != "images"]
+        candidates = [d for d in base.glob("*") if d.is_dir() and d.name not in ("images", "bin")]
         candidates += [d for d in (base / "images").glob(".build-*") if d.is_dir()]
         for directory in candidates:
             if directory.exists() and not _owner_alive(directory):
@@ -351,8 +370,9 @@ def _ping(path: Path, timeout_s: float = 1.0) -> bool:
 class Engine:
     """One simulated machine's Docker Engine. Made by `Engines.start`."""
 
-    def __init__(self, root: Path, cgroup_parent: str, client_timeout_s: int = 30) -> None:
+    def __init__(self, root: Path, cgroup_parent: str, client_timeout_s: int = 30, binary: Path | None = None) -> None:
         self.name = root.name
+        self.binary = binary or dockerd_binary()
         self.root = root
         self.socket = root / "docker.sock"
         self.url = f"unix://{self.socket}"
@@ -365,6 +385,7 @@ class Engine:
         self.client_timeout_s = client_timeout_s
         self.api_version: str | None = None
         self.frozen = False
+        self.removed = False
         self.costs: dict[str, float] = {}
         """Seconds each step took the last time (start, ready, stop, restart, remove)."""
         self._process: subprocess.Popen[bytes] | None = None
@@ -405,13 +426,15 @@ class Engine:
     # lifecycle
 
     def _command(self) -> list[str]:
-        return ["dockerd", "--config-file", str(self.root / "daemon.json"), "--host", self.url,
+        return [str(self.binary), "--config-file", str(self.root / "daemon.json"), "--host", self.url,
                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.pidfile), f"--cgroup-parent={self.cgroup_parent}",
                 "--label", f"io.ceres-supervisor.test.machine={self.name}", *DOCKERD_FLAGS]
 
     def _launch(self) -> None:
         """Start dockerd, without waiting for it."""
+        if self.removed:
+            raise RuntimeError(f"{self.name} was removed")
         assert not self.running, f"{self.name}: dockerd runs already"
         self.root.mkdir(parents=True, exist_ok=True)
         config = {"deprecated-key-path": str(self.root / "key.json"), "live-restore": False}
@@ -514,6 +537,7 @@ class Engine:
             finally:
                 client.close()
         self._close_client()
+        self.removed = True
         _reap(self.root, self.cgroup_parent.lstrip("/"))
         if self._process is not None:  # reap our child, killed by _reap if stop() could not
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -551,9 +575,11 @@ class Engines:
         self.costs: dict[str, float] = {}
         """Seconds: reap (stale runs), seed (built, or found), and per start: clone, ready, verify."""
         self._count = 0
+        self.closed = False
         self._lock = threading.Lock()
         started = time.monotonic()
         base.mkdir(parents=True, exist_ok=True)
+        self.binary = dockerd_binary(base)
         reap_stale(base)
         self.costs["reap"] = time.monotonic() - started
         self.root.mkdir()
@@ -569,13 +595,16 @@ class Engines:
     def start(self, n: int = 1, versions: Sequence[str] | None = None, timeout_s: float = 60) -> list[Engine]:
         """`n` new engines, started together, each with the stand-in images of `versions` (the
         pool's by default); returns once each answers."""
+        if self.closed:
+            raise RuntimeError(f"the pool {self.root} is closed")
         refs = image_refs(self.versions if versions is None else versions)
         made = []
         with self._lock:
             for _ in range(n):
                 name = f"m{self._count}"
                 self._count += 1
-                made.append(Engine(self.root / name, f"/{CGROUP_PREFIX}{self.run}-{name}", self.client_timeout_s))
+                made.append(Engine(self.root / name, f"/{CGROUP_PREFIX}{self.run}-{name}", self.client_timeout_s,
+                                   self.binary))
             self.engines += made
         for _attempt in range(3):
             began = time.monotonic()
@@ -625,6 +654,7 @@ class Engines:
     def close(self) -> None:
         """Remove every engine and this run's directory. Idempotent."""
         atexit.unregister(self.close)
+        self.closed = True
         try:
             if self.engines:
                 self.remove(*self.engines)
@@ -671,7 +701,7 @@ class Engines:
             build = seeds / f".build-{key}-{os.getpid()}"
             build.mkdir(parents=True)
             (build / "owner").write_text(_owner_line())
-            engine = Engine(build / "seed", f"/{CGROUP_PREFIX}{build.name}-seed")
+            engine = Engine(build / "seed", f"/{CGROUP_PREFIX}{build.name}-seed", binary=self.binary)
             try:
                 engine.start()
                 self._load(engine.client, refs)

@@ -103,6 +103,8 @@ def test_an_engine_of_its_own_runs_a_stand_in_reached_on_loopback(
     ids = {m0.client.info()["ID"], m1.client.info()["ID"], docker_client.info()["ID"]}
     assert len(ids) == 3, "each engine is a machine of its own"
     assert len({m0.containerd_pid(), m1.containerd_pid()} - {None}) == 2
+    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False).stdout.split()
+    assert not {str(m0.pid), str(m1.pid)} & set(found), "`pgrep -x dockerd` (ensure-docker.sh) finds the main engine only"
 
     container, url = run_meta(m0, tmp_path)
     assert answers(url)
@@ -203,9 +205,8 @@ def test_what_a_killed_run_left_is_reaped_by_the_next(docker_client: docker.Dock
     assert _mounts_under(root) and _cgroups(left["cgroup"])
 
     began = time.monotonic()
-    removed = reap_stale()
+    reap_stale()  # what every new pool does first (another test process's pool may get there first)
     cost("reaping a killed run (a frozen engine, one container)", time.monotonic() - began)
-    assert run in removed
     assert not any(_alive(pid) for pid in left["pids"])
     assert not _pids_mentioning(f"{run}/")
     assert not _mounts_under(run) and not run.exists()
