@@ -24,10 +24,12 @@ import pytest
 import requests
 from docker.models.containers import Container
 
-from testkit.helpers import TEST_LABEL, free_ports, http_json, wait_until
+from testkit.helpers import TEST_LABEL, free_ports, http_json, save_logs, wait_until
 from testkit.machines import Engine, Engines, _alive, _cgroups, _mounts_under, _pids_mentioning, reap_stale
 from testkit.proxy import Proxy
 from testkit.standins import StandIns, cluster_toml
+
+from ..conftest import failed
 
 pytestmark = pytest.mark.xdist_group("testkit-machines")
 
@@ -52,19 +54,25 @@ def engines(docker_client: docker.DockerClient) -> Iterator[Engines]:
 
 
 @pytest.fixture
-def machines(engines: Engines) -> Iterator[Callable[[int], list[Engine]]]:
-    """Start engines for this test; they are removed when it ends."""
+def machines(engines: Engines, request: pytest.FixtureRequest) -> Iterator[Callable[[int], list[Engine]]]:
+    """Start engines for this test; they are removed when it ends (their logs kept if it failed)."""
     made: list[Engine] = []
 
     def start(n: int = 1) -> list[Engine]:
         began = time.monotonic()
         new = engines.start(n)
         cost(f"start({n})", time.monotonic() - began)
-        print(f"cost: {engines.costs}")
+        print("cost:", {step: round(seconds, 3) for step, seconds in engines.costs.items()})
         made.extend(new)
         return new
 
     yield start
+    if failed(request):
+        for engine in made:
+            if engine.frozen:
+                engine.thaw()
+            containers = engine.client.containers.list(all=True) if engine.running else []
+            save_logs(f"{request.node.name}-{engine.name}", containers, [engine.log])
     began = time.monotonic()
     engines.remove(*made)
     cost(f"remove({len(made)})", time.monotonic() - began)
