@@ -97,8 +97,24 @@ CGROUP_PREFIX = "ceres-machines-"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SEED_MAX_IDLE_S = 24 * 3600
 """A cached seed unused this long is removed by the next pool."""
-DOCKERD_FLAGS = ["--bridge=none", "--iptables=false", "--ip-masq=false", "--ip-forward=false",
-                 "--storage-driver=overlay2"]
+DOCKERD_FLAGS = ["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--storage-driver=overlay2"]
+"""Never `--bridge=none`: a dockerd started with it deletes the host's docker0 (moby 20.10
+daemon_unix.go removeDefaultBridgeInterface), the main engine's bridge. Each engine gets a bridge
+of its own instead (`bridge_name`), which its containers never use (host networking)."""
+
+
+def bridge_name(root: Path) -> str:
+    """The bridge interface of the engine under `root`: 15 characters at most (IFNAMSIZ)."""
+    return "cm" + hashlib.sha256(str(root).encode()).hexdigest()[:11]
+
+
+def _bridge(name: str, present: bool) -> None:
+    """Make (or delete) the bridge `name`; quiet when it already is as asked."""
+    if present:
+        subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "set", name, "up"], capture_output=True, check=True)
+    else:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DOCKERD_NAME = "ceres-dockerd"
 """The engines' dockerd runs under this name (a symlink to dockerd): `pgrep -x dockerd`, with which
@@ -266,6 +282,8 @@ def _reap(root: Path, cgroup_glob: str, timeout_s: float = 20.0) -> None:
     for path in sockets:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    for engine in [root, *(p for p in root.glob("*") if p.is_dir())] if root.exists() else [root]:
+        _bridge(bridge_name(engine), present=False)
     _remove_tree(root)
     left = _remove_cgroups(groups)
     if left:
@@ -429,7 +447,8 @@ class Engine:
         return [str(self.binary), "--config-file", str(self.root / "daemon.json"), "--host", self.url,
                 "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.pidfile), f"--cgroup-parent={self.cgroup_parent}",
-                "--label", f"io.ceres-supervisor.test.machine={self.name}", *DOCKERD_FLAGS]
+                "--label", f"io.ceres-supervisor.test.machine={self.name}", f"--bridge={bridge_name(self.root)}",
+                *DOCKERD_FLAGS]
 
     def _launch(self) -> None:
         """Start dockerd, without waiting for it."""
@@ -437,6 +456,7 @@ class Engine:
             raise RuntimeError(f"{self.name} was removed")
         assert not self.running, f"{self.name}: dockerd runs already"
         self.root.mkdir(parents=True, exist_ok=True)
+        _bridge(bridge_name(self.root), present=True)
         config = {"deprecated-key-path": str(self.root / "key.json"), "live-restore": False}
         (self.root / "daemon.json").write_text(json.dumps(config))
         self.socket.unlink(missing_ok=True)

@@ -25,7 +25,16 @@ import requests
 from docker.models.containers import Container
 
 from testkit.helpers import TEST_LABEL, free_ports, http_json, save_logs, wait_until
-from testkit.machines import Engine, Engines, _alive, _cgroups, _mounts_under, _pids_mentioning, reap_stale
+from testkit.machines import (
+    Engine,
+    Engines,
+    _alive,
+    _cgroups,
+    _mounts_under,
+    _pids_mentioning,
+    bridge_name,
+    reap_stale,
+)
 from testkit.proxy import Proxy
 from testkit.standins import StandIns, cluster_toml
 
@@ -222,8 +231,13 @@ def test_what_a_killed_run_left_is_reaped_by_the_next(docker_client: docker.Dock
 
 
 def test_closing_a_pool_leaves_nothing(docker_client: docker.DockerClient) -> None:
+    """Nothing of the pool is left, and the main engine keeps its bridge: a dockerd started with
+    --bridge=none deletes the host's docker0, and every container of the main engine on the
+    default network then fails to start."""
     pool = Engines(docker_client, versions=[VERSION])
     (m0,) = pool.start(1)
+    assert Path("/sys/class/net/docker0").exists()
+    assert Path(f"/sys/class/net/{bridge_name(m0.root)}").exists()
     m0.client.containers.run(f"ceres-emulator/ceresdb-server:{VERSION}", entrypoint=SLEEPER, network_mode="host",
                              detach=True, labels={TEST_LABEL: "testkit"})
     m0.freeze()
@@ -233,6 +247,8 @@ def test_closing_a_pool_leaves_nothing(docker_client: docker.DockerClient) -> No
     assert not pool.root.exists() and not _mounts_under(pool.root)
     assert not _pids_mentioning(f"{pool.root}/")
     assert not _cgroups(m0.cgroup_parent.lstrip("/"))
+    assert Path("/sys/class/net/docker0").exists()
+    assert not Path(f"/sys/class/net/{bridge_name(m0.root)}").exists()
     pool.close()  # again: nothing to do
 
 
