@@ -28,7 +28,8 @@ from ceres_supervisor.cli import client, completion, oneshot
 from ceres_supervisor.daemon import app
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
 from ceres_supervisor.desired.locality import LocalityError
-from ceres_supervisor.model.errors import CeresError, DesiredStateError
+from ceres_supervisor.model.errors import CeresError, DesiredStateError, Problem
+from ceres_supervisor.model.spec import advertise_url
 from ceres_supervisor.observation import observer
 from ceres_supervisor.surfaces import api
 
@@ -94,8 +95,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
     place = await oneshot.decide_locality(loaded, args.host)
+    stores = [url.strip().rstrip("/") for url in args.store.split(",")] if args.store else None
+    if args.advertise or stores:
+        try:
+            advertise_url(loaded.spec.supervisor.listen, args.host or "127.0.0.1", args.advertise)
+            if stores and not all(u.startswith(("http://", "https://")) for u in stores):
+                raise ValueError(f"--store {args.store!r}: each member is an http:// URL")
+        except ValueError as err:
+            raise DesiredStateError(loaded.source, [Problem("--advertise/--store", str(err))]) from None
     supervisor = app.Supervisor(
-        loaded, place, config_path=args.config, docker_url=args.docker_url, listen=args.listen
+        loaded,
+        place,
+        config_path=args.config,
+        docker_url=args.docker_url,
+        listen=args.listen,
+        advertise=args.advertise,
+        store_endpoints=stores,
     )
     server = api.ApiServer(supervisor)
     try:
@@ -397,6 +412,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--docker-url", help="Docker Engine address (default: DOCKER_HOST or the local socket)")
     run.add_argument(
         "--listen", metavar="ADDR", help="the API's address (host:port or unix:/path) instead of the file's"
+    )
+    run.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="the URL other agents reach this one's API at (default: from --host and the listen port "
+        "when listen is a wildcard address, else the listen address)",
+    )
+    run.add_argument(
+        "--store",
+        metavar="URL[,URL]",
+        help="the etcd members this agent talks to, if not the meta nodes' client addresses "
+        "(e.g. through a proxy)",
     )
     _host_arg(run)
     run.set_defaults(handler=cmd_run)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -261,6 +261,22 @@ class Supervisor:
         if self._group is None:
             raise RuntimeError("the supervisor is not running")
         self._group.create_task(coro, name=name)  # type: ignore[arg-type]
+
+    async def claim_operation(self, doc: Mapping[str, Any]) -> str | None:
+        if not self.setting.coordinated:
+            return None
+        try:
+            holder = await self.coordinator.claim("operation", doc)
+        except etcd.EtcdError as err:
+            raise restarts.Refused(f"cannot take the cluster-wide operation key: {err}") from None
+        if holder is None:
+            return None
+        held = self.coordinator.view.claims.get("operation") or {}
+        what = f"{held.get('kind', 'an operation')} {held.get('id', '')}"
+        return f"{holder} ({what}, asked by {held.get('who', '?')})"
+
+    async def release_operation(self) -> None:
+        await self.coordinator.unclaim("operation")
 
     async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
         """The operator's pause or resume; returns where it holds."""
