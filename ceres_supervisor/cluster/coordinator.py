@@ -313,7 +313,7 @@ class Coordinator:
         other agents could see its lease expire while it still counted on it."""
         interval = self.ttl_s / 3
         next_beat = 0.0
-        while True:
+        while not self._closing:
             now = time.monotonic()
             try:
                 if now >= next_beat:

@@ -102,15 +102,20 @@ class StoreSync:
         """For ever: release slots and keep the pauses in step whenever the store can take it."""
         while True:
             self._wake.clear()
-            if self.coordinator.available:
-                try:
-                    await self.coordinator.release(self._releasable)
-                    await self._sync_pauses()
-                except etcd.EtcdError as err:
-                    log.info("store_sync_deferred", error=str(err))
+            await self.step()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_S):
                     await self._wake.wait()
+
+    async def step(self) -> None:
+        """One pass, only from a fresh view (`available`): a frozen view must not undo a pause."""
+        if not self.coordinator.available:
+            return
+        try:
+            await self.coordinator.release(self._releasable)
+            await self._sync_pauses()
+        except etcd.EtcdError as err:
+            log.info("store_sync_deferred", error=str(err))
 
     async def _sync_pauses(self) -> None:
         """Push what was asked meanwhile, write back what the store forgot, then mirror the store

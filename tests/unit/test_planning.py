@@ -806,3 +806,60 @@ def test_a_paused_node_is_never_touched(cluster: containers.DesiredCluster) -> N
     assert p2.views["db0"].reason == "the whole cluster is paused; container stopped (exit 0)"
     resumed = plan(cluster, observation(cluster, [cs[0], stopped, cs[2]], probes=probes), p2.records)
     assert actions(resumed) == [("start", "db0")] and resumed.records["db0"].failures == 0
+
+
+# --- nodes taken out of the file -----------------------------------------------------------------
+
+
+def orphan(node: str = "db9", state: str = "running", role: str = "ceresdb") -> ObservedContainer:
+    return ObservedContainer(
+        id=f"id-{node}", name=f"ceres-x-{node}", node=node, role=role, spec_hash="old", state=state, image="img"
+    )
+
+
+def with_orphans(obs: Observation, *orphans: ObservedContainer) -> Observation:
+    return replace(obs, orphans=orphans)
+
+
+def test_a_running_node_taken_out_of_the_file_is_removed_within_the_budget(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), records)
+    assert [(a.kind, a.node, a.by_choice, a.role) for a in p.actions] == [("remove", "db9", True, "ceresdb")]
+
+
+def test_a_removal_waits_for_the_budget_and_the_failsafe(big: containers.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "db1")
+    records["db1"] = replace(records["db1"], probe_failures=0)
+    probes["db1"] = probe(cs[4], ok=True)
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1 reopening
+    p = plan(big, with_orphans(observation(big, cs, probes=probes, leases=view), orphan()), records)
+    assert not [a for a in p.actions if a.node == "db9"]
+    assert "waiting for disruption budget: db1 (reopening)" in p.retiring["db9"]
+    cs, probes = running(big)
+    failsafe = Budget(coordinated=True, available=False)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), healthy_records(cs), budget=failsafe)
+    assert not p.actions and "coordination unavailable" in p.retiring["db9"]
+
+
+def test_a_paused_node_or_an_older_file_removes_nothing(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    obs = with_orphans(observation(big, cs, probes=probes), orphan(), orphan("db8", state="exited"))
+    paused = plan(big, obs, records, controls=Controls(frozenset({"db9", "db8"})))
+    assert not paused.actions and set(paused.retiring) == {"db9", "db8"}
+    older = plan(big, obs, records, budget=Budget(files_differ="127.0.0.2 runs generation 4, this file is generation 3"))
+    assert not older.actions and "generation 4" in older.retiring["db8"]
+
+
+def test_a_stopped_node_taken_out_of_the_file_is_removed_without_a_slot(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan(state="exited")), healthy_records(cs))
+    assert [(a.kind, a.node, a.by_choice) for a in p.actions] == [("remove", "db9", False)]
+
+
+def test_a_meta_member_taken_out_of_the_file_keeps_etcd_s_quorum(big: containers.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "meta1")
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan("meta9", role="meta")), records)
+    assert not [a for a in p.actions if a.node == "meta9"]
+    assert "meta1" in p.retiring["meta9"]
