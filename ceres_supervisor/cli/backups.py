@@ -40,9 +40,12 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-async def _take(spec: DesiredState, tool: str, output: Path | None) -> Taken:
+async def _take(spec: DesiredState, tool: str, output: str | None) -> Taken:
+    """`-o DIR/` (a trailing slash) is a directory even before it exists."""
+    path = Path(output) if output else None
+    directory = output is not None and output.endswith("/")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-        return await backups.take(spec, session, tool, output)
+        return await backups.take(spec, session, tool, path, directory=directory)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     logs.configure("warning")
     try:
         tool = etcdutl.locate(spec.backup.etcdutl)
-        taken = asyncio.run(_take(spec, tool, Path(args.output) if args.output else None))
+        taken = asyncio.run(_take(spec, tool, args.output))
     except (backups.BackupError, etcdutl.EtcdutlError) as err:
         _error(f"no backup taken: {err}")
         return EXIT_FAILED

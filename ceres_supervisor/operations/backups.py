@@ -66,12 +66,13 @@ def members(spec: DesiredState, prefer: Callable[[str], bool]) -> list[tuple[str
     return [(name, url) for name, url, host in sorted(found, key=lambda m: not prefer(m[2]))]
 
 
-def target(spec: DesiredState, output: Path | None, at: datetime) -> Path:
-    """Where the snapshot goes: `output` itself, or a new name in the directory it names (the
-    file's `backup.dir`, else the current directory, when none)."""
-    directory = output if output is not None else Path(spec.backup.dir or ".")
-    if output is None or output.is_dir() or str(output).endswith("/"):
-        return directory / backups.snapshot_name(spec.cluster.name, at)
+def target(spec: DesiredState, output: Path | None, at: datetime, directory: bool = False) -> Path:
+    """Where the snapshot goes: `output` itself, or a new name in the directory it names (always
+    with `directory`; when it is one; the file's `backup.dir`, else the current directory, when none)."""
+    if output is None:
+        output, directory = Path(spec.backup.dir or "."), True
+    if directory or output.is_dir():
+        return output / backups.snapshot_name(spec.cluster.name, at)
     return output
 
 
@@ -128,6 +129,7 @@ async def take(
     output: Path | None = None,
     prefer: Callable[[str], bool] = lambda _host: False,
     timeout_s: float = 10.0,
+    directory: bool = False,
 ) -> Taken:
     """One backup, from the first healthy member. Raises BackupError, etcdutl.EtcdutlError or
     OSError; leaves nothing behind when it fails."""
@@ -140,7 +142,7 @@ async def take(
         tried.append(f"{name} ({url}): {why}")
     else:
         raise BackupError(f"no healthy meta member to read a snapshot from: {'; '.join(tried)}")
-    path = target(spec, output, at)
+    path = target(spec, output, at, directory)
     if path.exists():
         raise BackupError(f"{path} exists: a backup is never written over")
     sink = await asyncio.to_thread(_File, path)
@@ -319,7 +321,7 @@ class Schedule:
         try:
             tool = etcdutl.locate(section.etcdutl)
             async with asyncio.timeout(TAKE_TIMEOUT_S):
-                taken = await take(spec, session, tool, Path(section.dir), self.prefer)
+                taken = await take(spec, session, tool, Path(section.dir), self.prefer, directory=True)
         except (BackupError, etcdutl.EtcdutlError, OSError, TimeoutError) as err:
             why = str(err) if not isinstance(err, OSError) else f"{err.strerror or err}: {err.filename or ''}"
             log.error("backup_failed", error=why)
