@@ -380,6 +380,46 @@ class Coordinator:
                 self._held.discard(node)
                 log.info("disruption_slot_released", node=node)
 
+    # -- claims: one agent cluster-wide does a job (scheduled backups) -------------------------------
+
+    async def claim(self, name: str, doc: Mapping[str, Any]) -> str | None:
+        """Put `<root><name>` bound to this agent's lease if absent. None when this agent holds it
+        (now or already), else the host that holds it. Raises etcd.EtcdError when the store cannot
+        be reached."""
+        client = self._client
+        if client is None or not self._lease:
+            raise etcd.EtcdUnavailable(f"not connected to the store ({self.detail})")
+        key = self._key(name)
+        value = json.dumps({**doc, "host": self.identity.host, "since": now_text()}).encode()
+        for _attempt in range(2):  # the holder may vanish between the compare and the read
+            taken, _rev, ranges = await client.txn(
+                [etcd.absent(key)],
+                [etcd.put_request(key, value, self._lease)],
+                [{"request_range": etcd.range_request(key)}],
+            )
+            if taken:
+                return None
+            found = ranges[0].kvs if ranges else ()
+            if not found:
+                continue
+            if found[0].lease == self._lease:
+                return None
+            try:
+                holder = json.loads(found[0].value).get("host")
+            except (ValueError, AttributeError):
+                holder = None
+            return str(holder) if isinstance(holder, str) else "an agent whose record cannot be read"
+        raise etcd.EtcdUnavailable(f"{name}: the claim changed hands twice while it was read")
+
+    async def unclaim(self, name: str) -> None:
+        """Give `<root><name>` back if this agent holds it."""
+        client = self._client
+        if client is None or not self._lease:
+            return
+        key = self._key(name)
+        mine = {"key": etcd.b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
+        await client.txn([mine], [etcd.delete_request(key)])
+
     # -- pauses (SPEC 8) -------------------------------------------------------------------------------
 
     async def set_paused(self, nodes: Sequence[str], paused: bool, everything: bool = False) -> None:

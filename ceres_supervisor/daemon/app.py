@@ -42,7 +42,7 @@ from ceres_supervisor.model.errors import DesiredStateError, SecretError
 from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Inflight, Observer, follow_events
-from ceres_supervisor.operations import pauses, restarts
+from ceres_supervisor.operations import backups, pauses, restarts
 from ceres_supervisor.surfaces import metrics, reports
 from ceres_supervisor.surfaces.snapshot import Coordination, Event, ReloadResult, Snapshot
 
@@ -119,6 +119,14 @@ class Supervisor:
         self.pauses = pauses.PauseBook.open(self.spec.cluster.state_dir)
         self.store_sync = storesync.StoreSync(self.coordinator, self.identity, self.pauses)
         self.operations = restarts.Operations(self, lambda: self._session, None)
+        self.backups = backups.Schedule(
+            lambda: self.spec,
+            self.coordinator,
+            self.agent,
+            lambda: self._last_plan is not None and self._last_plan.meta_ready,
+            lambda host: self.locality.is_local(host),  # noqa: PLW0108 (a reload replaces locality)
+            self._on_backup,
+        )
         self.ready = asyncio.Event()
         """Set after the first completed cycle (READY=1)."""
 
@@ -187,6 +195,13 @@ class Supervisor:
             self._failed[action.node] = (outcome.step or action.kind, outcome.error or "action failed")
             self.record_event(action.node, "action_failed", outcome.error, f"{action.kind} failed")
         self._wake.set()
+
+    def _on_backup(self) -> None:
+        """The scheduled backups changed: a good one sets the metric; the next snapshot shows it."""
+        at = self.backups.status.last_success_at
+        if at is not None:
+            self.metrics.backup_succeeded(self.spec.cluster.name, self.agent, at)
+        self.wake()
 
     def _on_step(self, node: str, text: str) -> None:
         self.operations.step(node, text)
@@ -391,6 +406,7 @@ class Supervisor:
             engine_error=observation.engine_error,
             store=c.view,
             coordination=Coordination(c.available, c.detail, c.endpoint, self.coordinated),
+            backup=self.backups.status,
         )
 
     async def reconcile_loop(self, group: asyncio.TaskGroup) -> None:
@@ -529,6 +545,7 @@ class Supervisor:
                             name="coordination",
                         )
                         loop_task = group.create_task(self.reconcile_loop(group), name="reconcile-loop")
+                        group.create_task(self.backups.run(session), name="backups")
                         group.create_task(
                             shutdown.first_stages(
                                 self._stop,
