@@ -4,9 +4,11 @@ stand-ins (their meta runs a real etcd, Debian's 3.4; the backups go through etc
 One cluster of 3 meta + 2 CeresDB nodes carries every check, in the order an operator meets them:
 scheduled backups while it runs (one agent holds the store's `backup` key), a backup by hand, the
 refusals (a daemon running, a corrupt snapshot, another cluster's manifest, containers running),
-then `down`, a restore of every member into fresh directories, and a start in which two CeresDB
-nodes find each other's data directory (blocked, both names said) until they are put back: then
-the cluster is healthy, every key of the snapshot is back, and each CeresDB node started once.
+then `down`, a restore of every member into fresh directories (each "machine", a loopback address
+as `--host` makes one, restores its own member from the same backup), and a start in which two
+CeresDB nodes find each other's data directory (blocked, both names said) until they are put
+back: then the cluster is healthy, every key of the snapshot is back, and each CeresDB node
+started once.
 """
 
 from __future__ import annotations
@@ -189,15 +191,18 @@ async def test_backup_and_restore_of_a_three_member_meta(
     code, _said, err = await arun("down", "-c", config)
     assert code == 0, err
 
-    code, said, err = await arun("restore", "-c", config, "--from", str(snapshot))
-    assert code == 0, err
-    assert "Tables created after" in said and "each CeresDB node once" in said, said
+    # Each "machine" (loopback address, as `run --host`) restores its own member from the same backup.
     for m in meta:
+        code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
+        assert code == 0, err
+        assert f"restored {m.name} in {data / m.name}" in said and said.count("restored meta") == 1, said
+        others = [f"{o.name} ({o.host})" for o in meta if o is not m]
+        assert f"{', '.join(others)} run on other machines" in said, said
+        assert "Tables created after" in said and "each CeresDB node once" in said, said
         (aside,) = data.glob(f"{m.name}.before-restore-*")  # the old data, moved aside, whole
         assert (aside / "etcd" / "member" / "snap" / "db").is_file() and (aside / "wal").is_dir()
         marker = identity.read(data / m.name)
         assert marker is not None and marker.node == m.name and marker.restored_from == snapshot.name
-        assert f"restored {m.name} in {data / m.name}" in said
 
     # db0 and db1 find each other's directory: blocked, both names said, never started.
     os.rename(data / "db0", data / "swap")
