@@ -296,3 +296,70 @@ def test_without_a_token_in_the_file_the_servers_default_is_used(
     desired = containers.build(spec(text), lambda _ref: "", is_local=lambda _host: True)
     ((_node, _data, member),) = restores.members(desired, "r")
     assert member.token == token
+
+
+# --- the schedule's decisions before any backup is taken ------------------------------------------------
+
+
+class Store:
+    """Speaks the `Claims` protocol as the store does for this test: `holder` holds the key."""
+
+    def __init__(self, holder: str | None) -> None:
+        self.holder = holder
+        self.claims = 0
+        self.released = 0
+
+    async def claim(self, name: str, doc: dict[str, Any]) -> str | None:
+        assert name == "backup"
+        self.claims += 1
+        return self.holder
+
+    async def unclaim(self, name: str) -> None:
+        self.released += 1
+
+
+def write_backup(snapshot: Path, manifest: Manifest) -> None:
+    snapshot.write_bytes(b"x")
+    Path(backups.manifest_path_of(str(snapshot))).write_bytes(manifest.encode())
+
+
+def schedule(text: str, store: Store, meta_ready: bool = True) -> ops.Schedule:
+    current = spec(text)
+    return ops.Schedule(lambda: current, store, "10.0.0.1", lambda: meta_ready, lambda _h: True, lambda: None)
+
+
+async def test_another_agent_holding_the_claim_takes_them_and_this_one_writes_nothing(tmp_path: Path) -> None:
+    store = Store("10.0.0.2")
+    plan = schedule(BASE + f'\n[backup]\ndir = "{tmp_path}"\n', store)
+    wait_s = await plan._pass(None)  # type: ignore[arg-type]  # no backup is taken: no session used
+    assert store.claims == 1 and wait_s == ops.RECHECK_S
+    assert (plan.status.state, plan.status.holder) == ("other_agent", "10.0.0.2")
+    assert plan.status.document()["holder"] == "10.0.0.2"
+    assert ops.found_in(tmp_path) == []
+    await plan._pass(None)  # type: ignore[arg-type]
+    assert store.claims == 1  # not asked again before the next interval
+
+
+async def test_nothing_is_claimed_while_meta_is_not_ready_or_backups_are_off(tmp_path: Path) -> None:
+    store = Store(None)
+    waiting = schedule(BASE + f'\n[backup]\ndir = "{tmp_path}"\n', store, meta_ready=False)
+    await waiting._pass(None)  # type: ignore[arg-type]
+    assert store.claims == 0 and (waiting.status.state, waiting.status.detail) == (
+        "waiting",
+        "meta is not ready",
+    )
+    off = schedule(BASE, store)
+    await off._pass(None)  # type: ignore[arg-type]
+    assert store.claims == 0 and off.status.document()["enabled"] is False and off.status.state == "off"
+
+
+async def test_the_series_on_disk_sets_when_the_next_backup_is_due(tmp_path: Path) -> None:
+    snapshot = tmp_path / "defaultCluster-1.db"
+    taken = replace(MANIFEST, taken_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+    write_backup(snapshot, taken)
+    store = Store(None)
+    plan = schedule(BASE + f'\n[backup]\ndir = "{tmp_path}"\ninterval = "1h"\n', store)
+    await plan._pass(None)  # type: ignore[arg-type]
+    assert store.claims == 0 and plan.status.state == "waiting"  # the last one is recent: nothing due
+    assert plan.status.last_success is not None and plan.status.last_success.path == str(snapshot)
+    assert plan.status.document()["last_success"]["revision"] == MANIFEST.revision
