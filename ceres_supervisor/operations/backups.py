@@ -97,9 +97,9 @@ class _File:
         self.handle.close()
 
     def publish(self) -> None:
-        if self.path.exists():
-            raise FileExistsError(17, "a backup already has this name", str(self.path))
-        os.replace(self.tmp, self.path)
+        """In place under its name, never over another file (a link fails when the name exists)."""
+        os.link(self.tmp, self.path)
+        self.tmp.unlink()
         dir_fd = os.open(self.path.parent, os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -158,29 +158,34 @@ async def take(
         await asyncio.to_thread(sink.write, bytes(pending))
         await asyncio.to_thread(sink.sync)
         status = await etcdutl.status(tool, sink.tmp)  # etcd's own reading, before it is published
+        manifest = Manifest(
+            cluster=spec.cluster.name,
+            flavor=spec.cluster.flavor,
+            version=spec.cluster.version,
+            revision=status.revision,
+            members=tuple(m.name for m in spec.meta.nodes),
+            taken_at=rfc3339(at),
+            supervisor_version=__version__,
+            snapshot=path.name,
+            size=size,
+            sha256=hasher.hexdigest(),
+            source=f"{name} {url}",
+            total_keys=status.total_keys,
+            etcdutl_version=await _tool_version(tool),
+            duration_s=round(time.monotonic() - started, 3),
+        )
         await asyncio.to_thread(sink.publish)
+        manifest_path = Path(backups.manifest_path_of(str(path)))
+        try:
+            await asyncio.to_thread(files.write_atomic, manifest_path, manifest.encode(), 0o600)
+        except BaseException:  # a snapshot without its manifest is no backup: take it back
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(path.unlink)
+            raise
     except etcd.EtcdUnavailable as err:
         raise BackupError(str(err)) from None
     finally:
         await asyncio.to_thread(sink.discard)
-    manifest = Manifest(
-        cluster=spec.cluster.name,
-        flavor=spec.cluster.flavor,
-        version=spec.cluster.version,
-        revision=status.revision,
-        members=tuple(m.name for m in spec.meta.nodes),
-        taken_at=rfc3339(at),
-        supervisor_version=__version__,
-        snapshot=path.name,
-        size=size,
-        sha256=hasher.hexdigest(),
-        source=f"{name} {url}",
-        total_keys=status.total_keys,
-        etcdutl_version=await _tool_version(tool),
-        duration_s=round(time.monotonic() - started, 3),
-    )
-    manifest_path = Path(backups.manifest_path_of(str(path)))
-    await asyncio.to_thread(files.write_atomic, manifest_path, manifest.encode(), 0o600)
     return Taken(str(path), manifest)
 
 
