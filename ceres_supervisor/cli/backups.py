@@ -120,6 +120,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     except (restores.RestoreError, etcdutl.EtcdutlError) as err:
         _error(f"not restored: {err}")
         return EXIT_FAILED
+    except OSError as err:  # making the fresh directories: nothing was moved
+        _error(f"not restored: {err.strerror or err}: {err.filename or ''}")
+        return EXIT_FAILED
     _report(args.config, desired, checked, restored)
     return EXIT_OK
 

@@ -328,7 +328,12 @@ class Schedule:
             async with asyncio.timeout(TAKE_TIMEOUT_S):
                 taken = await take(spec, session, tool, Path(section.dir), self.prefer, directory=True)
         except (BackupError, etcdutl.EtcdutlError, OSError, TimeoutError) as err:
-            why = str(err) if not isinstance(err, OSError) else f"{err.strerror or err}: {err.filename or ''}"
+            if isinstance(err, TimeoutError):  # an OSError too: said before the others
+                why = f"not done within {TAKE_TIMEOUT_S:g}s"
+            elif isinstance(err, OSError):
+                why = f"{err.strerror or err}: {err.filename or ''}"
+            else:
+                why = str(err)
             log.error("backup_failed", error=why)
             self._retry_at = now + retry
             self._set(state="failing", last_error=why, last_error_at=datetime.now(UTC), detail=None)
