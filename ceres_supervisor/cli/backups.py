@@ -146,7 +146,7 @@ def _report(
     print(
         f"- Tables created after {m.taken_at} are not in it: their data stays on the CeresDB nodes' disks "
         "(or in the object store), orphaned: nothing lists or removes it. Tables dropped since are "
-        "listed again."
+        "listed again, possibly without their data."
     )
     print(
         f"- Start the cluster: `ceres-supervisor run -c {config}` (or systemctl start ceres-supervisor). It "
