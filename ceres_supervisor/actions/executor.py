@@ -20,7 +20,7 @@ import structlog
 
 from ceres_supervisor.adapters.engine import Engine, EngineError, EngineImageMissing
 from ceres_supervisor.decisions.planning import Action
-from ceres_supervisor.desired import files
+from ceres_supervisor.desired import files, identity
 from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
 from ceres_supervisor.model.errors import SlotRefused
 from ceres_supervisor.model.observed import ObservedContainer
@@ -64,11 +64,17 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def prepare(node: DesiredNode) -> None:
-    """Write the node's config atomically (0600 with a secret) and make its data directory."""
+def prepare(node: DesiredNode, owner: identity.Owner) -> None:
+    """Write the node's config atomically (0600 with a secret) and make its data directory, marked
+    for it; refuse a directory marked for another node or cluster (PreflightError)."""
     mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
     files.write_atomic(node.config_path, node.config_text, mode)
-    node.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        done = identity.ensure(node.data_dir, owner, node.name)
+    except identity.IdentityError as err:
+        raise PreflightError(str(err)) from None
+    if done != "kept":
+        log.info("data_dir_marked", node=node.name, path=str(node.data_dir), how=done)
 
 
 def preflight(node: DesiredNode) -> None:
@@ -99,6 +105,8 @@ class Executor:
         """The daemon stops: no new action starts (those in flight run to their end)."""
         self._idle = asyncio.Event()
         self._idle.set()
+        self.owner: identity.Owner | None = None
+        """Whose data directories these are (from the file of the last submit)."""
 
     def submit(self, group: asyncio.TaskGroup, action: Action, desired: DesiredCluster) -> bool:
         """Start `action` unless its node already has one in flight (or the daemon stops)."""
@@ -109,6 +117,7 @@ class Executor:
             return False
         self.busy[action.node] = action.kind
         self._idle.clear()
+        self.owner = identity.Owner(desired.spec.cluster.name, desired.spec.cluster.flavor)
         group.create_task(self._run(action, node), name=f"action-{action.node}")
         return True
 
@@ -160,6 +169,11 @@ class Executor:
             log.error("action_failed", node=action.node, action=action.kind, step=step, error=error)
         self.on_done(outcome)
 
+    def _owner(self) -> identity.Owner:
+        if self.owner is None:
+            raise RuntimeError("no file submitted yet: whose data directories is unknown")
+        return self.owner
+
     async def apply(self, action: Action, node: DesiredNode | None, step: Callable[[str], None]) -> None:
         """Carry `action` out; `step` is told each step before it runs (to name what failed)."""
         if action.by_choice and self.slots is not None:
@@ -187,7 +201,7 @@ class Executor:
                 assert node is not None
                 step("start")
                 self.on_step(action.node, "starting")
-                await asyncio.to_thread(prepare, node)
+                await asyncio.to_thread(prepare, node, self._owner())
                 await self.engine.start(action.container_id)
                 return
             step("remove")  # a node taken out of the file keeps its data directory
@@ -196,7 +210,7 @@ class Executor:
                 return
         assert node is not None
         step("create" if action.kind != "start" else "start")
-        await asyncio.to_thread(prepare, node)
+        await asyncio.to_thread(prepare, node, self._owner())
         preflight(node)
         if action.kind == "start":
             assert action.container_id is not None

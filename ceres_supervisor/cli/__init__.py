@@ -1,4 +1,5 @@
 """The command line: the parser and subcommands (`commands`), talking to a running daemon
-(`client`), the one-shot commands that look once (`oneshot`), and bash completion (`completion`).
+(`client`), the one-shot commands that look once (`oneshot`), backup and restore (`backups`), and
+bash completion (`completion`).
 The top of the layers: may import every other folder.
 """

@@ -24,7 +24,7 @@ from ceres_supervisor import __version__
 from ceres_supervisor.actions import executor
 from ceres_supervisor.adapters import logs
 from ceres_supervisor.adapters.engine import Engine, EngineError
-from ceres_supervisor.cli import client, completion, oneshot
+from ceres_supervisor.cli import backups, client, completion, oneshot
 from ceres_supervisor.daemon import app
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
 from ceres_supervisor.desired.locality import LocalityError
@@ -476,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     rolling.add_argument("--role", choices=("meta", "ceresdb"), help="only the nodes of this role")
     rolling.add_argument("--no-wait", action="store_true", help="print the operation id and return")
     rolling.set_defaults(handler=cmd_rolling_restart)
+
+    backups.add_parsers(sub, _host_arg)
 
     completion_cmd = sub.add_parser("completion", help="print a shell completion script (bash)")
     completion_cmd.add_argument("shell", choices=("bash",))

@@ -37,7 +37,7 @@ from ceres_supervisor.model.errors import DesiredStateError, SecretError
 from ceres_supervisor.model.spec import DesiredState, advertise_url
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
-from ceres_supervisor.operations import pauses, restarts
+from ceres_supervisor.operations import backups, pauses, restarts
 from ceres_supervisor.surfaces import metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
@@ -131,8 +131,17 @@ class Supervisor:
             self.metrics,
             self.notifier,
             self.record_event,
+            lambda: self.backups.status,
         )
         self.loop = Loop(parts, setting, self.agent)
+        self.backups = backups.Schedule(
+            lambda: self.spec,
+            self.coordinator,
+            self.agent,
+            lambda: self.loop.last_plan is not None and self.loop.last_plan.meta_ready,
+            lambda host: self.setting.locality.is_local(host),  # noqa: PLW0108 (a reload replaces locality)
+            self._on_backup,
+        )
 
     # -- what the loop and the API read --------------------------------------------------------------
 
@@ -195,6 +204,13 @@ class Supervisor:
         self, node: str | None, type_: str, reason: str | None, message: str, at: datetime | None = None
     ) -> None:
         self.events.append(Event(at or datetime.now(UTC), node, type_, reason, message))
+
+    def _on_backup(self) -> None:
+        """The scheduled backups changed: a good one sets the metric; the next snapshot shows it."""
+        at = self.backups.status.last_success_at
+        if at is not None:
+            self.metrics.backup_succeeded(self.spec.cluster.name, self.agent, at)
+        self.wake()
 
     def _on_outcome(self, outcome: executor.Outcome) -> None:
         self.loop.on_outcome(outcome)
@@ -396,6 +412,7 @@ class Supervisor:
                         group.create_task(prober.run(), name="probes")
                         group.create_task(self.coordinator.run(store), name="coordination")
                         group.create_task(self.store_sync.run(), name="store-sync")
+                        group.create_task(self.backups.run(session), name="backups")
                         loop_task = group.create_task(
                             self.loop.run(group, self._stop, self._reload_if_asked), name="reconcile-loop"
                         )

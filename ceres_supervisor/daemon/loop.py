@@ -32,6 +32,7 @@ from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.decisions.targets import probe_targets
 from ceres_supervisor.desired import loading, locality, topology
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.backups import BackupStatus
 from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.observation import probes
@@ -76,6 +77,7 @@ class Parts:
     metrics: metrics.Metrics
     notifier: systemd.Notifier
     record_event: Callable[[str | None, str, str | None, str], None]
+    backup_status: Callable[[], BackupStatus]
 
 
 class Loop:
@@ -266,6 +268,7 @@ class Loop:
                 c.view.revision,
                 c.confirmed_at,
             ),
+            backup=self.parts.backup_status(),
         )
 
     # -- the loop -----------------------------------------------------------------------------------

@@ -132,6 +132,8 @@ def evaluate(
         return NodeView(state, rec.reason), rec, None
     if paused:
         return NodeView(NodeState.PAUSED, _paused_reason(c, cycle.controls)), rec, None
+    if (misplaced := observed.identity_problems.get(node.name)) is not None:
+        return NodeView(NodeState.BLOCKED, misplaced), rec, None  # never started on another's data
 
     waiting = rec.next_restart_at is not None and now < rec.next_restart_at
     wait_state = NodeState.CRASHLOOP if rec.crashloop else NodeState.BACKOFF

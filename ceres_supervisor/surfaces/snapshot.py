@@ -13,6 +13,7 @@ from ceres_supervisor.cluster import view
 from ceres_supervisor.decisions import planning
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.backups import BackupStatus
 from ceres_supervisor.model.observed import Observation
 
 
@@ -62,6 +63,7 @@ class Snapshot:
     engine_error: str | None = None
     store: view.StoreView = field(default_factory=view.StoreView)
     coordination: Coordination = Coordination(False, "not connected yet", None, False)
+    backup: BackupStatus = field(default_factory=BackupStatus)
 
     @property
     def reload_ok(self) -> bool:
