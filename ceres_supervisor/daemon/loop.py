@@ -266,6 +266,7 @@ class Loop:
                 c.endpoint,
                 s.coordinated,
                 c.view.revision,
+                c.watching,
                 c.confirmed_at,
             ),
             backup=self.parts.backup_status(),

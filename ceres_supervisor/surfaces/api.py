@@ -157,6 +157,7 @@ class Api:
                 "detail": c.detail,
                 "endpoint": c.endpoint,
                 "revision": c.revision,
+                "watch": c.watch,
                 "age_s": None if c.confirmed_at is None else round(time.monotonic() - c.confirmed_at, 3),
             },
             leader,

@@ -206,6 +206,10 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     listen: str = ""
     """`--listen`: this daemon's API instead of the file's (several agents, one file)."""
+    docker_url: str = ""
+    """`--docker-url`: the Docker Engine of its simulated machine."""
+    store: str = ""
+    """`--store`: the etcd members it talks to (through proxies a test can freeze)."""
 
     def start(self) -> Daemon:
         args = [
@@ -222,6 +226,10 @@ class Daemon:
             args += ["--host", self.host]
         if self.listen:
             args += ["--listen", self.listen]
+        if self.docker_url:
+            args += ["--docker-url", self.docker_url]
+        if self.store:
+            args += ["--store", self.store]
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
                 args, stdout=handle, stderr=handle, env={**os.environ, **(self.env or {})}
