@@ -103,6 +103,11 @@ class Loop:
         self._topology_recorded = False
 
     @property
+    def cycles(self) -> int:
+        """Cycles begun since the daemon started."""
+        return self._cycle
+
+    @property
     def engine_error(self) -> str | None:
         return self.parts.observer.engine_error
 

@@ -117,7 +117,8 @@ class Api:
         age = None if snap.loop_at is None else time.monotonic() - snap.loop_at
         ok = age is not None and age <= limit
         return json_response(
-            {"ok": ok, "last_cycle_age_s": None if age is None else round(age, 3)}, 200 if ok else 503
+            {"ok": ok, "cycle": snap.cycle, "last_cycle_age_s": None if age is None else round(age, 3)},
+            200 if ok else 503,
         )
 
     async def readyz(self, _request: web.Request) -> web.Response:

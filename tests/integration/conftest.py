@@ -180,6 +180,14 @@ class Cluster:
             f"{node} serving (states: {self._states()})",
         )
 
+    async def cycles(self, count: int, timeout_s: float = 30) -> None:
+        """Until the loop has gone round `count` more times: each a chance to act (a condition, not
+        a window of seconds)."""
+        assert self.supervisor is not None
+        loop = self.supervisor.loop
+        target = loop.cycles + count + 1  # the cycle under way may have observed before the change
+        await eventually(lambda: loop.cycles >= target, timeout_s, f"{count} more cycles")
+
     async def healthy(self, timeout_s: float = 60) -> None:
         await eventually(
             lambda: self.cluster_state() == "healthy",

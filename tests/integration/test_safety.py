@@ -274,7 +274,10 @@ async def test_no_watchdog_while_docker_cannot_be_observed(make_cluster: Callabl
     await eventually(lambda: daemon.get("/healthz")[0] == 200, 30, "the API")
     code, ready = daemon.get("/readyz")
     assert (code, ready) == (503, {"ready": False, "state": "unknown"})
-    await asyncio.sleep(3)  # longer than the watchdog interval (1 s): WATCHDOG=1 would have been sent
+    first = daemon.get("/healthz")[1]["cycle"]
+    # Three more turns of the loop, each past the watchdog interval (1 s): a completed cycle would
+    # have sent WATCHDOG=1.
+    await eventually(lambda: daemon.get("/healthz")[1]["cycle"] >= first + 3, 30, "three more turns of the loop")
     fields = notify.pump()
     assert "WATCHDOG=1" not in fields and "READY=1" not in fields, fields
     assert any(f.startswith("STATUS=unknown: docker engine unavailable") for f in fields), fields
