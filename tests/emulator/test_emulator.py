@@ -42,7 +42,7 @@ from testkit.helpers import (
 )
 from testkit.standins import StandIns, cluster_toml, emulator_hook, kill_main_process, set_scheduler_tick
 
-from . import build
+from testkit import emulator as build
 
 HERE = Path(__file__).resolve().parent
 IMAGE_PREFIX = build.REPOSITORY
