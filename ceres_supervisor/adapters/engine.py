@@ -287,6 +287,10 @@ class Engine:
                 network_mode=spec.network_mode,
                 binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
                 restart_policy={"Name": "no"},  # the supervisor owns every restart
+                log_config=docker.types.LogConfig(
+                    type="json-file",  # rotated, and read back by `docker logs` and `logs NODE`
+                    config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
+                ),
             )
             created = api.create_container(
                 spec.image,

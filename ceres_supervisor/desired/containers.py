@@ -47,6 +47,10 @@ class ContainerSpec:
     mounts: tuple[Mount, ...]
     labels: dict[str, str]
     network_mode: str = "host"
+    log_max_size: str = "20m"
+    """Docker's json-file rotation (`[supervisor] log_max_size`, `log_max_files`); outside the
+    spec hash: a changed setting applies to containers created from then on, and restarts none."""
+    log_max_files: int = 5
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ def build(
             mounts=mounts,
             labels=labels,
             network_mode=spec.cluster.network,
+            log_max_size=spec.supervisor.log_max_size,
+            log_max_files=spec.supervisor.log_max_files,
         )
         result.append(
             DesiredNode(

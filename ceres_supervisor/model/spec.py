@@ -133,6 +133,9 @@ class ClusterSection(_Model):
         return value
 
 
+LOG_SIZE: Final = re.compile(r"[1-9][0-9]{0,5}[kmg]")
+"""Docker's json-file `max-size`, in the one spelling this file accepts: `20m`, `512k`, `1g`."""
+
 MIN_AGENT_TTL_S: Final = 3.0
 """etcd grants no lease under 1.5 s (3/2 election ticks); 3 s leaves a keepalive a second."""
 
@@ -163,11 +166,24 @@ class SupervisorSection(_Model):
     agent_ttl: Seconds = 10.0
     """Lease of a supervisor's records in the coordination store: how long a dead agent's nodes
     keep their last published state before they show `unknown` (SPEC 7)."""
+    log_max_size: str = "20m"
+    """Size at which Docker rotates a node container's log (json-file `max-size`: a number with
+    the unit k, m or g). Applies to containers created from then on: a running one keeps its
+    settings until it is recreated, so changing it restarts nothing."""
+    log_max_files: Annotated[int, Field(ge=1, le=100)] = 5
+    """Log files Docker keeps per node container (json-file `max-file`), the current one included."""
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("log_max_size")
+    @classmethod
+    def _log_max_size(cls, value: str) -> str:
+        if LOG_SIZE.fullmatch(value) is None:
+            raise ValueError(f"{value!r} is not a log size: a whole number and k, m or g, like \"20m\"")
         return value
 
     @field_validator("agent_ttl")
