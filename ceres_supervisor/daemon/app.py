@@ -17,7 +17,6 @@ import contextlib
 import random
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -43,7 +42,7 @@ from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Inflight, Observer, follow_events
 from ceres_supervisor.operations import pauses, restarts
-from ceres_supervisor.surfaces import metrics, reports
+from ceres_supervisor.surfaces import journal, metrics, reports
 from ceres_supervisor.surfaces.snapshot import Coordination, Event, ReloadResult, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -79,7 +78,7 @@ class Supervisor:
         self.engine = Engine(loaded.spec.cluster.name, base_url=docker_url)
         self.observer = Observer(self.engine, place)
         self.records: dict[str, NodeRecord] = {}
-        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self.events = journal.Journal.open(loaded.spec.cluster.state_dir, EVENTS_KEPT)
         self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.reload_result = ReloadResult(True, None, None)
         self.agent = agent_name(place)
@@ -392,6 +391,7 @@ class Supervisor:
             store=c.view,
             coordination=Coordination(c.available, c.detail, c.endpoint, self.coordinated),
         )
+        self.events.published(self.snapshot)
 
     async def reconcile_loop(self, group: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
