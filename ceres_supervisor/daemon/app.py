@@ -392,6 +392,7 @@ class Supervisor:
             coordination=Coordination(c.available, c.detail, c.endpoint, self.coordinated),
         )
         self.events.published(self.snapshot)
+        self.metrics.published(self.snapshot)
 
     async def reconcile_loop(self, group: asyncio.TaskGroup) -> None:
         while not self._stop.is_set():
