@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 VERSIONS ?= 1.2.2 1.2.7 2.0.0
 
-.PHONY: help setup docker emulator lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
+.PHONY: help setup docker emulator promtool rules lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
 
 help:
 	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
@@ -31,6 +31,16 @@ docker:
 emulator: setup docker
 	$(BIN)/python testkit/emulator.py $(VERSIONS)
 
+# promtool (Debian's `prometheus` package) checks the alerting rules and the /metrics text.
+promtool:
+	@scripts/ensure-promtool.sh
+
+# The alerting rules: syntax, then their unit tests (each alert fires on its condition and stays
+# quiet on a healthy series).
+rules: promtool
+	promtool check rules etc/prometheus/ceres-supervisor.rules.yml
+	promtool test rules etc/prometheus/tests/*.yml
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -43,7 +53,7 @@ unit: setup
 # (ports and names are partitioned per worker), then the serial phase: scenarios that disturb the
 # whole machine (restarting dockerd) run alone, last.
 WORKERS ?= 3
-test: setup docker emulator lint
+test: setup docker emulator lint rules
 	@scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -x tests/unit
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
