@@ -46,7 +46,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: setup
+unit: setup promtool
 	$(BIN)/pytest -q tests/unit
 
 # Pure tests first (stop at the first failure), then the Docker-backed ones on WORKERS processes
