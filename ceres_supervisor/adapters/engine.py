@@ -50,6 +50,8 @@ CALL_TIMEOUT_S: Final = 30.0
 """Budget for one ordinary Docker call (list, inspect, create, start)."""
 LIST_TIMEOUT_S: Final = 10.0
 """Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
+LOGS_TIMEOUT_S: Final = 10.0
+"""Reading a container's logs for an operator (`logs`, `describe`)."""
 EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
 
 
@@ -278,6 +280,26 @@ class Engine:
             return raw.decode(errors="replace").strip() if isinstance(raw, bytes) else ""
 
         return await self._call("container logs", tail, timeout_s=5.0, observe=True)
+
+    async def logs(
+        self, container_id: str, lines: int, since_s: float | None = None
+    ) -> list[tuple[str, str]]:
+        """The container's last `lines` log lines (stdout and stderr, in order), each with Docker's
+        RFC 3339 timestamp; only those at or after `since_s` (Unix time) when given. An operator's
+        read: it runs beside the actions, never in the way of the reconcile loop's observation."""
+
+        def read() -> list[tuple[str, str]]:
+            raw = self._api().logs(
+                container_id, stdout=True, stderr=True, timestamps=True, tail=max(1, lines), since=since_s
+            )
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+            found = []
+            for line in text.splitlines():
+                at, _, rest = line.partition(" ")
+                found.append((at, rest))
+            return found
+
+        return await self._call("container logs", read, timeout_s=LOGS_TIMEOUT_S)
 
     # -- actions --
     async def create_and_start(self, spec: ContainerSpec) -> str:

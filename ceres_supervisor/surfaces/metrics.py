@@ -118,20 +118,6 @@ def _families() -> dict[str, GaugeMetricFamily]:
     }
 
 
-def _agents_up(snap: Snapshotlike) -> dict[str, bool]:
-    """Every host of the file: is a supervisor up for it? A host is covered by a live agent named
-    after it, or one that runs a node on it (one agent may run several addresses of a machine)."""
-    desired = snap.desired
-    live = seams.live_agents(snap)
-    covered = {snap.agent} | {n.host for n in desired.nodes if n.is_local} | set(live)
-    for record in live.values():
-        covered |= {node.host for name in record.nodes if (node := desired.node(name)) is not None}
-    hosts = sorted({n.host for n in desired.nodes})
-    if not seams.store_reachable(snap):  # nobody can tell whether the others are up: say nothing of them
-        return {host: True for host in hosts if host in covered}
-    return {host: host in covered for host in hosts}
-
-
 def _slot_age_s(since: object, now: datetime) -> float | None:
     if not isinstance(since, str):
         return None
@@ -158,7 +144,7 @@ class _FromSnapshot(Collector):
         reachable = seams.store_reachable(snap)
         doc = seams.cluster(snap) if reachable else None
         self._nodes(snap, doc, f)
-        for host, up in _agents_up(snap).items():
+        for host, up in seams.hosts_up(snap).items():
             f["agent"].add_metric([cluster, host], 1 if up else 0)
         f["docker"].add_metric([cluster, me], 1 if seams.engine_reachable(snap) else 0)
         f["store"].add_metric([cluster, me], 1 if reachable else 0)

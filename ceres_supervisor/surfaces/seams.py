@@ -71,6 +71,26 @@ def live_agents(snap: Snapshotlike) -> Mapping[str, AgentRecord]:
     return snap.store.agents if store_reachable(snap) else {}
 
 
+def hosts_up(snap: Snapshotlike) -> dict[str, bool]:
+    """Every host of the file: is a supervisor up for it? A host is covered by a live agent named
+    after it, or by one that runs a node on it (one agent may run several addresses of a machine).
+    While the store cannot be read nobody can tell about the others: only this agent's hosts."""
+    desired = snap.desired
+    live = live_agents(snap)
+    covered = {snap.agent} | {n.host for n in desired.nodes if n.is_local} | set(live)
+    for record in live.values():
+        covered |= {node.host for name in record.nodes if (node := desired.node(name)) is not None}
+    hosts = sorted({n.host for n in desired.nodes})
+    if not store_reachable(snap):
+        return {host: True for host in hosts if host in covered}
+    return {host: host in covered for host in hosts}
+
+
+def departed(snap: Snapshotlike) -> Mapping[str, str]:
+    """host -> since when, of the agents this one saw leave the store (and not come back)."""
+    return {host: at for host, (_record, at) in snap.store.departed.items()} if store_reachable(snap) else {}
+
+
 def owner(snap: Snapshotlike, node: str) -> str | None:
     """The host of the live agent that runs `node` (this agent's own name for its own nodes)."""
     target = snap.desired.node(node)
