@@ -183,7 +183,7 @@ class SupervisorSection(_Model):
     @classmethod
     def _log_max_size(cls, value: str) -> str:
         if LOG_SIZE.fullmatch(value) is None:
-            raise ValueError(f"{value!r} is not a log size: a whole number and k, m or g, like \"20m\"")
+            raise ValueError(f'{value!r} is not a log size: a whole number and k, m or g, like "20m"')
         return value
 
     @field_validator("agent_ttl")
