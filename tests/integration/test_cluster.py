@@ -1,4 +1,4 @@
-"""Several machines (SPEC 7), on one: three supervisors with `--host 127.0.0.1/2/3`, one file.
+"""Several machines, on one: three supervisors with `--host 127.0.0.1/2/3`, one file.
 
 Three meta members (one per host) and six CeresDB nodes (two per host); every loopback address is
 the same machine, so every port is distinct. Each agent runs as its own process, as systemd would
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ceres_supervisor.cli import commands
 from testkit.dockerevents import DockerEvents
@@ -154,6 +157,59 @@ def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: M
     assert all(f"db{i}" in out.getvalue() for i in range(6))
 
 
+def cli(*argv: str) -> tuple[int, str, str]:
+    """The command line, in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = commands.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_events_logs_and_describe_reach_a_node_on_another_agent(machines: Machines) -> None:
+    """Asked of agent 1, about db4, which agent 3 runs."""
+    url = machines.agent(0).url
+    code, out, err = cli("events", "--url", url, "--node", "db4", "--json", "-n", "1000")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and err == "", err
+    assert events and {e["agent"] for e in events} == {HOSTS[2]} and {e["node"] for e in events} == {"db4"}
+    assert any(e["type"] == "state" and e["message"].endswith("healthy") for e in events), events
+    code, out, _err = cli("events", "--url", url, "--json", "-n", "1000")
+    assert code == 0 and {json.loads(line)["agent"] for line in out.splitlines()} == set(HOSTS)
+    code, out, err = cli("logs", "db4", "--url", url, "-n", "5", "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and 1 <= len(lines) <= 5 and all(line["node"] == "db4" and line["at"] for line in lines), err
+    code, out, err = cli("describe", "db4", "--url", url, "--json")
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc["source"] == {"agent": HOSTS[2], "complete": True, "error": None}
+    assert doc["container"]["id"] == machines.container("db4").id and doc["state"] == "healthy"
+    assert doc["config_path"] == str(machines.root / "state" / "config" / "db4" / "ceresdb.toml")
+    assert doc["history"] and doc["logs"] is None  # healthy: no log lines needed
+    code, out, _err = cli("describe", "db4", "--url", url)
+    assert code == 0 and out.startswith(f"node db4 (ceresdb) on {HOSTS[2]}, run by the supervisor on {HOSTS[2]}")
+    # The supervisor set the container's log rotation.
+    assert machines.container("db4").attrs["HostConfig"]["LogConfig"] == {
+        "Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}}
+    # Every agent exports its own nodes, labelled with the cluster and their host; every agent up.
+    samples = scrape(url)
+    states = {labels["node"]: labels for labels, v in samples["ceres_supervisor_node_state"] if v == 1}
+    assert set(states) == {"meta0", "db0", "db1"}
+    assert all(labels["cluster"] == machines.name and labels["host"] == HOSTS[0] for labels in states.values())
+    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]} == dict.fromkeys(HOSTS, 1.0)
+    assert [v for _labels, v in samples["ceres_supervisor_coordination_up"]] == [1.0]
+    assert sum(v for _labels, v in samples["ceres_supervisor_meta_leader"]) == 1
+
+
 class Watcher:
     """Polls the agents' /v1/cluster in a thread and keeps each node's successive states."""
 
@@ -234,6 +290,21 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
         assert commands.main(["status", "--url", machines.agent(0).url]) == 1
     assert f"agent {HOSTS[1]} DOWN since" in out.getvalue()
     assert all(machines.container(n).status == "running" for n in mine)
+    # The lost machine on the other agents' metrics and tools: its agent down, its nodes unknown.
+    samples = scrape(machines.agent(0).url)
+    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]}[HOSTS[1]] == 0
+    unknown = {labels["node"] for labels, v in samples["ceres_supervisor_node_state"]
+               if labels["state"] == "unknown" and v == 1}
+    assert unknown == set(mine) and all(labels["host"] == HOSTS[1] for labels, v in samples["ceres_supervisor_node_state"]
+                                        if labels["node"] in mine)
+    code, out, _err = cli("describe", "db2", "--url", machines.agent(0).url, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["state"] == "unknown" and doc["source"]["complete"] is False
+    assert doc["source"]["error"].startswith(f"the supervisor on {HOSTS[1]} is down since"), doc["source"]
+    code, _out, err = cli("logs", "db2", "--url", machines.agent(0).url)
+    assert code == 3 and err.startswith(f"error: cannot read the logs of db2: the supervisor on {HOSTS[1]} is down")
+    code, _out, err = cli("events", "--url", machines.agent(0).url, "-n", "1")
+    assert code == 0 and f"note: no events from {HOSTS[1]}: down since" in err
 
     # Nobody knows whether db2 and db3 serve: a failing db0 on host 1 is held back, not stopped.
     def db0_reason() -> str:
