@@ -177,7 +177,7 @@ class Api:
             }
             for e in list(self.supervisor.events)[-page.EVENTS_SHOWN :]
         ]
-        text = page.render(doc, events, datetime.now(UTC))
+        text = page.render(doc, events, datetime.now(UTC), json.loads(self.status_body()))
         return web.Response(text=text, content_type="text/html", headers=csp)
 
     async def v1_status(self, _request: web.Request) -> web.Response:
