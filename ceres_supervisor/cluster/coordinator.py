@@ -1,4 +1,4 @@
-"""Several machines, one cluster (SPEC section 7): each agent publishes its own nodes and reads the
+"""Several machines, one cluster (README: Several machines): each agent publishes its nodes and reads the
 others' from the etcd that CeresMeta embeds, the way Patroni agents share their DCS.
 
 Keys, all under `/ceres-supervisor/<cluster>/` (never under CeresMeta's or CeresDB's roots):
@@ -9,7 +9,7 @@ Keys, all under `/ceres-supervisor/<cluster>/` (never under CeresMeta's or Ceres
 - `disruptions/<node>`: a disruption slot, taken by one txn that checks the budget against every
   agent's published state at one revision and fails if any of it changed since; held until the
   node is healthy with its shards again; it vanishes with its agent's lease;
-- `paused`, `paused/<node>`: operator pauses (SPEC 8), with no lease.
+- `paused`, `paused/<node>`: operator pauses (README, Maintenance), with no lease.
 
 One watch on the whole prefix keeps `view` current without polling. When the store cannot be
 reached or has no quorum, `available` turns false: the planner then makes no stop by choice
@@ -380,7 +380,7 @@ class Coordinator:
                 self._held.discard(node)
                 log.info("disruption_slot_released", node=node)
 
-    # -- pauses (SPEC 8) -------------------------------------------------------------------------------
+    # -- pauses (README, Maintenance) -----------------------------------------------------------------
 
     async def set_paused(self, nodes: Sequence[str], paused: bool, everything: bool = False) -> None:
         client = self._client

@@ -1,4 +1,4 @@
-"""The coordination store's content as this agent sees it (SPEC section 7). Pure.
+"""The coordination store's content as this agent sees it (README, Several machines). Pure.
 
 `apply` folds etcd keys (a full read, or a watch's puts and deletes) into a `StoreView`; a record
 another agent wrote that does not parse is kept aside as `malformed`, never trusted and never

@@ -1,4 +1,4 @@
-"""Operator pauses (SPEC section 8), kept where they survive everything but an operator's resume.
+"""Operator pauses (README, Maintenance), kept where they survive everything but an operator's resume.
 
 A paused node is never started, stopped or restarted by any supervisor. The pause lives in two
 places: `<state_dir>/paused.json` on each machine (it holds across supervisor restarts and while

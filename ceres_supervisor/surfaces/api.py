@@ -138,7 +138,7 @@ class Api:
         return body
 
     async def v1_cluster(self, _request: web.Request) -> web.Response:
-        """The whole cluster (SPEC 7); 503 with what this agent knows while the store is away."""
+        """The whole cluster; 503 with what this agent knows while the store is away."""
         doc = self.v1_cluster_document()
         return json_response(doc, 200 if doc["coordination"]["ok"] else 503)
 
