@@ -12,7 +12,7 @@ VERSIONS ?= 1.2.2 1.2.7 2.0.0
 help:
 	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
 	@echo "make test   set up (virtualenv, Docker Engine), then ruff, mypy and pytest"
-	@echo "make bench  measure the SPEC targets (bench/RESULTS.md); make chaos: the long chaos run"
+	@echo "make bench  measure the targets (bench/RESULTS.md); make chaos: the long chaos run"
 
 # The virtualenv with the project and its test dependencies, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -73,7 +73,7 @@ demo-cluster: setup docker emulator
 demo-cluster-stop: setup
 	@scripts/demo-cluster-stop.sh
 
-# SPEC section 6 targets, measured (about 30 minutes on 2 cores; each script prints its tables and how
+# The targets of bench/RESULTS.md, measured (about 30 minutes on 2 cores; each script prints its tables and how
 # long it took); bench/RESULTS.md is then written whole from this run (bench/report.py).
 bench: setup docker emulator
 	rm -rf bench/.results

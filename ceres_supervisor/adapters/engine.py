@@ -32,11 +32,11 @@ import structlog
 
 from ceres_supervisor.desired.containers import (
     LABEL_CLUSTER,
+    LABEL_HASH,
     LABEL_HOST,
     LABEL_MANAGED,
     LABEL_NODE,
     LABEL_ROLE,
-    LABEL_SPEC_HASH,
     ContainerSpec,
 )
 from ceres_supervisor.model.errors import CeresError
@@ -129,7 +129,7 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         name=attrs.get("Name", "").lstrip("/"),
         node=labels.get(LABEL_NODE, ""),
         role=labels.get(LABEL_ROLE, ""),
-        spec_hash=labels.get(LABEL_SPEC_HASH, ""),
+        spec_hash=labels.get(LABEL_HASH, ""),
         state=str(state.get("Status", "unknown")),
         image=attrs.get("Config", {}).get("Image", ""),
         exit_code=None if running else state.get("ExitCode"),

@@ -24,7 +24,7 @@ LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"
 LABEL_CLUSTER: Final = f"{LABEL_PREFIX}.cluster"
 LABEL_NODE: Final = f"{LABEL_PREFIX}.node"
 LABEL_ROLE: Final = f"{LABEL_PREFIX}.role"
-LABEL_SPEC_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
+LABEL_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
 LABEL_HOST: Final = f"{LABEL_PREFIX}.host"
 
 Role = Literal["meta", "ceresdb"]
@@ -138,7 +138,7 @@ def build(
             LABEL_CLUSTER: spec.cluster.name,
             LABEL_NODE: node.name,
             LABEL_ROLE: node.role,
-            LABEL_SPEC_HASH: spec_hash,
+            LABEL_HASH: spec_hash,
             LABEL_HOST: node.host,
         }
         container = ContainerSpec(

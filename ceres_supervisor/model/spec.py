@@ -162,10 +162,10 @@ class SupervisorSection(_Model):
     stop_timeout: Seconds = 30.0
     on_exit: Literal["leave", "stop"] = "leave"
     max_unavailable: Annotated[int, Field(ge=1)] = 1
-    """CeresDB nodes the supervisors may take down by choice at once, cluster-wide (SPEC 4.5)."""
+    """CeresDB nodes the supervisors may take down by choice at once, cluster-wide."""
     agent_ttl: Seconds = 10.0
     """Lease of a supervisor's records in the coordination store: how long a dead agent's nodes
-    keep their last published state before they show `unknown` (SPEC 7)."""
+    keep their last published state before they show `unknown`."""
     log_max_size: str = "20m"
     """Size at which Docker rotates a node container's log (json-file `max-size`: a number with
     the unit k, m or g). Applies to containers created from then on: a running one keeps its

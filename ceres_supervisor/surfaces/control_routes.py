@@ -1,4 +1,4 @@
-"""The operator's routes (SPEC section 8): pause, resume, planned and rolling restarts, operations.
+"""The operator's routes (README, Maintenance): pause, resume, planned and rolling restarts, operations.
 
 Every route here changes something, so it sits behind the same token rule as the rest of the API
 (required on a non-loopback listener). A body is optional JSON, at most `api.MAX_BODY` bytes:
