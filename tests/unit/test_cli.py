@@ -14,6 +14,10 @@ import asyncio
 import contextlib
 import io
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from ceres_supervisor.cli import client, commands, exits
 
 from .conftest import BASE
 
+ROOT = Path(__file__).resolve().parents[2]
 Answer = tuple[int, object]
 
 
@@ -354,3 +359,46 @@ def test_events_logs_and_describe_json(daemon: FakeDaemon) -> None:
     assert code == 0 and json.loads(out) == described
     code, out, _err = run("describe", "db1", "--url", daemon.url)
     assert "state:      crashloop: exit 3" in out and "last log lines:\n  boom" in out
+
+
+def test_watch_until_ctrl_c_is_exit_130_with_one_document_a_line(daemon: FakeDaemon) -> None:
+    daemon.answers["GET /v1/cluster"] = (200, CLUSTER)
+    with subprocess.Popen(
+        [sys.executable, "-m", "ceres_supervisor", "status", "--url", daemon.url, "--watch", "--json",
+         "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            lines = [process.stdout.readline(), process.stdout.readline()]  # two rounds: it goes on by itself
+            process.send_signal(signal.SIGINT)
+            code = process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert code == exits.INTERRUPTED
+    assert [json.loads(line) for line in lines] == [CLUSTER, CLUSTER]
+
+
+def test_run_json_logs_json_lines_even_for_its_warnings(tmp_path: Path) -> None:
+    """`run --json` on the three-meta example (it warns), on an address another socket holds: the
+    warning is a JSON line, the failure to bind one plain line, exit 1, nothing touched."""
+    text = (ROOT / "etc" / "ceres-supervisor" / "examples" / "three-meta.toml").read_text()
+    config = tmp_path / "cluster.toml"
+    config.write_text(text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path / "state"}"'))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(config), "--json", "--listen",
+             f"127.0.0.1:{port}", "--docker-url", f"unix://{tmp_path}/no-docker.sock"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+    lines = done.stderr.splitlines()
+    assert done.returncode == exits.NOT_OK, done.stderr
+    logged = [json.loads(line) for line in lines[:-1]]
+    assert logged and all("event" in entry and "level" in entry for entry in logged)
+    assert any(entry["event"] == "desired_state_warning" for entry in logged), logged
+    assert lines[-1].startswith(f"error: cannot serve the status API on 127.0.0.1:{port}: ")
