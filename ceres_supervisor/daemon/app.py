@@ -78,7 +78,7 @@ class Supervisor:
         self.engine = Engine(loaded.spec.cluster.name, base_url=docker_url)
         self.observer = Observer(self.engine, place)
         self.records: dict[str, NodeRecord] = {}
-        self.events = journal.Journal.open(loaded.spec.cluster.state_dir, EVENTS_KEPT)
+        self.events = journal.Journal.open(loaded.spec.cluster.state_dir, EVENTS_KEPT, agent_name(place))
         self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.reload_result = ReloadResult(True, None, None)
         self.agent = agent_name(place)

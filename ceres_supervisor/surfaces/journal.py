@@ -1,12 +1,13 @@
 """This agent's events, kept across its restarts: the last ones in memory, every one on disk.
 
-Each event is appended as one JSON line to `<state_dir>/events.jsonl`; when that file would pass
-`max_bytes` it becomes `events.jsonl.1` (the previous one is dropped), so the journal never holds
-more than twice `max_bytes` on disk. At start the newest `kept` events of both files are read
-back, so `events` and `describe` still tell what happened before a restart. A line that does not
-parse (a torn last write) is skipped. Writes are plain appends without fsync: a crash may lose
-the last lines, never the file; a disk that refuses writes leaves the journal in memory only,
-said once in the log.
+Each event is appended as one JSON line to `<state_dir>/events-<agent>.jsonl`; when that file
+would pass `max_bytes` it becomes `events-<agent>.jsonl.1` (the previous one is dropped), so
+the journal never holds more than twice `max_bytes` on disk. At start the newest `kept` events
+of both files are read back, so `events` and `describe` still tell what happened before a
+restart. A line that does not parse (a torn last write) is skipped. Writes are plain appends
+without fsync: a crash may lose the last lines, never the file; a disk that refuses writes leaves
+the journal in memory only, said once in the log. One file per agent: several agents sharing a
+machine (tests, the demo) share its state directory, never each other's events.
 
 The journal also records each of this agent's nodes' state changes (`published`, once per
 published snapshot): the `state` events that `describe` shows as the node's history.
@@ -15,6 +16,7 @@ published snapshot): the `state` events that `describe` shows as the node's hist
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from ceres_supervisor.surfaces.status_document import rfc3339
 log = structlog.get_logger(__name__)
 
 FILE_NAME: Final = "events.jsonl"
+_SAFE: Final = re.compile(r"[^A-Za-z0-9.:-]")
 KEPT: Final = 1000
 """Events kept in memory (and read back at start)."""
 MAX_BYTES: Final = 1024 * 1024
@@ -148,8 +151,11 @@ class Journal:
         self._states: dict[str, str] = {}
 
     @classmethod
-    def open(cls, state_dir: str, kept: int = KEPT, max_bytes: int = MAX_BYTES) -> Journal:
-        return cls(Path(state_dir) / FILE_NAME, kept, max_bytes)
+    def open(cls, state_dir: str, kept: int = KEPT, agent: str = "", max_bytes: int = MAX_BYTES) -> Journal:
+        """The journal of `agent` under `state_dir`: one file per agent, so that several agents
+        sharing a machine (and its state directory) never read each other's events as their own."""
+        name = f"events-{_SAFE.sub('_', agent)}.jsonl" if agent else FILE_NAME
+        return cls(Path(state_dir) / name, kept, max_bytes)
 
     @property
     def persist_error(self) -> str | None:

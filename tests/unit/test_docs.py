@@ -14,8 +14,10 @@ from ceres_supervisor.cli import exits
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-OUTSIDE = re.compile(r"\.\./shared|shared/reference|reference/|SPEC|STYLE\.md")
-"""What pointed at the team's notes outside the repository (a clone does not have them)."""
+OUTSIDE = re.compile("|".join(map(re.escape, ["../" + "shared", "shared/" + "reference", "reference" + "/", "SP" + "EC",
+                                              "STYLE" + ".md"])))
+"""What pointed at the team's notes outside the repository (a clone does not have them); spelt in
+pieces so that this line does not match itself."""
 PATHS = re.compile(r"`((?:etc|scripts|systemd|docs|bench|tests|testkit|ceres_supervisor)/[^`\s]*)`")
 FIGURE = re.compile(r"\d+(?:\.\d+)? ?(?:ms|s|%|MiB|MB|min)\b")
 

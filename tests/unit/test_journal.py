@@ -101,3 +101,15 @@ def test_state_changes_of_this_agents_nodes_are_recorded_once(tmp_path: Path) ->
         ("db0", "exit 137 (SIGKILL)", "healthy -> backoff"),
         ("db0", None, "backoff -> healthy"),
     ]
+
+
+def test_each_agent_keeps_its_own_journal(tmp_path: Path) -> None:
+    """Several agents on one machine share its state directory: none reads another's events."""
+    one = journal.Journal.open(str(tmp_path), agent="127.0.0.1")
+    two = journal.Journal.open(str(tmp_path), agent="127.0.0.2")
+    one.append(event(1, "db0"))
+    two.append(event(2, "db2"))
+    assert list(journal.Journal.open(str(tmp_path), agent="127.0.0.1")) == [event(1, "db0")]
+    assert list(journal.Journal.open(str(tmp_path), agent="127.0.0.2")) == [event(2, "db2")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events-127.0.0.1.jsonl", "events-127.0.0.2.jsonl"]
+    assert journal.Journal.open(str(tmp_path), agent="a/../b").path == tmp_path / "events-a_.._b.jsonl"
