@@ -183,7 +183,7 @@ def _facts(doc: Mapping[str, Any], now: datetime, local: Mapping[str, Any] | Non
                 f'{_e(agent.get("host"))} <span class="badge tone-bad">down</span> since {_e(since)} '
                 f'<span class="muted">{_e(_ago(since, now))}</span>'
             )
-    for host in _never_seen(doc):
+    for host in _never_seen(doc) if coord.get("ok") else []:  # without the store nobody can tell
         agents.append(
             f'{_e(host)} <span class="badge tone-bad">down</span> never seen: no supervisor runs for it'
         )

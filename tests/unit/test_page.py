@@ -390,3 +390,7 @@ def test_the_on_call_signals_in_the_header() -> None:
     text = page.render(healthy(), [], NOW, healthy_local)
     assert "Docker Engine: reachable" in text and "last reload: applied at 2026-11-28T11:00:00Z" in text
     assert 'class="alert"' not in text
+
+    # Without the store nobody can tell whether 127.0.0.3's supervisor ever ran: no claim.
+    doc["coordination"] = {"ok": False, "detail": "no etcd member answers", "endpoint": None, "unreadable": []}
+    assert "never seen" not in page.render(doc, [], NOW)
