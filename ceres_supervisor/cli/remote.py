@@ -266,13 +266,18 @@ def events(args: argparse.Namespace) -> int:
         ep, code, answer = request(args, "GET", f"/v1/cluster/events?{urlencode(query)}", timeout_s=30.0)
         doc = client.expect(code, answer, ep)
         if first:
-            for agent in doc.get("agents") or []:
-                if isinstance(agent, dict) and not agent.get("ok"):
-                    print(
-                        f"note: no events from {exits.one_line(agent.get('host'))}: "
-                        f"{exits.one_line(agent.get('error'))}",
-                        file=sys.stderr,
-                    )
+            missing = [a for a in doc.get("agents") or [] if isinstance(a, dict) and not a.get("ok")]
+            for agent in missing:
+                print(
+                    f"note: no events from {exits.one_line(agent.get('host'))}: "
+                    f"{exits.one_line(agent.get('error'))}",
+                    file=sys.stderr,
+                )
+            if doc.get("complete") is False and not missing:
+                print(
+                    "note: the coordination store cannot be read: these are one supervisor's events",
+                    file=sys.stderr,
+                )
         for event in doc.get("events") or []:
             key = _event_key(event)
             if key in seen:

@@ -342,6 +342,11 @@ def test_events_logs_and_describe_json(daemon: FakeDaemon) -> None:
     assert daemon.seen[-1][2] == {"limit": "50", "node": "db1", "since": "2026-11-28T11:00:00.000Z"}
     code, out, _err = run("events", "--url", daemon.url)
     assert out == "2026-11-28T12:00:00.000Z  127.0.0.2  db1  died  exit 3: died\n"
+    daemon.answers["GET /v1/cluster/events"] = (200, {"events": [], "complete": False, "agents": [
+        {"host": "127.0.0.1", "ok": True, "error": None}]})
+    code, out, err = run("events", "--url", daemon.url)
+    assert (code, out) == (0, "") and err == (
+        "note: the coordination store cannot be read: these are one supervisor's events\n")
     daemon.answers["GET /v1/nodes/db1/logs"] = (200, {"node": "db1", "agent": "127.0.0.2", "container_id": "c",
                                                       "lines": [{"at": "2026-11-28T12:00:00.1Z", "text": "hello"}]})
     code, out, _err = run("logs", "db1", "--url", daemon.url, "--json", "-n", "5")
