@@ -8,6 +8,7 @@ in the caller's TaskGroup. An action never raises into the group: its failure is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
@@ -19,7 +20,7 @@ import structlog
 
 from ceres_supervisor.adapters.engine import Engine, EngineError, EngineImageMissing
 from ceres_supervisor.decisions.planning import Action
-from ceres_supervisor.desired import files
+from ceres_supervisor.desired import files, identity
 from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
 from ceres_supervisor.model.errors import SlotRefused
 from ceres_supervisor.model.observed import ObservedContainer
@@ -63,11 +64,17 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def prepare(node: DesiredNode) -> None:
-    """Write the node's config atomically (0600 with a secret) and make its data directory."""
+def prepare(node: DesiredNode, owner: identity.Owner) -> None:
+    """Write the node's config atomically (0600 with a secret) and make its data directory, marked
+    for it; refuse a directory marked for another node or cluster (PreflightError)."""
     mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
     files.write_atomic(node.config_path, node.config_text, mode)
-    node.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        done = identity.ensure(node.data_dir, owner, node.name)
+    except identity.IdentityError as err:
+        raise PreflightError(str(err)) from None
+    if done != "kept":
+        log.info("data_dir_marked", node=node.name, path=str(node.data_dir), how=done)
 
 
 def preflight(node: DesiredNode) -> None:
@@ -94,17 +101,32 @@ class Executor:
         self.on_step = on_step
         """Told each step of a planned restart (the operation shows them)."""
         self.busy: dict[str, str] = {}
+        self.closing = False
+        """The daemon stops: no new action starts (those in flight run to their end)."""
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.owner: identity.Owner | None = None
+        """Whose data directories these are (from the file of the last submit)."""
 
     def submit(self, group: asyncio.TaskGroup, action: Action, desired: DesiredCluster) -> bool:
-        """Start `action` unless its node already has one in flight."""
-        if action.node in self.busy:
+        """Start `action` unless its node already has one in flight (or the daemon stops)."""
+        if action.node in self.busy or self.closing:
             return False
         node = desired.node(action.node)
         if node is None and action.kind != "remove":
             return False
         self.busy[action.node] = action.kind
+        self._idle.clear()
+        self.owner = identity.Owner(desired.spec.cluster.name, desired.spec.cluster.flavor)
         group.create_task(self._run(action, node), name=f"action-{action.node}")
         return True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no action is in flight; False when some still are after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return not self.busy
 
     async def _run(self, action: Action, node: DesiredNode | None) -> None:
         started = time.monotonic()
@@ -129,6 +151,8 @@ class Executor:
             error = f"internal error: {type(err).__name__}: {err}"
         finally:
             self.busy.pop(action.node, None)
+            if not self.busy:
+                self._idle.set()
         step = steps[-1] if error is not None and steps else None
         outcome = Outcome(action, error is None, error, time.monotonic() - started, step)
         if error is None:
@@ -145,12 +169,17 @@ class Executor:
             log.error("action_failed", node=action.node, action=action.kind, step=step, error=error)
         self.on_done(outcome)
 
+    def _owner(self) -> identity.Owner:
+        if self.owner is None:
+            raise RuntimeError("no file submitted yet: whose data directories is unknown")
+        return self.owner
+
     async def apply(self, action: Action, node: DesiredNode | None, step: Callable[[str], None]) -> None:
         """Carry `action` out; `step` is told each step before it runs (to name what failed)."""
         if action.by_choice and self.slots is not None:
             step("slot")
-            assert node is not None
-            await self.slots.acquire(action.node, node.role, action.reason)
+            role = action.role or (node.role if node is not None else "")
+            await self.slots.acquire(action.node, role, action.reason)
         if (
             action.kind == "restart"
             and self.flush is not None
@@ -172,7 +201,7 @@ class Executor:
                 assert node is not None
                 step("start")
                 self.on_step(action.node, "starting")
-                await asyncio.to_thread(prepare, node)
+                await asyncio.to_thread(prepare, node, self._owner())
                 await self.engine.start(action.container_id)
                 return
             step("remove")  # a node taken out of the file keeps its data directory
@@ -181,7 +210,7 @@ class Executor:
                 return
         assert node is not None
         step("create" if action.kind != "start" else "start")
-        await asyncio.to_thread(prepare, node)
+        await asyncio.to_thread(prepare, node, self._owner())
         preflight(node)
         if action.kind == "start":
             assert action.container_id is not None
@@ -193,26 +222,27 @@ class Executor:
 async def stop_cluster(
     engine: Engine,
     containers: Callable[[], Awaitable[Sequence[ObservedContainer]]],
-    timeout_s: float,
+    timeout_s: float | Callable[[], float],
     remove: bool,
 ) -> list[str]:
     """Every container `containers()` lists (this supervisor's, orphans too): CeresDB nodes first,
-    in parallel, then meta; each within `timeout_s`. Data directories are kept."""
+    all at once, then meta; each phase within `timeout_s` (a callable is asked at each phase).
+    Data directories are kept."""
     problems: list[str] = []
     listed = await containers()
     for role in ("ceresdb", "meta"):
-        targets = [c for c in listed if c.role == role]
-
-        async def stop_one(container_id: str, name: str) -> None:
-            try:
-                await engine.stop(container_id, timeout_s)
-                if remove:
-                    await engine.remove(container_id)
-                log.info("container_stopped", node=name, removed=remove)
-            except EngineError as err:
-                problems.append(f"{name}: {err}")
-
-        async with asyncio.TaskGroup() as group:
-            for c in targets:
-                group.create_task(stop_one(c.id, c.node), name=f"stop-{c.node}")
+        targets = {c.id: c.node for c in listed if c.role == role}
+        phase_s = timeout_s() if callable(timeout_s) else timeout_s
+        errors = await engine.stop_all(list(targets), phase_s)
+        problems += [f"{targets[cid]}: {error}" for cid, error in errors.items()]
+        for cid, name in targets.items():
+            if cid in errors:
+                continue
+            if remove:
+                try:
+                    await engine.remove(cid)
+                except EngineError as err:
+                    problems.append(f"{name}: {err}")
+                    continue
+            log.info("container_stopped", node=name, removed=remove)
     return problems

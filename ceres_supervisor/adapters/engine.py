@@ -19,7 +19,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,6 +155,8 @@ class Engine:
         self._stale: set[str] = set()
         self._stale_lock = threading.Lock()
         self._events_stop = threading.Event()
+        self.list_timeout_s = LIST_TIMEOUT_S
+        """How long one observation may take (the daemon shortens it with several machines)."""
         self._events_stream: Any = None
 
     # -- plumbing --
@@ -259,7 +261,7 @@ class Engine:
                 del self._inspected[gone]
             return result
 
-        return await self._call("list containers", list_and_inspect, LIST_TIMEOUT_S, observe=True)
+        return await self._call("list containers", list_and_inspect, self.list_timeout_s, observe=True)
 
     async def ping(self) -> None:
         await self._call("ping", lambda: self._api().ping(), timeout_s=5.0, observe=True)
@@ -334,21 +336,51 @@ class Engine:
         finally:
             self.invalidate(container_id)  # the list may lag behind what we just did
 
+    def _stop_now(self, container_id: str, timeout_s: float) -> None:
+        """Blocking: SIGTERM, then SIGKILL after `timeout_s`. A paused container is unpaused first."""
+        api = self._api()
+        state = api.inspect_container(container_id).get("State", {})
+        if state.get("Paused"):
+            api.unpause(container_id)
+        if state.get("Running"):
+            api.stop(container_id, timeout=max(1, round(timeout_s)))
+
     async def stop(self, container_id: str, timeout_s: float) -> None:
         """SIGTERM, then SIGKILL after `timeout_s`. A paused container is unpaused first."""
-
-        def stop() -> None:
-            api = self._api()
-            state = api.inspect_container(container_id).get("State", {})
-            if state.get("Paused"):
-                api.unpause(container_id)
-            if state.get("Running"):
-                api.stop(container_id, timeout=max(1, round(timeout_s)))
-
         try:
-            await self._call("stop container", stop, timeout_s=timeout_s + CALL_TIMEOUT_S)
+            await self._call(
+                "stop container",
+                lambda: self._stop_now(container_id, timeout_s),
+                timeout_s=timeout_s + CALL_TIMEOUT_S,
+            )
         finally:
             self.invalidate(container_id)
+
+    async def stop_all(self, container_ids: Sequence[str], timeout_s: float) -> dict[str, str]:
+        """Stop them all at once, each on a thread of its own (never queued behind the action pool,
+        however many there are): container ID -> error, for those that failed."""
+        if not container_ids:
+            return {}
+        errors: dict[str, str] = {}
+        pool = ThreadPoolExecutor(max_workers=len(container_ids), thread_name_prefix="docker-stop")
+
+        def stop(container_id: str) -> None:
+            try:
+                self._stop_now(container_id, timeout_s)
+            except docker.errors.NotFound:
+                return
+            except Exception as err:
+                errors[container_id] = str(_translate(err, "stop container"))
+            finally:
+                self.invalidate(container_id)
+
+        futures = [asyncio.wrap_future(pool.submit(stop, cid)) for cid in container_ids]
+        try:
+            # Each call ends within timeout_s (then SIGKILL) plus the HTTP call's own timeout.
+            await asyncio.shield(asyncio.gather(*futures))
+        finally:
+            pool.shutdown(wait=False)
+        return errors
 
     async def remove(self, container_id: str) -> None:
         def remove() -> None:

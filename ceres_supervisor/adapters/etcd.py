@@ -15,7 +15,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 
@@ -119,6 +119,11 @@ def delete_request(key: bytes) -> dict[str, Any]:
     return {"request_delete_range": {"key": b64(key)}}
 
 
+def unchanged(key: bytes, mod_revision: int) -> dict[str, str]:
+    """Compare: the key still has the mod revision it was read at (a deleted key has none: fails)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
+
+
 def absent(key: bytes) -> dict[str, str]:
     """Compare: the key does not exist."""
     return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
@@ -133,6 +138,29 @@ def unchanged_since(prefix: bytes, revision: int) -> dict[str, str]:
         "result": "LESS",
         "mod_revision": str(revision + 1),
     }
+
+
+class Store(Protocol):
+    """What the coordinator asks of etcd; `Etcd` speaks it to the real thing, the unit tests'
+    in-memory double to a dict."""
+
+    @property
+    def endpoint(self) -> str: ...
+    def other_endpoint(self, than: str) -> str: ...
+    async def range(self, key: bytes, prefix: bool = False) -> Range: ...
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int: ...
+    async def txn(
+        self,
+        compare: Sequence[dict[str, Any]],
+        success: Sequence[dict[str, Any]],
+        failure: Sequence[dict[str, Any]] = (),
+    ) -> tuple[bool, int, list[Range]]: ...
+    async def grant(self, ttl_s: int) -> int: ...
+    async def keepalive(self, lease: int) -> int: ...
+    async def revoke(self, lease: int) -> None: ...
+    def watch(
+        self, prefix: bytes, start_revision: int, endpoint: str | None = None
+    ) -> AsyncIterator[WatchBatch]: ...
 
 
 class Etcd:
@@ -150,6 +178,12 @@ class Etcd:
     def endpoint(self) -> str:
         """The member that answered last (tried first next time)."""
         return self.endpoints[self._first % len(self.endpoints)]
+
+    def other_endpoint(self, than: str) -> str:
+        """The member after `than` (where a stalled watch goes next)."""
+        n = len(self.endpoints)
+        index = self.endpoints.index(than) if than in self.endpoints else -1
+        return self.endpoints[(index + 1) % n]
 
     def _order(self) -> list[str]:
         n = len(self.endpoints)
@@ -225,14 +259,20 @@ class Etcd:
     async def revoke(self, lease: int) -> None:
         await self.call("/v3/lease/revoke", {"ID": str(lease)})
 
-    async def watch(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+    async def watch(
+        self, prefix: bytes, start_revision: int, endpoint: str | None = None
+    ) -> AsyncIterator[WatchBatch]:
         """Every change under `prefix` from `start_revision` on, as long as the stream lives.
 
-        Connects to the current member only (the caller reconnects, with failover, when it ends);
-        raises Compacted when the start revision is gone."""
+        Connects to one member (`endpoint`, else the one that answered last); the caller reconnects
+        when it ends or stalls. The member must have a leader (etcd's `hasleader` metadata, which
+        the gateway takes from a `Grpc-Metadata-` header): one that loses it cancels the watch
+        rather than going quiet. Raises Compacted when the start revision is gone."""
         body = {"create_request": {**range_request(prefix, True), "start_revision": str(start_revision)}}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s)
-        async with self.session.post(self.endpoint + "/v3/watch", json=body, timeout=timeout) as response:
+        url = (endpoint or self.endpoint) + "/v3/watch"
+        headers = {"Grpc-Metadata-hasleader": "true"}
+        async with self.session.post(url, json=body, timeout=timeout, headers=headers) as response:
             if response.status != 200:
                 raise EtcdUnavailable(f"watch answered HTTP {response.status}")
             async for line in response.content:

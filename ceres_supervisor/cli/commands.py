@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from ceres_supervisor.adapters import logs
-from ceres_supervisor.cli import client, completion, exits, local, remote
+from ceres_supervisor.cli import backups, client, completion, exits, local, remote
 from ceres_supervisor.cli.exits import Failure
 from ceres_supervisor.desired.locality import LocalityError
 from ceres_supervisor.model.errors import CeresError, DesiredStateError
@@ -169,6 +169,18 @@ def build_parser() -> Parser:
     )
     p.add_argument(
         "--listen", metavar="ADDR", help="the API's address (host:port or unix:/path) instead of the file's"
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="URL",
+        help="the URL other agents reach this one's API at (default: from --host and the listen port "
+        "when listen is a wildcard address, else the listen address)",
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL[,URL]",
+        help="the etcd members this agent talks to, if not the meta nodes' client addresses "
+        "(e.g. through a proxy)",
     )
     _host(p)
     _docker(p)
@@ -352,6 +364,47 @@ def build_parser() -> Parser:
     _api(p)
     p.add_argument("node", metavar="NODE", help="the node (on any machine)")
     _json(p, "the description")
+
+    p = _command(
+        sub,
+        "backup",
+        "snapshot CeresMeta's etcd (the whole keyspace) with its SHA-256 and a manifest",
+        backups.backup,
+        [
+            "ceres-supervisor backup",
+            "ceres-supervisor backup -o /srv/backups/",
+            "ceres-supervisor backup --json | jq .manifest.sha256",
+        ],
+        (ok, bad, invalid, no_file),
+    )
+    _config(p, "the cluster whose meta to back up")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="the snapshot file, or a directory (a trailing /) for <cluster>-<time>.db "
+        "(default: backup.dir, else here)",
+    )
+    _json(p, "the snapshot's path and its manifest")
+
+    p = _command(
+        sub,
+        "restore",
+        "put a backup back into this machine's meta members (the cluster stopped)",
+        backups.restore,
+        [
+            "ceres-supervisor restore --from /srv/backups/prod-20261207T143012.345Z.db",
+            "ceres-supervisor restore --from prod.db --host 10.0.0.2 --json",
+        ],
+        (ok, bad, invalid, no_file, gone, conflict, exits.BACKUP_REFUSED),
+    )
+    _config(p, "the cluster to restore")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="PATH", help="the snapshot (or its manifest)"
+    )
+    _host(p)
+    _docker(p)
+    _json(p, "what was restored, and what to do next")
 
     p = _command(
         sub,

@@ -15,6 +15,7 @@ UNREACHABLE: Final = 3
 REFUSED: Final = 4
 UNKNOWN_NODE: Final = 5
 CONFLICT: Final = 6
+BACKUP_REFUSED: Final = 7
 USAGE: Final = 64
 NO_FILE: Final = 66
 INTERNAL: Final = 70
@@ -28,7 +29,8 @@ TABLE: Final = (
     (UNREACHABLE, "nothing answers: the daemon's API, the agent that runs the node, or the Docker Engine"),
     (REFUSED, "the daemon refused the token (HTTP 401/403)"),
     (UNKNOWN_NODE, "no node of that name in the file (nothing was changed)"),
-    (CONFLICT, "not now: already being restarted, not running, paused, or a daemon runs (down)"),
+    (CONFLICT, "not now: being restarted, not running, paused; a daemon or containers run (down, restore)"),
+    (BACKUP_REFUSED, "the backup is refused: corrupt, incomplete, or of another cluster or meta membership"),
     (USAGE, "the command line is wrong: an unknown command or option, a missing or bad value"),
     (NO_FILE, "the desired-state file does not exist or cannot be read"),
     (INTERNAL, "internal error: the daemon answered 500, or a bug in the command"),

@@ -26,6 +26,7 @@ from ceres_supervisor.cli.exits import Failure
 from ceres_supervisor.daemon import app
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
 from ceres_supervisor.model.errors import DesiredStateError
+from ceres_supervisor.model.spec import advertise_url
 from ceres_supervisor.observation import observer
 from ceres_supervisor.surfaces import api
 
@@ -140,8 +141,22 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run_daemon(loaded: loading.Loaded, args: argparse.Namespace) -> int:
     place = await oneshot.decide_locality(loaded, args.host)
+    stores = [url.strip().rstrip("/") for url in args.store.split(",")] if args.store else None
+    if args.advertise or stores:
+        try:
+            advertise_url(loaded.spec.supervisor.listen, args.host or "127.0.0.1", args.advertise)
+            if stores and not all(u.startswith(("http://", "https://")) for u in stores):
+                raise ValueError(f"--store {args.store!r}: each member is an http:// URL")
+        except ValueError as err:
+            raise Failure(exits.USAGE, str(err)) from None
     supervisor = app.Supervisor(
-        loaded, place, config_path=config_path(args), docker_url=args.docker_url, listen=args.listen
+        loaded,
+        place,
+        config_path=config_path(args),
+        docker_url=args.docker_url,
+        listen=args.listen,
+        advertise=args.advertise,
+        store_endpoints=stores,
     )
     server = api.ApiServer(supervisor)
     try:

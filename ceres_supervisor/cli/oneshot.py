@@ -33,7 +33,7 @@ async def plan_once(
 ) -> tuple[DesiredCluster, Observation, Plan]:
     """What `run` (or a reload of this file) would do now, without doing it: observe once, plan once."""
     supervisor = Supervisor(loaded, place, docker_url=docker_url)
-    settings = supervisor.probe_settings()
+    settings = supervisor.loop.probe_settings()
     connector = aiohttp.TCPConnector(force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -68,7 +68,7 @@ async def plan_once(
             if observation.engine_error is not None:
                 raise EngineError(observation.engine_error)
             budget = planning.Budget(supervisor.spec.supervisor.max_unavailable)
-            policy = supervisor.policy
+            policy = supervisor.setting.policy
 
             def once(records: dict[str, NodeRecord]) -> Plan:
                 return planning.plan(

@@ -1,19 +1,32 @@
-"""Several machines, one cluster (README: Several machines): each agent publishes its nodes and reads the
-others' from the etcd that CeresMeta embeds, the way Patroni agents share their DCS.
+"""Several machines, one cluster: each agent publishes its own nodes and reads the others' from the
+etcd that CeresMeta embeds, the way Patroni agents share their DCS.
 
 Keys, all under `/ceres-supervisor/<cluster>/` (never under CeresMeta's or CeresDB's roots):
-- `agents/<host>`: who this agent is, bound to its lease (TTL `agent_ttl`, kept alive at TTL/3,
-  revoked on a clean exit so the others see it leave at once);
+- `agents/<host>`: who this agent is and where its API is reached (`advertise`), bound to its
+  lease (TTL `agent_ttl`, kept alive at TTL/3, revoked on a clean exit so the others see it leave
+  at once);
 - `nodes/<node>`: each of its nodes as `/v1/status` shows it, bound to the same lease, written
   when something that matters changed (never more than once per 100 ms);
 - `disruptions/<node>`: a disruption slot, taken by one txn that checks the budget against every
-  agent's published state at one revision and fails if any of it changed since; held until the
-  node is healthy with its shards again; it vanishes with its agent's lease;
-- `paused`, `paused/<node>`: operator pauses (README, Maintenance), with no lease.
+  agent's published state at one revision and fails if any key it read changed or vanished since;
+  held until the node is healthy with its shards again; it vanishes with its agent's lease;
+- `operation`, `backup`: cluster-wide single-holder claims (a rolling operation, the scheduled
+  backup), bound to the holder's lease;
+- `paused`, `paused/<node>`: operator pause records (`operations.pauses`), with no lease.
 
-One watch on the whole prefix keeps `view` current without polling. When the store cannot be
-reached or has no quorum, `available` turns false: the planner then makes no stop by choice
-(crashes are still restarted), and everything is written again once the store is back.
+A fresh view. One watch on the whole prefix keeps `view` current without polling; it must prove
+itself: every heartbeat (this agent's record, written every TTL/3) has to come back through the
+watch, and the view is then known complete as of that write (`confirmed_at`). A watch that does
+not bring a heartbeat back within 2/3 of the TTL is abandoned for another member, and a view not
+confirmed for a whole TTL is unavailable: `available` turns false, the planner makes no stop by
+choice (crashes are still restarted) and no pause is mirrored from it. The watch also asks for a
+member with a leader (etcd's `hasleader`), so a member cut from its quorum ends it at once.
+
+Liveness tied to progress (as Patroni ties its leader key to its loop). The lease is renewed only
+while the daemon's reconcile loop completes cycles (`progress`): a loop that has not completed one
+for 2/3 of the TTL + 1 s stops the renewals, and so does a Docker Engine that could not be observed
+for ENGINE_LOST_TTLS times the TTL. The lease then expires within a TTL, every record and slot of
+this agent goes with it, and the other agents count its nodes as down (`unknown`).
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from ceres_supervisor.cluster.view import (
     down_reason,
     now_text,
     prefix,
+    puts,
     significant,
 )
 from ceres_supervisor.decisions.budget import COORDINATION_UNAVAILABLE, Budget, blockers, describe
@@ -48,17 +62,13 @@ log = structlog.get_logger(__name__)
 NODE_WRITE_MIN_S: Final = 0.1
 RETRY_S: Final = 1.0
 SLOT_ATTEMPTS: Final = 3
+ENGINE_LOST_TTLS: Final = 3
+"""A Docker Engine unobservable this many TTLs: the agent stops renewing its lease (its slots go)."""
 LEASE_EXPIRED: Final = "the agent's lease expired (the store was out of reach too long)"
-SIGNIFICANT: Final = (
-    "state",
-    "reason",
-    "container_id",
-    "restarts",
-    "started_at",
-    "last_exit",
-    "next_restart_at",
-)
-"""What makes a node's record worth writing again (a probe's timestamp alone does not)."""
+
+
+class WatchStalled(etcd.EtcdUnavailable):
+    """The watch did not bring this agent's own heartbeat back in time."""
 
 
 @dataclass
@@ -68,6 +78,8 @@ class Identity:
     host: str
     version: str
     listen: str
+    advertise: str = ""
+    generation: int = 0
     spec_hash: str = ""
     nodes: tuple[str, ...] = ()
     outdated: tuple[str, ...] = ()
@@ -84,7 +96,13 @@ class Identity:
             now_text(),
             self.nodes,
             self.outdated,
+            self.advertise,
+            self.generation,
         )
+
+    def mark(self) -> tuple[object, ...]:
+        """What must reach the other agents at once when it changes (not at the next heartbeat)."""
+        return self.spec_hash, self.nodes, self.outdated, self.advertise, self.generation
 
 
 class Coordinator:
@@ -94,40 +112,85 @@ class Coordinator:
         self,
         cluster: str,
         identity: Identity,
-        endpoints: Sequence[str],
         ttl_s: float,
         on_change: Callable[[], None],
     ) -> None:
         self.root = prefix(cluster)
         self.identity = identity
-        self.endpoints = list(endpoints)
         self.ttl_s = max(1, round(ttl_s))
         self.on_change = on_change
         self.view = StoreView()
-        self.available = False
+        self.confirmed_at: float | None = None
+        """Monotonic time as of which the store confirmed the view complete (see the docstring)."""
+        self.connected = False
         self.detail = "not connected yet"
         self.max_unavailable = 1
+        self.retries = 0
+        """Store calls that failed and were tried again within the lease (a stall, not an outage)."""
         self._remote: dict[str, str] = {}
         """The file's nodes on other machines -> their role (set by `budget`)."""
-        self._client: etcd.Etcd | None = None
+        self._client: etcd.Store | None = None
         self._lease = 0
         self._docs: dict[str, dict[str, Any]] = {}
         self._written: dict[str, str] = {}
         self._dirty = asyncio.Event()
         self._held: set[str] = set()
-        self._identity_written: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
+        self._identity_written: tuple[object, ...] | None = None
+        self._awaiting: list[tuple[int, float]] = []
+        """Heartbeats written and not yet seen through the watch: (revision, when written)."""
+        self._watch_endpoint: str | None = None
+        self._progress_at = time.monotonic()
+        self._engine_lost_since: float | None = None
+        self._withheld: str | None = None
         self._closing = False
-        self.retries = 0
-        """Store calls that failed and were tried again within the lease (a stall, not an outage)."""
 
     @property
     def endpoint(self) -> str | None:
         return self._client.endpoint if self._client else None
 
+    @property
+    def view_age_s(self) -> float | None:
+        return None if self.confirmed_at is None else time.monotonic() - self.confirmed_at
+
+    @property
+    def available(self) -> bool:
+        """The session holds and the view is fresh: what every stop by choice needs."""
+        age = self.view_age_s
+        return self.connected and age is not None and age <= self.ttl_s
+
+    @property
+    def why_unavailable(self) -> str:
+        if not self.connected:
+            return self.detail
+        age = self.view_age_s
+        if age is None or age > self.ttl_s:
+            return f"the store's view is {'unconfirmed' if age is None else f'{age:.0f}s old'}"
+        return "ok"
+
     def _key(self, kind: str, name: str = "") -> bytes:
         return self.root + f"{kind}/{name}".encode() if name else self.root + kind.encode()
 
     # -- what the loop hands over ----------------------------------------------------------------
+
+    def progress(self, engine_error: str | None) -> None:
+        """A reconcile cycle completed (with or without Docker): the lease may be renewed."""
+        now = time.monotonic()
+        self._progress_at = now
+        if engine_error is None:
+            self._engine_lost_since = None
+        elif self._engine_lost_since is None:
+            self._engine_lost_since = now
+
+    def _why_not_renew(self, now: float) -> str | None:
+        stalled = now - self._progress_at
+        if stalled > self.ttl_s * 2 / 3 + 1:
+            return f"the reconcile loop completed no cycle for {stalled:.0f}s"
+        if (
+            self._engine_lost_since is not None
+            and now - self._engine_lost_since > ENGINE_LOST_TTLS * self.ttl_s
+        ):
+            return f"the Docker Engine could not be observed for {now - self._engine_lost_since:.0f}s"
+        return None
 
     def _down(self, docs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, str | None]]:
         """name -> (role, why it is down or None) of every node the store publishes, and of each node of
@@ -136,16 +199,17 @@ class Coordinator:
         down.update({name: (str(doc.get("role", "")), down_reason(doc)) for name, doc in docs.items()})
         return down
 
+    @property
+    def published(self) -> Mapping[str, dict[str, Any]]:
+        """The documents of this agent's nodes last handed over."""
+        return self._docs
+
     def publish(self, docs: Mapping[str, dict[str, Any]]) -> None:
         """This cycle's documents of this agent's nodes; written when something significant changed."""
         self._docs = dict(docs)
         changed_nodes = any(self._written.get(n) != significant(d) for n, d in docs.items())
-        if changed_nodes or set(self._written) - set(docs) or self._identity_written != self._identity_mark():
+        if changed_nodes or set(self._written) - set(docs) or self._identity_written != self.identity.mark():
             self._dirty.set()
-
-    def _identity_mark(self) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-        i = self.identity
-        return i.spec_hash, i.nodes, i.outdated
 
     def budget(
         self,
@@ -171,18 +235,30 @@ class Coordinator:
             )
         return Budget(max_unavailable, coordinated, self.available, peers, slots, outdated, differ)
 
+    def newer_file(self) -> str | None:
+        """Another agent whose file has a higher generation than this one's, or None."""
+        mine = self.identity.generation
+        newer = sorted((a.generation, h) for h, a in self.view.agents.items() if a.generation > mine)
+        if not newer:
+            return None
+        generation, host = newer[-1]
+        return f"{host} runs generation {generation}, this file is generation {mine}"
+
     # -- the session -------------------------------------------------------------------------------
 
-    async def run(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+    async def run(self, client: etcd.Store) -> None:
         """For ever: connect, keep the lease and the records, follow the watch; on trouble, say so
-        (`available` false) and start over."""
-        self._client = etcd.Etcd(session, self.endpoints, timeout_s)
+        (`connected` false) and start over."""
+        self._client = client
         while not self._closing:
             try:
-                await self._session(self._client)
+                await self._session(client)
             except* etcd.EtcdError as group:
                 if not self._closing:  # at a clean exit the revoked lease is expected
-                    self._unavailable(str(group.exceptions[0]))
+                    error = group.exceptions[0]
+                    if isinstance(error, WatchStalled):
+                        self._watch_endpoint = client.other_endpoint(self._watch_endpoint or client.endpoint)
+                    self._unavailable(str(error))
             except* Exception as group:  # a bug here must not take the daemon down
                 log.error("coordination_failed", error=repr(group.exceptions[0]), exc_info=group)
                 self._unavailable(f"internal error: {group.exceptions[0]!r}")
@@ -193,13 +269,16 @@ class Coordinator:
                 await asyncio.sleep(RETRY_S)
 
     def _unavailable(self, why: str) -> None:
-        if self.available or self.detail != why:
+        if self.connected or self.detail != why:
             log.warning("coordination_unavailable", error=why)
-        self.available, self.detail = False, why
+        self.connected, self.detail = False, why
         self.on_change()
 
-    async def _session(self, client: etcd.Etcd) -> None:
+    async def _session(self, client: etcd.Store) -> None:
         kept_at = time.monotonic()  # the lease, granted or kept alive now, lasts ttl_s from here at least
+        why = self._why_not_renew(kept_at)
+        if why is not None:
+            raise etcd.EtcdUnavailable(f"lease not renewed: {why}")
         if not self._lease or await client.keepalive(self._lease) <= 0:
             self._lease = await client.grant(self.ttl_s)
             self._written.clear()
@@ -208,18 +287,25 @@ class Coordinator:
         await client.put(
             self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
         )
-        snapshot = await client.range(self.root, prefix=True)
-        self.view = apply(self.view, self.root, snapshot.kvs, (), snapshot.revision, reset=True)
-        self.available, self.detail = True, "ok"
-        log.info("coordination_connected", endpoint=client.endpoint, revision=snapshot.revision)
+        asked_at = time.monotonic()
+        snapshot = await client.range(self.root, prefix=True)  # linearizable: complete as of now
+        self.view = apply(self.view, self.root, puts(snapshot.kvs), snapshot.revision, reset=True)
+        self.confirmed_at, self._awaiting = asked_at, []
+        self.connected, self.detail = True, "ok"
+        self._withheld = None
+        watching = self._watch_endpoint or client.endpoint
+        log.info(
+            "coordination_connected", endpoint=client.endpoint, watch=watching, revision=snapshot.revision
+        )
         self.on_change()
         self._dirty.set()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._watch(client, snapshot.revision + 1), name="coordination-watch")
+            group.create_task(self._watch(client, snapshot.revision + 1, watching), name="coordination-watch")
             group.create_task(self._keep(client, kept_at), name="coordination-lease")
 
-    async def _keep(self, client: etcd.Etcd, kept_at: float) -> None:
-        """Keepalive at TTL/3 (with the agent's heartbeat), node records as they change.
+    async def _keep(self, client: etcd.Store, kept_at: float) -> None:
+        """Keepalive and heartbeat at TTL/3 while the loop makes progress, node records as they
+        change, and the watch held to account for every heartbeat.
 
         A call that no member answers in time (one slow fsync on a loaded disk, a member
         restarting) is tried again while the lease has more than a third of its TTL left: the agent
@@ -227,21 +313,35 @@ class Coordinator:
         other agents could see its lease expire while it still counted on it."""
         interval = self.ttl_s / 3
         next_beat = 0.0
-        while True:
+        while not self._closing:
             now = time.monotonic()
             try:
                 if now >= next_beat:
-                    if await client.keepalive(self._lease) <= 0:
-                        raise etcd.EtcdError(LEASE_EXPIRED)
-                    kept_at = now
-                    await client.put(
-                        self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
-                    )
                     next_beat = now + interval
-                    if not self.available:
-                        self.available, self.detail = True, "ok"
-                        self.on_change()
-                if self._dirty.is_set():
+                    why = self._why_not_renew(now)
+                    if why is not None:
+                        if self._withheld != why.split(" for ")[0]:
+                            log.warning("coordination_lease_withheld", reason=why)
+                            self._withheld = why.split(" for ")[0]
+                    else:
+                        if self._withheld is not None:
+                            log.info("coordination_lease_renewed_again")
+                            self._withheld = None
+                        if await client.keepalive(self._lease) <= 0:
+                            raise etcd.EtcdError(LEASE_EXPIRED)
+                        kept_at = now
+                        written = await client.put(
+                            self._key("agents", self.identity.host),
+                            self.identity.record().encode(),
+                            self._lease,
+                        )
+                        self._awaiting.append((written, now))
+                if self._awaiting and time.monotonic() - self._awaiting[0][1] > self.ttl_s * 2 / 3:
+                    raise WatchStalled(
+                        f"the watch on {self._watch_endpoint or client.endpoint} did not bring back this "
+                        f"agent's heartbeat within {self.ttl_s * 2 / 3:.1f}s"
+                    )
+                if self._dirty.is_set() and self._withheld is None:
                     self._dirty.clear()
                     try:
                         await self._write_nodes(client)
@@ -249,6 +349,8 @@ class Coordinator:
                         self._dirty.set()  # written at the next try
                         raise
                     await asyncio.sleep(NODE_WRITE_MIN_S)
+            except WatchStalled:
+                raise
             except etcd.EtcdUnavailable as err:
                 if time.monotonic() + RETRY_S >= kept_at + self.ttl_s * 2 / 3:
                     raise
@@ -256,16 +358,19 @@ class Coordinator:
                 log.info("coordination_retry", error=str(err))
                 await asyncio.sleep(RETRY_S)
                 continue
+            wake = next_beat
+            if self._awaiting:
+                wake = min(wake, self._awaiting[0][1] + self.ttl_s * 2 / 3 + 0.05)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_beat - time.monotonic())):
+                async with asyncio.timeout(max(0.0, wake - time.monotonic())):
                     await self._dirty.wait()
 
-    async def _write_nodes(self, client: etcd.Etcd) -> None:
+    async def _write_nodes(self, client: etcd.Store) -> None:
         """The node records that changed, and the agent's own when its file or its outdated nodes
         did (a rolling change must reach the other agents at once, not at the next heartbeat)."""
         ops = []
         written = {}
-        identity = self._identity_mark()
+        identity = self.identity.mark()
         if identity != self._identity_written:
             ops.append(
                 etcd.put_request(
@@ -287,55 +392,59 @@ class Coordinator:
         self._written.update(written)
         self._identity_written = identity
 
-    async def _watch(self, client: etcd.Etcd, start: int) -> None:
+    async def _watch(self, client: etcd.Store, start: int, endpoint: str) -> None:
+        """Changes applied one by one in revision order; a heartbeat of ours that comes back
+        confirms the view as of when it was written."""
         revision = start
-        while True:
-            try:
-                async for batch in client.watch(self.root, revision):
-                    puts = [e.kv for e in batch.events if not e.deleted]
-                    deletes = [e.kv.key for e in batch.events if e.deleted]
-                    if batch.events:
-                        self.view = apply(self.view, self.root, puts, deletes, batch.revision)
-                        self.on_change()
-                    revision = max(revision, batch.revision + 1)
-            except etcd.Compacted:
-                snapshot = await client.range(self.root, prefix=True)
-                self.view = apply(self.view, self.root, snapshot.kvs, (), snapshot.revision, reset=True)
-                revision = snapshot.revision + 1
-            except (aiohttp.ClientError, OSError, ValueError, etcd.EtcdUnavailable) as err:
-                raise etcd.EtcdUnavailable(f"watch: {err}") from None
+        try:
+            async for batch in client.watch(self.root, revision, endpoint):
+                if batch.events:
+                    self.view = apply(
+                        self.view, self.root, [(e.deleted, e.kv) for e in batch.events], batch.revision
+                    )
+                    self.on_change()
+                seen = max([batch.revision, *(e.kv.mod_revision for e in batch.events)])
+                confirmed = [at for rev, at in self._awaiting if rev <= seen]
+                if confirmed:
+                    self.confirmed_at = max(confirmed)
+                    self._awaiting = [(rev, at) for rev, at in self._awaiting if rev > seen]
+                revision = max(revision, seen + 1)
+        except etcd.Compacted as err:
+            raise etcd.EtcdUnavailable(f"watch: {err}") from None  # the session reads everything again
+        except (aiohttp.ClientError, OSError, ValueError) as err:
+            raise etcd.EtcdUnavailable(f"watch on {endpoint}: {err}") from None
+        raise etcd.EtcdUnavailable(f"watch on {endpoint} ended")
 
     async def close(self) -> None:
-        """A clean exit: revoke the lease, so every record and slot of this agent goes at once
-        (and the session ends: no reconnection after its lease is gone)."""
+        """A clean exit: revoke the lease, so every record, slot and claim of this agent goes at
+        once (and the session ends: no reconnection after its lease is gone)."""
         self._closing = True
         if self._client is not None and self._lease:
             with contextlib.suppress(etcd.EtcdError):
                 await self._client.revoke(self._lease)
             self._lease = 0
 
-    # -- disruption slots (executing.Slots) ----------------------------------------------------------
+    # -- disruption slots (executor.Slots) -----------------------------------------------------------
 
     async def acquire(self, node: str, role: str, reason: str) -> None:
-        """Take `node`'s slot with one txn that re-checks the budget at one revision of the store."""
+        """Take `node`'s slot with one txn that re-checks the budget at one revision of the store:
+        it fails if any key it read changed or vanished (an agent whose lease expired in between
+        takes its records with it: its nodes then count as down), or a new one appeared."""
         client = self._client
         if client is None or not self.available or not self._lease:
             raise SlotRefused(describe([COORDINATION_UNAVAILABLE]))
         key = self._key("disruptions", node)
+        prefixes = [self._key("nodes", ""), self._key("disruptions", ""), self._key("agents", "")]
         try:
             for _attempt in range(SLOT_ATTEMPTS):
-                _ok, revision, (nodes, slots) = await client.txn(
-                    [],
-                    [
-                        {"request_range": etcd.range_request(self._key("nodes", ""), True)},
-                        {"request_range": etcd.range_request(self._key("disruptions", ""), True)},
-                    ],
+                _ok, revision, ranges = await client.txn(
+                    [], [{"request_range": etcd.range_request(p, True)} for p in prefixes]
                 )
-                seen = apply(StoreView(), self.root, (*nodes.kvs, *slots.kvs), (), revision, reset=True)
+                read = [kv for r in ranges for kv in r.kvs]
+                seen = apply(StoreView(), self.root, puts(read), revision, reset=True)
                 if seen.slots.get(node, {}).get("host") == self.identity.host:
                     self._held.add(node)
                     return
-                down = self._down(seen.nodes)
                 budget = Budget(
                     self.max_unavailable,
                     True,
@@ -343,28 +452,22 @@ class Coordinator:
                     {},
                     {n: str(s.get("host")) for n, s in seen.slots.items()},
                 )
-                who = blockers(node, role, down, budget)
+                who = blockers(node, role, self._down(seen.nodes), budget)
                 if who is not None:
                     raise SlotRefused(describe(who))
                 slot = json.dumps(
                     {"host": self.identity.host, "reason": reason, "since": now_text()}
                 ).encode()
-                taken, _rev, _ranges = await client.txn(
-                    [
-                        etcd.absent(key),
-                        etcd.unchanged_since(self._key("nodes", ""), revision),
-                        etcd.unchanged_since(self._key("disruptions", ""), revision),
-                    ],
-                    [etcd.put_request(key, slot, self._lease)],
-                )
+                compare = [etcd.absent(key)]
+                compare += [etcd.unchanged_since(p, revision) for p in prefixes]
+                compare += [etcd.unchanged(kv.key, kv.mod_revision) for kv in read]
+                taken, _rev, _ranges = await client.txn(compare, [etcd.put_request(key, slot, self._lease)])
                 if taken:
                     self._held.add(node)
                     log.info("disruption_slot_taken", node=node, reason=reason)
                     return
         except etcd.EtcdError as err:
-            raise SlotRefused(
-                describe([f"{COORDINATION_UNAVAILABLE} ({err})"])
-            ) from None
+            raise SlotRefused(describe([f"{COORDINATION_UNAVAILABLE} ({err})"])) from None
         raise SlotRefused(describe(["the cluster changed while the slot was being taken"]))
 
     async def release(self, releasable: frozenset[str]) -> None:
@@ -374,30 +477,70 @@ class Coordinator:
             if client is None:
                 return
             key = self._key("disruptions", node)
-            mine = {"key": etcd.b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
             with contextlib.suppress(etcd.EtcdError):
-                await client.txn([mine], [etcd.delete_request(key)])
+                await client.txn([self._mine(key)], [etcd.delete_request(key)])
                 self._held.discard(node)
                 log.info("disruption_slot_released", node=node)
 
-    # -- pauses (README, Maintenance) -----------------------------------------------------------------
+    def _mine(self, key: bytes) -> dict[str, str]:
+        return {"key": etcd.b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
 
-    async def set_paused(self, nodes: Sequence[str], paused: bool, everything: bool = False) -> None:
+    # -- cluster-wide claims (one rolling operation, one scheduled backup) ------------------------------
+
+    async def claim(self, name: str, doc: Mapping[str, Any]) -> str | None:
+        """Hold `name` for this agent, bound to its lease. None when this agent holds it (now or
+        already); else the host that does. Raises etcd.EtcdError when the store cannot be reached."""
         client = self._client
-        if client is None:
-            raise etcd.EtcdUnavailable("not connected")
+        if client is None or not self._lease or not self.connected:
+            raise etcd.EtcdUnavailable(self.why_unavailable)
+        key = self._key(name)
+        value = json.dumps({**doc, "host": self.identity.host, "since": now_text()}).encode()
+        taken, _rev, ranges = await client.txn(
+            [etcd.absent(key)],
+            [etcd.put_request(key, value, self._lease)],
+            [{"request_range": etcd.range_request(key)}],
+        )
+        if taken:
+            return None
+        holders = [kv for r in ranges for kv in r.kvs]
+        if holders and holders[0].lease == self._lease:
+            return None
+        try:
+            held_by = json.loads(holders[0].value).get("host") if holders else None
+        except ValueError:
+            held_by = None
+        return str(held_by or "another agent")
+
+    async def unclaim(self, name: str) -> None:
+        client = self._client
+        if client is None or not self._lease:
+            return
+        key = self._key(name)
+        with contextlib.suppress(etcd.EtcdError):
+            await client.txn([self._mine(key)], [etcd.delete_request(key)])
+
+    # -- pauses -----------------------------------------------------------------------------------------
+
+    async def write_pauses(
+        self, nodes: Sequence[str], paused: bool, everything: bool, resumed: Sequence[str] = ()
+    ) -> None:
+        """Pause records: the whole cluster (`everything`) or `nodes`; with `resumed`, also explicit
+        resumes of those nodes (a `resume --all` clears every node's pause as well)."""
+        client = self._client
+        if client is None or not self.connected:
+            raise etcd.EtcdUnavailable(self.why_unavailable)
+        record = {"since": now_text(), "by": self.identity.host}
+        ops = []
         if everything:
-            ops = [
-                etcd.put_request(self._key("paused"), b"{}")
-                if paused
-                else etcd.delete_request(self._key("paused"))
-            ]
-        else:
-            value = json.dumps({"since": now_text()}).encode()
-            ops = [
-                etcd.put_request(self._key("paused", n), value)
-                if paused
-                else etcd.delete_request(self._key("paused", n))
-                for n in nodes
-            ]
+            ops.append(
+                etcd.put_request(self._key("paused"), json.dumps({**record, "paused": paused}).encode())
+            )
+        for name in nodes:
+            ops.append(
+                etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": paused}).encode())
+            )
+        for name in resumed:
+            ops.append(
+                etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": False}).encode())
+            )
         await client.txn([], ops)

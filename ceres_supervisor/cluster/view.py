@@ -1,8 +1,14 @@
-"""The coordination store's content as this agent sees it (README, Several machines). Pure.
+"""The coordination store's content as this agent sees it. Pure.
 
-`apply` folds etcd keys (a full read, or a watch's puts and deletes) into a `StoreView`; a record
-another agent wrote that does not parse is kept aside as `malformed`, never trusted and never
-fatal. `down_reason` says why a published node counts against the disruption budget.
+`apply` folds etcd keys (a full read, or a watch's changes, one after the other in revision order)
+into a `StoreView`; a record another agent wrote that does not parse is kept aside as
+`malformed`, never trusted and never fatal. The view carries the revision it reflects; how fresh it
+is (when the store last confirmed it) is the coordinator's to say. `down_reason` says why a
+published node counts against the disruption budget.
+
+Pauses are records, not the presence of keys: `paused` (the whole cluster) and `paused/<node>`
+hold `{"paused": true|false, "since", "by"}`, so a resume is a record too. A store that comes back
+empty (a re-initialised meta) then says nothing about a pause, rather than "resumed".
 """
 
 from __future__ import annotations
@@ -56,6 +62,10 @@ class AgentRecord:
     """The nodes this agent runs."""
     outdated: tuple[str, ...] = ()
     """Its nodes whose container still runs another spec than its file (a rolling change)."""
+    advertise: str = ""
+    """The URL other agents reach this one's API at (remote operations go there)."""
+    generation: int = 0
+    """`cluster.generation` of its file: an agent with an older file removes nothing."""
 
     def encode(self) -> bytes:
         doc = dict(self.__dict__)
@@ -76,7 +86,25 @@ class AgentRecord:
         lists = [doc.get("nodes", []), doc.get("outdated", [])]
         if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists):
             raise ValueError("nodes/outdated are not lists of names")
-        return cls(pid=doc["pid"], nodes=tuple(lists[0]), outdated=tuple(lists[1]), **text)  # type: ignore[arg-type]
+        advertise, generation = doc.get("advertise", ""), doc.get("generation", 0)
+        if not isinstance(advertise, str) or not isinstance(generation, int) or isinstance(generation, bool):
+            raise ValueError("advertise/generation mistyped")
+        return cls(
+            pid=doc["pid"],
+            nodes=tuple(lists[0]),
+            outdated=tuple(lists[1]),
+            advertise=advertise,
+            generation=generation,
+            **text,  # type: ignore[arg-type]
+        )
+
+    @property
+    def url(self) -> str:
+        """Where this agent's API is reached: its advertised URL (older agents: its listen)."""
+        if self.advertise:
+            return self.advertise
+        listen = self.listen.replace("0.0.0.0", "127.0.0.1")
+        return listen if listen.startswith(("http://", "https://")) else f"http://{listen}"
 
 
 @dataclass(frozen=True)
@@ -88,68 +116,110 @@ class StoreView:
     nodes: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     """node -> its record as its agent published it (the /v1/status node object)."""
     slots: Mapping[str, dict[str, Any]] = field(default_factory=dict)
-    paused: frozenset[str] = frozenset()
-    all_paused: bool = False
+    pauses: Mapping[str, bool] = field(default_factory=dict)
+    """node -> its pause record (true: paused, false: resumed); no record: the store says nothing."""
+    all_paused: bool | None = None
+    """The whole cluster's pause record; None: no record."""
+    claims: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    """Cluster-wide single-holder keys (`operation`, `backup`): name -> the holder's record."""
     malformed: Mapping[str, str] = field(default_factory=dict)
     """key -> why it could not be read (another agent wrote something we cannot parse)."""
     departed: Mapping[str, tuple[AgentRecord, str]] = field(default_factory=dict)
     """Agents this one saw leave: their last record and when."""
 
+    @property
+    def paused(self) -> frozenset[str]:
+        return frozenset(n for n, p in self.pauses.items() if p)
+
     def agent_of(self, node: str) -> str | None:
         return next((host for host, a in self.agents.items() if node in a.nodes), None)
+
+
+CLAIMS: Final = frozenset({"operation", "backup"})
+"""Top-level keys held by one agent at a time, bound to its lease."""
+
+
+def pause_record(raw: bytes) -> bool:
+    """A pause record's flag; `{}` (written by earlier versions) is a pause."""
+    doc = json.loads(raw) if raw else {}
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    flag = doc.get("paused", True)
+    if not isinstance(flag, bool):
+        raise ValueError("paused is not a boolean")
+    return flag
 
 
 def apply(
     view: StoreView,
     root: bytes,
-    kvs: Sequence[KeyValue],
-    deleted: Sequence[bytes],
+    changes: Sequence[tuple[bool, KeyValue]],
     revision: int,
     reset: bool = False,
 ) -> StoreView:
-    """A new view with these puts and deletes applied (all of the store's keys when `reset`). Pure."""
+    """A new view with `changes` applied one after the other, as (deleted, key-value) in revision
+    order (with `reset`, the changes are every key of a full read). Pure."""
     agents = {} if reset else dict(view.agents)
     nodes = {} if reset else dict(view.nodes)
     slots = {} if reset else dict(view.slots)
-    paused = set() if reset else set(view.paused)
-    all_paused = False if reset else view.all_paused
+    pauses = {} if reset else dict(view.pauses)
+    all_paused = None if reset else view.all_paused
+    claims = {} if reset else dict(view.claims)
     malformed = {} if reset else dict(view.malformed)
     departed = dict(view.departed)
-    for key in deleted:
-        name = key.removeprefix(root).decode(errors="replace")
-        malformed.pop(name, None)
-        kind, _, item = name.partition("/")
-        if kind == "agents" and item in agents:
-            departed[item] = (agents.pop(item), now_text())
-        elif kind == "nodes":
-            nodes.pop(item, None)
-        elif kind == "disruptions":
-            slots.pop(item, None)
-        elif kind == "paused" and item:
-            paused.discard(item)
-        elif name == "paused":
-            all_paused = False
-    for kv in kvs:
+    for deleted, kv in changes:
         name = kv.key.removeprefix(root).decode(errors="replace")
         kind, _, item = name.partition("/")
+        if deleted:
+            malformed.pop(name, None)
+            if kind == "agents" and item in agents:
+                departed[item] = (agents.pop(item), now_text())
+            elif kind == "nodes":
+                nodes.pop(item, None)
+            elif kind == "disruptions":
+                slots.pop(item, None)
+            elif kind == "paused" and item:
+                pauses.pop(item, None)
+            elif name == "paused":
+                all_paused = None
+            elif name in CLAIMS:
+                claims.pop(name, None)
+            continue
         try:
             if kind == "agents":
                 agents[item] = AgentRecord.decode(kv.value)
                 departed.pop(item, None)
-            elif kind in ("nodes", "disruptions"):
+            elif kind in ("nodes", "disruptions") or name in CLAIMS:
                 doc = json.loads(kv.value)
                 needed = ("name", "role", "state") if kind == "nodes" else ("host",)
                 if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in needed):
                     raise ValueError(f"not an object with {', '.join(needed)}")
-                (nodes if kind == "nodes" else slots)[item] = doc
+                (nodes if kind == "nodes" else slots if kind == "disruptions" else claims)[
+                    item if kind in ("nodes", "disruptions") else name
+                ] = doc
             elif kind == "paused" and item:
-                paused.add(item)
+                pauses[item] = pause_record(kv.value)
             elif name == "paused":
-                all_paused = True
+                all_paused = pause_record(kv.value)
             malformed.pop(name, None)
         except (ValueError, UnicodeDecodeError) as err:
             malformed[name] = f"cannot parse: {err}"
-    return StoreView(revision, agents, nodes, slots, frozenset(paused), all_paused, malformed, departed)
+    return StoreView(
+        max(revision, 0 if reset else view.revision),
+        agents,
+        nodes,
+        slots,
+        pauses,
+        all_paused,
+        claims,
+        malformed,
+        departed,
+    )
+
+
+def puts(kvs: Sequence[KeyValue]) -> list[tuple[bool, KeyValue]]:
+    """The keys of a full read, as changes for `apply`."""
+    return [(False, kv) for kv in kvs]
 
 
 UNPUBLISHED: Final = "unknown: no supervisor publishes it"
@@ -165,8 +235,6 @@ def down_reason(doc: Mapping[str, Any] | None) -> str | None:
     state = doc.get("state")
     lease = doc.get("lease")
     held = lease.get("held") if isinstance(lease, dict) else None
-    if state == "unhealthy" and doc.get("role") == "ceresdb" and held is True:
-        return None  # it fails its probes but still holds its shards: not down (see planning)
     if state != "healthy":
         return str(state)
     if held is False:

@@ -45,6 +45,18 @@ def static_problems(running: DesiredState, new: DesiredState) -> list[Problem]:
                     "other data); stop the daemon, move the data, start it again",
                 )
             )
+    members = [(m.name, m.host, m.client_port, m.peer_port) for m in running.meta.nodes]
+    changed = [(m.name, m.host, m.client_port, m.peer_port) for m in new.meta.nodes]
+    if members != changed:
+        problems.append(
+            Problem(
+                "meta.nodes",
+                "cannot change the meta members (names, hosts, client or peer ports) of a running cluster: "
+                "CeresMeta's embedded etcd keeps its member list, and changing it is a runtime "
+                "reconfiguration of etcd this supervisor does not do; put the file back "
+                f"({', '.join(f'{n}@{h}:{c}/{pp}' for n, h, c, pp in members)})",
+            )
+        )
     return problems
 
 

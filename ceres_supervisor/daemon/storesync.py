@@ -1,15 +1,20 @@
-"""What this agent shares through the coordination store, and what it takes from it.
+"""What this agent shares through the coordination store, and what it takes from it, in a task of
+its own (`store-sync`): store calls never hold up the reconcile loop, which only hands over its
+latest documents and the slots it may release, and reads the pauses from memory.
 
-Each cycle it publishes its nodes' documents and identity (spec hash, its nodes, those still on an
-old spec), releases the disruption slots of nodes that are healthy with their shards again, and
-keeps the operator's pauses in step: a pause is written to the local file at once and to the store
-when it answers (queued meanwhile), and the store's pauses are mirrored into the file.
+Each cycle the loop publishes its nodes' documents and identity (`share`, no I/O: the coordinator
+writes them from its own task) and hands over the nodes whose disruption slot may be released
+(`hand_over`). This task then releases those slots and keeps the operator's pauses in step (see
+`operations.pauses` for the rules). It is the one owner of the pause book: every change to it,
+an operator's included, happens under one lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Final
 
 import structlog
 
@@ -23,26 +28,27 @@ from ceres_supervisor.surfaces import reports
 
 log = structlog.get_logger(__name__)
 
+IDLE_S: Final = 1.0
+"""How often the task looks again without being woken (a store that came back, a fresh view)."""
+
 
 class StoreSync:
-    def __init__(self, coordinator: Coordinator, identity: Identity, book: pauses.PauseBook) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        identity: Identity,
+        book: pauses.PauseBook,
+        on_pauses_changed: Callable[[], None],
+    ) -> None:
         self.coordinator = coordinator
         self.identity = identity
         self.pauses = book
+        self.on_pauses_changed = on_pauses_changed
+        self._releasable: frozenset[str] = frozenset()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
 
-    async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
-        """The operator's pause or resume: in the local file at once, in the store when it answers.
-        Returns where it holds."""
-        queued = False
-        try:
-            if not self.coordinator.available:
-                raise etcd.EtcdUnavailable(self.coordinator.detail)
-            await self.coordinator.set_paused(sorted(nodes), pause, everything)
-        except etcd.EtcdError as err:
-            queued = True
-            log.warning("pause_queued", error=str(err))
-        await asyncio.to_thread(self.pauses.apply, nodes, pause, everything, queued)
-        return "this machine now; the store when it answers again" if queued else "every machine"
+    # -- from the loop (no I/O) -------------------------------------------------------------------
 
     def share(
         self,
@@ -57,23 +63,73 @@ class StoreSync:
         self.identity.outdated = reports.outdated(desired, observation.containers)
         self.coordinator.publish(reports.local_documents(desired, result, observation, records))
 
-    async def sync(self, releasable: frozenset[str]) -> None:
-        """Release the slots of nodes that are back, then keep the pauses in step."""
-        await self.coordinator.release(releasable)
-        await self._sync_pauses()
+    def share_unknown(self, desired: DesiredCluster, why: str) -> None:
+        """A cycle that could not observe Docker: this agent's nodes are `unknown`, with why."""
+        self.coordinator.publish(reports.unknown_documents(desired, self.coordinator.published, why))
 
-    async def _sync_pauses(self) -> None:
-        """Mirror the store's pauses into the local file, after pushing what was asked meanwhile."""
+    def hand_over(self, releasable: frozenset[str]) -> None:
+        if releasable != self._releasable:
+            self._releasable = releasable
+            self._wake.set()
+
+    # -- the operator (the API) --------------------------------------------------------------------
+
+    async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
+        """The operator's pause or resume: in the local file at once, in the store when it answers.
+        Returns where it holds."""
+        async with self._lock:
+            change = await asyncio.to_thread(self.pauses.apply, nodes, pause, everything)
+            try:
+                await self._push(change)
+            except etcd.EtcdError as err:
+                log.warning("pause_queued", error=str(err))
+                return "this machine now; the store when it answers again"
+            await asyncio.to_thread(self.pauses.pushed, change.seq)
+        return "every machine"
+
+    async def _push(self, change: pauses.Change) -> None:
+        if not self.coordinator.connected:
+            raise etcd.EtcdUnavailable(self.coordinator.why_unavailable)
+        resumed: frozenset[str] = frozenset()
+        if change.everything and not change.pause:  # resume --all: every node's pause goes too
+            resumed = change.nodes | self.coordinator.view.paused
+        nodes = () if change.everything else sorted(change.nodes)
+        await self.coordinator.write_pauses(nodes, change.pause, change.everything, sorted(resumed))
+
+    # -- the task ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """For ever: release slots and keep the pauses in step whenever the store can take it."""
+        while True:
+            self._wake.clear()
+            await self.step()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_S):
+                    await self._wake.wait()
+
+    async def step(self) -> None:
+        """One pass, only from a fresh view (`available`): a frozen view must not undo a pause."""
         if not self.coordinator.available:
             return
-        if self.pauses.pending:
-            try:
-                for nodes, pause, everything in self.pauses.pending:
-                    await self.coordinator.set_paused(sorted(nodes), pause, everything)
-            except etcd.EtcdError:
-                return
-            await asyncio.to_thread(self.pauses.pushed)
-        view = self.coordinator.view
-        store = pauses.Pauses(view.all_paused, view.paused)
-        if store != self.pauses.current:
-            await asyncio.to_thread(self.pauses.mirror, store)
+        try:
+            await self.coordinator.release(self._releasable)
+            await self._sync_pauses()
+        except etcd.EtcdError as err:
+            log.info("store_sync_deferred", error=str(err))
+
+    async def _sync_pauses(self) -> None:
+        """Push what was asked meanwhile, write back what the store forgot, then mirror the store
+        into the file: only from a fresh view (`available`), which the caller checked."""
+        async with self._lock:
+            book = self.pauses
+            for change in list(book.pending):
+                await self._push(change)
+                await asyncio.to_thread(book.pushed, change.seq)
+            view = self.coordinator.view
+            forgotten = book.unrecorded(view.pauses, view.all_paused)
+            if forgotten is not None:
+                log.info("pauses_written_back", nodes=sorted(forgotten.nodes), all=forgotten.everything)
+                await self.coordinator.write_pauses(sorted(forgotten.nodes), True, forgotten.everything)
+                return  # mirrored once the watch brings the records back
+            if await asyncio.to_thread(book.mirror, view.pauses, view.all_paused):
+                self.on_pauses_changed()

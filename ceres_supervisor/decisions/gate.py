@@ -3,6 +3,9 @@
 A node counts against the budget by `down_reason`; a recreate of a running container also waits
 for `rolling_gate` (one change in flight, agents on one file, meta first, everyone else healthy);
 `grant` turns a granted want into the node's new view and record (a failure counted once per run).
+`retire` decides the removal of containers whose node is no longer in the file: through the same
+budget and failsafe as any stop by choice, never while the node is paused, and never while the
+agents' files differ (an agent with an older file would remove what a newer one added).
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+from ceres_supervisor.decisions.budget import blockers, describe
 from ceres_supervisor.decisions.nodes import Cycle, Want
-from ceres_supervisor.decisions.plans import NodeRecord, NodeState, NodeView
+from ceres_supervisor.decisions.plans import Action, NodeRecord, NodeState, NodeView
 from ceres_supervisor.desired.containers import DesiredNode
+from ceres_supervisor.model.observed import ObservedContainer
 
 
 def down_reason(view: NodeView) -> str | None:
-    """Why a node counts against the budget: a CeresDB node is down when it does not run or does
-    not hold its shards (one that fails its probes but still holds them is not); a meta member
-    whenever it is not healthy."""
-    if view.available or (view.keeps_shards and view.state is NodeState.UNHEALTHY):
+    """Why a node counts against the budget: anything but healthy with its shards (a CeresDB node)
+    or healthy with etcd (a meta member). A node that fails its probes is down even while it still
+    holds its shard locks: nobody can tell that it serves them."""
+    if view.available:
         return None
     if view.state is NodeState.HEALTHY:
         return "lease unknown" if view.lease is not None else "etcd not healthy"
@@ -72,3 +77,32 @@ def grant(
         NodeView(want.state, action.reason, rec.next_restart_at, lease=view.lease),
         replace(rec, expected_exit=action.container_id),
     )
+
+
+def retire(
+    cycle: Cycle, orphans: tuple[ObservedContainer, ...], down: dict[str, tuple[str, str | None]]
+) -> tuple[list[Action], dict[str, str]]:
+    """Removals of this supervisor's containers whose node is not in the file (data kept): the
+    actions granted now, and why each other one waits. A removal granted counts as down."""
+    actions: list[Action] = []
+    waiting: dict[str, str] = {}
+    reason = "removed from the desired-state file"
+    for c in orphans:
+        if c.node in cycle.observed.busy:
+            continue
+        if cycle.controls.is_paused(c.node):
+            waiting[c.node] = "paused by the operator: not removed while paused"
+            continue
+        if cycle.budget.files_differ is not None:
+            waiting[c.node] = f"waiting until every agent runs the same file ({cycle.budget.files_differ})"
+            continue
+        if not c.is_running:
+            actions.append(Action("remove", c.node, c.id, reason, role=c.role))
+            continue
+        who = blockers(c.node, c.role, {**down, c.node: (c.role, None)}, cycle.budget)
+        if who is not None:
+            waiting[c.node] = describe(who)
+            continue
+        actions.append(Action("remove", c.node, c.id, reason, by_choice=True, role=c.role))
+        down[c.node] = (c.role, "stopping")
+    return actions, waiting

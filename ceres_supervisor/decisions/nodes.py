@@ -132,6 +132,8 @@ def evaluate(
         return NodeView(state, rec.reason), rec, None
     if paused:
         return NodeView(NodeState.PAUSED, _paused_reason(c, cycle.controls)), rec, None
+    if (misplaced := observed.identity_problems.get(node.name)) is not None:
+        return NodeView(NodeState.BLOCKED, misplaced), rec, None  # never started on another's data
 
     waiting = rec.next_restart_at is not None and now < rec.next_restart_at
     wait_state = NodeState.CRASHLOOP if rec.crashloop else NodeState.BACKOFF
@@ -261,10 +263,7 @@ def _watch_running(
         if blocked:
             return NodeView(NodeState.BLOCKED, join(cycle.meta_detail, detail)), rec, None
         reason = f"unhealthy: {detail}"
-        # It keeps serving only with shards of its own: one that meta assigns none serves nothing,
-        # so it is down itself, as the other agents judge its published record (storeview).
-        serving = status is not None and status.held is True
-        view = NodeView(NodeState.UNHEALTHY, reason, lease=status, keeps_shards=serving)
+        view = NodeView(NodeState.UNHEALTHY, reason, lease=status)
         return view, rec, stop(reason, NodeState.UNHEALTHY, "unhealthy")
     probe_note = fresh.detail if fresh is not None and not fresh.ok else None
 
@@ -278,7 +277,7 @@ def _watch_running(
         return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
     if keeps:
         return (
-            NodeView(NodeState.HEALTHY, probe_note, available=True, lease=status, keeps_shards=True),
+            NodeView(NodeState.HEALTHY, probe_note, available=True, lease=status),
             rec,
             None,
         )

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from ceres_supervisor.decisions.backoff import Policy
 from ceres_supervisor.decisions.budget import Budget, blockers, describe
-from ceres_supervisor.decisions.gate import down_reason, grant, rolling_gate
+from ceres_supervisor.decisions.gate import down_reason, grant, retire, rolling_gate
 from ceres_supervisor.decisions.nodes import Cycle, evaluate, lease_contexts
 from ceres_supervisor.decisions.plans import (
     FAILING,
@@ -80,7 +80,9 @@ def plan(
     evaluated = {n.name: evaluate(cycle, n, records.get(n.name)) for n in desired.nodes}
     views = {name: view for name, (view, _rec, _want) in evaluated.items()}
     new_records = {name: rec for name, (_view, rec, _want) in evaluated.items()}
-    down = {n.name: (n.role, down_reason(views[n.name])) for n in desired.nodes if n.is_local}
+    down: dict[str, tuple[str, str | None]] = {
+        n.name: (n.role, down_reason(views[n.name])) for n in desired.nodes if n.is_local
+    }
     rolling = any(kind == "recreate" for kind in observed.busy.values())
     actions: list[Action] = []
     for node in desired.nodes:  # meta first: desired.nodes is in that order
@@ -109,6 +111,8 @@ def plan(
         views[node.name], new_records[node.name] = view, rec
         if rec.next_restart_at is not None and rec.next_restart_at > now:
             cycle.wakes.append(rec.next_restart_at)
+    removals, retiring = retire(cycle, observed.orphans, down)
+    actions += removals
     releasable = frozenset(n for n, (_role, why) in down.items() if why is None)
     return Plan(
         actions=tuple(actions),
@@ -120,6 +124,7 @@ def plan(
         next_wake_at=min(cycle.wakes, default=None),
         notes=tuple(cycle.notes),
         releasable=releasable,
+        retiring=retiring,
     )
 
 

@@ -101,6 +101,8 @@ class Action:
     reason: str
     by_choice: bool = False
     """A stop of a running container the supervisor decided: it needs a disruption slot."""
+    role: str = ""
+    """The node's role when it is not in the file (a container to remove): its slot needs it."""
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,6 @@ class NodeView:
     available: bool = False
     """Healthy with its shards: it does not count against the disruption budget."""
     lease: LeaseStatus | None = None
-    keeps_shards: bool = False
-    """A CeresDB node that still holds its shards (or has none to hold), healthy or not."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,8 @@ class Plan:
     notes: tuple[Note, ...] = field(default=())
     releasable: frozenset[str] = frozenset()
     """Nodes healthy with their shards again: a disruption slot they hold can be released."""
+    retiring: Mapping[str, str] = field(default_factory=dict)
+    """Containers of nodes no longer in the file whose removal waits -> why."""
 
 
 # --- pure helpers -------------------------------------------------------------------------------

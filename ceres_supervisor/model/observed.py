@@ -6,6 +6,7 @@ planner (which is pure) and by the status API.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -120,6 +121,8 @@ class Observation:
     """Node -> (action kind, why it failed) since the previous cycle."""
     engine_restart_exits: frozenset[str] = frozenset()
     """IDs of containers that stopped while the Docker Engine was away (restarted with it)."""
+    identity_problems: Mapping[str, str] = field(default_factory=dict)
+    """Local node -> why its data directory is not its own (its identity marker names another)."""
 
     @property
     def meta_ready_detail(self) -> tuple[bool, str]:

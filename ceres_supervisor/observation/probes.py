@@ -299,27 +299,44 @@ async def read_leases(
     at, wall = _now()
     if locks is None:
         return LeaseView(at, wall, error="cannot read shard locks: " + "; ".join(errors))
-    assigned: dict[str, tuple[int, ...]] = {}
-    if leader is not None:
-        try:
-            status, body = await _get_json(
-                session,
-                "POST",
-                f"{http_base(leader)}/api/v1/getNodeShards",
-                timeout_s,
-                {"clusterName": cluster},
-            )
-        except ProbeErrors as err:
-            return LeaseView(at, wall, locks=locks, error=f"getNodeShards on {leader.name}: {_describe(err)}")
-        if status == 200 and isinstance(body, dict) and body.get("status") == "success":
-            by_node: dict[str, list[int]] = {}
-            for entry in (body.get("data") or {}).get("NodeShards") or []:
-                owner = (entry.get("ShardNode") or {}).get("NodeName")
-                shard_id = (entry.get("ShardInfo") or {}).get("ID")
-                if isinstance(owner, str) and isinstance(shard_id, int):
-                    by_node.setdefault(owner, []).append(shard_id)
-            assigned = {name: tuple(sorted(ids)) for name, ids in by_node.items()}
+    if leader is None:
+        return LeaseView(at, wall, locks=locks, error="no meta leader known: shard assignment unread")
+    try:
+        status, body = await _get_json(
+            session, "POST", f"{http_base(leader)}/api/v1/getNodeShards", timeout_s, {"clusterName": cluster}
+        )
+        assigned = node_shards(status, body)
+    except ProbeErrors as err:
+        return LeaseView(at, wall, locks=locks, error=f"getNodeShards on {leader.name}: {_describe(err)}")
+    except ReadingError as err:
+        return LeaseView(at, wall, locks=locks, error=f"getNodeShards on {leader.name}: {err}")
     return LeaseView(at, wall, assigned=assigned, locks=locks)
+
+
+class ReadingError(ValueError):
+    """An answer that arrived but cannot be trusted: not a success, or not the shape it should be."""
+
+
+def node_shards(status: int, body: object) -> dict[str, tuple[int, ...]]:
+    """endpoint -> shard ids from CeresMeta's `getNodeShards` answer. Anything but a well-formed
+    success is a ReadingError: an empty map would say "no shards assigned", which is a judgement."""
+    if status != 200 or not isinstance(body, dict) or body.get("status") != "success":
+        detail = body.get("msg") or body.get("error") if isinstance(body, dict) else body
+        raise ReadingError(f"HTTP {status}: {str(detail)[:160]}")
+    data = body.get("data")
+    entries = data.get("NodeShards") if isinstance(data, dict) else None
+    if entries is None and isinstance(data, dict) and "NodeShards" in data:
+        entries = []  # Go encodes an empty slice of a fresh cluster as null
+    if not isinstance(entries, list):
+        raise ReadingError("HTTP 200 without data.NodeShards")
+    by_node: dict[str, list[int]] = {}
+    for entry in entries:
+        owner = (entry.get("ShardNode") or {}).get("NodeName") if isinstance(entry, dict) else None
+        shard_id = (entry.get("ShardInfo") or {}).get("ID") if isinstance(entry, dict) else None
+        if not isinstance(owner, str) or not isinstance(shard_id, int) or isinstance(shard_id, bool):
+            raise ReadingError(f"HTTP 200 with a malformed entry: {str(entry)[:160]}")
+        by_node.setdefault(owner, []).append(shard_id)
+    return {name: tuple(sorted(ids)) for name, ids in by_node.items()}
 
 
 # --- scheduling -----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Operations an operator asks for: pauses (`pauses`), planned and rolling restarts (`restarts`).
+"""Operations an operator asks for: pauses (`pauses`), planned and rolling restarts (`restarts`),
+backups of meta's etcd and their schedule (`backups`), restores (`restores`, on a stopped cluster).
 
-Each reaches the loop through the planner's controls; none stops a container itself.
+Pauses and restarts reach the loop through the planner's controls; none stops a container itself.
 May import: `model`, `desired`, `decisions`, `adapters`, `cluster`.
 """

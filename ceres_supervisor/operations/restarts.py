@@ -62,6 +62,8 @@ class Operation:
     error: str | None = None
     current: str | None = None
     cancel: bool = False
+    claimed: bool = False
+    """It holds the cluster-wide `operation` key (a rolling one), released when it ends."""
 
     def step(self, text: str) -> None:
         if not self.steps or self.steps[-1][1] != text:
@@ -88,6 +90,9 @@ def _rfc3339(value: datetime) -> str:
 class Host(Protocol):
     """What an operation needs from the daemon."""
 
+    agent: str
+    """This agent's host name (other agents see it in `via`)."""
+
     @property
     def current_plan(self) -> Plan | None: ...
     @property
@@ -98,6 +103,13 @@ class Host(Protocol):
 
     async def cycled(self) -> None:
         """Returns after the next completed cycle."""
+
+    async def claim_operation(self, doc: Mapping[str, Any]) -> str | None:
+        """Hold the cluster-wide `operation` key (one rolling operation at a time, every machine):
+        None when this agent holds it (or runs the only machine), else who does. Raises Refused
+        when the store cannot say."""
+
+    async def release_operation(self) -> None: ...
 
     def record_event(self, node: str | None, type_: str, reason: str | None, message: str) -> None: ...
     def count_planned(self, node: str) -> None: ...
@@ -136,14 +148,15 @@ class Operations:
     def restart_reasons(self) -> Mapping[str, str]:
         return {node: f"planned restart ({op_id})" for node, op_id in self.requested.items()}
 
-    def begin(
+    async def begin(
         self,
         kind: Literal["restart", "rolling-restart"],
         nodes: list[str],
         who: str,
         spawn: Callable[[Awaitable[None], str], object],
     ) -> Operation:
-        """Register an operation and start it as a task (`spawn(coro, name)`). Raises Busy."""
+        """Register an operation and start it as a task (`spawn(coro, name)`). Raises Busy, or
+        Refused when another machine runs a rolling operation."""
         for node in nodes[:1] if kind == "restart" else ():
             running = self.running_on(node)
             if running is not None:
@@ -153,6 +166,11 @@ class Operations:
             if other is not None:
                 raise Busy(other.id, f"rolling restart {other.id} is still running")
         op = Operation(f"op-{self._started}-{next(self._ids)}", kind, who, nodes)
+        if kind == "rolling-restart":
+            holder = await self.host.claim_operation({"kind": kind, "id": op.id, "who": who})
+            if holder is not None:
+                raise Refused(f"a rolling operation already runs on {holder}: one at a time cluster-wide")
+            op.claimed = True
         if kind == "restart":
             op.current = nodes[0]
         self.kept[op.id] = op
@@ -193,6 +211,8 @@ class Operations:
             for node, op_id in list(self.requested.items()):
                 if op_id == op.id:
                     self.requested.pop(node)
+            if op.claimed:
+                await self.host.release_operation()
             op.step(f"done: {op.outcome}" + (f" ({op.error})" if op.error else ""))
             self.host.record_event(
                 op.current, "operation_done", op.outcome, f"{op.kind} {op.id} {op.who}: {op.error or 'ok'}"
@@ -335,7 +355,7 @@ class Operations:
         try:
             async with session.post(
                 f"{base}/v1/nodes/{node}/restart",
-                json={"who": f"{op.who} via {op.id}"},
+                json={"who": op.who, "via": f"{op.id} on {self.host.agent}"},
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=10),
             ) as response:

@@ -154,7 +154,13 @@ class Api:
             snap.agent,
             local,
             snap.store,
-            {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint},
+            {
+                "ok": c.ok,
+                "detail": c.detail,
+                "endpoint": c.endpoint,
+                "revision": c.revision,
+                "age_s": None if c.confirmed_at is None else round(time.monotonic() - c.confirmed_at, 3),
+            },
             leader,
         )
 

@@ -55,7 +55,8 @@ def document(
     coordination: dict[str, Any],
     leader: str | None,
 ) -> dict[str, Any]:
-    """`local`: this agent's nodes as /v1/status shows them now; `coordination`: {ok, detail, endpoint}."""
+    """`local`: this agent's nodes as /v1/status shows them now; `coordination`: {ok, detail,
+    endpoint, revision, age_s} (the view's revision and how long ago the store confirmed it)."""
     reachable = bool(coordination.get("ok"))
     nodes = []
     for node in desired.nodes:
@@ -78,15 +79,54 @@ def document(
             reason = f"no supervisor publishes it (its host is {node.host})"
         nodes.append({**_unknown(node, reason), "agent": gone[0] if gone else runner})
     agents: list[dict[str, Any]] = [
-        {"host": host, "state": "up", "heartbeat_at": rec.heartbeat_at, "listen": rec.listen}
+        {
+            "host": host,
+            "state": "up",
+            "heartbeat_at": rec.heartbeat_at,
+            "listen": rec.listen,
+            "advertise": rec.url,
+            "since": None,
+        }
         for host, rec in sorted(store.agents.items())
     ]
     agents += [
-        {"host": host, "state": "down", "heartbeat_at": rec.heartbeat_at, "listen": rec.listen, "since": at}
+        {
+            "host": host,
+            "state": "down",
+            "heartbeat_at": rec.heartbeat_at,
+            "listen": rec.listen,
+            "advertise": rec.url,
+            "since": at,
+        }
         for host, (rec, at) in sorted(store.departed.items())
     ]
     if not any(a["host"] == agent for a in agents):
-        agents.insert(0, {"host": agent, "state": "up", "heartbeat_at": None, "listen": None})
+        agents.insert(
+            0,
+            {
+                "host": agent,
+                "state": "up",
+                "heartbeat_at": None,
+                "listen": None,
+                "advertise": None,
+                "since": None,
+            },
+        )
+    # Every machine of the file has an agent row, also one never seen since this agent started.
+    known = {n for rec in store.agents.values() for n in rec.nodes}
+    known |= {n for rec, _at in store.departed.values() for n in rec.nodes} | set(local)
+    for host in sorted({n.host for n in desired.nodes if n.name not in known}):
+        if not any(a["host"] == host for a in agents):
+            agents.append(
+                {
+                    "host": host,
+                    "state": "down",
+                    "heartbeat_at": None,
+                    "listen": None,
+                    "advertise": None,
+                    "since": None,
+                }
+            )
     spec_hashes = {host: rec.spec_hash for host, rec in sorted(store.agents.items())}
     spec_hashes.setdefault(agent, desired.spec_hash)
     return {
@@ -104,5 +144,5 @@ def document(
         "agents": agents,
         "nodes": nodes,
         "disruptions": [{"node": n, **slot} for n, slot in sorted(store.slots.items())],
-        "paused": {"all": store.all_paused, "nodes": sorted(store.paused)},
+        "paused": {"all": bool(store.all_paused), "nodes": sorted(store.paused)},
     }

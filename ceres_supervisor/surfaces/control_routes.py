@@ -67,10 +67,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _who(body: dict[str, Any]) -> str:
+    """Who asked: "api" or "cli", and with `via` the operation of another agent that passed it on
+    (a rolling restart crossing machines)."""
     who = body.get("who", "api")
     if who not in WHO:
         raise web.HTTPBadRequest(reason="who is api or cli")
-    return str(who)
+    via = body.get("via")
+    if via is None:
+        return str(who)
+    if not isinstance(via, str) or not 0 < len(via) <= 200 or not via.isprintable():
+        raise web.HTTPBadRequest(reason="via is a short printable text")
+    return f"{who} via {via}"
 
 
 class Routes:
@@ -159,7 +166,7 @@ class Routes:
             )
             return _json({"error": f"{node} is {state}: {why}", "status": 409, "operation": None}, 409)
         try:
-            op = self.daemon.operations.begin("restart", [node], who, self.daemon.spawn)
+            op = await self.daemon.operations.begin("restart", [node], who, self.daemon.spawn)
         except restarts.Busy as err:
             return _json({"error": str(err), "status": 409, "operation": err.operation}, 409)
         return _json({"operation": op.id}, 202)
@@ -172,9 +179,11 @@ class Routes:
             raise web.HTTPBadRequest(reason="role is meta or ceresdb")
         nodes = restarts.order(self.daemon.current_desired, self.daemon.leader(), role)
         try:
-            op = self.daemon.operations.begin("rolling-restart", nodes, who, self.daemon.spawn)
+            op = await self.daemon.operations.begin("rolling-restart", nodes, who, self.daemon.spawn)
         except restarts.Busy as err:
             return _json({"error": str(err), "status": 409, "operation": err.operation}, 409)
+        except restarts.Refused as err:
+            return _json({"error": str(err), "status": 409, "operation": None}, 409)
         return _json({"operation": op.id, "nodes": nodes}, 202)
 
     def _operation(self, request: web.Request) -> restarts.Operation:

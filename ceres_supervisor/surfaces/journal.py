@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +139,16 @@ def _read_back(path: Path, kept: int) -> list[Event]:
             if event is not None:
                 events.append(event)
     return list(events)
+
+
+def fan_out(*receivers: Callable[[Any], None]) -> Callable[[Any], None]:
+    """One callable handing each published snapshot to every receiver (the journal, the metrics)."""
+
+    def publish(snapshot: Any) -> None:
+        for receive in receivers:
+            receive(snapshot)
+
+    return publish
 
 
 class Journal:

@@ -25,7 +25,14 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -270,6 +277,19 @@ class Metrics:
             self._me,
         )
         self._probe_failures: dict[str, int] = {}
+        self.last_backup: Gauge | None = None
+        """Registered at the first good backup: no series at all on an agent that never took one
+        (which keeps the backup alert quiet while no backup is configured)."""
+
+    def backup_succeeded(self, cluster: str, host: str, at_unix: float) -> None:
+        if self.last_backup is None:
+            self.last_backup = Gauge(
+                "ceres_supervisor_last_backup_success_timestamp_seconds",
+                "Unix time of the last good backup of CeresMeta's etcd taken by this agent.",
+                ["cluster", "host"],
+                registry=self.registry,
+            )
+        self.last_backup.labels(cluster=cluster, host=host).set(at_unix)
 
     def _me(self) -> tuple[str, str]:
         snap = self.snapshot()

@@ -43,6 +43,23 @@ def local_documents(
     }
 
 
+def unknown_documents(
+    desired: DesiredCluster, last: Mapping[str, Mapping[str, Any]], why: str
+) -> dict[str, dict[str, Any]]:
+    """This supervisor's nodes when Docker cannot be observed: `unknown`, with why, keeping what
+    was last known of each (its container, its restarts) for the operator."""
+    docs = {}
+    for n in desired.nodes:
+        if not n.is_local:
+            continue
+        doc = dict(last.get(n.name) or status_document.node_document(n, None, None, NodeRecord(), why))
+        doc.update(state="unknown", reason=why, health={"ok": None, "detail": why, "checked_at": None})
+        if doc.get("lease") is not None:
+            doc["lease"] = {"held": None, "shards": [], "detail": why}
+        docs[n.name] = doc
+    return docs
+
+
 def outdated(desired: DesiredCluster, containers: Mapping[str, ObservedContainer]) -> tuple[str, ...]:
     """This supervisor's nodes whose container runs another spec than the file's."""
     return tuple(

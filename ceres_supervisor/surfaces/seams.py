@@ -8,6 +8,7 @@ store view); each fact is read here and nowhere else, so following such a change
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -40,11 +41,10 @@ class Snapshotlike(Protocol):
 
 
 def agent_url(record: AgentRecord) -> str | None:
-    """The base URL other machines reach this agent's API at; None when it listens on a unix
-    socket (nobody else can reach it). A wildcard listen address is reached at the agent's host."""
-    advertise = getattr(record, "advertise", None)  # published by newer agents
-    if isinstance(advertise, str) and advertise.startswith(("http://", "https://")):
-        return advertise.rstrip("/")
+    """The base URL other machines reach this agent's API at: the URL it advertises, else its
+    listen address (a wildcard one at the agent's host); None on a unix socket (nobody else can)."""
+    if record.advertise.startswith(("http://", "https://")):  # what the agent says (run --advertise)
+        return record.advertise.rstrip("/")
     try:
         listen = parse_listen(record.listen)
     except ValueError:
@@ -107,11 +107,12 @@ def cluster(snap: Snapshotlike) -> dict[str, Any]:
     c = snap.coordination
     observation = snap.observation
     leader = observation.leader.member if observation and observation.leader else None
+    age_s = None if c.confirmed_at is None else round(time.monotonic() - c.confirmed_at, 3)
     return cluster_document.document(
         snap.desired,
         snap.agent,
         local,
         snap.store,
-        {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint},
+        {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint, "revision": c.revision, "age_s": age_s},
         leader,
     )

@@ -13,6 +13,7 @@ from ceres_supervisor.cluster import view
 from ceres_supervisor.decisions import planning
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.backups import BackupStatus
 from ceres_supervisor.model.observed import Observation
 
 
@@ -39,6 +40,10 @@ class Coordination:
     endpoint: str | None
     coordinated: bool
     """Several machines: stops by choice need a slot from the store."""
+    revision: int = 0
+    """The store revision the view reflects."""
+    confirmed_at: float | None = None
+    """Monotonic time as of which the store last confirmed the view complete (None: never)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Snapshot:
     engine_error: str | None = None
     store: view.StoreView = field(default_factory=view.StoreView)
     coordination: Coordination = Coordination(False, "not connected yet", None, False)
+    backup: BackupStatus = field(default_factory=BackupStatus)
 
     @property
     def reload_ok(self) -> bool:

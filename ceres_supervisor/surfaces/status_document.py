@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from ceres_supervisor.decisions.planning import NodeRecord, NodeState, Plan
 from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
+from ceres_supervisor.model.backups import BackupStatus
 from ceres_supervisor.model.observed import Observation
 
 
@@ -27,6 +28,8 @@ class Snapshotlike(Protocol):
     def engine_error(self) -> str | None: ...
     @property
     def cluster_state(self) -> str: ...
+    @property
+    def backup(self) -> BackupStatus: ...
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -118,4 +121,5 @@ def document(snap: Snapshotlike, reload: tuple[bool, str | None, datetime | None
         if observation
         else [],
         "observed_at": rfc3339(observation.wall) if observation else None,
+        "backup": snap.backup.document(),
     }

@@ -258,7 +258,7 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
         await cluster.healthy(90)
         proxy.open.clear()  # every Docker call from now on hangs
         await eventually(lambda: proxy.held > 0, 10, "a Docker call held by the proxy")
-        stuck_cycle = supervisor._cycle
+        stuck_cycle = supervisor.loop._cycle
         latencies = []
         async with aiohttp.ClientSession() as session:
             for _ in range(1000):  # several loop intervals
@@ -268,7 +268,7 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
                     await response.read()
                 latencies.append(time.perf_counter() - started)
         latencies.sort()
-        assert supervisor._cycle == stuck_cycle  # the loop really was waiting on Docker meanwhile
+        assert supervisor.loop._cycle == stuck_cycle  # the loop really was waiting on Docker meanwhile
         # Every request answered while Docker hung; the figures (median, p99) are bench/steady.py's.
         assert len(latencies) == 1000 and max(latencies) < 1.0, (statistics.median(latencies), max(latencies))
 
@@ -282,7 +282,7 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
         assert "no answer within" in doc["engine"]["error"]  # type: ignore[index]
         assert (await get(f"{cluster.api_url}/healthz"))[0] == 200
         proxy.open.set()
-        await eventually(lambda: supervisor._cycle > stuck_cycle, 40, "the loop running again once Docker answers")
+        await eventually(lambda: supervisor.loop._cycle > stuck_cycle, 40, "the loop running again once Docker answers")
         await eventually(lambda: engine_reported(True), 30, "the engine back in /v1/status")
 
 

@@ -105,7 +105,7 @@ async def test_broken_files_touch_nothing_and_a_later_good_reload_applies(make_c
         async with aiohttp.ClientSession() as session, session.get(f"{cluster.api_url}/v1/status") as response:
             doc = await response.json()
         assert doc["reload"]["ok"] is False and expected in doc["reload"]["error"], name
-        assert supervisor.status_line(supervisor.snapshot.plan).startswith("healthy")  # type: ignore[union-attr]
+        assert supervisor.loop.status_line(supervisor.snapshot.plan).startswith("healthy")  # type: ignore[union-attr]
         assert await identities(cluster) == before, name
         assert cluster.cluster_state() == "healthy"
     cluster.write(good.replace('name = "db0"', 'name = "db0"\nconfig = { logger = { level = "warn" } }'))
@@ -113,7 +113,7 @@ async def test_broken_files_touch_nothing_and_a_later_good_reload_applies(make_c
     assert (status, body["ok"]) == (200, True)
     await eventually(lambda: cluster.record("db0").run_key is not None
                      and cluster.record("db0").run_key.split("@")[0] != before["db0"][0], 30, "db0 recreated")
-    assert supervisor.reload_result.ok
+    assert supervisor.loop.reload_result.ok
 
 
 async def test_twenty_sighups_within_a_second(make_cluster: Callable[..., Cluster]) -> None:
@@ -149,8 +149,8 @@ async def test_supervisor_settings_apply_live_without_touching_containers(make_c
     cluster.write(re.sub(r'probe_interval = "1s"', 'probe_interval = "2s"', cluster.text))
     assert (await reload(cluster)).ok
     assert supervisor.spec.supervisor.probe_interval == 2.0
-    assert supervisor._prober is not None
-    await eventually(lambda: supervisor._prober.settings.interval_s == 2.0, 10, "the prober on the new interval")  # type: ignore[union-attr]
+    assert supervisor.loop.prober is not None
+    await eventually(lambda: supervisor.loop.prober.settings.interval_s == 2.0, 10, "the prober on the new interval")  # type: ignore[union-attr]
     assert await identities(cluster) == before
 
 

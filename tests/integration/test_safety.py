@@ -136,7 +136,7 @@ async def test_a_broken_topology_record_is_refused_and_the_daemon_keeps_its_stat
         body = await response.json()
     assert "topology.json" in body["error"]
     assert cluster.task is not None and not cluster.task.done()
-    assert not supervisor.reload_result.ok and supervisor.spec is cluster.spec
+    assert not supervisor.loop.reload_result.ok and supervisor.spec is cluster.spec
     await cluster.healthy(30)
     assert await identities(cluster) == before
 

@@ -95,7 +95,7 @@ def test_exactly_as_a_user_sources_it() -> None:
 
 
 def test_subcommands(script: Path) -> None:
-    assert complete(script, "ceres-supervisor", "re") == ["render", "reload", "resume", "restart"]
+    assert complete(script, "ceres-supervisor", "re") == ["render", "reload", "resume", "restart", "restore"]
     words = complete(script, "ceres-supervisor", "")
     assert set(visible_subcommands(commands.build_parser())) | {"--version", "-h", "--help"} == set(words)
     assert complete(script, "ceres-supervisor", "--ver") == ["--version"]

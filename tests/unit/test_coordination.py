@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ def kv(name: str, value: object) -> KeyValue:
     return KeyValue(ROOT + name.encode(), raw, 1, 1, 7)
 
 
+def changes(puts: list[KeyValue], deletes: list[bytes]) -> list[tuple[bool, KeyValue]]:
+    """A watch batch: the deletes, then the puts (each test says which order it means)."""
+    return [(True, KeyValue(key, b"", 0, 0, 0)) for key in deletes] + [(False, kv) for kv in puts]
+
+
 def agent(host: str, nodes: tuple[str, ...], spec_hash: str = "h1") -> AgentRecord:
     return AgentRecord(
         host, 42, "0.2.0", f"{host}:5480", spec_hash, "2026-11-28T00:00:00Z", "2026-11-28T00:01:00Z", nodes
@@ -46,27 +52,29 @@ def test_records_and_their_removal_build_the_view() -> None:
     view = coordination.apply(
         StoreView(),
         ROOT,
-        [
-            kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode())),
-            kv("nodes/db1", node_doc("db1")),
-            kv("disruptions/db1", {"host": "127.0.0.2", "reason": "unhealthy", "since": "t"}),
-            kv("paused/db0", {"since": "t"}),
-            kv("paused", {}),
-        ],
-        [],
-        revision=10,
+        changes(
+            [
+                kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode())),
+                kv("nodes/db1", node_doc("db1")),
+                kv("disruptions/db1", {"host": "127.0.0.2", "reason": "unhealthy", "since": "t"}),
+                kv("paused/db0", {"since": "t"}),
+                kv("paused", {}),
+            ],
+            [],
+        ),
+        10,
         reset=True,
     )
     assert view.agent_of("db1") == "127.0.0.2"
     assert view.nodes["db1"]["state"] == "healthy" and view.slots["db1"]["host"] == "127.0.0.2"
     assert view.paused == {"db0"} and view.all_paused
     gone = coordination.apply(
-        view, ROOT, [], [ROOT + b"agents/127.0.0.2", ROOT + b"paused", ROOT + b"paused/db0"], 11
+        view, ROOT, changes([], [ROOT + b"agents/127.0.0.2", ROOT + b"paused", ROOT + b"paused/db0"]), 11
     )
     assert gone.agents == {} and "127.0.0.2" in gone.departed
     assert not gone.all_paused and gone.paused == frozenset()
     back = coordination.apply(
-        gone, ROOT, [kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode()))], [], 12
+        gone, ROOT, changes([kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode()))], []), 12
     )
     assert "127.0.0.2" not in back.departed
 
@@ -83,7 +91,7 @@ def test_records_and_their_removal_build_the_view() -> None:
 )
 def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted(raw: bytes) -> None:
     view = coordination.apply(
-        StoreView(), ROOT, [kv("agents/x", raw), kv("nodes/db9", raw)], [], 3, reset=True
+        StoreView(), ROOT, changes([kv("agents/x", raw), kv("nodes/db9", raw)], []), 3, reset=True
     )
     assert "x" not in view.agents and "db9" not in view.nodes
     assert set(view.malformed) >= {"agents/x"}
@@ -98,8 +106,8 @@ def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted
         (node_doc("db1", held=None), None),
         (node_doc("db1", held=False), "without its shards"),
         (node_doc("db1", state="reopening", held=False), "reopening"),
-    (node_doc("db1", state="unhealthy", held=True), None),  # failing its probes, it still holds its shards
-    (node_doc("db1", state="unhealthy", held=False), "unhealthy"),
+        (node_doc("db1", state="unhealthy", held=True), "unhealthy"),  # its locks notwithstanding
+        (node_doc("db1", state="unhealthy", held=False), "unhealthy"),
         (node_doc("db1", state="unknown"), "unknown"),
     ],
 )
@@ -110,16 +118,15 @@ def test_down_reason_of_a_published_node(doc: dict[str, object] | None, why: str
 def test_a_node_of_the_file_that_no_agent_publishes_counts_against_the_budget() -> None:
     """Its agent is gone (the chaos benchmark: db5 crashed while its agent was down, and another agent
     stopped db0 beside it): nobody knows that it serves, so it is down until published again."""
-    coordinator = Coordinator("defaultCluster", Identity(host="127.0.0.1", version="t", listen="x"),
-                              ["http://127.0.0.1:1"], 5, lambda: None)
-    coordinator.available = True
-    coordinator.view = coordination.apply(StoreView(), ROOT, [kv("nodes/db1", node_doc("db1"))], [], 3, reset=True)
+    coordinator = Coordinator("defaultCluster", Identity(host="127.0.0.1", version="t", listen="x"), 5, lambda: None)
+    coordinator.connected, coordinator.confirmed_at = True, time.monotonic()
+    coordinator.view = coordination.apply(StoreView(), ROOT, changes([kv("nodes/db1", node_doc("db1"))], []), 3, reset=True)
     roles = {"meta0": "meta", "db0": "ceresdb", "db1": "ceresdb", "db2": "ceresdb"}
     budget = coordinator.budget(1, True, roles, {"db0"}, "h1")
     unknown = coordination.UNPUBLISHED
     assert budget.peers == {"meta0": ("meta", unknown), "db1": ("ceresdb", None), "db2": ("ceresdb", unknown)}
     assert blockers("db0", "ceresdb", {"db0": ("ceresdb", "unhealthy")}, budget) == [f"db2 ({unknown})"]
-    published = coordination.apply(coordinator.view, ROOT, [kv("nodes/db2", node_doc("db2"))], [], 4)
+    published = coordination.apply(coordinator.view, ROOT, changes([kv("nodes/db2", node_doc("db2"))], []), 4)
     coordinator.view = published
     budget = coordinator.budget(1, True, roles, {"db0"}, "h1")
     assert blockers("db0", "ceresdb", {"db0": ("ceresdb", "unhealthy")}, budget) is None
@@ -144,12 +151,14 @@ def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: co
     store = coordination.apply(
         StoreView(),
         ROOT,
-        [
-            kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode())),
-            kv("nodes/db1", node_doc("db1")),
-            kv("agents/127.0.0.1", json.loads(agent("127.0.0.1", ("meta0", "db0")).encode())),
-        ],
-        [],
+        changes(
+            [
+                kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode())),
+                kv("nodes/db1", node_doc("db1")),
+                kv("agents/127.0.0.1", json.loads(agent("127.0.0.1", ("meta0", "db0")).encode())),
+            ],
+            [],
+        ),
         5,
         reset=True,
     )
@@ -164,7 +173,7 @@ def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: co
     assert doc["cluster"]["state"] == "healthy" and doc["cluster"]["spec_agrees"]
     assert {a["host"]: a["state"] for a in doc["agents"]} == {"127.0.0.1": "up", "127.0.0.2": "up"}
 
-    gone = coordination.apply(store, ROOT, [], [ROOT + b"agents/127.0.0.2", ROOT + b"nodes/db1"], 6)
+    gone = coordination.apply(store, ROOT, changes([], [ROOT + b"agents/127.0.0.2", ROOT + b"nodes/db1"]), 6)
     doc = cluster_document.document(
         two_hosts, "127.0.0.1", local, gone, {"ok": True, "detail": "ok", "endpoint": "e"}, None
     )
@@ -178,14 +187,16 @@ def test_spec_hashes_that_disagree_are_shown(two_hosts: containers.DesiredCluste
     store = coordination.apply(
         StoreView(),
         ROOT,
-        [
-            kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",), spec_hash="other").encode())),
-            kv(
-                "agents/127.0.0.1",
-                json.loads(agent("127.0.0.1", ("meta0", "db0"), spec_hash="mine").encode()),
-            ),
-        ],
-        [],
+        changes(
+            [
+                kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",), spec_hash="other").encode())),
+                kv(
+                    "agents/127.0.0.1",
+                    json.loads(agent("127.0.0.1", ("meta0", "db0"), spec_hash="mine").encode()),
+                ),
+            ],
+            [],
+        ),
         5,
         reset=True,
     )

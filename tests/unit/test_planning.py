@@ -635,13 +635,52 @@ def test_a_crash_is_restarted_whatever_the_budget(big: containers.DesiredCluster
     assert ("stop", "db1") not in actions(p) and ("stop", "db2") not in actions(p)
 
 
-def test_a_node_without_its_shards_holds_back_another_stop(big: containers.DesiredCluster) -> None:
+def test_a_node_without_its_shards_holds_back_a_planned_restart(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
+    assert p.views["db1"].state is NodeState.REOPENING
+    assert actions(p) == []
+    assert "waiting for disruption budget: db1 (reopening)" in (p.views["db0"].reason or "")
+
+
+def test_a_node_down_itself_is_stopped_while_another_only_waits_for_its_shards(
+    big: containers.DesiredCluster,
+) -> None:
+    """db2 fails its probes (down itself, its locks notwithstanding); db1 waits for meta to reopen
+    its shards, maybe for db2 itself (up to 1.2.7 an offline node stops every reopen): db2 goes."""
     cs, probes, records = failing(big, "db2")
     view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1's shards are missing
     p = plan(big, observation(big, cs, probes=probes, leases=view), records)
-    assert p.views["db1"].state is NodeState.REOPENING
+    assert actions(p) == [("stop", "db2")]
+
+
+def test_an_unhealthy_node_holding_its_locks_counts_as_down(big: containers.DesiredCluster) -> None:
+    """A wedged db2 still holds its shard locks; a recreate of healthy db0 (a reload) would make two
+    nodes out with max_unavailable = 1: it waits."""
+    cs, probes, records = failing(big, "db2")
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8832", "127.0.0.1:8833"))
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
+    assert ("restart", "db0") not in actions(p), actions(p)
+    assert "waiting for disruption budget: db2 (unhealthy)" in (p.views["db0"].reason or "")
+
+
+def test_a_node_whose_lease_cannot_be_read_counts_as_down(big: containers.DesiredCluster) -> None:
+    """getNodeShards answered 500: the lease state of every node is unknown, never "unassigned":
+    a planned restart of db0 waits, nobody counts as available."""
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    view = LeaseView(NOW, WALL, locks=locks("127.0.0.1:8831"), error="getNodeShards on meta0: HTTP 500: x")
+    restart = Controls(restarts={"db0": "planned restart (op-1)"})
+    p = plan(big, observation(big, cs, probes=probes, leases=view), records, controls=restart)
     assert actions(p) == []
-    assert "waiting for disruption budget: db1 (reopening)" in (p.views["db2"].reason or "")
+    for name in ("db0", "db1", "db2"):
+        assert not p.views[name].available
+        assert p.views[name].lease is not None and p.views[name].lease.held is None  # type: ignore[union-attr]
+    assert "waiting for disruption budget" in (p.views["db0"].reason or "")
 
 
 def test_peers_and_unavailable_coordination_hold_back_stops(big: containers.DesiredCluster) -> None:
@@ -767,3 +806,60 @@ def test_a_paused_node_is_never_touched(cluster: containers.DesiredCluster) -> N
     assert p2.views["db0"].reason == "the whole cluster is paused; container stopped (exit 0)"
     resumed = plan(cluster, observation(cluster, [cs[0], stopped, cs[2]], probes=probes), p2.records)
     assert actions(resumed) == [("start", "db0")] and resumed.records["db0"].failures == 0
+
+
+# --- nodes taken out of the file -----------------------------------------------------------------
+
+
+def orphan(node: str = "db9", state: str = "running", role: str = "ceresdb") -> ObservedContainer:
+    return ObservedContainer(
+        id=f"id-{node}", name=f"ceres-x-{node}", node=node, role=role, spec_hash="old", state=state, image="img"
+    )
+
+
+def with_orphans(obs: Observation, *orphans: ObservedContainer) -> Observation:
+    return replace(obs, orphans=orphans)
+
+
+def test_a_running_node_taken_out_of_the_file_is_removed_within_the_budget(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), records)
+    assert [(a.kind, a.node, a.by_choice, a.role) for a in p.actions] == [("remove", "db9", True, "ceresdb")]
+
+
+def test_a_removal_waits_for_the_budget_and_the_failsafe(big: containers.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "db1")
+    records["db1"] = replace(records["db1"], probe_failures=0)
+    probes["db1"] = probe(cs[4], ok=True)
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1 reopening
+    p = plan(big, with_orphans(observation(big, cs, probes=probes, leases=view), orphan()), records)
+    assert not [a for a in p.actions if a.node == "db9"]
+    assert "waiting for disruption budget: db1 (reopening)" in p.retiring["db9"]
+    cs, probes = running(big)
+    failsafe = Budget(coordinated=True, available=False)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), healthy_records(cs), budget=failsafe)
+    assert not p.actions and "coordination unavailable" in p.retiring["db9"]
+
+
+def test_a_paused_node_or_an_older_file_removes_nothing(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    records = healthy_records(cs)
+    obs = with_orphans(observation(big, cs, probes=probes), orphan(), orphan("db8", state="exited"))
+    paused = plan(big, obs, records, controls=Controls(frozenset({"db9", "db8"})))
+    assert not paused.actions and set(paused.retiring) == {"db9", "db8"}
+    older = plan(big, obs, records, budget=Budget(files_differ="127.0.0.2 runs generation 4, this file is generation 3"))
+    assert not older.actions and "generation 4" in older.retiring["db8"]
+
+
+def test_a_stopped_node_taken_out_of_the_file_is_removed_without_a_slot(big: containers.DesiredCluster) -> None:
+    cs, probes = running(big)
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan(state="exited")), healthy_records(cs))
+    assert [(a.kind, a.node, a.by_choice) for a in p.actions] == [("remove", "db9", False)]
+
+
+def test_a_meta_member_taken_out_of_the_file_keeps_etcd_s_quorum(big: containers.DesiredCluster) -> None:
+    cs, probes, records = failing(big, "meta1")
+    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan("meta9", role="meta")), records)
+    assert not [a for a in p.actions if a.node == "meta9"]
+    assert "meta1" in p.retiring["meta9"]
