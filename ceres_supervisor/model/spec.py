@@ -309,8 +309,8 @@ BACKUP_INTERVAL_MIN_S: Final = 1.0
 
 
 class BackupSection(_Model):
-    """Scheduled backups of CeresMeta's etcd (SPEC 9), taken by one agent cluster-wide. Off while
-    `dir` is not set; `ceres-supervisor backup` works either way."""
+    """Scheduled backups of CeresMeta's etcd, taken by one agent cluster-wide (README: Backups and
+    restores). Off while `dir` is not set; `ceres-supervisor backup` works either way."""
 
     dir: str | None = None
     """Where the daemon writes `<cluster>-<time>.db` and its `.manifest.json` on its machine."""
