@@ -143,7 +143,8 @@ def _header(doc: Mapping[str, Any], local: Mapping[str, Any] | None) -> list[str
     for agent in doc.get("agents") or []:
         if isinstance(agent, dict) and agent.get("state") == "down":
             since = agent.get("since") or agent.get("heartbeat_at")
-            lines.append(f"agent {_text(agent.get('host'))} DOWN since {_text(since)}")
+            when = f"since {_text(since)}" if since else "(never seen: no supervisor runs for it)"
+            lines.append(f"agent {_text(agent.get('host'))} DOWN {when}")
     return lines
 
 

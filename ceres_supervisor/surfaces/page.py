@@ -20,6 +20,7 @@ from typing import Any, Final
 
 REFRESH_S: Final = 5
 EVENTS_SHOWN: Final = 20
+NEVER_SEEN: Final = '<span class="badge tone-bad">down</span> never seen: no supervisor runs for it'
 _NO_EVENTS: Final = '<tr><td colspan="5" class="muted">no events yet</td></tr>'
 
 TONES: Final[Mapping[str, str]] = {
@@ -177,16 +178,16 @@ def _facts(doc: Mapping[str, Any], now: datetime, local: Mapping[str, Any] | Non
     for agent in map(_obj, _list(doc.get("agents"))):
         if agent.get("state") == "up":
             agents.append(f'{_e(agent.get("host"))} <span class="badge tone-ok">up</span>')
-        else:
+        elif agent.get("since") or agent.get("heartbeat_at"):
             since = agent.get("since") or agent.get("heartbeat_at")
             agents.append(
                 f'{_e(agent.get("host"))} <span class="badge tone-bad">down</span> since {_e(since)} '
                 f'<span class="muted">{_e(_ago(since, now))}</span>'
             )
+        else:  # a host of the file whose supervisor was never seen
+            agents.append(f'{_e(agent.get("host"))} {NEVER_SEEN}')
     for host in _never_seen(doc) if coord.get("ok") else []:  # without the store nobody can tell
-        agents.append(
-            f'{_e(host)} <span class="badge tone-bad">down</span> never seen: no supervisor runs for it'
-        )
+        agents.append(f"{_e(host)} {NEVER_SEEN}")
     facts.append("agents: " + (", ".join(agents) or "-"))
     for slot in map(_obj, _list(doc.get("disruptions"))):
         held = _ago(slot.get("since"), now).removesuffix(" ago")

@@ -394,3 +394,12 @@ def test_the_on_call_signals_in_the_header() -> None:
     # Without the store nobody can tell whether 127.0.0.3's supervisor ever ran: no claim.
     doc["coordination"] = {"ok": False, "detail": "no etcd member answers", "endpoint": None, "unreadable": []}
     assert "never seen" not in page.render(doc, [], NOW)
+
+
+def test_an_agent_row_never_seen() -> None:
+    """The cluster document lists every host of the file; one whose supervisor never ran has no time."""
+    doc = healthy()
+    doc["agents"].append({"host": "127.0.0.9", "state": "down", "heartbeat_at": None, "listen": None,
+                          "advertise": None, "since": None})
+    facts = re.sub(r"<[^>]+>", "", page.render(doc, [], NOW).split('<ul class="facts">', 1)[1].split("</ul>", 1)[0])
+    assert "127.0.0.9 down never seen: no supervisor runs for it" in facts and "since -" not in facts

@@ -88,7 +88,8 @@ def test_a_lost_machine_and_hostile_text() -> None:
         "coordination": {"ok": True},
         "meta": {"leader": "meta0"},
         "agents": [{"host": "127.0.0.1", "state": "up"},
-                   {"host": "127.0.0.2", "state": "down", "since": "2026-11-26T11:58:00Z"}],
+                   {"host": "127.0.0.2", "state": "down", "since": "2026-11-26T11:58:00Z"},
+                   {"host": "127.0.0.3", "state": "down", "since": None, "heartbeat_at": None}],
         "nodes": [node("meta0", "meta", "healthy", None),
                   node("db1", "ceresdb", "unknown", "supervisor on 127.0.0.2 down since 2026-11-26T11:58:00Z\x1b[2J",
                        host="127.0.0.2", held=None)],
@@ -96,6 +97,7 @@ def test_a_lost_machine_and_hostile_text() -> None:
     }
     text = tables.table(doc, width=None, now=NOW)
     assert "agent 127.0.0.2 DOWN since 2026-11-26T11:58:00Z" in text
+    assert "agent 127.0.0.3 DOWN (never seen: no supervisor runs for it)" in text
     assert "meta leader: meta0" in text
     assert "disruption slot: db0 by 127.0.0.1 (planned, held 10m00s)" in text
     db1 = next(line for line in text.splitlines() if line.startswith("db1"))
