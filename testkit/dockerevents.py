@@ -1,9 +1,12 @@
-"""What Docker itself says was done to a cluster's containers: its event stream, recorded in a thread.
+"""What Docker itself says was done to a cluster's containers: its event streams (one per Docker
+Engine: several simulated machines), recorded in threads.
 
-Tests judge stops and starts from here, never from the supervisor's own log. A stop the
-supervisor decides is Docker's `kill` with signal 15 (what `docker stop` sends first); a crash
-injected by `kill -9` of the main process is a bare `die`. A node is down by choice from that
-`kill` until the next `start` of one of its containers.
+Tests judge stops and starts from here, never from the supervisor's own log. Every stop the
+supervisor causes goes through Docker's API and shows as a `kill`: SIGTERM first (`docker stop`),
+SIGKILL when the stop times out, SIGKILL for a forced remove of a running container. A crash
+injected by `kill -9` of the main process shows as a bare `die`, with no `kill`. A node is down by
+choice from the first `kill` after it last started until its next `start`: several `kill`s of one
+stop (SIGTERM, then SIGKILL) are one stop.
 """
 
 from __future__ import annotations
@@ -35,42 +38,51 @@ class DockerEvent:
 class DockerEvents:
     client: docker.DockerClient
     cluster: str
+    more: tuple[docker.DockerClient, ...] = ()
+    """The Docker Engines of the other simulated machines: every engine's events are recorded."""
     events: list[DockerEvent] = field(default_factory=list)
     error: BaseException | None = None
-    _stream: Any = None
-    _thread: threading.Thread | None = None
+    _streams: list[Any] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
     _since: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> DockerEvents:
         self._since = time.time()
-        self._stream = self.client.events(decode=True, since=int(self._since), filters={
-            "type": "container", "label": f"io.ceres-supervisor.cluster={self.cluster}"})
-        self._thread = threading.Thread(target=self._read, name="docker-events-recorder", daemon=True)
-        self._thread.start()
+        for client in (self.client, *self.more):
+            stream = client.events(decode=True, since=int(self._since), filters={
+                "type": "container", "label": f"io.ceres-supervisor.cluster={self.cluster}"})
+            thread = threading.Thread(target=self._read, args=(stream,), name="docker-events-recorder", daemon=True)
+            self._streams.append(stream)
+            self._threads.append(thread)
+            thread.start()
         return self
 
-    def _read(self) -> None:
+    def _read(self, stream: Any) -> None:
         try:
-            for raw in self._stream:
+            for raw in stream:
                 attributes = (raw.get("Actor") or {}).get("Attributes") or {}
                 at = int(raw.get("timeNano") or 0) / 1e9
                 if at < self._since:
                     continue
-                self.events.append(DockerEvent(
+                event = DockerEvent(
                     at, str(raw.get("Action") or raw.get("status")).split(":")[0],
                     attributes.get("io.ceres-supervisor.node", ""), attributes.get("io.ceres-supervisor.role", ""),
                     attributes.get("io.ceres-supervisor.host", ""), str(raw.get("id", ""))[:12],
-                    attributes.get("signal"), attributes.get("exitCode")))
+                    attributes.get("signal"), attributes.get("exitCode"))
+                with self._lock:
+                    self.events.append(event)
+                    self.events.sort(key=lambda e: e.at)
         except Exception as err:  # a closed stream ends the thread; anything else is the test's failure
-            if self._stream is not None:
+            if stream in self._streams:
                 self.error = err
 
     def __exit__(self, *exc: object) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
             stream.close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def check(self) -> None:
         if self.error is not None:
@@ -78,11 +90,22 @@ class DockerEvents:
 
     def of(self, node: str | None = None, actions: tuple[str, ...] = ()) -> list[DockerEvent]:
         self.check()
-        return [e for e in self.events if (node is None or e.node == node) and (not actions or e.action in actions)]
+        with self._lock:
+            events = list(self.events)
+        return [e for e in events if (node is None or e.node == node) and (not actions or e.action in actions)]
 
     def chosen_stops(self, node: str | None = None) -> list[DockerEvent]:
-        """Stops the supervisor decided: `kill` with SIGTERM."""
-        return [e for e in self.of(node, ("kill",)) if e.signal in ("15", "SIGTERM")]
+        """Stops the supervisor caused: the first `kill` (any signal) of a node since it last
+        started; the SIGKILL that ends a timed-out SIGTERM belongs to the same stop."""
+        stops: list[DockerEvent] = []
+        down: set[str] = set()
+        for e in self.of(node, ("kill", "start")):
+            if e.action == "start":
+                down.discard(e.node)
+            elif e.node not in down:
+                down.add(e.node)
+                stops.append(e)
+        return stops
 
     def down_intervals(self, role: str | None = None) -> list[tuple[str, float, float]]:
         """(node, from, to) for each stop by choice, until that node's next start (or now)."""

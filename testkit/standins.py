@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import requests
@@ -96,33 +98,48 @@ def kill_main_process(container: Container) -> None:
 
 class FastTicks:
     """Sets each new meta stand-in's scheduler tick to `tick_s` (the real 5 s makes the first shard
-    assignment at 1.2.2 take 40 s), through the stand-in's test hook, as soon as Docker lists the
-    container: before its first tick. The supervisor's own judgement keeps the real 5 s pace."""
+    assignment at 1.2.2 take 40 s), through the stand-in's test hook, when Docker reports the
+    container started: before its first tick (the hook lives in the container's layer, so a
+    container is set once). Driven by Docker's event stream, not by polling. The supervisor's own
+    judgement keeps the real 5 s pace."""
 
     def __init__(self, client: docker.DockerClient, cluster: str, tick_s: float = 0.5) -> None:
         self.client, self.cluster, self.tick_s = client, cluster, tick_s
         self.done: set[str] = set()
-        self.stop = threading.Event()
+        self.labels = [f"io.ceres-supervisor.cluster={self.cluster}", "io.ceres-supervisor.role=meta"]
+        self.stream: Any = None
         self.thread = threading.Thread(target=self._run, name=f"fast-ticks-{cluster}", daemon=True)
 
+    def _set(self, container_id: str) -> None:
+        if container_id in self.done:
+            return
+        try:
+            result = self.client.api.exec_create(container_id, ["ceres-emulator-fault", "tick", str(self.tick_s)])
+            self.client.api.exec_start(result["Id"])
+            if self.client.api.exec_inspect(result["Id"]).get("ExitCode") == 0:
+                self.done.add(container_id)
+        except (docker.errors.DockerException, requests.RequestException):
+            pass  # gone, or the engine restarting: its next start is another event
+
     def _run(self) -> None:
-        filters = {"label": [f"io.ceres-supervisor.cluster={self.cluster}", "io.ceres-supervisor.role=meta"]}
-        while not self.stop.wait(0.1):
-            try:
-                for c in self.client.containers.list(filters=filters):
-                    if c.id not in self.done and c.exec_run(["ceres-emulator-fault", "tick", str(self.tick_s)]).exit_code == 0:
-                        self.done.add(c.id)
-            except docker.errors.APIError:
-                continue  # a container that went away between the list and the exec
-            except (docker.errors.DockerException, requests.RequestException):
-                continue  # the Docker Engine is restarting (tests/serial): try again at the next poll
+        try:
+            for c in self.client.containers.list(filters={"label": self.labels}):  # started before us
+                self._set(c.id)
+            for event in self.stream:
+                if event.get("Action") == "start":
+                    self._set(str(event.get("id")))
+        except (docker.errors.DockerException, requests.RequestException, OSError, ValueError):
+            return  # the stream closed (__exit__), or the engine went away with it
 
     def __enter__(self) -> FastTicks:
+        self.stream = self.client.events(decode=True, since=int(time.time()) - 1, filters={
+            "type": "container", "event": "start", "label": self.labels})
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
+        if self.stream is not None:
+            self.stream.close()
         self.thread.join(5)
 
 

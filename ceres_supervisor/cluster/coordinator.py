@@ -68,7 +68,8 @@ LEASE_EXPIRED: Final = "the agent's lease expired (the store was out of reach to
 
 
 class WatchStalled(etcd.EtcdUnavailable):
-    """The watch did not bring this agent's own heartbeat back in time."""
+    """The watch broke, or did not bring this agent's own heartbeat back in time: the next session
+    follows another member."""
 
 
 @dataclass
@@ -147,6 +148,11 @@ class Coordinator:
     @property
     def endpoint(self) -> str | None:
         return self._client.endpoint if self._client else None
+
+    @property
+    def watching(self) -> str | None:
+        """The member the watch follows."""
+        return self._watch_endpoint or self.endpoint
 
     @property
     def view_age_s(self) -> float | None:
@@ -293,7 +299,7 @@ class Coordinator:
         self.confirmed_at, self._awaiting = asked_at, []
         self.connected, self.detail = True, "ok"
         self._withheld = None
-        watching = self._watch_endpoint or client.endpoint
+        watching = self._watch_endpoint = self._watch_endpoint or client.endpoint
         log.info(
             "coordination_connected", endpoint=client.endpoint, watch=watching, revision=snapshot.revision
         )
@@ -411,9 +417,9 @@ class Coordinator:
                 revision = max(revision, seen + 1)
         except etcd.Compacted as err:
             raise etcd.EtcdUnavailable(f"watch: {err}") from None  # the session reads everything again
-        except (aiohttp.ClientError, OSError, ValueError) as err:
-            raise etcd.EtcdUnavailable(f"watch on {endpoint}: {err}") from None
-        raise etcd.EtcdUnavailable(f"watch on {endpoint} ended")
+        except (aiohttp.ClientError, OSError, ValueError, etcd.EtcdUnavailable) as err:
+            raise WatchStalled(f"watch on {endpoint}: {err}") from None
+        raise WatchStalled(f"watch on {endpoint} ended")
 
     async def close(self) -> None:
         """A clean exit: revoke the lease, so every record, slot and claim of this agent goes at
@@ -544,3 +550,16 @@ class Coordinator:
                 etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": False}).encode())
             )
         await client.txn([], ops)
+
+    async def restore_pauses(self, nodes: Sequence[str], everything: bool) -> None:
+        """Pause records this agent's file holds and the store has none of (it came back empty):
+        each written only where no record exists, so a resume another agent wrote meanwhile, not
+        seen here yet, is never overwritten."""
+        client = self._client
+        if client is None or not self.connected:
+            raise etcd.EtcdUnavailable(self.why_unavailable)
+        value = json.dumps({"since": now_text(), "by": self.identity.host, "paused": True}).encode()
+        keys = [self._key("paused")] if everything else []
+        keys += [self._key("paused", name) for name in nodes]
+        for key in keys:
+            await client.txn([etcd.absent(key)], [etcd.put_request(key, value)])

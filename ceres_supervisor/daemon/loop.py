@@ -104,6 +104,11 @@ class Loop:
         self._topology_recorded = False
 
     @property
+    def cycles(self) -> int:
+        """Cycles begun since the daemon started."""
+        return self._cycle
+
+    @property
     def engine_error(self) -> str | None:
         return self.parts.observer.engine_error
 
@@ -267,6 +272,7 @@ class Loop:
                 c.endpoint,
                 s.coordinated,
                 c.view.revision,
+                c.watching,
                 c.confirmed_at,
             ),
             backup=self.parts.backup_status(),

@@ -129,7 +129,7 @@ class StoreSync:
             forgotten = book.unrecorded(view.pauses, view.all_paused)
             if forgotten is not None:
                 log.info("pauses_written_back", nodes=sorted(forgotten.nodes), all=forgotten.everything)
-                await self.coordinator.write_pauses(sorted(forgotten.nodes), True, forgotten.everything)
+                await self.coordinator.restore_pauses(sorted(forgotten.nodes), forgotten.everything)
                 return  # mirrored once the watch brings the records back
             if await asyncio.to_thread(book.mirror, view.pauses, view.all_paused):
                 self.on_pauses_changed()

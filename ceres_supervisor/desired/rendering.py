@@ -222,6 +222,7 @@ def render_ceresdb(spec: DesiredState, node: DbNode) -> RenderedNode:
                 "server_addrs": etcd_server_addrs(spec),
                 "root_path": release.root_path,
                 "shard_lock_lease_ttl_sec": db.shard_lock_ttl,
+                **({"enable_shard_lock_fast_reacquire": False} if release.has_fast_reacquire else {}),
             },
         },
         "analytic": {

@@ -70,6 +70,10 @@ DB_OWNED_KEYS: Final[dict[str, str]] = {
     "cluster_deployment.etcd_client.server_addrs": "meta.nodes",
     "cluster_deployment.etcd_client.root_path": "cluster.flavor",
     "cluster_deployment.etcd_client.shard_lock_lease_ttl_sec": "ceresdb.shard_lock_ttl",
+    "cluster_deployment.etcd_client.enable_shard_lock_fast_reacquire": (
+        "the supervisor (always false: the lease judgement tells a restarted node's locks from its "
+        "predecessor's by their etcd lease, which fast re-acquire keeps)"
+    ),
     "analytic.wal.type": "ceresdb.wal.type",
     "analytic.storage.object_store.type": "ceresdb.object_store.type",
 }
@@ -403,8 +407,11 @@ def _check_config_table(
     owned = META_OWNED_KEYS if role == "meta" else DB_OWNED_KEYS
     for key, _value in _flatten(table):
         where = f"{path}.{key}"
-        if key in owned:
-            problems.append(Problem(where, f"is set by the supervisor from {owned[key]}"))
+        # CeresMeta's go-toml v2 matches keys case-insensitively (STORAGE-ROOT-PATH sets
+        # storage-root-path); CeresDB's serde does not.
+        mine = key.lower() if role == "meta" else key
+        if mine in owned:
+            problems.append(Problem(where, f"is set by the supervisor from {owned[mine]}"))
         elif role == "ceresdb" and key in versions.REMOVED_DB_KEYS:
             problems.append(
                 Problem(where, (f"the server ignores it without a word ({versions.REMOVED_DB_KEYS[key]})"))

@@ -77,6 +77,14 @@ class Release:
 
     # -- CeresDB / HoraeDB (sections 3, 5, 7) ----------------------------------------------------
     @property
+    def has_fast_reacquire(self) -> bool:
+        """`[cluster_deployment.etcd_client] enable_shard_lock_fast_reacquire` exists from 2.0.0
+        (horaedb 4c66a3f1, #1251). The supervisor renders it false: with it, a restarted node keeps
+        its predecessor's lock key and lease, and nothing tells the new incarnation's locks from
+        the old one's (docs/real-servers.md, "fast re-acquire")."""
+        return self.version >= V2_0_0
+
+    @property
     def root_path(self) -> str:
         """etcd root of meta's storage and of CeresDB's shard locks: `/ceresdb` or `/horaedb`."""
         return "/ceresdb" if self.flavor == "ceresdb" else "/horaedb"

@@ -119,7 +119,8 @@ class Api:
         age = None if snap.loop_at is None else time.monotonic() - snap.loop_at
         ok = age is not None and age <= limit
         return json_response(
-            {"ok": ok, "last_cycle_age_s": None if age is None else round(age, 3)}, 200 if ok else 503
+            {"ok": ok, "cycle": snap.cycle, "last_cycle_age_s": None if age is None else round(age, 3)},
+            200 if ok else 503,
         )
 
     async def readyz(self, _request: web.Request) -> web.Response:
@@ -159,6 +160,7 @@ class Api:
                 "detail": c.detail,
                 "endpoint": c.endpoint,
                 "revision": c.revision,
+                "watch": c.watch,
                 "age_s": None if c.confirmed_at is None else round(time.monotonic() - c.confirmed_at, 3),
             },
             leader,

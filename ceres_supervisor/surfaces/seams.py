@@ -113,6 +113,13 @@ def cluster(snap: Snapshotlike) -> dict[str, Any]:
         snap.agent,
         local,
         snap.store,
-        {"ok": c.ok, "detail": c.detail, "endpoint": c.endpoint, "revision": c.revision, "age_s": age_s},
+        {
+            "ok": c.ok,
+            "detail": c.detail,
+            "endpoint": c.endpoint,
+            "revision": c.revision,
+            "watch": c.watch,
+            "age_s": age_s,
+        },
         leader,
     )

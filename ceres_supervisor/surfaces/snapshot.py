@@ -42,6 +42,8 @@ class Coordination:
     """Several machines: stops by choice need a slot from the store."""
     revision: int = 0
     """The store revision the view reflects."""
+    watch: str | None = None
+    """The member the watch follows."""
     confirmed_at: float | None = None
     """Monotonic time as of which the store last confirmed the view complete (None: never)."""
 

@@ -180,6 +180,14 @@ class Cluster:
             f"{node} serving (states: {self._states()})",
         )
 
+    async def cycles(self, count: int, timeout_s: float = 30) -> None:
+        """Until the loop has gone round `count` more times: each a chance to act (a condition, not
+        a window of seconds)."""
+        assert self.supervisor is not None
+        loop = self.supervisor.loop
+        target = loop.cycles + count + 1  # the cycle under way may have observed before the change
+        await eventually(lambda: loop.cycles >= target, timeout_s, f"{count} more cycles")
+
     async def healthy(self, timeout_s: float = 60) -> None:
         await eventually(
             lambda: self.cluster_state() == "healthy",
@@ -206,6 +214,10 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     listen: str = ""
     """`--listen`: this daemon's API instead of the file's (several agents, one file)."""
+    docker_url: str = ""
+    """`--docker-url`: the Docker Engine of its simulated machine."""
+    store: str = ""
+    """`--store`: the etcd members it talks to (through proxies a test can freeze)."""
 
     def start(self) -> Daemon:
         args = [
@@ -222,6 +234,10 @@ class Daemon:
             args += ["--host", self.host]
         if self.listen:
             args += ["--listen", self.listen]
+        if self.docker_url:
+            args += ["--docker-url", self.docker_url]
+        if self.store:
+            args += ["--store", self.store]
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(
                 args, stdout=handle, stderr=handle, env={**os.environ, **(self.env or {})}

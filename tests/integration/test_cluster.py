@@ -1,9 +1,12 @@
-"""Several machines, on one: three supervisors with `--host 127.0.0.1/2/3`, one file.
+"""Several machines that fail apart, on this one: three agents (`--host 127.0.0.1/2/3`, one file),
+each with a Docker Engine of its own (testkit/machines.py), so that one machine's Docker can hang
+or restart while the others run; agent 3 talks to the etcd members through proxies
+(testkit/proxy.py), so that it can be cut from one member or from all of them.
 
 Three meta members (one per host) and six CeresDB nodes (two per host); every loopback address is
 the same machine, so every port is distinct. Each agent runs as its own process, as systemd would
-run it. The scenarios share one cluster and run in order (one xdist group); stops and starts are
-read from Docker's own events.
+run it. The scenarios share one cluster and run in order (one xdist group); every stop and start
+is read from the three engines' own events, never from the supervisors' logs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import json
 import os
 import signal
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,38 +30,45 @@ from prometheus_client.parser import text_string_to_metric_families
 from ceres_supervisor.cli import commands
 from testkit.dockerevents import DockerEvents
 from testkit.helpers import free_ports, http_json, wait_until
+from testkit.machines import Engine, Engines
+from testkit.proxy import Proxy
 from testkit.standins import FastTicks, emulator_hook, kill_main_process
 
 from .conftest import FAST, Daemon
 
 pytestmark = pytest.mark.xdist_group("several-machines")
 
+VERSION = "1.2.7"
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 AGENT_TTL_S = 5
 ALL = ("meta0", "meta1", "meta2", "db0", "db1", "db2", "db3", "db4", "db5")
+OWNER = {"meta0": 0, "meta1": 1, "meta2": 2, "db0": 0, "db1": 0, "db2": 1, "db3": 1, "db4": 2, "db5": 2}
 
 
-def cluster_file(name: str, state: Path, version: str = "1.2.7") -> str:
-    ports = iter(free_ports(3 * 3 + 6 * 4))
+def cluster_file(name: str, state: Path, ports: list[int]) -> str:
+    free = iter(ports)
     settings = {**FAST, "agent_ttl": f"{AGENT_TTL_S}s", "max_unavailable": 1, "listen": "127.0.0.1:1"}
-    lines = ["[cluster]", f'name = "{name}"', f'state_dir = "{state}"', f'version = "{version}"', "",
+    lines = ["[cluster]", f'name = "{name}"', f'state_dir = "{state}"', f'version = "{VERSION}"', "",
              "[supervisor]"] + [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
-    lines += ["", "[meta]", f'image = "ceres-emulator/ceresmeta-server:{version}"', "",
-              "[ceresdb]", f'image = "ceres-emulator/ceresdb-server:{version}"', "shard_lock_ttl = 15", ""]
+    lines += ["", "[meta]", f'image = "ceres-emulator/ceresmeta-server:{VERSION}"', "",
+              "[ceresdb]", f'image = "ceres-emulator/ceresdb-server:{VERSION}"', "shard_lock_ttl = 15", ""]
     for i, host in enumerate(HOSTS):
-        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(ports)}",
-                  f"peer_port = {next(ports)}", f"http_port = {next(ports)}", ""]
+        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(free)}",
+                  f"peer_port = {next(free)}", f"http_port = {next(free)}", ""]
     for i in range(6):
-        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(ports)}",
-                  f"http_port = {next(ports)}", f"mysql_port = {next(ports)}", f"postgresql_port = {next(ports)}", ""]
+        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(free)}",
+                  f"http_port = {next(free)}", f"mysql_port = {next(free)}", f"postgresql_port = {next(free)}", ""]
     return "\n".join(lines)
 
 
 @dataclass
 class Machines:
-    client: docker.DockerClient
     name: str
     root: Path
+    engines: list[Engine]
+    proxies: list[Proxy]
+    """Agent 3's way to each meta member's client port."""
+    client_ports: list[int]
     agents: dict[str, Daemon]
 
     @property
@@ -70,12 +79,18 @@ class Machines:
         return self.agents[HOSTS[i]]
 
     def cluster(self, i: int) -> dict[str, object] | None:
-        code, doc = self.agent(i).get("/v1/cluster")
-        return doc if code == 200 and isinstance(doc, dict) else None
+        try:
+            code, doc = self.agent(i).get("/v1/cluster")
+        except OSError:
+            return None
+        return doc if code in (200, 503) and isinstance(doc, dict) else None
+
+    def nodes(self, i: int) -> dict[str, dict[str, object]]:
+        doc = self.cluster(i)
+        return {n["name"]: n for n in doc["nodes"]} if doc else {}  # type: ignore[index]
 
     def states(self, i: int) -> dict[str, str]:
-        doc = self.cluster(i)
-        return {n["name"]: n["state"] for n in doc["nodes"]} if doc else {}  # type: ignore[index]
+        return {name: str(n["state"]) for name, n in self.nodes(i).items()}
 
     def healthy_everywhere(self) -> bool:
         for i in range(3):
@@ -90,50 +105,64 @@ class Machines:
         try:
             wait_until(self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.5)
         except AssertionError as err:
-            seen = []
-            for i in range(3):
-                try:
-                    seen.append(self.states(i))
-                except OSError as why:
-                    seen.append({"unreachable": str(why)})
-            raise AssertionError(f"{err}; states per agent: {seen}") from None
+            raise AssertionError(f"{err}; states per agent: {[self.states(i) for i in range(3)]}") from None
+
+    def client(self, node: str) -> docker.DockerClient:
+        return self.engines[OWNER[node]].client
 
     def container(self, node: str) -> docker.models.containers.Container:
-        return self.client.containers.get(f"ceres-{self.name}-{node}")
+        return self.client(node).containers.get(f"ceres-{self.name}-{node}")
 
     def identities(self) -> dict[str, tuple[str, str]]:
-        return {c.labels["io.ceres-supervisor.node"]: (c.id, c.attrs["State"]["StartedAt"]) for c in
-                self.client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.name}"})}
+        found = {}
+        for engine in self.engines:
+            for c in engine.client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.name}"}):
+                found[c.labels["io.ceres-supervisor.node"]] = (c.id, c.attrs["State"]["StartedAt"])
+        return found
 
-    def start_agent(self, host: str, port: int) -> Daemon:
-        daemon = Daemon(self.config, self.root / f"agent-{host}.log", host=host)
-        daemon.listen = f"{host}:{port}"
-        self.agents[host] = daemon.start()
+    def events(self) -> DockerEvents:
+        return DockerEvents(self.engines[0].client, self.name, tuple(e.client for e in self.engines[1:]))
+
+    def start_agent(self, i: int, port: int) -> Daemon:
+        daemon = Daemon(self.config, self.root / f"agent-{HOSTS[i]}.log", host=HOSTS[i])
+        daemon.listen = f"{HOSTS[i]}:{port}"
+        daemon.docker_url = self.engines[i].url
+        if i == 2:
+            daemon.store = ",".join(f"http://{p.address}" for p in self.proxies)
+        self.agents[HOSTS[i]] = daemon.start()
         return daemon
 
     def fault(self, node: str, *args: str) -> None:
         emulator_hook(self.container(node), *args)
+
+    def reason(self, i: int, node: str) -> str:
+        return str(self.nodes(i).get(node, {}).get("reason") or "")
 
 
 @pytest.fixture(scope="module")
 def machines(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
     name = f"m{uuid.uuid4().hex[:8]}"
     root = tmp_path_factory.mktemp(name)
-    m = Machines(docker_client, name, root, {})
-    m.config.write_text(cluster_file(name, root / "state"))
-    ports = free_ports(3)
-    ticks = FastTicks(docker_client, name).__enter__()
-    try:
-        for host, port in zip(HOSTS, ports, strict=True):
-            m.start_agent(host, port)
-        m.wait_healthy(240)
-        yield m
-    finally:
-        ticks.__exit__()
-        for daemon in m.agents.values():
-            daemon.stop()
-        for c in docker_client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={name}"}):
-            c.remove(force=True)
+    ports = free_ports(3 * 3 + 6 * 4 + 3)
+    client_ports = [ports[3 * i] for i in range(3)]
+    with Engines(docker_client, versions=[VERSION]) as pool:
+        engines = pool.start(3)
+        proxies = [Proxy(HOSTS[i], client_ports[i], host="127.0.0.3").__enter__() for i in range(3)]
+        ticks = [FastTicks(e.client, name).__enter__() for e in engines]
+        m = Machines(name, root, engines, proxies, client_ports, {})
+        m.config.write_text(cluster_file(name, root / "state", ports[: 3 * 3 + 6 * 4]))
+        try:
+            for i, port in enumerate(ports[-3:]):
+                m.start_agent(i, port)
+            m.wait_healthy(240)
+            yield m
+        finally:
+            for tick in ticks:
+                tick.__exit__()
+            for daemon in m.agents.values():
+                daemon.stop()
+            for proxy in proxies:
+                proxy.close()
 
 
 def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: Machines) -> None:
@@ -141,15 +170,15 @@ def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: M
         doc = machines.cluster(i)
         assert doc is not None
         assert [n["name"] for n in doc["nodes"]] == list(ALL)  # type: ignore[index]
-        assert {n["name"]: n["agent"] for n in doc["nodes"]} == {  # type: ignore[index]
-            "meta0": HOSTS[0], "meta1": HOSTS[1], "meta2": HOSTS[2], "db0": HOSTS[0], "db1": HOSTS[0],
-            "db2": HOSTS[1], "db3": HOSTS[1], "db4": HOSTS[2], "db5": HOSTS[2]}
-        assert doc["coordination"]["ok"] is True  # type: ignore[index]
-    # Each agent owns exactly its host's containers.
-    owners = {c.labels["io.ceres-supervisor.node"]: c.labels["io.ceres-supervisor.host"] for c in
-              machines.client.containers.list(filters={"label": f"io.ceres-supervisor.cluster={machines.name}"})}
-    assert owners == {"meta0": HOSTS[0], "meta1": HOSTS[1], "meta2": HOSTS[2], "db0": HOSTS[0], "db1": HOSTS[0],
-                      "db2": HOSTS[1], "db3": HOSTS[1], "db4": HOSTS[2], "db5": HOSTS[2]}
+        assert {n["name"]: n["agent"] for n in doc["nodes"]} == {n: HOSTS[o] for n, o in OWNER.items()}  # type: ignore[index]
+        assert doc["coordination"]["ok"] is True and doc["coordination"]["age_s"] <= AGENT_TTL_S  # type: ignore[index]
+        assert {a["host"]: a["advertise"] for a in doc["agents"]} == {  # type: ignore[union-attr,index]
+            h: machines.agents[h].url for h in HOSTS}
+    # Each agent owns exactly its machine's containers.
+    for i, engine in enumerate(machines.engines):
+        owned = {c.labels["io.ceres-supervisor.node"]: c.labels["io.ceres-supervisor.host"] for c in
+                 engine.client.containers.list(filters={"label": f"io.ceres-supervisor.cluster={machines.name}"})}
+        assert owned == {n: HOSTS[i] for n, o in OWNER.items() if o == i}
     # `status` prints the whole cluster, with the HOST column, from any machine.
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert commands.main(["status", "--url", machines.agent(2).url]) == 0
@@ -226,7 +255,7 @@ class Watcher:
                 state = self.machines.states(i).get(self.node)
                 if state and (not self.seen[i] or self.seen[i][-1] != state):
                     self.seen[i].append(state)
-            time.sleep(0.05)
+            self.stop.wait(0.05)
 
     def __enter__(self) -> Watcher:
         self.thread.start()
@@ -243,12 +272,14 @@ def agent_events(daemon: Daemon, node: str, kind: str) -> list[dict[str, object]
 
 
 def test_a_crash_on_host_2_is_restarted_by_agent_2_only(machines: Machines) -> None:
-    with Watcher(machines, (0, 2), "db2") as watcher:
+    with Watcher(machines, (0, 2), "db2") as watcher, machines.events() as events:
         kill_main_process(machines.container("db2"))
-        wait_until(lambda: agent_events(machines.agent(1), "db2", "start"), 30, "agent 2 starting db2 again")
+        events.wait_for("db2 started again", 30, "db2")
         machines.wait_healthy()
         wait_until(lambda: all(seen and seen[-1] == "healthy" and len(seen) > 1 for seen in watcher.seen.values()),
                    30, f"agents 1 and 3 seeing db2 leave healthy and come back ({watcher.seen})")
+        assert {e.host for e in events.of("db2", ("start",))} == {HOSTS[1]}
+    assert agent_events(machines.agent(1), "db2", "start")
     assert not agent_events(machines.agent(0), "db2", "start") and not agent_events(machines.agent(2), "db2", "start")
     for i in (0, 2):
         assert watcher.seen[i][0] == "healthy" and any(s != "healthy" for s in watcher.seen[i]), watcher.seen
@@ -266,7 +297,7 @@ def test_two_failing_nodes_on_two_hosts_are_stopped_one_after_the_other(machines
         return [(labels["node"], v) for i in (0, 2) for labels, v in
                 scrape(machines.agent(i).url).get("ceres_supervisor_disruption_slot_held_seconds", [])]
 
-    with DockerEvents(machines.client, machines.name) as events:
+    with machines.events() as events:
         machines.fault("db0", "freeze-http")  # host 1
         machines.fault("db4", "freeze-http")  # host 3, at the same moment
         held = wait_until(slot_held, 180, "a disruption slot in the metrics while a node is stopped by choice", 0.2)
@@ -281,11 +312,115 @@ def test_two_failing_nodes_on_two_hosts_are_stopped_one_after_the_other(machines
     assert failed.get("db0", 0) >= 3, failed  # failure_threshold failed probes before it was stopped
 
 
+def test_a_frozen_docker_engine_makes_its_nodes_unknown_and_holds_the_budget(machines: Machines) -> None:
+    """Machine 2's dockerd hangs (its containers keep running): the other agents see its nodes
+    `unknown` (published so by agent 2, whose observation times out, or gone with its lease) and
+    count them as down, so a failing db0 on machine 1 waits; once Docker answers again, db0 is
+    stopped once and nothing else is."""
+    engine = machines.engines[1]
+    mine = ("meta1", "db2", "db3")
+    with machines.events() as events:
+        engine.freeze()
+        try:
+            wait_until(lambda: all(machines.states(i).get(n) == "unknown" for i in (0, 2) for n in mine),
+                       3 * AGENT_TTL_S, "agents 1 and 3 seeing machine 2's nodes unknown")
+            machines.fault("db0", "freeze-http")
+            wait_until(lambda: "waiting for disruption budget" in machines.reason(0, "db0")
+                       and "db2 (unknown" in machines.reason(0, "db0"), 60, "db0 held back by machine 2's nodes")
+            assert events.chosen_stops() == []
+        finally:
+            engine.thaw()
+        wait_until(lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once machine 2 answers again")
+        machines.wait_healthy()
+        assert [(e.node, e.host) for e in events.chosen_stops()] == [("db0", HOSTS[0])]
+
+
+def test_an_agent_cut_from_its_watch_member_keeps_every_pause(machines: Machines) -> None:
+    """Agent 3's watch member is partitioned (its proxy frozen), its writes fail over to the
+    others: its view is not confirmed any more and must neither undo a pause nor let a node go.
+    A pause asked on agent 3 during the partition holds everywhere, and db4 is never restarted."""
+    doc = machines.cluster(2)
+    assert doc is not None
+    watched = next(p for p in machines.proxies if doc["coordination"]["watch"] == f"http://{p.address}")  # type: ignore[index]
+    pause_file = machines.root / "state" / "paused.json"
+    with machines.events() as events:
+        watched.freeze()
+        try:
+            code, answer = http_json(machines.agent(2).url + "/v1/nodes/db4/pause", {"who": "cli"}, timeout_s=30)
+            assert code == 200, answer
+            machines.container("db4").pause()  # the operator's maintenance
+            wait_until(lambda: all(machines.states(i).get("db4") == "paused" for i in range(3)), 60,
+                       "db4 paused on every machine")
+            assert '"db4"' in pause_file.read_text()
+        finally:
+            watched.thaw()
+        wait_until(lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is True, 60,  # type: ignore[union-attr]
+                   "agent 3's view confirmed again")
+        assert all(machines.states(i).get("db4") == "paused" for i in range(3))
+        assert '"db4"' in pause_file.read_text()
+        assert events.chosen_stops() == [] and not events.of("db4", ("start", "die"))
+        machines.container("db4").unpause()
+        code, _ = http_json(machines.agent(0).url + "/v1/nodes/db4/resume", {"who": "cli"}, timeout_s=30)
+        assert code == 200
+    machines.wait_healthy()
+
+
+def test_without_the_store_an_agent_stops_nothing_by_choice_and_still_restarts_crashes(machines: Machines) -> None:
+    """Agent 3 cut from every etcd member (its three proxies frozen), the cluster otherwise fine:
+    its failing db4 waits ("coordination unavailable", the failsafe), its crashed db5 is restarted
+    at once (the loop never waits on the store); once the store answers, db4 is stopped, once."""
+    with machines.events() as events:
+        for proxy in machines.proxies:
+            proxy.freeze()
+        try:
+            wait_until(lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is False, 30,  # type: ignore[union-attr]
+                       "agent 3 without the store")
+            machines.fault("db4", "freeze-http")
+            wait_until(lambda: "coordination unavailable" in machines.reason(2, "db4"), 60,
+                       "db4 held back by the failsafe")
+            kill_main_process(machines.container("db5"))
+            events.wait_for("db5 restarted while the store is away", 20, "db5")
+            assert events.chosen_stops() == []
+        finally:
+            for proxy in machines.proxies:
+                proxy.thaw()
+        wait_until(lambda: len(events.chosen_stops("db4")) == 1, 90, "db4 stopped once the store answers")
+        machines.wait_healthy()
+        assert [e.node for e in events.chosen_stops()] == ["db4"]
+
+
+def test_a_rolling_restart_crosses_machines_and_a_second_one_is_refused(machines: Machines) -> None:
+    """Started on agent 1, it restarts the meta members one at a time (the leader last), the other
+    machines' through their agents' advertised addresses; a second one asked on agent 2 meanwhile
+    is refused naming the first."""
+    with machines.events() as events:
+        code, answer = http_json(machines.agent(0).url + "/v1/rolling-restart", {"role": "meta", "who": "cli"},
+                                 timeout_s=30)
+        assert code == 202, answer
+        op = answer["operation"]  # type: ignore[index]
+        code, refused = http_json(machines.agent(1).url + "/v1/rolling-restart", {"who": "cli"}, timeout_s=30)
+        assert code == 409 and HOSTS[0] in refused["error"], refused  # type: ignore[index]
+
+        def outcome() -> object:
+            _c, doc = machines.agent(0).get(f"/v1/operations/{op}")
+            return doc.get("outcome") if isinstance(doc, dict) else None
+
+        wait_until(outcome, 300, "the rolling restart done", 1.0)
+        assert outcome() == "ok", machines.agent(0).get(f"/v1/operations/{op}")
+        machines.wait_healthy()
+        stopped = [(e.node, e.host) for e in events.chosen_stops()]
+        most, intervals = events.most_down_at_once("meta")
+    assert sorted(stopped) == [("meta0", HOSTS[0]), ("meta1", HOSTS[1]), ("meta2", HOSTS[2])], stopped
+    assert most == 1, intervals
+    for i, node in ((1, "meta1"), (2, "meta2")):  # asked through their agents, who asked is kept
+        started = agent_events(machines.agent(i), node, "operation_started")
+        assert started and f"{op} on {HOSTS[0]}" in str(started[-1]["reason"]), started
+
+
 def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_them(machines: Machines) -> None:
     before = machines.identities()
     agent = machines.agent(1)
     assert agent.process is not None
-    killed = time.monotonic()
     os.kill(agent.process.pid, signal.SIGKILL)
     agent.wait(10)
     mine = ("meta1", "db2", "db3")
@@ -301,7 +436,6 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
                                         for n in mine)
 
     wait_until(lambda: seen_down(0) and seen_down(2), AGENT_TTL_S + 10, "agents 1 and 3 seeing agent 2 down")
-    assert time.monotonic() - killed <= AGENT_TTL_S + 1 + 2, "later than agent_ttl + 1 s (2 s for the polling)"
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert commands.main(["status", "--url", machines.agent(0).url]) == 1
     assert f"agent {HOSTS[1]} DOWN since" in out.getvalue()
@@ -322,21 +456,15 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
     code, _out, err = cli("events", "--url", machines.agent(0).url, "-n", "1")
     assert code == 0 and f"note: no events from {HOSTS[1]}: down since" in err
 
-    # Nobody knows whether db2 and db3 serve: a failing db0 on host 1 is held back, not stopped.
-    def db0_reason() -> str:
-        doc = machines.cluster(0)
-        node = next((n for n in doc["nodes"] if n["name"] == "db0"), {}) if doc else {}  # type: ignore[union-attr]
-        return str(node.get("reason") or "")  # type: ignore[union-attr]
-
-    with DockerEvents(machines.client, machines.name) as events:
+    with machines.events() as events:
         machines.fault("db0", "freeze-http")
-        wait_until(lambda: "waiting for disruption budget" in db0_reason() and "db2 (unknown" in db0_reason(), 60,
-                   "db0 held back by the budget while agent 2 is down")
+        wait_until(lambda: "waiting for disruption budget" in machines.reason(0, "db0")
+                   and "db2 (unknown" in machines.reason(0, "db0"), 60, "db0 held back by the budget while agent 2 is down")
         assert events.chosen_stops() == []
-        machines.start_agent(HOSTS[1], int(agent.listen.rsplit(":", 1)[1]))
+        machines.start_agent(1, int(agent.listen.rsplit(":", 1)[1]))
         wait_until(lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once agent 2 publishes again")
         machines.wait_healthy()
-        assert [e.node for e in events.chosen_stops()] == ["db0"] and {e.host for e in events.chosen_stops()} == {HOSTS[0]}
+        assert [(e.node, e.host) for e in events.chosen_stops()] == [("db0", HOSTS[0])]
     after = machines.identities()
     assert {n: v for n, v in after.items() if n != "db0"} == {n: v for n, v in before.items() if n != "db0"}, \
         "the returning agent restarted something"
@@ -348,7 +476,7 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
     changed = text.replace("[meta]\n", "[meta]\nconfig = { lease-sec = 11 }\n", 1)
     changed = changed.replace("[ceresdb]\n", '[ceresdb]\nconfig = { logger = { level = "debug" } }\n', 1)
     machines.config.write_text(changed)
-    with DockerEvents(machines.client, machines.name) as events:
+    with machines.events() as events:
         for i in (2, 0, 1):  # every agent, in any order
             code, body = http_json(machines.agent(i).url + "/v1/reload", {}, timeout_s=60)
             assert code == 200, body
@@ -367,28 +495,3 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
     assert most == 1, intervals
     after = machines.identities()
     assert all(after[n][0] != before[n][0] for n in ALL)
-
-
-def test_without_quorum_nothing_is_stopped_by_choice_and_crashes_wait_for_meta(machines: Machines) -> None:
-    with DockerEvents(machines.client, machines.name) as events:
-        for node in ("meta1", "meta2"):
-            machines.container(node).pause()  # two of three: the store has no quorum
-        try:
-            def unavailable(i: int) -> bool:
-                code, doc = machines.agent(i).get("/v1/cluster")
-                return code == 503 and doc["coordination"]["ok"] is False  # type: ignore[index]
-
-            wait_until(lambda: all(unavailable(i) for i in range(3)), 60, "every agent saying coordination unavailable")
-            with contextlib.redirect_stdout(io.StringIO()) as out:
-                assert commands.main(["status", "--url", machines.agent(0).url]) == 1
-            assert "coordination unavailable" in out.getvalue()
-            kill_main_process(machines.container("db1"))  # a crash meanwhile
-            time.sleep(3 * 1.0)  # a window, not a wait: three probe intervals in which no stop may happen
-            assert events.chosen_stops() == [], events.chosen_stops()
-        finally:
-            for node in ("meta1", "meta2"):
-                with contextlib.suppress(docker.errors.APIError):
-                    machines.container(node).unpause()
-        machines.wait_healthy(240)
-        starts = events.of("db1", ("start",))
-    assert starts, "the crashed db1 was not started again"

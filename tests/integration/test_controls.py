@@ -54,12 +54,12 @@ async def test_a_paused_node_stopped_by_hand_stays_stopped_across_a_supervisor_r
         await asyncio.to_thread(db1.stop)  # the operator, by hand
         await eventually(lambda: "container stopped" in (cluster.view("db1").reason or ""), 10,  # type: ignore[union-attr]
                          "the paused state saying the container is stopped")
-        await asyncio.sleep(3 * 1.0)  # a window, not a wait: three probe intervals without a start
+        await cluster.cycles(3)  # three chances to start it
         assert events.of("db1", ("start",)) == []
         await cluster.stop()
         await cluster.start()  # the supervisor restarted meanwhile
         await eventually(lambda: cluster.state("db1") == "paused", 10, "still paused after the restart")
-        await asyncio.sleep(2 * 1.0)  # a window: the new daemon must not start it either
+        await cluster.cycles(3)  # the new daemon must not start it either
         assert events.of("db1", ("start",)) == []
         assert (cluster.root / "state" / "paused.json").exists()
         code, body = await call(cluster, "POST", "/v1/nodes/db1/resume")
@@ -82,7 +82,7 @@ async def test_a_paused_cluster_restarts_nothing_until_resumed(make_cluster: Cal
     with DockerEvents(docker_client, cluster.name) as events:
         kill_main_process(await cluster.container("db0"))
         await eventually(lambda: events.of("db0", ("die",)), 10, "db0 died")
-        await asyncio.sleep(3 * 1.0)  # a window: three probe intervals without a restart
+        await cluster.cycles(3)  # three chances to restart it
         assert events.of("db0", ("start",)) == []
         with contextlib.redirect_stdout(io.StringIO()):
             assert await asyncio.to_thread(commands.main, ["resume", "--all", "--url", cluster.api_url]) == 0

@@ -198,7 +198,7 @@ async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_clust
         await eventually(lambda: "failed probes" in (cluster.view("db1").reason or ""), 20,  # type: ignore[union-attr]
                          "db1 failing its probes while blocked")
         assert cluster.state("db1") == "blocked"
-        await asyncio.sleep(3 * 1.0)  # a window: three more probe intervals, still no stop
+        await cluster.cycles(3)  # three more chances to stop it: still none
         assert events.chosen_stops("db1") == [] and cluster.state("db1") == "blocked"
         await asyncio.to_thread(clear_fault, meta0)
         await eventually(lambda: len(events.chosen_stops("db1")) == 1, 90, "db1 restarted once meta is back")
@@ -215,16 +215,19 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
     await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "exit", "3"])  # every start exits 3 at once
     await eventually(lambda: cluster.state("db1") == "crashloop", 30, "db1 marked crashloop")
     await eventually(lambda: cluster.record("db1").failures >= 6, 30, "six failures of db1")
-    # The delay between each death and the next start (the backoff rules): 0, 0.5, 1, then the crashloop
-    # (its 4th failure) waits backoff_max: 2, 2 s, each +-20%. Never earlier than that (behaviour);
-    # how much later is load, so only a generous bound (timings are bench/restart.py's business).
-    deaths = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "died"]
+    # The delay decided for each failure (the backoff rules): 0, 0.5, 1, then the crashloop (its 4th
+    # failure) waits backoff_max: 2, 2 s, each +-20%; and no start before its delay. How much later
+    # a start comes is load (timings are bench/restart.py's business).
+    died = [e for e in supervisor.events if e.node == "db1" and e.type == "died"][:5]
+    decided = [float(e.message.rsplit("restart in ", 1)[1].rstrip("s")) for e in died]
+    for delay, want in zip(decided, [0, 0.5, 1.0, 2.0, 2.0], strict=True):
+        assert want * 0.8 - 0.05 <= delay <= want * 1.2 + 0.05, decided
+    assert [e.type for e in supervisor.events if e.node == "db1" and e.type == "crashloop"] == ["crashloop"]
+    crashloop_at = next(e.at for e in supervisor.events if e.node == "db1" and e.type == "crashloop")
+    assert crashloop_at >= died[3].at  # flagged at the 4th failure, not before
     starts = [e.at.timestamp() for e in supervisor.events if e.node == "db1" and e.type == "start"]
-    gaps = [min(s for s in starts if s >= d) - d for d in deaths[:5]]
-    expected = [0, 0.5, 1.0, 2.0, 2.0]
-    for gap, want in zip(gaps, expected, strict=True):
-        assert want * 0.8 - 0.05 <= gap <= want * 1.2 + 3.0, (gaps, expected)
-    assert gaps[0] < gaps[1] < gaps[2] < gaps[3], gaps
+    for death, delay in zip(died, decided, strict=True):
+        assert min(s for s in starts if s >= death.at.timestamp()) - death.at.timestamp() >= delay - 0.1
     assert all(e.reason == "exit 3" for e in supervisor.events if e.node == "db1" and e.type == "die")
     now = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
     assert now == others
@@ -245,11 +248,11 @@ async def test_frozen_keepalives_are_lease_lost_then_restarted(make_cluster: Cal
     # pace), then lease_lost, and restarted lease_grace later.
     await eventually(lambda: cluster.in_state("db0", "reopening"), 40, "db0 reopening")
     await eventually(lambda: cluster.in_state("db0", "lease_lost"), 90, "db0 lease_lost")
-    lost_at = time.monotonic()
     await eventually(lambda: cluster.record("db0").restarts == 1, 20, "db0 restarted")
-    assert time.monotonic() - lost_at >= 5 - 1.5  # after lease_grace (5 s), measured from when we saw it
     reasons = [e.reason or "" for e in supervisor.events if e.node == "db0" and e.type == "lease_lost"]
     assert reasons and reasons[0].startswith("lease lost for")
+    lost_for = float(reasons[0].removeprefix("lease lost for ").split("s", 1)[0])
+    assert lost_for >= 5  # restarted only after lease_grace (5 s), by the planner's own readings
     await cluster.healthy(90)
 
 
@@ -466,9 +469,8 @@ async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluste
     await cluster.healthy(90)
     for round_ in range(3):  # the stale-list race does not show every time
         kill_main_process(await cluster.container("db1"))
-        killed = time.monotonic()
-        await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 30, f"restart {round_ + 1}")
-        assert time.monotonic() - killed < 5, f"restart {round_ + 1} waited for a later cycle"
+        # A deadline well under the 30 s probe interval: only a restart waiting for the next tick misses it.
+        await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 10, f"restart {round_ + 1}")
         await cluster.serving("db1", 60)
 
 

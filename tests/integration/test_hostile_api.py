@@ -12,7 +12,6 @@ import io
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,18 +60,18 @@ async def test_api_survives_hostile_requests(make_cluster: Callable[..., Cluster
             # A body far over the limit is refused, not buffered.
             async with session.post(f"{url}/v1/reload", data=io.BytesIO(b"{" * (8 << 20))) as response:
                 assert response.status == 413
-            # Malformed JSON: the reload route reads no body; it must not turn into a 500.
+            # Malformed JSON: the reload route reads no body: the file is reloaded as usual.
             async with session.post(f"{url}/v1/reload", data=b'{"a": [1, 2', headers={"Content-Type": "application/json"}) as response:
-                assert response.status in (200, 422)
+                assert response.status == 200, await response.text()
             for method in ("PATCH", "PUT", "DELETE", "OPTIONS"):
                 async with session.request(method, f"{url}/v1/status") as response:
                     assert response.status == 405, method
                     assert (await response.json())["status"] == 405
-            for path in ("/v1/../../etc/passwd", "/%00", "/v1/status/" + "a" * 2000, "/v1/events?limit=-5",
-                         "/v1/events?limit=1000000000000", "/metrics?x=" + "%" * 100):
+            for path, expected in (("/v1/../../etc/passwd", 404), ("/%00", 404), ("/v1/status/" + "a" * 2000, 404),
+                                   ("/v1/events?limit=-5", 200), ("/v1/events?limit=1000000000000", 200),
+                                   ("/v1/events?limit=x", 400), ("/metrics?x=" + "%" * 100, 200)):
                 async with session.get(url + path) as response:
-                    assert response.status in (200, 400, 404), (path, response.status)
-                    assert response.status != 500
+                    assert response.status == expected, (path, response.status)
 
         # Raw protocol abuse: an unknown method, garbage, a huge request line, a header bomb.
         for payload in (b"FOO /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x01\x02garbage\r\n\r\n",
@@ -88,20 +87,14 @@ async def test_api_survives_hostile_requests(make_cluster: Callable[..., Cluster
             s = socket.create_connection((host, port), timeout=2)
             s.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
             slow.append(s)
-        latencies = []
-        started = time.monotonic()
-        while time.monotonic() - started < 6:
+        for _ in range(30):  # while the slow clients trickle, each /healthz answers within its deadline
             for s in slow[:50]:
                 with contextlib.suppress(OSError):
                     s.sendall(b"X-Slow: 1\r\n")
-            t0 = time.perf_counter()
             code, _body = await asyncio.to_thread(http_json, f"{url}/healthz", None, 2.0)
-            latencies.append(time.perf_counter() - t0)
-            assert code == 200
-            await asyncio.sleep(0.1)  # pacing the bounded load
+            assert code == 200  # (latency figures: bench/steady.py)
         for s in slow:
             s.close()
-        assert max(latencies) < 5.0, max(latencies)  # answers at all (latency figures: bench/steady.py)
 
         # A burst of concurrent status requests.
         async with aiohttp.ClientSession() as session:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import aiohttp
 
 from ceres_supervisor.surfaces import snapshot
+from testkit.dockerevents import DockerEvents
 
 from .conftest import Cluster, eventually
 
@@ -62,19 +63,14 @@ async def test_changed_meta_image_recreates_members_one_at_a_time(make_cluster: 
     try:
         cluster.write(cluster.text.replace('image = "ceres-emulator/ceresmeta-server:1.2.2"',
                                            'image = "ceres-emulator/ceresmeta-server:1.2.2-retagged"'))
-        assert (await reload(cluster)).ok
         metas = ("meta0", "meta1", "meta2")
-        most_down = 0
-
-        async def rolled() -> bool:
-            nonlocal most_down
-            now = {c.labels["io.ceres-supervisor.node"]: c for c in await cluster.containers()}
-            down = sum(1 for m in metas if m not in now or now[m].status != "running")
-            most_down = max(most_down, down)
-            return all(m in now and now[m].id != before[m][0] and now[m].status == "running" for m in metas)
-
-        await eventually(rolled, 180, "all three meta members recreated", interval_s=0.1)
-        assert most_down <= 1, "two meta members were down at once"
+        with DockerEvents(docker_client, cluster.name) as events:  # type: ignore[arg-type]
+            assert (await reload(cluster)).ok
+            await eventually(lambda: {e.node for e in events.of(actions=("destroy",))} == set(metas), 180,
+                             "all three meta members recreated")
+            await eventually(lambda: len(events.of(actions=("start",))) >= 3, 60, "and started again")
+            most, intervals = events.most_down_at_once("meta")
+        assert most == 1, f"two meta members were down at once: {intervals}"
         await cluster.healthy(120)
         after = await identities(cluster)
         assert after["db0"] == before["db0"] and after["db1"] == before["db1"]

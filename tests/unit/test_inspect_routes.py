@@ -21,7 +21,7 @@ from ceres_supervisor.cluster.view import AgentRecord, StoreView
 from ceres_supervisor.decisions.planning import NodeState
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.operations.pauses import PauseBook
-from ceres_supervisor.surfaces import api, control_routes, inspect_routes, journal
+from ceres_supervisor.surfaces import api, control_routes, inspect_routes, journal, seams
 from ceres_supervisor.surfaces.seams import agent_url
 from ceres_supervisor.surfaces.snapshot import Coordination, Event, ReloadResult, Snapshot
 
@@ -288,3 +288,19 @@ def test_an_agent_url_from_what_it_publishes() -> None:
     assert agent_url(record("unix:/run/ceres-supervisor/api.sock")) is None
     assert agent_url(record("nonsense")) is None
 
+
+
+def test_the_cluster_document_of_the_seams_is_the_api_s(tmp_path: Path) -> None:
+    """surfaces/seams builds /v1/cluster for the metrics and the routes: the same document as the
+    API's own (a drift here would show other nodes on /metrics than on /v1/cluster)."""
+    desired = desired_cluster(tmp_path, TWO_HOSTS, is_local=lambda host: host == "127.0.0.1")
+    snap = Snapshot(1, NOW, desired, ReloadResult(True, None, None), 5.0, "127.0.0.1", healthy_observation(desired),
+                    plan_of({"meta0": NodeState.HEALTHY, "db0": NodeState.HEALTHY, "db1": NodeState.REMOTE}), {},
+                    None, StoreView(agents={"127.0.0.1": agent("127.0.0.1", 1, ("meta0", "db0"), desired.spec_hash)}),
+                    Coordination(True, "ok", "http://127.0.0.1:2379", True, 42, "http://127.0.0.2:2379"))
+
+    @dataclass
+    class Holder:
+        snapshot: Snapshot
+
+    assert seams.cluster(snap) == api.Api(Holder(snap), None).v1_cluster_document()  # type: ignore[arg-type]

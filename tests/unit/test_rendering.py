@@ -192,6 +192,8 @@ def test_horaedb_flavor(tmp_path: Path) -> None:
     assert metas[0]["http-port"] == 8080
     for doc in dbs:
         assert doc["cluster_deployment"]["etcd_client"]["root_path"] == "/horaedb"
+        # Off, said aloud: with it a restarted node keeps its predecessor's lock and lease.
+        assert doc["cluster_deployment"]["etcd_client"]["enable_shard_lock_fast_reacquire"] is False
         assert doc["analytic"]["wal"]["data_dir"].startswith("/home/admin/data/horaedb/")
     meta, db = nodes[0], nodes[1]
     assert (meta.config_name, meta.config_mount) == ("horaemeta.toml", "/etc/horaemeta/horaemeta.toml")
@@ -275,3 +277,12 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
 def test_durations_round_trip(text: str, seconds: float, back: str) -> None:
     assert durations.parse_duration(text) == seconds
     assert durations.format_duration(seconds) == back
+
+
+@pytest.mark.parametrize(("version", "rendered"), [("1.2.7", False), ("2.0.0", True)])
+def test_fast_reacquire_is_rendered_off_where_the_key_exists(tmp_path: Path, version: str, rendered: bool) -> None:
+    flavor = "horaedb" if version.startswith("2") else "ceresdb"
+    _m, dbs, _ = by_role(spec_of(versioned(version, flavor), tmp_path))
+    etcd_client = dbs[0]["cluster_deployment"]["etcd_client"]
+    assert ("enable_shard_lock_fast_reacquire" in etcd_client) is rendered
+    assert etcd_client.get("enable_shard_lock_fast_reacquire", False) is False

@@ -99,6 +99,13 @@ INVALID = [
     ("bad listen", BASE + '\n[supervisor]\nlisten = "localhost"\n', "supervisor.listen: 'localhost' is neither host:port"),
     ("owned key in config", BASE + '\n[meta.config]\ndefault-cluster-node-count = 5\n',
      "meta.config.default-cluster-node-count: is set by the supervisor"),
+    # go-toml v2 matches CeresMeta's keys case-insensitively: this one would move meta's root.
+    ("owned meta key in capitals", BASE + '\n[meta.config]\nSTORAGE-ROOT-PATH = "/other"\n',
+     "meta.config.STORAGE-ROOT-PATH: is set by the supervisor from cluster.flavor"),
+    ("fast re-acquire owned", '[cluster]\nflavor = "horaedb"\nversion = "2.0.0"\n' + BASE.replace("[cluster]\n", "", 1)
+     .replace("mysql_port = 3308", "mysql_port = 3308\npostgresql_port = 5434")
+     + '\n[ceresdb.config.cluster_deployment.etcd_client]\nenable_shard_lock_fast_reacquire = true\n',
+     "ceresdb.config.cluster_deployment.etcd_client.enable_shard_lock_fast_reacquire: is set by the supervisor"),
     ("removed key in config", BASE + "\n[ceresdb.config.runtime]\nbackground_thread_num = 12\n",
      "ceresdb.config.runtime.background_thread_num: the server ignores it"),
     ("unknown CeresDB section", BASE + "\n[ceresdb.config.cluster]\nx = 1\n", "ceresdb.config.cluster: not a section"),
