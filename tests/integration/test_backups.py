@@ -173,12 +173,16 @@ async def test_backup_and_restore_of_a_three_member_meta(
         expected = await keyspace(client, manifest.revision)
         assert sum(k.startswith(b"/backup-test/") for k in expected) == KEYS
         assert any(k.startswith(b"/ceresdb/") for k in expected), sorted(expected)[:20]
+        code, said, err = await arun("backup", "-c", config, "-o", str(tmp_path / "as-json.db"), "--json")
+        taken = json.loads(said)
+        assert code == 0 and taken["path"] == str(tmp_path / "as-json.db"), err
+        assert taken["manifest"]["cluster"] == cluster.name and len(taken["manifest"]["sha256"]) == 64
         await client.put(b"/backup-test/after-the-snapshot", b"x")
 
     # Refused while the daemon runs, whatever the backup.
     code, _said, err = await arun("restore", "-c", config, "--from", str(snapshot))
     assert code == 6 and "daemon answers" in err, err
-    # A corrupt snapshot, and another cluster's backup: refused before anything else (exit 5).
+    # A corrupt snapshot, and another cluster's backup: refused before anything else (exit 7).
     corrupt, _ = copy_backup(snapshot, "corrupt.db")
     raw = bytearray(corrupt.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -201,12 +205,18 @@ async def test_backup_and_restore_of_a_three_member_meta(
 
     # Each "machine" (loopback address, as `run --host`) restores its own member from the same backup.
     for m in meta:
-        code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
-        assert code == 0, err
-        assert f"restored {m.name} in {data / m.name}" in said and said.count("restored meta") == 1, said
-        others = [f"{o.name} ({o.host})" for o in meta if o is not m]
-        assert f"{', '.join(others)} run on other machines" in said, said
-        assert "Tables created after" in said and "each CeresDB node once" in said, said
+        if m is meta[-1]:  # the last one as a script would, with --json
+            code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host, "--json")
+            done = json.loads(said)
+            assert code == 0 and [(r["node"], r["data_dir"]) for r in done["restored"]] == [(m.name, str(data / m.name))]
+            assert done["snapshot"] == str(snapshot) and {r["node"] for r in done["remote"]} == {o.name for o in meta} - {m.name}
+        else:
+            code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
+            assert code == 0, err
+            assert f"restored {m.name} in {data / m.name}" in said and said.count("restored meta") == 1, said
+            others = [f"{o.name} ({o.host})" for o in meta if o is not m]
+            assert f"{', '.join(others)} run on other machines" in said, said
+            assert "Tables created after" in said and "each CeresDB node once" in said, said
         (aside,) = data.glob(f"{m.name}.before-restore-*")  # the old data, moved aside, whole
         assert (aside / "etcd" / "member" / "snap" / "db").is_file() and (aside / "wal").is_dir()
         marker = identity.read(data / m.name)
