@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 VERSIONS ?= 1.2.2 1.2.7 2.0.0
 
-.PHONY: help setup docker emulator lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
+.PHONY: help setup docker emulator promtool rules lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
 
 help:
 	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
 	@echo "make test   set up (virtualenv, Docker Engine), then ruff, mypy and pytest"
-	@echo "make bench  measure the SPEC targets (bench/RESULTS.md); make chaos: the long chaos run"
+	@echo "make bench  measure the targets (bench/RESULTS.md); make chaos: the long chaos run"
 
 # The virtualenv with the project and its test dependencies, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,19 +31,29 @@ docker:
 emulator: setup docker
 	$(BIN)/python testkit/emulator.py $(VERSIONS)
 
+# promtool (Debian's `prometheus` package) checks the alerting rules and the /metrics text.
+promtool:
+	@scripts/ensure-promtool.sh
+
+# The alerting rules: syntax, then their unit tests (each alert fires on its condition and stays
+# quiet on a healthy series).
+rules: promtool
+	promtool check rules etc/prometheus/ceres-supervisor.rules.yml
+	promtool test rules etc/prometheus/tests/*.yml
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-unit: setup
+unit: setup promtool
 	$(BIN)/pytest -q tests/unit
 
 # Pure tests first (stop at the first failure), then the Docker-backed ones on WORKERS processes
 # (ports and names are partitioned per worker), then the serial phase: scenarios that disturb the
 # whole machine (restarting dockerd) run alone, last.
 WORKERS ?= 3
-test: setup docker emulator lint
+test: setup docker emulator lint rules
 	@scripts/ensure-chromium.sh
 	$(BIN)/pytest -q -x tests/unit
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
@@ -63,7 +73,7 @@ demo-cluster: setup docker emulator
 demo-cluster-stop: setup
 	@scripts/demo-cluster-stop.sh
 
-# SPEC section 6 targets, measured (about 30 minutes on 2 cores; each script prints its tables and how
+# The targets of bench/RESULTS.md, measured (about 30 minutes on 2 cores; each script prints its tables and how
 # long it took); bench/RESULTS.md is then written whole from this run (bench/report.py).
 bench: setup docker emulator
 	rm -rf bench/.results

@@ -1,4 +1,4 @@
-"""Backup of a meta holding 10,000 keys: how long, how large (SPEC 6, day two: under 1 s).
+"""Backup of a meta holding 10,000 keys: how long, how large (the target: under 1 s).
 
     .venv/bin/python bench/backup.py [REPS] [KEYS]        (default 5 repetitions, 10,000 keys)
 
@@ -110,7 +110,7 @@ def main(reps: int, keys: int) -> None:
     run.table(f"Backup of a meta holding {keys} keys ({reps} backups each way)", ["", "measured"], rows, settings,
               f"Each backup reads the whole keyspace from the member through etcd's maintenance Snapshot (JSON "
               f"gateway), checks the digest etcd sends with it, writes and fsyncs it, has etcdutl read it, and "
-              f"writes the manifest (SHA-256 included). Target: under {TARGET_S:g} s (SPEC 6).")
+              f"writes the manifest (SHA-256 included). Target: under {TARGET_S:g} s.")
     met = take_s["median"] < TARGET_S if keys >= 10_000 else None
     run.target("backup", f"{common.ms(take_s['median'] * 1e3)} ms median, {common.ms(take_s['max'] * 1e3)} ms max "
                          f"({m.size / 1024 / 1024:.1f} MiB, {keys} keys)", met, settings)

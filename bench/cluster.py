@@ -1,4 +1,4 @@
-"""Several machines (SPEC 6 and 7), on one: three supervisors with `--host 127.0.0.1/2/3`, one file.
+"""Several machines, on one: three supervisors with `--host 127.0.0.1/2/3`, one file.
 
     .venv/bin/python bench/cluster.py [CHANGES] [AGENT_KILLS] [IDLE_SECONDS]     (default 20 5 60)
 
@@ -42,7 +42,7 @@ from testkit.standins import IMAGE_PREFIX, FastTicks
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
 VERSION = "1.2.7"
 SETTINGS = {"agent_ttl": "5s", "backoff_reset": "1s"}
-"""agent_ttl as SPEC 6 asks; backoff_reset so that the n-th kill of a node restarts it at once, as
+"""agent_ttl as the target asks; backoff_reset so that the n-th kill of a node restarts it at once, as
 the first did (the backoff is not what is measured here)."""
 AGENT_TTL_S = 5
 

@@ -1,4 +1,4 @@
-"""Several machines under chaos (SPEC 6): zero stops by choice beyond the budget.
+"""Several machines under chaos: zero stops by choice beyond the budget.
 
     .venv/bin/python bench/cluster_chaos.py [SECONDS] [SEED]        (default 600 s, seed from the clock)
 
@@ -22,7 +22,7 @@ by choice is a `kill` with SIGTERM; a node is down by choice from it to its next
 - stopped beside a crash: stops by choice of a node while another node of its role had been not
   running (a `die`, no `start` yet) for more than 1 s, the time a decision takes to reach another
   agent (budget: none; a CeresDB node may be stopped beside nodes that are merely unhealthy, see
-  SPEC 4.5, and that is not visible in Docker's events).
+  README's disruption budget, and that is not visible in Docker's events).
 Then every agent runs again, and the time is measured until every pause and freeze has been ended
 and all three agents see the whole cluster healthy.
 """

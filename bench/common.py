@@ -85,7 +85,7 @@ def ms(value: float) -> str:
 
 
 class Run:
-    """One script's run: its tables, the SPEC targets it measured, and how long it took."""
+    """One script's run: its tables, the targets it measured, and how long it took."""
 
     def __init__(self, script: str, argv: list[str]) -> None:
         self.started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Repeated crashes (SPEC 6): the same node SIGKILLed again as soon as it answers, default settings,
+"""Repeated crashes: the same node SIGKILLed again as soon as it answers, default settings,
 side by side with Docker's --restart=always on the same stand-in image.
 
     .venv/bin/python bench/crashes.py [SERIES] [CRASHES]        (default 5 series of 6 crashes)
@@ -9,7 +9,7 @@ under Docker's policy. A crash is `kill -9` of the container's main process, don
 `GET /` answers 200 again. "running" is Docker's `start` event; "answering" the first `GET /` 200,
 polled every 5 ms from that event on. Series alternate who goes first.
 
-The supervisor's delays are its choice (SPEC 6: "a choice, not a defect, but it must match
+The supervisor's delays are its choice (the target: "a choice, not a defect, but it must match
 section 4.5 exactly"): the expected one comes from `ceres_supervisor.decisions.backoff` with the default
 policy, and the one it chose from its `died` event ("failure N; restart in X s").
 """
@@ -30,8 +30,8 @@ from ceres_supervisor.decisions import backoff
 from ceres_supervisor.model.spec import SupervisorSection
 
 DEFAULTS = SupervisorSection()
-SPEC_CRASHES = 6
-"""SPEC 6 asks for 6 crashes in a row; fewer are reported but not judged."""
+ASKED_CRASHES = 6
+"""The target asks for 6 crashes in a row; fewer are reported but not judged."""
 CHOSEN = re.compile(r"failure (\d+); restart in ([0-9.]+)s")
 DOCKER_BACKOFF_S = 0.1
 """moby's restartmanager: 100 ms, doubled after each restart that lived under 10 s."""
@@ -129,11 +129,11 @@ def main(n_series: int, crashes: int) -> None:
     run.table(
         f"Repeated crashes: the same node SIGKILLed {crashes} times in a row, supervisor vs Docker "
         f"(medians of {n_series} series)",
-        ["crash", "supervisor backoff per SPEC 4.5 s", "supervisor delay chosen s (min-max)",
+        ["crash", "supervisor backoff by its rules s", "supervisor delay chosen s (min-max)",
          "supervisor kill -> running s", "supervisor kill -> answering s", "Docker backoff s",
          "Docker kill -> running s", "Docker kill -> answering s"],
         rows, f"{settings} (the supervisor's defaults; Docker: its own policy)",
-        "The supervisor's backoff is a choice, not a defect (SPEC 6), and must match SPEC 4.5 exactly: the "
+        "The supervisor's backoff is a choice, not a defect, and must match its rules exactly: the "
         "1st failure restarts at once, the n-th waits backoff_initial x 2^(n-2) +-20 %, and the "
         f"crashloop_failures-th failure within crashloop_window ({DEFAULTS.crashloop_failures} within "
         f"{DEFAULTS.crashloop_window:g} s by default) marks the node `crashloop`: from then on it waits "
@@ -144,10 +144,10 @@ def main(n_series: int, crashes: int) -> None:
     )
     supervisor, docker_ = ", ".join(r[3] for r in rows), ", ".join(r[6] for r in rows)
     run.target("crashes", f"kill -> running, crash 1..{crashes}: supervisor {supervisor} s; Docker {docker_} s "
-               f"(medians, n={n_series}); backoff as SPEC 4.5 in {matched} of {n_series * crashes}",
-               (matched == n_series * crashes) if crashes >= SPEC_CRASHES else None, settings)
+               f"(medians, n={n_series}); backoff by its rules in {matched} of {n_series * crashes}",
+               (matched == n_series * crashes) if crashes >= ASKED_CRASHES else None, settings)
     run.save()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, int(sys.argv[2]) if len(sys.argv) > 2 else SPEC_CRASHES)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_CRASHES)

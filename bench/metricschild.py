@@ -16,7 +16,6 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +34,7 @@ from ceres_supervisor.model.observed import (
     ShardLock,
 )
 from ceres_supervisor.model.spec import SupervisorSection
+from ceres_supervisor.surfaces.snapshot import Coordination, ReloadResult, Snapshot
 
 CALLS = 1000
 NOW = 1000.0
@@ -54,16 +54,6 @@ grpc_port = {8831 + i}
 http_port = {5440 + i}
 mysql_port = {3307 + i}
 """ for i in range(3))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What metrics.Snapshotlike asks of the daemon's snapshot."""
-
-    desired: desired.DesiredCluster
-    plan: planning.Plan | None
-    reload_ok: bool = True
-    agents: dict[str, bool] = field(default_factory=lambda: {"127.0.0.1": True})
 
 
 def healthy_snapshot(directory: Path) -> Snapshot:
@@ -90,7 +80,8 @@ def healthy_snapshot(directory: Path) -> Snapshot:
     records = {name: planning.NodeRecord(run_key=c.run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)
                for name, c in containers.items()}
     plan = planning.plan(cluster, observation, records, NOW, lambda: 0.0, Policy.of(SupervisorSection()))
-    return Snapshot(cluster, plan)
+    return Snapshot(1, NOW, cluster, ReloadResult(True, None, None), 5.0, "127.0.0.1", observation, plan, records,
+                    coordination=Coordination(True, "ok", None, False))
 
 
 def rss_mib() -> float:

@@ -85,7 +85,7 @@ def main(kills: int) -> None:
         ["event in /v1/events", "n", "min ms", "median ms", "p95 ms", "max ms"], rows, settings,
         f"From the `kill -9` to the `at` of the first such event of the node after it (the API gives "
         f"milliseconds). Target: `died` median under 100 ms. Docker's own `die` reaches a Python client "
-        f"28 ms after the kill (reference/docker-baselines.md). Misses: {kills - died['n']} kills without a "
+        f"28 ms after the kill (docs/docker-baselines.md). Misses: {kills - died['n']} kills without a "
         f"`died` event found.",
     )
     run.target("detection", f"{died['median']:.1f} ms median, {died['p95']:.1f} ms p95 (n={died['n']}); Docker's "

@@ -13,8 +13,8 @@ import time
 
 import common
 
-SPEC_NODES = 30
-"""SPEC 6 asks for 1 meta + 30 CeresDB nodes; another count is reported but not judged."""
+ASKED_NODES = 30
+"""The target asks for 1 meta + 30 CeresDB nodes; another count is reported but not judged."""
 
 
 def histogram(d: common.Daemon) -> tuple[float, float, dict[float, float]]:
@@ -59,11 +59,11 @@ def main(seconds: int, nodes: int) -> None:
         "Cycle durations from the daemon's own histogram (`ceres_supervisor_reconcile_duration_seconds`) over "
         f"the window. Target: cycle under 200 ms, idle under 5 % of one core. Cluster state at the end: {state}.",
     )
-    met = (cycles > 0 and worst_bucket <= 0.2 and idle.percent < 5) if nodes == SPEC_NODES else None
+    met = (cycles > 0 and worst_bucket <= 0.2 and idle.percent < 5) if nodes == ASKED_NODES else None
     run.target("scale", f"mean cycle {mean_ms:.0f} ms, every cycle <= {worst_bucket * 1000:g} ms; "
                f"{idle.percent:.2f} % of one core ({nodes} CeresDB nodes, {seconds} s)", met, settings)
     run.save()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 60, int(sys.argv[2]) if len(sys.argv) > 2 else SPEC_NODES)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 60, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_NODES)

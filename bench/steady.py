@@ -71,7 +71,7 @@ def main(seconds: int) -> None:
           BEFORE["percent"], BEFORE["rss_mib"], round(BEFORE["rss_mib"] * MB_PER_MIB, 1)]],
         settings,
         f"Target: under 0.5 % of one core and under 70 MB (66.8 MiB). Peer: the lean loop of "
-        f"reference/docker-baselines.md (events + 1 probe/s) costs 0.14 % and 41 MiB. Cluster state at the "
+        f"docs/docker-baselines.md (events + 1 probe/s) costs 0.14 % and 41 MiB. Cluster state at the "
         f"end: {state}.",
     )
     run.target("idle", f"{idle.percent:.2f} % of one core, {idle.rss_max_mib:.1f} MiB = {mb:.1f} MB "

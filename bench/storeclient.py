@@ -1,4 +1,4 @@
-"""The etcd client, chosen by measuring (SPEC 7): a maintained gRPC library vs the JSON gateway.
+"""The etcd client, chosen by measuring: a maintained gRPC library vs the JSON gateway.
 
     .venv/bin/python bench/storeclient.py [REPS] [CALLS]        (default 3 repetitions, 1000 reads)
 
@@ -95,7 +95,7 @@ def main(reps: int, calls: int) -> None:
         ["RSS MiB and time", *(label for _k, label in KINDS)], rows,
         "none (no daemon: each client alone in a fresh process)",
         f"Versions: {versions}. The gRPC stack adds {grpc_added:.1f} MiB where the gateway client adds "
-        f"{gateway_added:.1f} MiB; the idle target is 70 MB in all (SPEC 6). {budget}An agent makes a few store "
+        f"{gateway_added:.1f} MiB; the idle target is 70 MB in all. {budget}An agent makes a few store "
         "calls a second at most (keep-alive every agent_ttl/3, a write per node change, one watch per prefix), "
         "so the time per read matters less than the memory.",
     )

@@ -43,6 +43,7 @@ cat <<MSG
 
 Try:   $BIN/ceres-supervisor status --url http://127.0.0.1:5481        (the same view from another agent)
        kill -9 \$(cat $STATE/agent-2.pid)     (an agent dies: its nodes turn unknown, its containers run)
-       curl -s 127.0.0.1:5481/v1/cluster | python3 -m json.tool
+       $BIN/ceres-supervisor describe db2 --url http://127.0.0.1:5481   (a node of agent 2, asked of agent 1)
+       $BIN/ceres-supervisor events --url http://127.0.0.1:5481 -f      (every agent's events)
 Stop:  make demo-cluster-stop   (stops the agents, then removes the containers; data stays in $STATE/data)
 MSG

@@ -35,8 +35,9 @@ echo
 $BIN/ceres-supervisor status -c "$CONFIG" || true
 cat <<MSG
 
-Try:   $BIN/ceres-supervisor status -c $CONFIG          (the table; --json for the API document)
-       curl -s 127.0.0.1:5480/v1/events                  (what happened)
+Try:   $BIN/ceres-supervisor status -c $CONFIG -o wide  (the table; --json for the API document)
+       $BIN/ceres-supervisor events -c $CONFIG -f        (what happened, as it happens)
        kill -9 \$(docker inspect -f '{{.State.Pid}}' ceres-defaultCluster-db0)   (a crash: watch it come back)
+       $BIN/ceres-supervisor describe db0 -c $CONFIG     (why: its history, last exits, container, logs)
 Stop:  make demo-stop   (stops the supervisor, then removes the containers; data stays in $STATE/data)
 MSG

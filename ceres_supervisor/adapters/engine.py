@@ -32,11 +32,11 @@ import structlog
 
 from ceres_supervisor.desired.containers import (
     LABEL_CLUSTER,
+    LABEL_HASH,
     LABEL_HOST,
     LABEL_MANAGED,
     LABEL_NODE,
     LABEL_ROLE,
-    LABEL_SPEC_HASH,
     ContainerSpec,
 )
 from ceres_supervisor.model.errors import CeresError
@@ -50,6 +50,8 @@ CALL_TIMEOUT_S: Final = 30.0
 """Budget for one ordinary Docker call (list, inspect, create, start)."""
 LIST_TIMEOUT_S: Final = 10.0
 """Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
+LOGS_TIMEOUT_S: Final = 10.0
+"""Reading a container's logs for an operator (`logs`, `describe`)."""
 EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
 
 
@@ -127,7 +129,7 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         name=attrs.get("Name", "").lstrip("/"),
         node=labels.get(LABEL_NODE, ""),
         role=labels.get(LABEL_ROLE, ""),
-        spec_hash=labels.get(LABEL_SPEC_HASH, ""),
+        spec_hash=labels.get(LABEL_HASH, ""),
         state=str(state.get("Status", "unknown")),
         image=attrs.get("Config", {}).get("Image", ""),
         exit_code=None if running else state.get("ExitCode"),
@@ -281,6 +283,26 @@ class Engine:
 
         return await self._call("container logs", tail, timeout_s=5.0, observe=True)
 
+    async def logs(
+        self, container_id: str, lines: int, since_s: float | None = None
+    ) -> list[tuple[str, str]]:
+        """The container's last `lines` log lines (stdout and stderr, in order), each with Docker's
+        RFC 3339 timestamp; only those at or after `since_s` (Unix time) when given. An operator's
+        read: it runs beside the actions, never in the way of the reconcile loop's observation."""
+
+        def read() -> list[tuple[str, str]]:
+            raw = self._api().logs(
+                container_id, stdout=True, stderr=True, timestamps=True, tail=max(1, lines), since=since_s
+            )
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+            found = []
+            for line in text.splitlines():
+                at, _, rest = line.partition(" ")
+                found.append((at, rest))
+            return found
+
+        return await self._call("container logs", read, timeout_s=LOGS_TIMEOUT_S)
+
     # -- actions --
     async def create_and_start(self, spec: ContainerSpec) -> str:
         def create() -> str:
@@ -289,6 +311,10 @@ class Engine:
                 network_mode=spec.network_mode,
                 binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
                 restart_policy={"Name": "no"},  # the supervisor owns every restart
+                log_config=docker.types.LogConfig(
+                    type="json-file",  # rotated, and read back by `docker logs` and `logs NODE`
+                    config={"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
+                ),
             )
             created = api.create_container(
                 spec.image,

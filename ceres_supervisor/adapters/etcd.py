@@ -1,7 +1,7 @@
 """A small etcd v3 client over etcd's own JSON gateway (`/v3/kv/*`, `/v3/lease/*`, `/v3/watch`).
 
 Why the gateway and not a gRPC library: CeresMeta's embedded etcd serves it on the same client
-port, aiohttp is already here, and it keeps the agent's idle cost where SPEC 6 wants it (measured
+port, aiohttp is already here, and it keeps the agent's idle cost where its target wants it (measured
 in bench/RESULTS.md: a gRPC client stack alone adds more resident memory than the whole target
 leaves). Every call has a timeout; a call that fails on one member is tried on the next, starting
 with the last one that answered; nothing here blocks the event loop. Keys and values are bytes on

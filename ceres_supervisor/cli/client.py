@@ -1,30 +1,32 @@
-"""Talking to a running daemon from the command line: where its API is, and the status table.
+"""Talking to a running daemon from the command line: where its API is, one request, and what an
+answer that is not a success means (its exit code and one plain line).
 
-The API address comes from `--url` / `--socket`, else from the file's `supervisor.listen` (read
-leniently: only that table, so `status` works even where the file's secrets are not available),
-else the default `127.0.0.1:5480`.
+The API address comes from `--url` / `--socket`, else from the desired-state file's
+`supervisor.listen` (`-c`, default /etc/ceres-supervisor/cluster.toml). The file is read leniently
+(only its `[supervisor]` table, so commands work where its secrets are not readable), but it must
+exist: a file that is missing is said so, never replaced by a default address. The token comes
+from `--token-file`, else the file's `supervisor.token_file`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import shutil
+import os
 import tomllib
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from ceres_supervisor.cli import exits
+from ceres_supervisor.cli.exits import Failure
 from ceres_supervisor.model.spec import Listen, parse_listen
 
 DEFAULT_CONFIG: Final = "/etc/ceres-supervisor/cluster.toml"
-DEFAULT_LISTEN: Final = "127.0.0.1:5480"
-
-
-class Unreachable(Exception):
-    """No daemon answers at the address we looked at."""
+DEFAULT_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -33,53 +35,118 @@ class Endpoint:
     socket: str | None
     token: str | None
     where: str
+    """How the user would name it: the URL, `unix:/path`, or the listen address and its file."""
 
 
-def _token(path: str | None) -> str | None:
-    if not path:
-        return None
+def _read_token(path: str, named_by: str) -> str | None:
     try:
         return Path(path).read_text().strip() or None
-    except OSError:
-        return None
+    except OSError as err:
+        raise Failure(
+            exits.NO_FILE, f"cannot read the token file {path} ({named_by}): {err.strerror or err}"
+        ) from None
+
+
+def supervisor_table(path: str) -> dict[str, Any]:
+    """The file's `[supervisor]` table, read leniently; a missing file or one that is not TOML is
+    an error that says so."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise Failure(
+            exits.NO_FILE,
+            f"cannot read {path}: {err.strerror or err} (give the desired-state file with -c FILE, "
+            "or the daemon's API with --url URL or --socket PATH)",
+        ) from None
+    except UnicodeDecodeError:
+        raise Failure(exits.INVALID, f"{path}: the file is not UTF-8 text") from None
+    try:
+        table = tomllib.loads(text).get("supervisor", {})
+    except (tomllib.TOMLDecodeError, RecursionError) as err:
+        raise Failure(exits.INVALID, f"{path}: not valid TOML ({err})") from None
+    return table if isinstance(table, dict) else {}
+
+
+def normalize_url(url: str) -> str:
+    """`--url`: `http://host:port` (a bare `host:port` is taken as http); anything else is a usage
+    error that says what is expected."""
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        _port = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+    ):
+        raise Failure(exits.USAGE, f"--url {url!r} is not the API's base URL, like http://127.0.0.1:5480")
+    return text.rstrip("/")
 
 
 def endpoint(
     url: str | None, socket_path: str | None, config: str | None, token_file: str | None = None
 ) -> Endpoint:
+    """Where the API is. `config` is None when `-c` was not given (the default file is then read
+    if it is needed, or if it exists, for the token)."""
+    path = config or DEFAULT_CONFIG
+    needed = url is None and socket_path is None
+    table: dict[str, Any] = {}
+    if needed or config is not None or Path(path).exists():
+        table = supervisor_table(path)
+    named = table.get("token_file")
+    if token_file:
+        token = _read_token(token_file, "--token-file")
+    elif isinstance(named, str) and named:
+        token = _read_token(named, f"supervisor.token_file of {path}")
+    else:
+        token = None
     if url:
-        return Endpoint(url.rstrip("/"), None, _token(token_file), url)
+        base = normalize_url(url)
+        return Endpoint(base, None, token, base)
     if socket_path:
-        return Endpoint("http://localhost", socket_path, _token(token_file), f"unix:{socket_path}")
-    listen_text, file_token = DEFAULT_LISTEN, None
-    path = config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
-    if path:
-        try:
-            table = tomllib.loads(Path(path).read_text()).get("supervisor", {})
-        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
-            table = {}
-        if isinstance(table, dict):
-            listen_text = str(table.get("listen", DEFAULT_LISTEN))
-            file_token = table.get("token_file") if isinstance(table.get("token_file"), str) else None
+        return Endpoint("http://localhost", socket_path, token, f"unix:{socket_path}")
+    listen_text = str(table.get("listen", "127.0.0.1:5480"))
     try:
         listen = parse_listen(listen_text)
-    except ValueError:
-        listen = parse_listen(DEFAULT_LISTEN)
-    return from_listen(
-        listen, _token(token_file or file_token), f"{listen_text} (from {path or 'the default'})"
-    )
+    except ValueError as err:
+        raise Failure(exits.INVALID, f"{path}: supervisor.listen: {err}") from None
+    return from_listen(listen, token, f"{listen_text} (supervisor.listen of {path})")
 
 
 def from_listen(listen: Listen, token: str | None, where: str) -> Endpoint:
     if listen.unix_path is not None:
         return Endpoint("http://localhost", listen.unix_path, token, where)
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else "[::1]" if listen.host == "::" else listen.host
+    host = f"[{host}]" if host and ":" in host and not host.startswith("[") else host
     return Endpoint(f"http://{host}:{listen.port}", None, token, where)
 
 
+def _reason(err: BaseException, ep: Endpoint, timeout_s: float) -> str:
+    """Why a connection failed, in words (not the library's text)."""
+    if isinstance(err, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    os_error = getattr(err, "os_error", None) or (err if isinstance(err, OSError) else None)
+    number = getattr(os_error, "errno", None)
+    if ep.socket and number in (errno.ENOENT, errno.ECONNREFUSED):
+        return f"no socket at {ep.socket}" if number == errno.ENOENT else "nobody listens on the socket"
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number).lower()
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before an answer"
+    return "the connection failed"
+
+
 async def call(
-    ep: Endpoint, method: str, path: str, timeout_s: float = 10.0, body: object = None
+    ep: Endpoint, method: str, path: str, timeout_s: float = DEFAULT_TIMEOUT_S, body: object = None
 ) -> tuple[int, Any]:
+    """One request; (HTTP status, the JSON body, or its text). Raises Failure(UNREACHABLE)."""
     connector = aiohttp.UnixConnector(path=ep.socket) if ep.socket else aiohttp.TCPConnector()
     headers = {"Authorization": f"Bearer {ep.token}"} if ep.token else {}
     try:
@@ -95,113 +162,41 @@ async def call(
             except ValueError:
                 return response.status, raw.decode(errors="replace")
     except (aiohttp.ClientError, TimeoutError, OSError) as err:
-        raise Unreachable(f"no ceres-supervisor answers at {ep.where}: {err or type(err).__name__}") from None
+        raise Failure(
+            exits.UNREACHABLE, f"no ceres-supervisor answers at {ep.where}: {_reason(err, ep, timeout_s)}"
+        ) from None
 
 
-# --- the table -----------------------------------------------------------------------------------
-
-COLUMNS: Final = ("NAME", "ROLE", "HOST", "PORTS", "STATE", "HEALTH", "LEASE", "RESTARTS", "UPTIME", "REASON")
-
-
-def _uptime(started: str | None, now: datetime) -> str:
-    if not started:
-        return "-"
-    seconds = int((now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
-    if seconds < 0:
-        return "0s"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _lease(node: dict[str, Any]) -> str:
-    """Shards whose locks name the node, `lost`, or `-` (meta, or unknown)."""
-    lease = node.get("lease")
-    if not isinstance(lease, dict):
-        return "-"
-    if lease.get("held") is True:
-        return str(len(lease.get("shards") or []))
-    if lease.get("held") is False:
-        return "lost"
-    return "-"
-
-
-def _health(node: dict[str, Any]) -> str:
-    ok = (node.get("health") or {}).get("ok")
-    return "ok" if ok is True else "fail" if ok is False else "-"
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
-
-
-def table(doc: dict[str, Any], width: int | None = None, now: datetime | None = None) -> str:
-    """The status table, every line within `width` (the terminal's, at least 80)."""
-    width = width or max(80, shutil.get_terminal_size((80, 24)).columns)
-    now = now or datetime.now(UTC)
-    cluster = doc.get("cluster") or {}
-    reload = doc.get("reload") or {}
-    given = cluster.get("spec_hashes")
-    hashes: dict[str, Any] = given if isinstance(given, dict) else {}
-    spec_hash = cluster.get("spec_hash") or (
-        next(iter(set(hashes.values()))) if len(set(hashes.values())) == 1 else None
-    )
-    lines = [f"cluster {cluster.get('name')}: {cluster.get('state')}   spec {spec_hash or '-'}"]
-    if reload.get("ok") is False:
-        error = " / ".join(line.strip() for line in str(reload.get("error")).splitlines()[1:]) or reload.get(
-            "error"
+def refusal(status: int, body: object, ep: Endpoint) -> Failure:
+    """What an answer that is not a success means: its exit code and one plain line."""
+    error = body.get("error") if isinstance(body, dict) else body
+    text = exits.one_line(error or "") or f"HTTP {status}"
+    if status in (401, 403):
+        return Failure(
+            exits.REFUSED,
+            f"the daemon at {ep.where} refused the token (HTTP {status}): give it with --token-file FILE "
+            "or the file's supervisor.token_file",
         )
-        lines.append(f"last reload FAILED at {reload.get('at')}: {error}")
-    elif reload.get("at"):
-        lines.append(f"last reload: ok at {reload.get('at')}")
-    if (doc.get("engine") or {}).get("ok") is False:
-        lines.append(f"docker engine: {(doc.get('engine') or {}).get('error')}")
-    if len(set(hashes.values())) > 1:
-        listed = ", ".join(f"{host} {h}" for host, h in sorted(hashes.items()))
-        lines.append(f"the agents' files differ (changes wait until they agree): {listed}")
-    for agent in doc.get("agents") or []:
-        if isinstance(agent, dict) and agent.get("state") == "down":
-            lines.append(
-                f"agent {agent.get('host')} DOWN since {agent.get('since') or agent.get('heartbeat_at')}"
-            )
-    rows = [COLUMNS]
-    for n in doc.get("nodes") or []:
-        ports = "/".join(str(p) for p in (n.get("ports") or {}).values())
-        restarts = n.get("restarts")
-        rows.append(
-            (
-                n.get("name", ""),
-                n.get("role", ""),
-                n.get("host", ""),
-                ports,
-                n.get("state", ""),
-                _health(n),
-                _lease(n),
-                "-" if restarts is None else str(restarts),
-                _uptime(n.get("started_at"), now),
-                n.get("reason") or "-",
-            )
+    if status == 404 and isinstance(body, dict) and body.get("known"):
+        known = ", ".join(exits.one_line(n) for n in body["known"])
+        return Failure(exits.UNKNOWN_NODE, f"{text}; the nodes of the file: {known}")
+    if status == 409:
+        return Failure(exits.CONFLICT, text)
+    if status == 422:
+        return Failure(exits.INVALID, text)
+    if status == 400:
+        return Failure(exits.USAGE, f"the daemon did not take the request: {text}")
+    if status in (502, 503, 504):
+        return Failure(exits.UNREACHABLE, text)
+    return Failure(exits.INTERNAL, f"the daemon at {ep.where} failed (HTTP {status}): {text}")
+
+
+def expect(status: int, body: object, ep: Endpoint, ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
+    """The body of a successful answer (a JSON object), else the Failure it means."""
+    if status not in ok:
+        raise refusal(status, body, ep)
+    if not isinstance(body, dict):
+        raise Failure(
+            exits.INTERNAL, f"the daemon at {ep.where} answered HTTP {status} without a JSON object"
         )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS) - 1)]
-    # Two spaces between columns if the reason still gets room, else one; else it gets a line of its own.
-    sep = "  " if sum(widths) + 2 * len(widths) + 12 <= width else " "
-    room = width - sum(widths) - len(sep) * len(widths)
-    for row in rows:
-        fixed = sep.join(str(c).ljust(w) for c, w in zip(row[:-1], widths, strict=True))
-        reason = str(row[-1])
-        if room >= 12:
-            lines.append(f"{fixed}{sep}{_cut(reason, room)}".rstrip())
-        else:  # narrow: the reason goes on an indented line under its node (none under the header)
-            lines.append(fixed.rstrip())
-            if reason not in ("-", "REASON"):
-                lines.append("    " + _cut(reason, width - 4))
-    for slot in doc.get("disruptions") or []:
-        lines.append(f"disruption slot: {slot.get('node')} by {slot.get('host')} ({slot.get('reason')})")
-    for orphan in doc.get("orphans") or []:
-        lines.append(f"orphan container {orphan.get('name')} (not in the file; `down` removes it)")
-    return "\n".join(_cut(line, width) for line in lines)
+    return body

@@ -2,8 +2,8 @@
 
 The script completes the subcommands, each one's options, the values of options and positionals
 that have choices, files for FILE/PATH values, directories for DIR, and node names for NODE
-arguments. Node names come from the hidden `nodes` subcommand, run on the file that `-c/--config`
-names on the command line (else that subcommand's own default).
+arguments. Node names come from `completion nodes`, run on the file that `-c/--config` names on
+the command line (else the default file).
 
 Node names are read from a file someone else may have written, so the script never lets the
 shell expand them: no `compgen -W` on them (it expands `$(...)`); candidates are filtered with a
@@ -168,7 +168,7 @@ _HELPERS: Final = """\
     done
     while IFS= read -r name; do
         [[ -n $name && $name == "$1"* ]] && COMPREPLY+=("$name")
-    done < <("${{prog/#\\~/$HOME}}" nodes "${{config[@]}}" 2>/dev/null)
+    done < <("${{prog/#\\~/$HOME}}" completion nodes "${{config[@]}}" 2>/dev/null)
 }}
 
 # How many positional words come after the subcommand; "$@" are the options that take a value.

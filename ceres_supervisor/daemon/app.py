@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import deque
 from collections.abc import Awaitable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from ceres_supervisor.model.spec import DesiredState, advertise_url
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
 from ceres_supervisor.operations import backups, pauses, restarts
-from ceres_supervisor.surfaces import metrics
+from ceres_supervisor.surfaces import journal, metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
 log = structlog.get_logger(__name__)
@@ -88,7 +87,7 @@ class Supervisor:
         setting = Setting(loaded, desired, place, planning.Policy.of(loaded.spec.supervisor))
         self.engine = Engine(loaded.spec.cluster.name, base_url=docker_url)
         self.engine.list_timeout_s = observe_timeout_s(loaded.spec, setting.coordinated)
-        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self.events = journal.Journal.open(loaded.spec.cluster.state_dir, EVENTS_KEPT, agent_name(place))
         self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.agent = agent_name(place)
         self.identity = coordinator.Identity(
@@ -132,6 +131,7 @@ class Supervisor:
             self.notifier,
             self.record_event,
             lambda: self.backups.status,
+            journal.fan_out(self.events.published, self.metrics.published),
         )
         self.loop = Loop(parts, setting, self.agent)
         self.backups = backups.Schedule(

@@ -78,6 +78,7 @@ class Parts:
     notifier: systemd.Notifier
     record_event: Callable[[str | None, str, str | None, str], None]
     backup_status: Callable[[], BackupStatus]
+    published: Callable[[Snapshot], object] = lambda _snapshot: None
 
 
 class Loop:
@@ -276,6 +277,7 @@ class Loop:
             ),
             backup=self.parts.backup_status(),
         )
+        self.parts.published(self.snapshot)
 
     # -- the loop -----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Restart delays and the failure count behind them (SPEC section 4.5). Pure.
+"""Restart delays and the failure count behind them (README, What each state means). Pure.
 
 The n-th failure since the count was last reset waits 0 for n = 1, then
 `backoff_initial` x 2^(n-2), capped at `backoff_max`, and the +-20% jitter is applied after the

@@ -1,4 +1,4 @@
-"""The disruption budget (SPEC section 4.5): may the supervisor stop this node by choice now? Pure.
+"""The disruption budget (README explains it): may the supervisor stop this node by choice now? Pure.
 
 A stop by choice is any stop of a running container that the supervisor decides (unhealthy,
 lease lost, start timeout, a recreate, a planned restart); a crash is never one. A meta member is

@@ -134,7 +134,7 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Controls:
-    """The operator's say (SPEC section 8): pauses (a paused node is never started, stopped or
+    """The operator's say (README, Maintenance): pauses (a paused node is never started, stopped or
     restarted) and planned restarts asked for (each a stop by choice, within the budget)."""
 
     paused: frozenset[str] = frozenset()

@@ -24,7 +24,7 @@ LABEL_MANAGED: Final = f"{LABEL_PREFIX}.managed"
 LABEL_CLUSTER: Final = f"{LABEL_PREFIX}.cluster"
 LABEL_NODE: Final = f"{LABEL_PREFIX}.node"
 LABEL_ROLE: Final = f"{LABEL_PREFIX}.role"
-LABEL_SPEC_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
+LABEL_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
 LABEL_HOST: Final = f"{LABEL_PREFIX}.host"
 
 Role = Literal["meta", "ceresdb"]
@@ -47,6 +47,10 @@ class ContainerSpec:
     mounts: tuple[Mount, ...]
     labels: dict[str, str]
     network_mode: str = "host"
+    log_max_size: str = "20m"
+    """Docker's json-file rotation (`[supervisor] log_max_size`, `log_max_files`); outside the
+    spec hash: a changed setting applies to containers created from then on, and restarts none."""
+    log_max_files: int = 5
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def build(
             LABEL_CLUSTER: spec.cluster.name,
             LABEL_NODE: node.name,
             LABEL_ROLE: node.role,
-            LABEL_SPEC_HASH: spec_hash,
+            LABEL_HASH: spec_hash,
             LABEL_HOST: node.host,
         }
         container = ContainerSpec(
@@ -144,6 +148,8 @@ def build(
             mounts=mounts,
             labels=labels,
             network_mode=spec.cluster.network,
+            log_max_size=spec.supervisor.log_max_size,
+            log_max_files=spec.supervisor.log_max_files,
         )
         result.append(
             DesiredNode(

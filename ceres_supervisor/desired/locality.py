@@ -1,4 +1,4 @@
-"""Which node hosts are this supervisor's own (SPEC sections 4.1 and 7), decided once.
+"""Which node hosts are this supervisor's own (README, Several machines), decided once.
 
 With `run --host ADDR` exactly the nodes whose `host` is ADDR are its own: no lookup at all.
 Without it, a host is this machine's when it is a loopback address or an address one of its

@@ -1,4 +1,4 @@
-"""The rules of a desired-state file that types alone cannot express (SPEC section 1).
+"""The rules of a desired-state file that types alone cannot express (README, The desired-state file).
 
 Pure. `check` returns every problem (and warning) with the dotted key path of the offending value:
 unique names, ports per machine, an odd meta count, lease and shard-lock limits, version-gated
@@ -96,7 +96,7 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 
 
 def check(spec: DesiredState) -> Findings:
-    """Every rule of SPEC section 1 that types alone cannot express."""
+    """Every rule of the desired-state file that types alone cannot express."""
     errors: list[Problem] = []
     warnings: list[Problem] = []
     release = spec.release
@@ -312,7 +312,7 @@ def _check_lease_grace(spec: DesiredState) -> list[Problem]:
 
 
 def _check_release(flavor: str, version: versions.Version) -> Problem | None:
-    """Only releases whose sources this project checked (SPEC 1): 1.0/1.1 parse the server address
+    """Only releases whose sources this project checked: 1.0/1.1 parse the server address
     differently, 2.1.0 drops the RocksDB WAL and starts Grafana on port 3000."""
     if version in versions.KNOWN_RELEASES[flavor]:
         return None

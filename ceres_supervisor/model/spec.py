@@ -144,6 +144,9 @@ class ClusterSection(_Model):
         return value
 
 
+LOG_SIZE: Final = re.compile(r"[1-9][0-9]{0,5}[kmg]")
+"""Docker's json-file `max-size`, in the one spelling this file accepts: `20m`, `512k`, `1g`."""
+
 MIN_AGENT_TTL_S: Final = 3.0
 """etcd grants no lease under 1.5 s (3/2 election ticks); 3 s leaves a keepalive a second."""
 
@@ -170,15 +173,28 @@ class SupervisorSection(_Model):
     stop_timeout: Seconds = 30.0
     on_exit: Literal["leave", "stop"] = "leave"
     max_unavailable: Annotated[int, Field(ge=1)] = 1
-    """CeresDB nodes the supervisors may take down by choice at once, cluster-wide (SPEC 4.5)."""
+    """CeresDB nodes the supervisors may take down by choice at once, cluster-wide."""
     agent_ttl: Seconds = 10.0
     """Lease of a supervisor's records in the coordination store: how long a dead agent's nodes
-    keep their last published state before they show `unknown` (SPEC 7)."""
+    keep their last published state before they show `unknown`."""
+    log_max_size: str = "20m"
+    """Size at which Docker rotates a node container's log (json-file `max-size`: a number with
+    the unit k, m or g). Applies to containers created from then on: a running one keeps its
+    settings until it is recreated, so changing it restarts nothing."""
+    log_max_files: Annotated[int, Field(ge=1, le=100)] = 5
+    """Log files Docker keeps per node container (json-file `max-file`), the current one included."""
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    @field_validator("log_max_size")
+    @classmethod
+    def _log_max_size(cls, value: str) -> str:
+        if LOG_SIZE.fullmatch(value) is None:
+            raise ValueError(f'{value!r} is not a log size: a whole number and k, m or g, like "20m"')
         return value
 
     @field_validator("agent_ttl")
@@ -293,8 +309,8 @@ BACKUP_INTERVAL_MIN_S: Final = 1.0
 
 
 class BackupSection(_Model):
-    """Scheduled backups of CeresMeta's etcd (SPEC 9), taken by one agent cluster-wide. Off while
-    `dir` is not set; `ceres-supervisor backup` works either way."""
+    """Scheduled backups of CeresMeta's etcd, taken by one agent cluster-wide (README: Backups and
+    restores). Off while `dir` is not set; `ceres-supervisor backup` works either way."""
 
     dir: str | None = None
     """Where the daemon writes `<cluster>-<time>.db` and its `.manifest.json` on its machine."""

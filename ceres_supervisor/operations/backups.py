@@ -1,4 +1,4 @@
-"""Backups of CeresMeta's metadata: a snapshot of its embedded etcd, taken and kept (SPEC 9).
+"""Backups of CeresMeta's metadata: a snapshot of its embedded etcd, taken and kept (README).
 
 `take` reads the whole keyspace from one healthy member through etcd's own Snapshot call, writes it
 atomically (a temporary file in the target directory, fsync, rename, fsync of the directory) with

@@ -1,4 +1,4 @@
-"""Planned and rolling restarts (SPEC section 8), as operations an operator can follow.
+"""Planned and rolling restarts (README, Maintenance), as operations an operator can follow.
 
 A planned restart asks the planner for one stop by choice of a node; the planner grants it within
 the disruption budget (with several machines, after taking a slot in the store), the executor

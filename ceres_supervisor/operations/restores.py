@@ -1,4 +1,4 @@
-"""Restoring CeresMeta's metadata from a backup, on a stopped cluster (SPEC 9).
+"""Restoring CeresMeta's metadata from a backup, on a stopped cluster (README, Backups and restores).
 
 `check` refuses a backup that is not whole (its SHA-256 and size against its manifest) or not of
 this file (cluster name, flavor, meta members: `decisions.backups.mismatches`). `restore` then

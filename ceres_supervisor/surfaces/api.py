@@ -25,6 +25,8 @@ from aiohttp import web
 
 from ceres_supervisor.model.spec import DesiredState, parse_listen
 from ceres_supervisor.surfaces import cluster_document, control_routes, page, reports, status_document
+from ceres_supervisor.surfaces.inspect_routes import Daemon as InspectDaemon
+from ceres_supervisor.surfaces.inspect_routes import Routes as InspectRoutes
 from ceres_supervisor.surfaces.metrics import Metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
@@ -50,7 +52,7 @@ def read_token(path: str) -> str:
     return token
 
 
-class Daemon(control_routes.Daemon, Protocol):
+class Daemon(control_routes.Daemon, InspectDaemon, Protocol):
     """What the API asks of the daemon: its last snapshot and a few requests. The daemon
     implements it; the API never reaches further (it reads, the loop acts)."""
 
@@ -137,7 +139,7 @@ class Api:
         return body
 
     async def v1_cluster(self, _request: web.Request) -> web.Response:
-        """The whole cluster (SPEC 7); 503 with what this agent knows while the store is away."""
+        """The whole cluster; 503 with what this agent knows while the store is away."""
         doc = self.v1_cluster_document()
         return json_response(doc, 200 if doc["coordination"]["ok"] else 503)
 
@@ -183,7 +185,7 @@ class Api:
             }
             for e in list(self.supervisor.events)[-page.EVENTS_SHOWN :]
         ]
-        text = page.render(doc, events, datetime.now(UTC))
+        text = page.render(doc, events, datetime.now(UTC), json.loads(self.status_body()))
         return web.Response(text=text, content_type="text/html", headers=csp)
 
     async def v1_status(self, _request: web.Request) -> web.Response:
@@ -238,6 +240,7 @@ class Api:
         app.router.add_post("/v1/reload", self.v1_reload)
         app.router.add_get("/metrics", self.metrics)
         control_routes.Routes(self.supervisor).add_to(app)
+        InspectRoutes(self.supervisor, self.token).add_to(app)
         return app
 
 

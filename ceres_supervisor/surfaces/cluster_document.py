@@ -1,4 +1,4 @@
-"""The `/v1/cluster` document (SPEC section 7): the whole cluster from any machine. Pure.
+"""The `/v1/cluster` document (README, Several machines): the whole cluster from any machine. Pure.
 
 Every node of the file appears once: this agent's own as it sees them now, the others as their
 agents published them (plus `agent`), and a node that no live agent publishes as `unknown`, with

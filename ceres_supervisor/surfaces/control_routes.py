@@ -1,8 +1,9 @@
-"""The operator's routes (SPEC section 8): pause, resume, planned and rolling restarts, operations.
+"""The operator's routes (README, Maintenance): pause, resume, planned and rolling restarts, operations.
 
 Every route here changes something, so it sits behind the same token rule as the rest of the API
 (required on a non-loopback listener). A body is optional JSON, at most `api.MAX_BODY` bytes:
-`{"who": "cli"}` says who asked (default "api"); a rolling restart also takes `{"role": ...}`.
+`{"who": "cli"}` says who asked (default "api"); a rolling restart also takes `{"role": ...}`, and
+`/v1/pause` / `/v1/resume` take `{"nodes": [...]}`: those nodes at once, or none when one is unknown.
 An unknown node is 404 with the known names; a restart of a node already being restarted is 409
 with the running operation's id.
 """
@@ -105,17 +106,41 @@ class Routes:
     async def resume(self, request: web.Request) -> web.Response:
         return await self._pause(request, False)
 
+    def _nodes(self, given: object) -> frozenset[str]:
+        """The nodes a body names (`{"nodes": [...]}`), all known, or none is touched (404)."""
+        if not isinstance(given, list) or not given or not all(isinstance(n, str) for n in given):
+            raise web.HTTPBadRequest(reason="nodes is a non-empty list of node names")
+        desired = self.daemon.current_desired
+        unknown = sorted({n for n in given if desired.node(n) is None})
+        if unknown:
+            named = ("nodes " if len(unknown) > 1 else "node ") + ", ".join(map(repr, unknown))
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    {
+                        "error": f"unknown {named}: nothing was changed",
+                        "status": 404,
+                        "unknown": unknown,
+                        "known": [n.name for n in desired.nodes],
+                    }
+                ),
+                content_type="application/json",
+            )
+        return frozenset(given)
+
     async def _pause(self, request: web.Request, pause: bool) -> web.Response:
-        everything = "name" not in request.match_info
-        nodes = frozenset() if everything else frozenset({self._node(request)})
+        """One node (`/v1/nodes/<name>/pause`), the nodes a body names, all at once or none
+        (`/v1/pause` with `{"nodes": [...]}`), or the whole cluster (`/v1/pause`)."""
+        by_name = "name" in request.match_info
+        node = self._node(request) if by_name else None
         body = await _body(request)
         who = _who(body)
+        everything = not by_name and "nodes" not in body
+        nodes = frozenset({node}) if node else frozenset() if everything else self._nodes(body["nodes"])
         holds = await self.daemon.pause(nodes, pause, everything)
         what = "the whole cluster" if everything else ", ".join(sorted(nodes))
         verb = "paused" if pause else "resumed"
-        self.daemon.record_event(
-            None if everything else next(iter(nodes)), verb, who, f"{what} {verb} by {who} ({holds})"
-        )
+        for about in [None] if everything else sorted(nodes):
+            self.daemon.record_event(about, verb, who, f"{what} {verb} by {who} ({holds})")
         return _json(
             {"ok": True, "nodes": sorted(nodes), "all": everything, verb: True, "holds_on": holds, "who": who}
         )

@@ -1,5 +1,10 @@
 """The read-only status page (`GET /`): the `/v1/cluster` document as one HTML page. Pure.
 
+The header says what an on-call looks for first: how many nodes are in each state (`unknown`
+ones too), this supervisor's Docker Engine and last reload (from its `/v1/status`, when given),
+the store, the meta leader (or its absence), every agent of the file (up, down since when, or
+never seen), slots and how long they have been held, pauses, files that differ.
+
 No I/O and no aiohttp here: the API hands in the document, the last events and the time. Every
 value is escaped (node names, reasons and events come from files and other machines). The page
 loads nothing from anywhere: inline CSS, no script, no font, no image; it reloads itself every
@@ -15,6 +20,7 @@ from typing import Any, Final
 
 REFRESH_S: Final = 5
 EVENTS_SHOWN: Final = 20
+NEVER_SEEN: Final = '<span class="badge tone-bad">down</span> never seen: no supervisor runs for it'
 _NO_EVENTS: Final = '<tr><td colspan="5" class="muted">no events yet</td></tr>'
 
 TONES: Final[Mapping[str, str]] = {
@@ -108,9 +114,51 @@ def _page(title: str, body: list[str]) -> str:
     )
 
 
-def _facts(doc: Mapping[str, Any], now: datetime) -> list[str]:
-    """The header lines: coordination, agents, slots, pauses, spec hashes that disagree."""
-    facts: list[str] = []
+def _counts(nodes: list[Any]) -> str:
+    """`3 healthy, 1 unknown`: the nodes by state, the healthy first, with their colours."""
+    counts: dict[str, int] = {}
+    for node in map(_obj, nodes):
+        state = str(node.get("state"))
+        counts[state] = counts.get(state, 0) + 1
+    order = sorted(counts, key=lambda s: (s != "healthy", s))
+    return ", ".join(f'{counts[s]} <span class="badge tone-{tone(s)}">{_e(s)}</span>' for s in order) or "-"
+
+
+def _local(local: Mapping[str, Any]) -> list[str]:
+    """This supervisor's own troubles: its Docker Engine and its last reload."""
+    facts = []
+    engine = _obj(local.get("engine"))
+    if engine.get("ok") is False:
+        facts.append(f'<span class="alert">Docker Engine unreachable: {_e(engine.get("error"))}</span>')
+    elif engine:
+        facts.append("Docker Engine: reachable")
+    reload = _obj(local.get("reload"))
+    if reload.get("ok") is False:
+        error = " / ".join(line.strip() for line in str(reload.get("error")).splitlines())
+        facts.append(f'<span class="alert">last reload FAILED at {_e(reload.get("at"))}: {_e(error)}</span>')
+    elif reload.get("at"):
+        facts.append(f"last reload: applied at {_e(reload.get('at'))}")
+    return facts
+
+
+def _never_seen(doc: Mapping[str, Any]) -> list[str]:
+    """Hosts of the file whose nodes no supervisor ever published (no agent, up or gone)."""
+    known = {str(_obj(a).get("host")) for a in _list(doc.get("agents"))}
+    return sorted(
+        {
+            str(_obj(n).get("host"))
+            for n in _list(doc.get("nodes"))
+            if _obj(n).get("state") == "unknown" and not _obj(n).get("agent")
+        }
+        - known
+    )
+
+
+def _facts(doc: Mapping[str, Any], now: datetime, local: Mapping[str, Any] | None = None) -> list[str]:
+    """The header lines: nodes by state, this supervisor's Docker and reload, coordination, the
+    leader, agents (never seen ones too), slots and their age, pauses, spec hashes that disagree."""
+    facts: list[str] = [f"nodes: {_counts(_list(doc.get('nodes')))}"]
+    facts += _local(local or {})
     coord = _obj(doc.get("coordination"))
     if coord.get("ok"):
         where = str(coord.get("endpoint") or "").split("://", 1)[-1]  # text, not a link
@@ -122,22 +170,30 @@ def _facts(doc: Mapping[str, Any], now: datetime) -> list[str]:
         keys = ", ".join(_e(_obj(u).get("key")) for u in unreadable)
         facts.append(f'<span class="alert">unreadable records in the store: {keys}</span>')
     leader = _obj(doc.get("meta")).get("leader")
-    facts.append(f"meta leader: {_e(leader)}")
+    if leader:
+        facts.append(f"meta leader: {_e(leader)}")
+    else:
+        facts.append('<span class="alert">no meta leader</span> (meta lost its quorum, or it cannot be read)')
     agents = []
     for agent in map(_obj, _list(doc.get("agents"))):
         if agent.get("state") == "up":
             agents.append(f'{_e(agent.get("host"))} <span class="badge tone-ok">up</span>')
-        else:
+        elif agent.get("since") or agent.get("heartbeat_at"):
             since = agent.get("since") or agent.get("heartbeat_at")
             agents.append(
                 f'{_e(agent.get("host"))} <span class="badge tone-bad">down</span> since {_e(since)} '
                 f'<span class="muted">{_e(_ago(since, now))}</span>'
             )
+        else:  # a host of the file whose supervisor was never seen
+            agents.append(f'{_e(agent.get("host"))} {NEVER_SEEN}')
+    for host in _never_seen(doc) if coord.get("ok") else []:  # without the store nobody can tell
+        agents.append(f"{_e(host)} {NEVER_SEEN}")
     facts.append("agents: " + (", ".join(agents) or "-"))
     for slot in map(_obj, _list(doc.get("disruptions"))):
+        held = _ago(slot.get("since"), now).removesuffix(" ago")
         facts.append(
             f"disruption slot: <b>{_e(slot.get('node'))}</b> held by {_e(slot.get('host'))} "
-            f"since {_e(slot.get('since'))} ({_e(slot.get('reason'))})"
+            f"since {_e(slot.get('since'))}{f' (for {_e(held)})' if held else ''} ({_e(slot.get('reason'))})"
         )
     paused = _obj(doc.get("paused"))
     if paused.get("all"):
@@ -172,6 +228,14 @@ def _lease(node: Mapping[str, Any]) -> str:
     return f'<td title="{_e(lease.get("detail"))}">{word}</td>'
 
 
+def _last_exit(node: Mapping[str, Any]) -> str:
+    last = node.get("last_exit")
+    if not isinstance(last, Mapping) or last.get("code") is None:
+        return "<td>-</td>"
+    oom = " (OOM)" if last.get("oom") else ""
+    return f'<td class="num" title="{_e(last.get("at"))}">{_e(last.get("code"))}{oom}</td>'
+
+
 def _node_row(node: Mapping[str, Any], now: datetime) -> str:
     state = node.get("state")
     reason = _e(node.get("reason"))
@@ -188,6 +252,7 @@ def _node_row(node: Mapping[str, Any], now: datetime) -> str:
         _health(node),
         _lease(node),
         f'<td class="num">{_e(node.get("restarts"))}</td>',
+        _last_exit(node),
         f'<td class="why">{reason}</td>',
     ]
     return f'<tr class="node tone-{tone(state)}" data-node="{_e(node.get("name"))}">{"".join(cells)}</tr>'
@@ -206,16 +271,22 @@ def _event_rows(events: list[dict[str, Any]], now: datetime) -> list[str]:
     return rows
 
 
-def render(cluster: dict[str, Any], events: list[dict[str, Any]], now: datetime) -> str:
-    """The whole page for one `/v1/cluster` document and the last events (newest last)."""
+def render(
+    cluster: dict[str, Any],
+    events: list[dict[str, Any]],
+    now: datetime,
+    local: Mapping[str, Any] | None = None,
+) -> str:
+    """The whole page for one `/v1/cluster` document and the last events (newest last); `local`:
+    this supervisor's `/v1/status` document (its Docker Engine and last reload)."""
     head = _obj(cluster.get("cluster"))
     name, state = head.get("name"), head.get("state")
     nodes = [_node_row(_obj(n), now) for n in _list(cluster.get("nodes"))]
     body = [
         f"<h1>cluster {_e(name)} {_badge(state)}</h1>",
-        f'<ul class="facts">{"".join(_facts(cluster, now))}</ul>',
-        "<table><thead><tr><th>NAME</th><th>ROLE</th><th>HOST (AGENT)</th><th>STATE</th>"
-        "<th>HEALTH</th><th>LEASE (SHARDS)</th><th>RESTARTS</th><th>REASON</th></tr></thead>",
+        f'<ul class="facts">{"".join(_facts(cluster, now, local))}</ul>',
+        "<table><thead><tr><th>NAME</th><th>ROLE</th><th>HOST (AGENT)</th><th>STATE</th><th>HEALTH</th>"
+        "<th>LEASE (SHARDS)</th><th>RESTARTS</th><th>LAST EXIT</th><th>REASON</th></tr></thead>",
         f'<tbody id="nodes">{"".join(nodes)}</tbody></table>',
         f'<h2>last events <span class="muted">(newest first, at most {EVENTS_SHOWN})</span></h2>',
         "<table><thead><tr><th>WHEN</th><th>NODE</th><th>TYPE</th><th>REASON</th><th>MESSAGE</th>"

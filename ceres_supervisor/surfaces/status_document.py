@@ -1,4 +1,4 @@
-"""The `/v1/status` document (SPEC section 5), built from one snapshot. Pure.
+"""The `/v1/status` document (README, The status API), built from one snapshot. Pure.
 
 Every field is present; a field with no value is null. Times are RFC 3339 strings. No config
 value appears here, so no secret can.

@@ -152,6 +152,20 @@ async def test_metrics_parse_with_the_prometheus_parser(make_cluster: Callable[.
     probe_count = next(s.value for s in families["ceres_supervisor_probe_duration_seconds"].samples
                        if s.name.endswith("_count"))
     assert probe_count > 0
+    # The signals an on-call alerts on, each labelled with its cluster and host.
+    hosts = {n.host for n in cluster.spec.meta.nodes} | {n.host for n in cluster.spec.ceresdb.nodes}
+    for name in ("ceres_supervisor_build_info", "ceres_supervisor_docker_up", "ceres_supervisor_coordination_up",
+                 "ceres_supervisor_agent_up", "ceres_supervisor_meta_leader", "ceres_supervisor_cluster_state",
+                 "ceres_supervisor_spec_info", "ceres_supervisor_spec_hashes_differ", "ceres_supervisor_node_failures"):
+        assert families[name].samples, name
+    for family in families.values():
+        if family.name.startswith("ceres_supervisor_"):
+            for sample in family.samples:
+                # host: the node's machine for a node's series, the agent's for its own (one machine here)
+                assert sample.labels.get("cluster") == cluster.name and sample.labels["host"] in hosts, sample
+    up = {f: [s.value for s in families[f].samples] for f in ("ceres_supervisor_docker_up", "ceres_supervisor_coordination_up",
+                                                             "ceres_supervisor_agent_up", "ceres_supervisor_meta_leader")}
+    assert all(values and set(values) == {1.0} for values in up.values()), up  # one agent covers both addresses
 
 
 async def test_readyz_healthz_errors_and_limits(make_cluster: Callable[..., Cluster]) -> None:

@@ -173,40 +173,50 @@ async def test_backup_and_restore_of_a_three_member_meta(
         expected = await keyspace(client, manifest.revision)
         assert sum(k.startswith(b"/backup-test/") for k in expected) == KEYS
         assert any(k.startswith(b"/ceresdb/") for k in expected), sorted(expected)[:20]
+        code, said, err = await arun("backup", "-c", config, "-o", str(tmp_path / "as-json.db"), "--json")
+        taken = json.loads(said)
+        assert code == 0 and taken["path"] == str(tmp_path / "as-json.db"), err
+        assert taken["manifest"]["cluster"] == cluster.name and len(taken["manifest"]["sha256"]) == 64
         await client.put(b"/backup-test/after-the-snapshot", b"x")
 
     # Refused while the daemon runs, whatever the backup.
     code, _said, err = await arun("restore", "-c", config, "--from", str(snapshot))
-    assert code == 1 and "daemon answers" in err, err
-    # A corrupt snapshot, and another cluster's backup: refused before anything else (exit 5).
+    assert code == 6 and "daemon answers" in err, err
+    # A corrupt snapshot, and another cluster's backup: refused before anything else (exit 7).
     corrupt, _ = copy_backup(snapshot, "corrupt.db")
     raw = bytearray(corrupt.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     corrupt.write_bytes(bytes(raw))
     code, _said, err = await arun("restore", "-c", config, "--from", str(corrupt))
-    assert code == 5 and "SHA-256" in err and "corrupt" in err, err
+    assert code == 7 and "SHA-256" in err and "corrupt" in err, err
     _other, other_manifest = copy_backup(snapshot, "other.db")
     doc = json.loads(other_manifest.read_text())
     other_manifest.write_text(json.dumps({**doc, "cluster": "anotherCluster"}))
     code, _said, err = await arun("restore", "-c", config, "--from", str(other_manifest))
-    assert code == 5 and "cluster 'anotherCluster'" in err and f"runs cluster '{cluster.name}'" in err, err
+    assert code == 7 and "cluster 'anotherCluster'" in err and f"runs cluster '{cluster.name}'" in err, err
 
     # The daemon stopped (on_exit = leave): its containers still run, so it is still refused.
     await cluster.stop()
     code, _said, err = await arun("restore", "-c", config, "--from", str(snapshot))
-    assert code == 1 and "run on this machine" in err, err
+    assert code == 6 and "run on this machine" in err, err
     assert not list(data.glob("*.before-restore-*"))
     code, _said, err = await arun("down", "-c", config)
     assert code == 0, err
 
     # Each "machine" (loopback address, as `run --host`) restores its own member from the same backup.
     for m in meta:
-        code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
-        assert code == 0, err
-        assert f"restored {m.name} in {data / m.name}" in said and said.count("restored meta") == 1, said
-        others = [f"{o.name} ({o.host})" for o in meta if o is not m]
-        assert f"{', '.join(others)} run on other machines" in said, said
-        assert "Tables created after" in said and "each CeresDB node once" in said, said
+        if m is meta[-1]:  # the last one as a script would, with --json
+            code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host, "--json")
+            done = json.loads(said)
+            assert code == 0 and [(r["node"], r["data_dir"]) for r in done["restored"]] == [(m.name, str(data / m.name))]
+            assert done["snapshot"] == str(snapshot) and {r["node"] for r in done["remote"]} == {o.name for o in meta} - {m.name}
+        else:
+            code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
+            assert code == 0, err
+            assert f"restored {m.name} in {data / m.name}" in said and said.count("restored meta") == 1, said
+            others = [f"{o.name} ({o.host})" for o in meta if o is not m]
+            assert f"{', '.join(others)} run on other machines" in said, said
+            assert "Tables created after" in said and "each CeresDB node once" in said, said
         (aside,) = data.glob(f"{m.name}.before-restore-*")  # the old data, moved aside, whole
         assert (aside / "etcd" / "member" / "snap" / "db").is_file() and (aside / "wal").is_dir()
         marker = identity.read(data / m.name)

@@ -1,5 +1,5 @@
-"""Every command of SPEC 5 and its exit codes, against a real daemon; the unix-socket API; secrets
-on every surface an operator or a log reader sees."""
+"""Every command and its exit codes, against a real daemon; the unix-socket API; secrets on every
+surface an operator or a log reader sees."""
 
 from __future__ import annotations
 
@@ -82,15 +82,39 @@ async def test_every_command_and_its_exit_codes(make_cluster: Callable[..., Clus
     cluster.write(good)
     assert (await arun("reload", "--url", url))[0] == 4
     assert (await arun("reload", "--url", f"http://127.0.0.1:{free_ports(1)[0]}"))[0] == 3
-    # down refuses while the daemon answers; once it is stopped, it removes the containers, keeps data.
+    # pause/resume: several nodes at once, or none when one is unknown (exit 5); a paused node
+    # cannot be restarted (exit 6, conflict); every --json parses.
+    code, _out, err = await arun("pause", "db0", "db9", "-c", config)
+    assert code == 5 and err.startswith("error: unknown node 'db9': nothing was changed; the nodes of the file:")
+    code, out, _err = await arun("status", "-c", config, "--json")
+    assert not json.loads(out)["paused"]["nodes"]
+    code, out, _err = await arun("pause", "db0", "db1", "-c", config, "--json")
+    assert code == 0 and json.loads(out)["nodes"] == ["db0", "db1"]
+    code, _out, err = await arun("restart", "db0", "-c", config)
+    assert code == 6 and err.startswith("error: db0 is paused: resume it first"), err
+    code, out, _err = await arun("resume", "db0", "db1", "-c", config, "--json")
+    assert code == 0 and json.loads(out)["resumed"] is True
+    code, out, _err = await arun("events", "-c", config, "--json", "--node", "db0")
+    types = [json.loads(line)["type"] for line in out.splitlines()]
+    assert code == 0 and "paused" in types and "resumed" in types and "state" in types, types
+    code, out, _err = await arun("describe", "db0", "-c", config, "--json")
+    described = json.loads(out)
+    assert code == 0 and described["container"]["name"] == f"ceres-{cluster.name}-db0"
+    assert described["config_path"] == str(cluster.root / "state" / "config" / "db0" / "ceresdb.toml")
+    code, out, _err = await arun("logs", "db0", "-c", config, "--json", "-n", "3")
+    assert code == 0 and 1 <= len([json.loads(line) for line in out.splitlines()]) <= 3
+    code, out, _err = await arun("plan", "-c", config, "--json")
+    assert code == 0 and json.loads(out)["daemon_running"] is True
+    # down refuses while the daemon answers (exit 6); once it is stopped, it removes the containers, keeps data.
     code, _out, err = await arun("down", "-c", config)
-    assert code == 1 and "a ceres-supervisor daemon answers" in err
+    assert code == 6 and "a ceres-supervisor daemon answers" in err
     daemon.stop()
-    code, out, _err = await arun("down", "-c", config)
-    assert code == 0 and "containers stopped and removed; data kept" in out
+    code, out, _err = await arun("down", "-c", config, "--json")
+    assert code == 0 and json.loads(out)["removed"] is True
     assert await cluster.containers() == []
     assert (cluster.root / "state" / "data" / "db0").is_dir()
-    assert (await arun("plan", "-c", config, "--docker-url", f"unix://{tmp_path}/none.sock"))[0] == 1
+    code, _out, err = await arun("plan", "-c", config, "--docker-url", f"unix://{tmp_path}/none.sock")
+    assert code == 3 and err.count("\n") == 1 and "Docker Engine unavailable" in err, err
 
 
 async def test_the_api_on_a_unix_socket(make_cluster: Callable[..., Cluster], tmp_path: Path,
@@ -128,6 +152,8 @@ async def test_a_secret_never_shows_on_any_surface(make_cluster: Callable[..., C
         "plan": "".join((await arun("plan", "-c", str(cluster.path)))[1:]),
         "validate": "".join((await arun("validate", "-c", str(cluster.path)))[1:]),
         "/v1/events": json.dumps(daemon.get("/v1/events?limit=1000")[1]),
+        "events --json": (await arun("events", "--url", daemon.url, "--json", "-n", "1000"))[1],
+        "describe db0 --json": (await arun("describe", "db0", "--url", daemon.url, "--json"))[1],
         "/v1/cluster": json.dumps(daemon.get("/v1/cluster")[1]),
         "/metrics": http_json_text(daemon.url + "/metrics"),
         "/": http_json_text(daemon.url + "/"),

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ceres_supervisor.cli import commands
 from testkit.dockerevents import DockerEvents
@@ -183,6 +186,60 @@ def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: M
     assert all(f"db{i}" in out.getvalue() for i in range(6))
 
 
+def cli(*argv: str) -> tuple[int, str, str]:
+    """The command line, in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = commands.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_events_logs_and_describe_reach_a_node_on_another_agent(machines: Machines) -> None:
+    """Asked of agent 1, about db4, which agent 3 runs."""
+    url = machines.agent(0).url
+    code, out, err = cli("events", "--url", url, "--node", "db4", "--json", "-n", "1000")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and err == "", err
+    others = [e for e in events if e["agent"] != HOSTS[2]]
+    assert events and not others and {e["node"] for e in events} == {"db4"}, others
+    assert any(e["type"] == "state" and e["message"].endswith("healthy") for e in events), events
+    code, out, _err = cli("events", "--url", url, "--json", "-n", "1000")
+    assert code == 0 and {json.loads(line)["agent"] for line in out.splitlines()} == set(HOSTS)
+    code, out, err = cli("logs", "db4", "--url", url, "-n", "5", "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and 1 <= len(lines) <= 5 and all(line["node"] == "db4" and line["at"] for line in lines), err
+    code, out, err = cli("describe", "db4", "--url", url, "--json")
+    doc = json.loads(out)
+    assert code == 0, err
+    assert doc["source"] == {"agent": HOSTS[2], "complete": True, "error": None}
+    assert doc["container"]["id"] == machines.container("db4").id and doc["state"] == "healthy"
+    assert doc["config_path"] == str(machines.root / "state" / "config" / "db4" / "ceresdb.toml")
+    assert doc["history"] and doc["logs"] is None  # healthy: no log lines needed
+    code, out, _err = cli("describe", "db4", "--url", url)
+    assert code == 0 and out.startswith(f"node db4 (ceresdb) on {HOSTS[2]}, run by the supervisor on {HOSTS[2]}")
+    # The supervisor set the container's log rotation.
+    assert machines.container("db4").attrs["HostConfig"]["LogConfig"] == {
+        "Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}}
+    # Every agent exports its own nodes, labelled with the cluster and their host; every agent up.
+    samples = scrape(url)
+    states = {labels["node"]: labels for labels, v in samples["ceres_supervisor_node_state"] if v == 1}
+    assert set(states) == {"meta0", "db0", "db1"}
+    assert all(labels["cluster"] == machines.name and labels["host"] == HOSTS[0] for labels in states.values())
+    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]} == dict.fromkeys(HOSTS, 1.0)
+    assert [v for _labels, v in samples["ceres_supervisor_coordination_up"]] == [1.0]
+    assert sum(v for _labels, v in samples["ceres_supervisor_meta_leader"]) == 1
+
+
 class Watcher:
     """Polls the agents' /v1/cluster in a thread and keeps each node's successive states."""
 
@@ -226,18 +283,33 @@ def test_a_crash_on_host_2_is_restarted_by_agent_2_only(machines: Machines) -> N
     assert not agent_events(machines.agent(0), "db2", "start") and not agent_events(machines.agent(2), "db2", "start")
     for i in (0, 2):
         assert watcher.seen[i][0] == "healthy" and any(s != "healthy" for s in watcher.seen[i]), watcher.seen
+    # Agent 2's metrics: the exit it did not cause, and the restart, on db2's host.
+    samples = scrape(machines.agent(1).url)
+    exits = {labels["node"]: (labels["host"], v) for labels, v in samples["ceres_supervisor_node_last_exit_code"]}
+    assert exits["db2"] == (HOSTS[1], 137.0), exits
+    died = [v for labels, v in samples["ceres_supervisor_restarts_total"]
+            if labels["node"] == "db2" and labels["reason"] == "died" and labels["cluster"] == machines.name]
+    assert died and died[0] >= 1
 
 
 def test_two_failing_nodes_on_two_hosts_are_stopped_one_after_the_other(machines: Machines) -> None:
+    def slot_held() -> list[tuple[str, float]]:
+        return [(labels["node"], v) for i in (0, 2) for labels, v in
+                scrape(machines.agent(i).url).get("ceres_supervisor_disruption_slot_held_seconds", [])]
+
     with machines.events() as events:
         machines.fault("db0", "freeze-http")  # host 1
         machines.fault("db4", "freeze-http")  # host 3, at the same moment
+        held = wait_until(slot_held, 180, "a disruption slot in the metrics while a node is stopped by choice", 0.2)
+        assert {node for node, _ in held} <= {"db0", "db4"} and all(v >= 0 for _, v in held), held
         wait_until(lambda: len(events.chosen_stops("db0")) == 1 and len(events.chosen_stops("db4")) == 1, 180,
                    "both stopped by their agents")
         machines.wait_healthy()
         most, intervals = events.most_down_at_once("ceresdb")
     assert most == 1, intervals
     assert {e.host for e in events.chosen_stops()} == {HOSTS[0], HOSTS[2]}
+    failed = {labels["node"]: v for labels, v in scrape(machines.agent(0).url)["ceres_supervisor_probe_failures_total"]}
+    assert failed.get("db0", 0) >= 3, failed  # failure_threshold failed probes before it was stopped
 
 
 def test_a_frozen_docker_engine_makes_its_nodes_unknown_and_holds_the_budget(machines: Machines) -> None:
@@ -368,6 +440,21 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
         assert commands.main(["status", "--url", machines.agent(0).url]) == 1
     assert f"agent {HOSTS[1]} DOWN since" in out.getvalue()
     assert all(machines.container(n).status == "running" for n in mine)
+    # The lost machine on the other agents' metrics and tools: its agent down, its nodes unknown.
+    samples = scrape(machines.agent(0).url)
+    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]}[HOSTS[1]] == 0
+    unknown = {labels["node"] for labels, v in samples["ceres_supervisor_node_state"]
+               if labels["state"] == "unknown" and v == 1}
+    assert unknown == set(mine) and all(labels["host"] == HOSTS[1] for labels, v in samples["ceres_supervisor_node_state"]
+                                        if labels["node"] in mine)
+    code, out, _err = cli("describe", "db2", "--url", machines.agent(0).url, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["state"] == "unknown" and doc["source"]["complete"] is False
+    assert doc["source"]["error"].startswith(f"the supervisor on {HOSTS[1]} is down since"), doc["source"]
+    code, _out, err = cli("logs", "db2", "--url", machines.agent(0).url)
+    assert code == 3 and err.startswith(f"error: cannot read the logs of db2: the supervisor on {HOSTS[1]} is down")
+    code, _out, err = cli("events", "--url", machines.agent(0).url, "-n", "1")
+    assert code == 0 and f"note: no events from {HOSTS[1]}: down since" in err
 
     with machines.events() as events:
         machines.fault("db0", "freeze-http")
@@ -399,6 +486,11 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
         recreated = [e.node for e in events.of(actions=("destroy",))]
         most, intervals = events.most_down_at_once()
     assert sorted(recreated) == sorted(ALL) and len(recreated) == 9, recreated
+    for i in range(3):
+        samples = scrape(machines.agent(i).url)
+        assert [v for _l, v in samples["ceres_supervisor_reload_success"]] == [1.0]
+        assert [labels["host"] for labels, _v in samples["ceres_supervisor_last_reload_timestamp_seconds"]] == [HOSTS[i]]
+        assert [v for _l, v in samples["ceres_supervisor_spec_hashes_differ"]] == [0.0]
     assert set(recreated[:3]) == {"meta0", "meta1", "meta2"}, f"meta first: {recreated}"
     assert most == 1, intervals
     after = machines.identities()

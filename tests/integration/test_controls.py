@@ -1,4 +1,4 @@
-"""Operator controls (SPEC 8): pause and resume, planned and rolling restarts, and their routes.
+"""Operator controls: pause and resume, planned and rolling restarts, and their routes.
 
 Real daemon, real containers; stops and starts judged from Docker's own events."""
 
@@ -94,7 +94,7 @@ def restarts(text: str, node: str, reason: str) -> float:
     for family in text_string_to_metric_families(text):
         if family.name == "ceres_supervisor_restarts":
             return sum(s.value for s in family.samples if s.name.endswith("_total")
-                       and s.labels == {"node": node, "reason": reason})
+                       and s.labels.get("node") == node and s.labels.get("reason") == reason)
     return 0.0
 
 

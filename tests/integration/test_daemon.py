@@ -215,7 +215,7 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
     await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "exit", "3"])  # every start exits 3 at once
     await eventually(lambda: cluster.state("db1") == "crashloop", 30, "db1 marked crashloop")
     await eventually(lambda: cluster.record("db1").failures >= 6, 30, "six failures of db1")
-    # The delay decided for each failure (SPEC 4.5): 0, 0.5, 1, then the crashloop (its 4th
+    # The delay decided for each failure (the backoff rules): 0, 0.5, 1, then the crashloop (its 4th
     # failure) waits backoff_max: 2, 2 s, each +-20%; and no start before its delay. How much later
     # a start comes is load (timings are bench/restart.py's business).
     died = [e for e in supervisor.events if e.node == "db1" and e.type == "died"][:5]
@@ -324,7 +324,7 @@ async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(ma
             c = await cluster.container(node)
             assert (c.id, started_at(c)) == (before[node].id, started_at(before[node])), node
         assert (await cluster.container("db1")).id != before["db1"].id
-        # A node removed from the file while the daemon was down is removed at its start (SPEC 4.7);
+        # A node removed from the file while the daemon was down is removed at its start (like a reload);
         # another cluster's container and another host's are never touched.
         async def ghost_gone() -> bool:
             return await asyncio.to_thread(_get_or_none, cluster, "ghost") is None

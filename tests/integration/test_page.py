@@ -2,6 +2,9 @@
 aiohttp server (fast; checks the page itself in a browser, under the API's CSP), then the real
 daemon on a real cluster with one CeresDB node that exits at once on every start.
 
+Then a lost machine: two agents on one file (127.0.0.1 in this process, 127.0.0.2 as its own
+process); the second is killed, and the page must show its node unknown and its agent down.
+
 Chromium comes from `scripts/ensure-chromium.sh` (`make test` runs it); when it is missing the
 test fails and says so. Screenshots are kept in tests/artifacts/.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import struct
@@ -26,8 +30,9 @@ import pytest
 from aiohttp import web
 
 from ceres_supervisor.surfaces import page
+from testkit.helpers import free_ports
 
-from .conftest import Cluster, eventually
+from .conftest import Cluster, Daemon, eventually
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_TIMEOUT_S = 60.0
@@ -262,7 +267,7 @@ async def test_the_page_in_a_real_browser(sample_server: Callable[[], str]) -> N
         "db1": ("node tone-bad", "backoff"),
         "db2": ("node tone-off", "unknown"),
     }
-    assert rows.nodes["db1"][1][7].startswith("<script>alert(1)</script> exit 3")  # shown as text
+    assert rows.nodes["db1"][1][8].startswith("<script>alert(1)</script> exit 3")  # shown as text
     assert "<script" not in rows.dom  # the browser made no element of it
     colours = await asyncio.to_thread(pixels, shot)
     assert all(rgb in colours for rgb in TONE_COLOURS.values()), "the inline CSS was not applied (CSP?)"
@@ -286,7 +291,7 @@ def shows_db1_down(rows: Rows, cluster: str) -> Rows:
     """The page as it must look: db1 down with its reason, the others healthy (else it raises)."""
     cls, cells = rows.nodes["db1"]
     assert cells[3] in ("backoff", "crashloop") and cls == "node tone-bad", ("db1", cls, cells)
-    assert "exit 3" in cells[7], ("db1", cells)
+    assert "exit 3" in cells[8], ("db1", cells)
     for name in ("meta0", "db0"):
         cls, cells = rows.nodes[name]
         assert (cls, cells[3], cells[4]) == ("node tone-ok", "healthy", "ok"), (name, cls, cells)
@@ -320,3 +325,49 @@ async def test_the_page_of_a_real_cluster_with_a_node_down(make_cluster: Callabl
     shows_db1_down(await look(url, shot), cluster.name)  # the same picture, screenshot alongside
     colours = await asyncio.to_thread(pixels, shot)
     assert TONE_COLOURS["ok"] in colours and TONE_COLOURS["bad"] in colours
+
+
+async def test_the_page_shows_a_lost_machine(
+    make_cluster: Callable[..., Cluster], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    chromium_binary()
+    cluster = make_cluster(meta=1, db=2, supervisor={"agent_ttl": "3s"})  # db1 is on 127.0.0.2
+    await cluster.start(host="127.0.0.1")
+    second = Daemon(cluster.path, tmp_path / "agent-127.0.0.2.log", host="127.0.0.2")
+    second.listen = f"127.0.0.2:{free_ports(1)[0]}"
+    daemons.append(second.start())
+
+    async def whole() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(cluster.api_url + "/v1/cluster") as response:
+            doc = await response.json()
+        return doc["cluster"]["state"] == "healthy" and len(doc["agents"]) == 2
+
+    await eventually(whole, 150, f"both agents up and the cluster healthy (agent 2: {second.tail(5)})", 0.5)
+    assert second.process is not None
+    os.kill(second.process.pid, signal.SIGKILL)  # the machine is lost: nobody says goodbye
+    second.wait(10)
+    url = cluster.api_url + "/"
+
+    async def lost() -> Rows:
+        rows = Rows(await chromium(url, "--dump-dom"))
+        cls, cells = rows.nodes["db1"]
+        assert (cls, cells[3]) == ("node tone-off", "unknown"), ("db1", cls, cells)
+        assert cells[8].startswith("supervisor on 127.0.0.2 down since"), cells
+        assert "127.0.0.2" in cells[2], cells  # its host (and the agent that ran it)
+        for name in ("meta0", "db0"):
+            assert rows.nodes[name][1][3] == "healthy", rows.nodes[name]
+        facts = re.sub(r"<[^>]+>", "", rows.dom.split('class="facts"', 1)[1].split("</ul>", 1)[0])
+        assert "127.0.0.2 down since" in facts and "unknown" in facts.split("nodes:", 1)[1], facts
+        assert rows.title.startswith(f"unknown - {cluster.name} "), rows.title
+        return rows
+
+    await eventually(lost, 30, "the page showing db1 unknown and agent 127.0.0.2 down", interval_s=0.5)
+    shot = ARTIFACTS / "status-page-lost-machine.png"
+    await lost_shot(url, shot)
+    colours = await asyncio.to_thread(pixels, shot)
+    assert TONE_COLOURS["off"] in colours and TONE_COLOURS["ok"] in colours and TONE_COLOURS["bad"] in colours
+
+
+async def lost_shot(url: str, shot: Path) -> None:
+    rows = await look(url, shot)
+    assert rows.nodes["db1"][1][3] == "unknown"

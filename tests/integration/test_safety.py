@@ -1,4 +1,4 @@
-"""Never make an outage worse (SPEC 4.5): the disruption budget, judged from Docker's own events;
+"""Never make an outage worse: the disruption budget, judged from Docker's own events;
 the daemon's own troubles (a hung engine call, a reload that breaks, a stop under a deadline)."""
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,8 @@ PROJECT = Path(__file__).resolve().parents[2]
 UNIT = PROJECT / "systemd" / "ceres-supervisor.service"
 VENV_BIN = Path(sys.executable).parent
 SYSTEMD_ROOT = Path("/var/lib/ceres-supervisor-test")
+SOCKET = "/run/ceres-supervisor/api.sock"
+"""The API's socket under the unit's RuntimeDirectory (ProtectSystem=strict leaves only that writable)."""
 """Outside /tmp: the unit has PrivateTmp=yes, and Docker resolves bind mounts on the host."""
 
 
@@ -38,10 +41,11 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "ceres-supervisor.service" not in result.stderr, result.stderr
     text = UNIT.read_text()
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Requires=docker.service", "Restart=on-failure",
-                 "WatchdogSec=", "TimeoutStopSec="):
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "WatchdogSec=",
+                 "TimeoutStopSec=", "EnvironmentFile=-/etc/default/ceres-supervisor", "RuntimeDirectory=ceres-supervisor"):
         assert line in text
-    assert "After=docker.service" in text
+    assert "After=docker.service" in text and "Wants=docker.service" in text
+    assert not any(line.startswith(("Requires=", "BindsTo=", "PartOf=")) for line in text.splitlines())
 
 
 class NotifySocket:
@@ -158,11 +162,20 @@ def sh(container: object, command: str) -> tuple[int, str]:
     return result.exit_code, result.output.decode(errors="replace")
 
 
+def api(container: object, command: str) -> tuple[int, str]:
+    """The command line inside the container, talking to the daemon on its unix socket."""
+    result = container.exec_run(["sh", "-c", f"ceres-supervisor {command} --socket {SOCKET}"], stderr=False)  # type: ignore[attr-defined]
+    return result.exit_code, result.output.decode(errors="replace")
+
+
 async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     make_cluster: Callable[..., Cluster], systemd_container: tuple[object, Path]
 ) -> None:
     container, base = systemd_container
-    cluster = make_cluster(state_root=base)
+    # The API on a unix socket under the unit's RuntimeDirectory, and a secret from its EnvironmentFile.
+    store = ('\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "id"\nkey_secret = { env = "CERES_TEST_KEY" }\n'
+             'endpoint = "http://oss.invalid"\nbucket = "b"\nprefix = "p"\n')
+    cluster = make_cluster(state_root=base, supervisor={"listen": f"unix:{SOCKET}"}, extra=store)
     cluster.write()
     await eventually(lambda: asyncio.to_thread(lambda: sh(container, "systemctl is-system-running")[1].strip()
                                                in ("running", "degraded")), 60, "systemd up")
@@ -173,10 +186,12 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         f"ln -sf {VENV_BIN}/ceres-supervisor /usr/local/bin/ceres-supervisor",
         f"mkdir -p /etc/ceres-supervisor && ln -sf {cluster.path} /etc/ceres-supervisor/cluster.toml",
         f"cp {UNIT} /etc/systemd/system/ceres-supervisor.service",
-        # The engine runs on the host; inside, docker.service stands for it (Requires=docker.service).
+        # The engine runs on the host; inside, docker.service stands for it (Wants=docker.service).
         "printf '[Unit]\\nDescription=the host Docker Engine, reached through its socket\\n[Service]\\n"
         "Type=oneshot\\nRemainAfterExit=yes\\nExecStart=/usr/bin/test -S /var/run/docker.sock\\n'"
         " > /etc/systemd/system/docker.service",
+        "printf 'CERES_TEST_KEY=s3cret-from-the-environment-file\\n' > /etc/default/ceres-supervisor",
+        "chmod 0600 /etc/default/ceres-supervisor",
         "mkdir -p /etc/systemd/system/ceres-supervisor.service.d",
         f"printf '{dropin}' > /etc/systemd/system/ceres-supervisor.service.d/test.conf",
         "systemctl daemon-reload",
@@ -187,10 +202,18 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     code, out = await asyncio.to_thread(sh, container, "systemctl start ceres-supervisor")
     assert code == 0, out + sh(container, "journalctl -u ceres-supervisor --no-pager | tail -20")[1]
     assert sh(container, "systemctl is-active ceres-supervisor")[1].strip() == "active"
-    url = "http://" + cluster.text.split('listen = "', 1)[1].split('"', 1)[0]
-    assert http_json(f"{url}/healthz")[0] == 200
-    await eventually(lambda: asyncio.to_thread(lambda: http_json(f"{url}/readyz")[0] == 200), 90, "cluster healthy")
+    assert sh(container, f"test -S {SOCKET}")[0] == 0
+    assert api(container, "status --local")[0] in (0, 1)  # it answers on the socket
+    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "cluster healthy")
+    rendered = base / cluster.name / "state" / "config" / "db0" / "ceresdb.toml"
+    assert "s3cret-from-the-environment-file" in rendered.read_text()  # the secret came from the EnvironmentFile
     before = await identities(cluster)
+
+    # A restart of docker.service (a package upgrade) does not restart the supervisor (Wants=, not Requires=).
+    pid = sh(container, "systemctl show -p MainPID --value ceres-supervisor")[1].strip()
+    assert sh(container, "systemctl restart docker.service")[0] == 0
+    assert sh(container, "systemctl show -p MainPID --value ceres-supervisor")[1].strip() == pid
+    assert sh(container, "systemctl is-active ceres-supervisor")[1].strip() == "active"
 
     # systemctl reload applies a changed file: only db1 is recreated.
     cluster.write(cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "warn" } }'))
@@ -202,7 +225,7 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return "db1" in now and now["db1"][0] != before["db1"][0]
 
     await eventually(db1_recreated, 60, "db1 recreated by the reload")
-    await eventually(lambda: asyncio.to_thread(lambda: http_json(f"{url}/readyz")[0] == 200), 90, "healthy again")
+    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "healthy again")
     after_reload = await identities(cluster)
     assert after_reload["meta0"] == before["meta0"] and after_reload["db0"] == before["db0"]
 
@@ -217,7 +240,7 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return new not in (pid, "0", "") and active == "active"
 
     await eventually(lambda: asyncio.to_thread(restarted), 60, "systemd restarting the supervisor")
-    await eventually(lambda: asyncio.to_thread(lambda: http_json(f"{url}/readyz")[0] == 200), 60, "healthy after")
+    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 60, "healthy after")
     assert await identities(cluster) == after_reload
 
     # systemctl stop honours on_exit: "leave" keeps them, "stop" (applied by a reload) stops them.
@@ -225,8 +248,8 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     assert sh(container, "systemctl reload ceres-supervisor")[0] == 0
 
     def on_exit_applied() -> bool:
-        code, events = http_json(f"{url}/v1/events?limit=1000")
-        return code == 200 and any(e["type"] == "reloaded" for e in events[-20:])  # type: ignore[index]
+        code, out = api(container, "events --json -n 20")
+        return code == 0 and any(json.loads(line)["type"] == "reloaded" for line in out.splitlines())
 
     await eventually(lambda: asyncio.to_thread(on_exit_applied), 30, "the on_exit change applied")
     code, out = await asyncio.to_thread(sh, container, "systemctl stop ceres-supervisor")

@@ -1,4 +1,4 @@
-"""A restarted Docker Engine is followed (SPEC 4.5): restart the dockerd that scripts/ensure-docker.sh
+"""A restarted Docker Engine is followed: restart the dockerd that scripts/ensure-docker.sh
 started while a 1 meta + 2 CeresDB cluster runs. The containers die with it; once it is back every
 node is healthy again with exactly one container per node, and the events say why.
 

@@ -1,4 +1,4 @@
-"""Restart delays and the failure count, exactly as SPEC 4.5 says. Pure, table-driven."""
+"""Restart delays and the failure count, exactly as README says. Pure, table-driven."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The disruption budget rule (SPEC 4.5), by table: who may be stopped by choice, and who stands in the way."""
+"""The disruption budget rule, by table: who may be stopped by choice, and who stands in the way."""
 
 from __future__ import annotations
 

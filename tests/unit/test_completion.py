@@ -1,5 +1,5 @@
 """Bash completion: the script from the real parser, run by real bash, asking the real CLI for node
-names (`ceres-supervisor nodes`, from the virtualenv's bin on PATH). No stubs."""
+names (`ceres-supervisor completion nodes`, from the virtualenv's bin on PATH). No stubs."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_the_script_names_every_subcommand_and_long_option() -> None:
                 if action.help != argparse.SUPPRESS:
                     assert f" {option}" in text, (name, option)
     top = next(line for line in text.splitlines() if "validate render" in line)
-    assert "nodes" not in top.split()  # the helper for completion stays hidden
+    assert "nodes" not in top.split()  # no hidden helper command: the names come from `completion nodes`
     assert "complete -F _ceres_supervisor ceres-supervisor" in text
     assert "compgen -W" not in text  # it would expand $(...) in node names
     checked = subprocess.run(
@@ -107,7 +107,7 @@ def test_options_and_their_choices(script: Path, tmp_path: Path) -> None:
     )
     assert complete(script, "ceres-supervisor", "rolling-restart", "--role", "") == ["meta", "ceresdb"]
     assert complete(script, "ceres-supervisor", "run", "-c", "x.toml", "--log-level", "w") == ["warning"]
-    assert complete(script, "ceres-supervisor", "completion", "") == ["bash"]
+    assert complete(script, "ceres-supervisor", "completion", "") == ["bash", "nodes"]
     assert complete(script, "ceres-supervisor", "run", "--listen", "") == []  # an address: nothing to guess
     (tmp_path / "cluster.toml").write_text("")
     (tmp_path / "out").mkdir()

@@ -1,4 +1,4 @@
-"""The store's view (SPEC 7) built from etcd keys, and the /v1/cluster document. Pure, no etcd."""
+"""The store's view built from etcd keys, and the /v1/cluster document. Pure, no etcd."""
 
 from __future__ import annotations
 

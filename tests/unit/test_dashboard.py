@@ -1,142 +1,35 @@
-"""etc/grafana/ceres-supervisor.json asks only for series the daemon exports, with their labels.
+"""etc/grafana/ceres-supervisor.json: it asks only for series the daemon exports, with their
+labels, in PromQL that Prometheus parses; every query keeps to the chosen job, cluster and
+supervisors; its data source works provisioned from a file as well as imported; it shows unknown
+nodes, `up`, and the on-call's signals, and marks restarts and reloads on every graph.
 
 The exported families come from a real `metrics.Metrics` over a real plan (no mock), read back
-with prometheus_client's own parser.
+with prometheus_client's own parser; the PromQL is parsed by promtool itself.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from ceres_supervisor.decisions import planning
-from ceres_supervisor.decisions.planning import NodeRecord, Policy
-from ceres_supervisor.desired import containers as desired
-from ceres_supervisor.desired import loading
-from ceres_supervisor.model.observed import (
-    LeaseView,
-    MetaLeader,
-    MetaMemberProbe,
-    Observation,
-    ObservedContainer,
-    ProbeResult,
-    ShardLock,
-)
-from ceres_supervisor.surfaces import metrics
-
-from .conftest import BASE
+from .promql import SCRAPE_LABELS, family_of, grouping_labels, matched_labels, metric_names
+from .promql import exported as exported_families
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "etc" / "grafana" / "ceres-supervisor.json"
-NOW = 1000.0
-WALL = datetime(2026, 11, 28, tzinfo=UTC)
-POLICY = Policy(
-    failure_threshold=3,
-    start_timeout_s=120,
-    lease_grace_s=60,
-    backoff_initial_s=1,
-    backoff_max_s=60,
-    backoff_reset_s=600,
-    crashloop_failures=5,
-    crashloop_window_s=600,
-)
-SCRAPE_LABELS = {"instance", "job"}
-"""Labels Prometheus adds to every scraped series."""
-PROMQL_WORDS = {
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "atan2",
-    "inf",
-    "nan",
-}
-SUFFIXES = {"_bucket": "histogram", "_sum": "histogram", "_count": "histogram", "_total": "counter"}
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What metrics.Snapshotlike asks for."""
-
-    desired: desired.DesiredCluster
-    plan: planning.Plan | None
-    reload_ok: bool = True
-    agents: dict[str, bool] = field(default_factory=lambda: {"127.0.0.1": True, "127.0.0.2": False})
-
-
-def healthy_plan(tmp_path: Path) -> tuple[desired.DesiredCluster, planning.Plan]:
-    """1 meta + 2 CeresDB nodes, running for a while, probes ok, every shard lock held."""
-    path = tmp_path / "cluster.toml"
-    path.write_text(BASE)
-    cluster = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda _host: True)
-    containers = {
-        n.name: ObservedContainer(
-            id=f"id-{n.name}",
-            name=f"ceres-x-{n.name}",
-            node=n.name,
-            role=n.role,
-            spec_hash=n.spec_hash,
-            state="running",
-            image="img",
-            started_at=datetime(2026, 11, 27, tzinfo=UTC),
-        )
-        for n in cluster.nodes
-    }
-    probes = {
-        name: ProbeResult(True, "GET / 200", NOW, WALL, 0.001, c.run_key) for name, c in containers.items()
-    }
-    assigned: dict[str, tuple[int, ...]] = {n.endpoint: (i, i + 2) for i, n in enumerate(cluster.ceresdb)}
-    locks = {shard: ShardLock(endpoint, 7) for endpoint, shards in assigned.items() for shard in shards}
-    alive = ProbeResult(True, "GET /api/v1/healthCheck 200", NOW, WALL)
-    observation = Observation(
-        at=NOW,
-        wall=WALL,
-        containers=containers,
-        orphans=(),
-        engine_error=None,
-        probes=probes,
-        meta={m.name: MetaMemberProbe(alive, True) for m in cluster.meta},
-        leader=MetaLeader(NOW, cluster.meta[0].name, True, ""),
-        leases=LeaseView(NOW, WALL, assigned, locks),
-        busy={},
-    )
-    records = {
-        name: NodeRecord(run_key=c.run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)
-        for name, c in containers.items()
-    }
-    return cluster, planning.plan(cluster, observation, records, NOW, lambda: 0.0, POLICY)
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, set[str]]]:
     """Family name -> (type, the labels its samples carry), as the daemon's /metrics has them."""
-    cluster, plan = healthy_plan(tmp_path_factory.mktemp("dashboard"))
-    assert {str(v.state) for v in plan.views.values()} == {"healthy"}
-    registry = metrics.Metrics(lambda: Snapshot(cluster, plan))
-    registry.count_restart("db0", "died")  # a labelled counter shows its labels once counted
-    registry.probe_duration.observe(0.002)
-    registry.reconcile_duration.observe(0.004)
-    body, _content_type = registry.exposition(None)
-    families: dict[str, tuple[str, set[str]]] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        labels = {label for sample in family.samples for label in sample.labels}
-        families[family.name] = (family.type, labels)
-        assert family.samples, f"{family.name} has no samples: its labels cannot be checked"
-    return families
+    return exported_families(tmp_path_factory.mktemp("dashboard"))
 
 
 def dashboard() -> dict[str, Any]:
@@ -151,49 +44,18 @@ def panels(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def expressions(doc: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """(panel title, PromQL, legend) of every panel target."""
+    """(panel or annotation title, PromQL, legend) of every panel target and annotation query."""
     for panel in panels(doc):
         for target in panel.get("targets", []):
             yield panel["title"], target["expr"], target.get("legendFormat", "")
+    for annotation in doc["annotations"]["list"]:
+        if "expr" in annotation:
+            yield f"annotation {annotation['name']}", annotation["expr"], annotation.get("titleFormat", "")
 
 
-def metric_names(expr: str) -> set[str]:
-    """The series names a PromQL expression selects: identifiers that are not functions, keywords,
-    label names or values, durations or numbers."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # strings
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    text = re.sub(r"\boffset\s+\w+", " ", text)
-    text = re.sub(r"\$\{?\w+\}?", " ", text)  # dashboard variables
-    text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)  # numbers
-    names = set()
-    for match in re.finditer(r"(?<![\w:])[a-zA-Z_:][\w:]*", text):
-        name = match.group(0)
-        if re.match(r"\s*\(", text[match.end() :]) or name.lower() in PROMQL_WORDS:
-            continue  # a function call or a keyword
-        names.add(name)
-    return names
-
-
-def grouping_labels(expr: str) -> set[str]:
-    return {
-        label.strip()
-        for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-        for label in group.split(",")
-        if label.strip()
-    }
-
-
-def family_of(name: str, exported: dict[str, tuple[str, set[str]]]) -> str | None:
-    """The exported family a series name belongs to (histogram and counter suffixes included)."""
-    if name in exported:
-        return name
-    for suffix, kind in SUFFIXES.items():
-        base = name.removesuffix(suffix)
-        if base != name and exported.get(base, ("", set()))[0] == kind:
-            return base
-    return None
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(series name, matchers) of every selector with matchers in the expression."""
+    return re.findall(r"([a-zA-Z_:][\w:]*)\{([^}]*)\}", expr)
 
 
 def test_the_expression_parser() -> None:
@@ -208,6 +70,7 @@ def test_the_expression_parser() -> None:
 
 def test_every_series_on_the_dashboard_is_exported(exported: dict[str, tuple[str, set[str]]]) -> None:
     used: set[str] = set()
+    exported = {**exported, "up": ("gauge", set())}  # Prometheus's own, for each target
     for title, expr, legend in expressions(dashboard()):
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr!r}"
@@ -217,7 +80,7 @@ def test_every_series_on_the_dashboard_is_exported(exported: dict[str, tuple[str
         labels = set().union(*(exported[f][1] for f in families.values() if f)) | SCRAPE_LABELS
         if any(n.endswith("_bucket") for n in names):
             labels.add("le")
-        wanted = grouping_labels(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        wanted = grouping_labels(expr) | matched_labels(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
         assert wanted <= labels, f"{title}: labels {sorted(wanted - labels)} are on none of {sorted(names)}"
         used |= {f for f in families.values() if f}
     asked = {
@@ -230,24 +93,70 @@ def test_every_series_on_the_dashboard_is_exported(exported: dict[str, tuple[str
         "ceres_supervisor_reload_success",
         "process_resident_memory_bytes",
         "process_cpu_seconds",
-        "ceres_supervisor_info",
+        "ceres_supervisor_build_info",
+        "up",
     }
     assert asked <= used, sorted(asked - used)
 
 
-def test_the_instance_variable_asks_for_an_exported_series(exported: dict[str, tuple[str, set[str]]]) -> None:
-    for variable in dashboard()["templating"]["list"]:
-        query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-        found = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
+def test_every_query_keeps_to_the_chosen_job_cluster_and_supervisors() -> None:
+    """A Prometheus scrapes other targets too: no query may plot them (the memory and CPU panels
+    once did), and two clusters in one Prometheus stay apart."""
+    for title, expr, _legend in expressions(dashboard()):
+        found = selectors(expr)
+        assert found, f"{title}: a selector without matchers: {expr}"
+        for name, matchers in found:
+            assert 'job=~"$job"' in matchers, f"{title}: {name} without the job filter"
+            if name.startswith("ceres_supervisor_"):
+                assert 'cluster=~"$cluster"' in matchers, f"{title}: {name} without the cluster filter"
+            if not title.startswith("annotation"):
+                assert 'instance=~"$instance"' in matchers, f"{title}: {name} without the supervisor filter"
+
+
+def test_prometheus_parses_every_query(tmp_path: Path) -> None:
+    """Each query, its variables given values, as a recording rule that `promtool check rules` parses."""
+    values = {"$__rate_interval": "5m", "$job": ".+", "$cluster": ".+", "$instance": ".+"}
+    rules = []
+    for i, (_title, given, _legend) in enumerate(expressions(dashboard())):
+        expr = given
+        for variable, value in values.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, expr
+        rules.append(f"      - record: dashboard:query{i}\n        expr: {json.dumps(expr)}\n")
+    path = tmp_path / "queries.yml"
+    path.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(rules))
+    found = shutil.which("promtool")
+    assert found is not None, "no promtool on PATH: run scripts/ensure-promtool.sh (make test does)"
+    checked = subprocess.run([found, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_variables_ask_for_exported_series_and_all_is_not_a_wildcard(
+    exported: dict[str, tuple[str, set[str]]],
+) -> None:
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert list(variables) == ["datasource", "job", "cluster", "instance"]
+    for name in ("job", "cluster", "instance"):
+        variable = variables[name]
+        query = variable["query"]["query"]
+        found = re.fullmatch(r"label_values\((\w+)(\{[^}]*\})?,\s*(\w+)\)", query)
         assert found, query
-        assert found.group(1) in exported and found.group(2) in exported[found.group(1)][1] | SCRAPE_LABELS
+        assert found.group(1) in exported and found.group(3) in exported[found.group(1)][1] | SCRAPE_LABELS
+        assert found.group(3) == name, query
+        # "All" is the list of the values found, never ".+" (which matches every target of the Prometheus).
+        assert variable["includeAll"] and "allValue" not in variable, variable
+        assert variable["datasource"] == DATASOURCE
 
 
-def test_no_hard_coded_datasource_and_every_panel_titled() -> None:
+def test_the_datasource_works_provisioned_and_imported_and_every_panel_is_titled() -> None:
+    """`${DS_...}` inputs are resolved only by the import dialog: a dashboard provisioned from a file
+    keeps them verbatim and shows nothing. A data-source variable works both ways."""
     doc = dashboard()
+    text = DASHBOARD.read_text()
     assert doc["schemaVersion"] >= 38
-    assert [i["name"] for i in doc["__inputs"]] == ["DS_PROMETHEUS"]
-    assert doc["__inputs"][0]["pluginId"] == "prometheus"
+    assert "__inputs" not in doc and "${DS_" not in text
+    datasource = doc["templating"]["list"][0]
+    assert (datasource["type"], datasource["query"]) == ("datasource", "prometheus")
 
     def datasources(node: object) -> Iterator[object]:
         if isinstance(node, dict):
@@ -259,14 +168,46 @@ def test_no_hard_coded_datasource_and_every_panel_titled() -> None:
             for item in node:
                 yield from datasources(item)
 
-    for ds in datasources({k: v for k, v in doc.items() if k != "annotations"}):
-        assert ds == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}, ds
+    builtin = doc["annotations"]["list"][0]
+    for ds in datasources({**doc, "annotations": {"list": doc["annotations"]["list"][1:]}}):
+        assert ds == DATASOURCE, ds
+    assert builtin["builtIn"] == 1
     ids = []
     for panel in panels(doc):
         assert panel.get("title", "").strip(), panel
         ids.append(panel["id"])
         if panel["type"] != "row":
-            assert panel["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+            assert panel["datasource"] == DATASOURCE
             assert panel["targets"], panel["title"]
             assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
     assert len(ids) == len(set(ids)), "panel ids repeat"
+
+
+def test_unknown_nodes_up_and_the_on_call_signals_are_shown() -> None:
+    doc = dashboard()
+    by_title = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in panels(doc)}
+    # "Not healthy" counts unknown nodes (only healthy and remote are left out), once each.
+    (not_healthy,) = by_title["Nodes not healthy"]
+    assert 'state!~"healthy|remote"' in not_healthy and "max by (cluster, node)" in not_healthy
+    (unknown,) = by_title["Nodes unknown"]
+    assert 'state="unknown"' in unknown
+    assert any(metric_names(e) == {"up"} for exprs in by_title.values() for e in exprs), "no panel shows up"
+    used = {name for exprs in by_title.values() for e in exprs for name in metric_names(e)}
+    assert {
+        "ceres_supervisor_docker_up",
+        "ceres_supervisor_coordination_up",
+        "ceres_supervisor_meta_leader",
+        "ceres_supervisor_disruption_slot_held_seconds",
+        "ceres_supervisor_spec_hashes_differ",
+        "ceres_supervisor_node_last_exit_code",
+        "ceres_supervisor_node_failures",
+        "ceres_supervisor_probe_failures_total",
+        "ceres_supervisor_spec_info",
+    } <= used
+
+
+def test_restarts_and_reloads_are_annotations() -> None:
+    annotations = {a["name"]: a for a in dashboard()["annotations"]["list"] if "expr" in a}
+    assert metric_names(annotations["Restarts"]["expr"]) == {"ceres_supervisor_restarts_total"}
+    assert metric_names(annotations["Reloads"]["expr"]) == {"ceres_supervisor_last_reload_timestamp_seconds"}
+    assert all(a["enable"] and a["datasource"] == DATASOURCE for a in annotations.values())

@@ -90,6 +90,7 @@ def degraded() -> dict[str, Any]:
         "backoff",
         reason="exit 3",
         restarts=4,
+        last_exit={"code": 3, "oom": False, "at": "2026-11-28T11:59:50Z"},
         health={"ok": False, "detail": "GET /: connection refused", "checked_at": None},
         lease={"held": False, "shards": [], "detail": "no shard lock"},
         next_restart_at="2026-11-28T12:00:25Z",
@@ -188,14 +189,14 @@ def test_degraded_cluster() -> None:
     assert ("badge tone-bad", "degraded") in rows.badges
     cls, cells = rows.node("db0")
     assert cls == "node tone-bad"
-    assert cells[3:8] == ["backoff", "fail", "not held", "4", "exit 3 (next restart in 25s)"]
+    assert cells[3:9] == ["backoff", "fail", "not held", "4", "3", "exit 3 (next restart in 25s)"]
     cls, cells = rows.node("db1")
     assert cls == "node tone-off"
     assert cells[2] == "127.0.0.1 (127.0.0.2)" and cells[3] == "unknown" and cells[6] == "-"
-    assert "supervisor on 127.0.0.2 down since" in cells[7]
+    assert "supervisor on 127.0.0.2 down since" in cells[8]
     assert "127.0.0.2 down since 2026-11-28T11:58:10Z" in text  # the agent that is gone
     assert "files differ" in text and "9f2c01" in text and "77aa00" in text
-    assert "disruption slot: <b>db0</b> held by 127.0.0.1" in text
+    assert "disruption slot: <b>db0</b> held by 127.0.0.1 since 2026-11-28T11:59:00Z (for 1m)" in text
     assert "paused: meta0" in text
     # The last 20 events, newest first.
     events = rows.events()
@@ -248,8 +249,8 @@ def test_hostile_values_come_out_escaped() -> None:
     cls, cells = rows.node(HOSTILE)
     assert (
         cls == "node tone-off"
-        and len(cells) == 8
-        and cells[7].startswith(HOSTILE + " (next restart")
+        and len(cells) == 9
+        and cells[8].startswith(HOSTILE + " (next restart")
         and cells[3] == HOSTILE
     )
     assert rows.events()[0][1:] == [HOSTILE] * 4
@@ -355,3 +356,50 @@ def test_malformed_document_still_renders() -> None:
         {"cluster": "x", "nodes": [None, 3, {"name": 5, "lease": [], "health": "x"}], "agents": {}}, [], NOW
     )
     assert Rows(text).node("5")[1][3] == "-"
+
+
+def test_the_on_call_signals_in_the_header() -> None:
+    """Nodes by state (unknown ones counted), this supervisor's Docker and reload, no leader, and a
+    host of the file whose supervisor was never seen."""
+    doc = degraded()
+    doc["meta"]["leader"] = None
+    doc["nodes"].append(
+        node(
+            "db2",
+            state="unknown",
+            host="127.0.0.3",
+            agent=None,
+            reason="no supervisor publishes it (its host is 127.0.0.3)",
+            health={"ok": None, "detail": None, "checked_at": None},
+        )
+    )
+    local = {
+        "engine": {"ok": False, "error": "Docker Engine unavailable: no socket at /run/docker.sock"},
+        "reload": {"ok": False, "error": "cluster.toml: invalid desired state (1 problem)\n  x: unknown key",
+                   "at": "2026-11-28T11:50:00Z"},
+    }
+    text = page.render(doc, [], NOW, local)
+    facts = re.sub(r"<[^>]+>", "", text.split('<ul class="facts">', 1)[1].split("</ul>", 1)[0])
+    assert "nodes: 1 healthy, 1 backoff, 2 unknown" in facts
+    assert "Docker Engine unreachable: Docker Engine unavailable: no socket at /run/docker.sock" in facts
+    assert "last reload FAILED at 2026-11-28T11:50:00Z: cluster.toml: invalid desired state (1 problem) / x: unknown key" in facts
+    assert "no meta leader" in facts
+    assert "127.0.0.2 down since 2026-11-28T11:58:10Z" in facts
+    assert "127.0.0.3 down never seen: no supervisor runs for it" in facts
+    healthy_local = {"engine": {"ok": True, "error": None}, "reload": {"ok": True, "error": None, "at": "2026-11-28T11:00:00Z"}}
+    text = page.render(healthy(), [], NOW, healthy_local)
+    assert "Docker Engine: reachable" in text and "last reload: applied at 2026-11-28T11:00:00Z" in text
+    assert 'class="alert"' not in text
+
+    # Without the store nobody can tell whether 127.0.0.3's supervisor ever ran: no claim.
+    doc["coordination"] = {"ok": False, "detail": "no etcd member answers", "endpoint": None, "unreadable": []}
+    assert "never seen" not in page.render(doc, [], NOW)
+
+
+def test_an_agent_row_never_seen() -> None:
+    """The cluster document lists every host of the file; one whose supervisor never ran has no time."""
+    doc = healthy()
+    doc["agents"].append({"host": "127.0.0.9", "state": "down", "heartbeat_at": None, "listen": None,
+                          "advertise": None, "since": None})
+    facts = re.sub(r"<[^>]+>", "", page.render(doc, [], NOW).split('<ul class="facts">', 1)[1].split("</ul>", 1)[0])
+    assert "127.0.0.9 down never seen: no supervisor runs for it" in facts and "since -" not in facts

@@ -20,6 +20,10 @@ SECRET_VALUE = "s3cr3t-value-that-must-never-print"
 INVALID = [
     ("unknown key", BASE + '\n[supervisor]\nprobe_intervall = "5s"\n', "supervisor.probe_intervall: unknown key"),
     ("agent_ttl too short", BASE + '\n[supervisor]\nagent_ttl = "1s"\n', "supervisor.agent_ttl: must be at least 3s"),
+    ("log size without unit", BASE + '\n[supervisor]\nlog_max_size = "20"\n',
+     "supervisor.log_max_size: '20' is not a log size: a whole number and k, m or g"),
+    ("log size in bytes", BASE + '\n[supervisor]\nlog_max_size = "20MB"\n', "supervisor.log_max_size: '20MB' is not a log size"),
+    ("no log file kept", BASE + "\n[supervisor]\nlog_max_files = 0\n", "supervisor.log_max_files: Input should be greater than or equal to 1"),
     ("unknown node key", BASE.replace('name = "db1"', 'name = "db1"\nport = 1'), "ceresdb.nodes[1].port: unknown key"),
     ("duplicate node name", BASE.replace('name = "db1"', 'name = "db0"'), "ceresdb.nodes[1].name: duplicate node name"),
     ("name shared across roles", BASE.replace('name = "db0"', 'name = "meta0"'), "ceresdb.nodes[0].name: duplicate"),
