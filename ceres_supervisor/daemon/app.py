@@ -111,7 +111,7 @@ class Supervisor:
         )
         self._session: aiohttp.ClientSession | None = None
         self._group: asyncio.TaskGroup | None = None
-        self.pauses = pauses.PauseBook.open(loaded.spec.cluster.state_dir)
+        self.pauses = pauses.PauseBook.open(loaded.spec.cluster.state_dir, place.host)
         self.operations = restarts.Operations(self, lambda: self._session, None)
         self._executor = executor.Executor(
             self.engine,

@@ -35,6 +35,12 @@ from ceres_supervisor.model.errors import CeresError
 PAUSED_FILE: Final = "paused.json"
 
 
+def file_name(host: str | None) -> str:
+    """`paused.json`; `paused-<ADDR>.json` for an agent run with `--host ADDR`: several agents
+    sharing one machine and one state_dir each keep their own book (each writes it whole)."""
+    return PAUSED_FILE if host is None else f"paused-{host}.json"
+
+
 class PauseFileError(CeresError):
     """`paused.json` exists but cannot be read as the pauses it must hold."""
 
@@ -74,9 +80,9 @@ class PauseBook:
     pending: list[Change] = field(default_factory=list)
 
     @classmethod
-    def open(cls, state_dir: str) -> PauseBook:
+    def open(cls, state_dir: str, host: str | None = None) -> PauseBook:
         """Raises PauseFileError when the file exists but is not a pause book."""
-        book = cls(Path(state_dir) / PAUSED_FILE)
+        book = cls(Path(state_dir) / file_name(host))
         try:
             text = book.path.read_text()
         except FileNotFoundError:

@@ -27,6 +27,7 @@ import pytest
 from docker.models.containers import Container
 
 from ceres_supervisor.model.spec import DesiredState
+from testkit import emulator as build
 from testkit.helpers import (
     TEST_LABEL,
     etcd_member_status,
@@ -41,8 +42,6 @@ from testkit.helpers import (
     wait_until,
 )
 from testkit.standins import StandIns, cluster_toml, emulator_hook, kill_main_process, set_scheduler_tick
-
-from testkit import emulator as build
 
 HERE = Path(__file__).resolve().parent
 IMAGE_PREFIX = build.REPOSITORY

@@ -342,7 +342,7 @@ def test_an_agent_cut_from_its_watch_member_keeps_every_pause(machines: Machines
     doc = machines.cluster(2)
     assert doc is not None
     watched = next(p for p in machines.proxies if doc["coordination"]["watch"] == f"http://{p.address}")  # type: ignore[index]
-    pause_file = machines.root / "state" / "paused.json"
+    pause_file = machines.root / "state" / f"paused-{HOSTS[2]}.json"  # agent 3's own book
     with machines.events() as events:
         watched.freeze()
         try:

@@ -174,3 +174,15 @@ async def test_a_stale_view_is_not_mirrored(two: tuple[MemoryEtcd, Node, Node]) 
     b.coordinator.confirmed_at = time.monotonic()
     await b.sync.step()
     assert b.sync.pauses.current.nodes == frozenset()
+
+
+def test_agents_sharing_a_state_dir_keep_a_book_each(tmp_path: Path) -> None:
+    """Three agents on one machine with one file share its state_dir: each writes its book whole,
+    so one file for all would lose the others' pauses."""
+    a = PauseBook.open(str(tmp_path), "127.0.0.1")
+    b = PauseBook.open(str(tmp_path), "127.0.0.2")
+    a.apply(frozenset({"db0"}), True, False)
+    b.apply(frozenset({"db2"}), True, False)
+    assert PauseBook.open(str(tmp_path), "127.0.0.1").current.nodes == {"db0"}
+    assert PauseBook.open(str(tmp_path), "127.0.0.2").current.nodes == {"db2"}
+    assert PauseBook.open(str(tmp_path)).path.name == "paused.json"
