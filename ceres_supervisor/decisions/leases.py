@@ -1,6 +1,6 @@
 """Does a CeresDB node hold its shards, and if not, is it only waiting? Pure (README, What each state means).
 
-CeresMeta, not CeresDB, reopens shards, at its own pace (`docs/ceres-interfaces.md` 2.5):
+CeresMeta, not CeresDB, reopens shards, at its own pace (`docs/real-servers.md` section 7):
 - CeresDB takes a shard lock with a create-if-absent txn and fails `OpenShard` while any lock on
   the shard exists, e.g. the previous incarnation's, whose lease lives until its TTL; the lock's
   value is the endpoint, the same for both incarnations, so only the lock's etcd lease tells them

@@ -2,7 +2,7 @@
 
 Documents keep secret references as `SecretRef` leaves: `materialize` swaps in the values just
 before a file is written, `redacted` swaps in "***" for anything shown to a person. Every pitfall
-of `docs/ceres-interfaces.md` that rendering can prevent is prevented here: the server
+of `docs/real-servers.md` (section 14) that rendering can prevent is prevented here: the server
 address without a port (1), `meta_addr` on the client port (2), `etcd_client` set (7), removed
 keys dropped (4), the node count derived (5), `bind_addr = 0.0.0.0` (13), version-gated names (14).
 """

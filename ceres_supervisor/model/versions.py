@@ -1,6 +1,6 @@
 """What differs between CeresDB/CeresMeta releases and the HoraeDB flavor, in one place.
 
-Pure data and functions. Each fact cites the section of `docs/ceres-interfaces.md` it comes
+Pure data and functions. Each fact cites the section of `docs/real-servers.md` it comes
 from, so a change in the servers has one place to land here.
 """
 

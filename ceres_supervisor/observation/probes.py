@@ -7,7 +7,7 @@
   `<root>/members/leader` from 1.2.7), a protobuf `Member{name, id, endpoint}`. Routes CeresMeta
   forwards to its leader (`/api/v1/clusters`, `getNodeShards`) go to the leader only: a follower
   forwards to the leader's host with its own HTTP port, which on a shared machine is itself, and
-  the real server then recurses without limit (`docs/ceres-interfaces.md` 2.6).
+  the real server then recurses without limit (`docs/real-servers.md` section 4, forwarding).
 - Leases: one range over `<root>/<cluster>/shards/` through etcd's JSON gateway (each lock's
   value, a protobuf `ShardLockValue`, and its lease), and the topology from the leader.
 

@@ -1,4 +1,4 @@
-"""The shard-lock judgement (docs/ceres-interfaces.md 2.5): held, reopening or lost, and which rule says so.
+"""The shard-lock judgement (docs/real-servers.md section 7): held, reopening or lost, and which rule says so.
 
 Pure: readings, memories and the cluster context are built by hand. Times are monotonic seconds
 (readings) and wall times (container starts, lease first sightings).
