@@ -74,12 +74,15 @@ async def all_locked(cluster: Cluster) -> dict[int, str]:
     return await eventually(lambda: asyncio.to_thread(check), 60, "every shard locked by its node")
 
 
-VERSIONS = ["1.2.2", "1.2.7", "2.0.0"]
-"""The core scenarios run on every version's stand-ins (each meets its health route, its root path
-and its leader key); the rest of the suite is spread over them."""
+VERSIONS = ["1.2.2", "1.2.5", "1.2.7", "2.0.0"]
+"""The stand-in versions the daemon scenarios rotate over: each scenario runs on the versions where
+what it checks differs, and every version meets the core scenarios somewhere (its health route,
+root path, leader key, reopen pace): 1.2.2 one shard per tick and the old leader key, 1.2.5
+batches and the table fetch that can exit, 1.2.7 the new leader key and health route, 2.0.0 the
+HoraeDB flavor. The rest of the suite is spread over them."""
 
 
-@pytest.mark.parametrize(("version", "meta_count"), [("1.2.2", 1), ("1.2.7", 1), ("2.0.0", 1), ("1.2.7", 3)])
+@pytest.mark.parametrize(("version", "meta_count"), [("1.2.2", 1), ("1.2.7", 3), ("2.0.0", 1)])
 async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: Callable[..., Cluster],
                                                                  version: str, meta_count: int) -> None:
     cluster = make_cluster(meta=meta_count, db=2, version=version)
@@ -124,7 +127,7 @@ async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: C
     assert sorted(locks) == list(range(8))
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", ["1.2.5"])
 async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster: Callable[..., Cluster],
                                                                     version: str) -> None:
     cluster = make_cluster(version=version)
@@ -156,7 +159,7 @@ async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster
     await eventually(lambda: asyncio.to_thread(relocked), 45, "db0's shards locked again under new leases")
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", ["2.0.0"])
 async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster: Callable[..., Cluster],
                                                                     version: str) -> None:
     cluster = make_cluster(version=version)
@@ -181,7 +184,7 @@ def clear_fault(container: object) -> None:
     container.put_archive("/run/ceres-emulator", buffer.getvalue())  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", ["1.2.7"])
 async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_cluster: Callable[..., Cluster],
                                                                       docker_client: object, version: str) -> None:
     """While meta is not ready a CeresDB node that fails its probes is blocked: never stopped. Once meta
@@ -365,7 +368,7 @@ def _until_healthy_cycle(process: subprocess.Popen[str], timeout_s: float) -> No
     raise AssertionError(f"no healthy cycle within {timeout_s}s; last log lines: {seen[-5:]}")
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", ["1.2.2"])
 async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make_cluster: Callable[..., Cluster],
                                                                            version: str) -> None:
     cluster = make_cluster(version=version)

@@ -23,38 +23,42 @@ from testkit.standins import kill_main_process
 from .conftest import Cluster, eventually
 
 
-# 2.0.0 skips the offline node; 1.2.7 reopens nothing; 1.2.2 returns at the offline node's first
-# shard in its walk, so only the shards before it may reopen (META v1.2.2 static scheduler 55-78).
-@pytest.mark.parametrize(("version", "reopens_while_one_is_down"), [("1.2.2", False), ("1.2.7", False), ("2.0.0", True)])
+# 2.0.0 skips the offline node; 1.2.7 reopens nothing (1.2.2 too, one shard per tick: the emulator
+# tests show that pace; here the supervisor's side of the rule is enough at the faster version).
+@pytest.mark.parametrize(("version", "reopens_while_one_is_down"), [("1.2.7", False), ("2.0.0", True)])
 async def test_a_crashed_node_is_restarted_once_and_then_left_to_wait_for_meta(
         make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient, version: str,
         reopens_while_one_is_down: bool) -> None:
-    """SIGKILL one CeresDB node of three (24 shards) while another is stopped.
+    """SIGKILL one CeresDB node of three (12 shards) while another is stopped.
 
     The stopped node is the owner of the first shard in CeresMeta's topology: its scheduler walks the
     topology in order and, up to 1.2.7, gives up at the first shard of an offline node (META v1.2.2
     static_topology_shard_scheduler.go:55-78, v1.2.7 static/scheduler.go:91-96); 2.0.0 skips it."""
     cluster = make_cluster(meta=1, db=3, version=version, supervisor={"lease_grace": "5s"})
-    cluster.text = cluster.text.replace("[meta]\n", "[meta]\nshard_total = 24\n", 1)
-    # A 3 s lease: heartbeats every 2 s, and at 1.2.2 meta learns of each reopened shard from the
-    # next heartbeat, so 16 shards reopen in about 40 s instead of 2 minutes.
-    cluster.text = cluster.text.replace("[ceresdb]\n", '[ceresdb]\nlease = "3s"\n', 1)
+    cluster.text = cluster.text.replace("[meta]\n", "[meta]\nshard_total = 12\n", 1)
+    # A 3 s lease: heartbeats every 2 s, so meta counts the stopped node offline within 10 s + 2 s
+    # of its stop. A shard lock TTL of 20 s: the victim's old locks, kept alive every TTL/3, last at
+    # least 13.3 s after the kill, so meta sees the stopped node offline before they expire (meta's
+    # node expiry is hard-coded and not observable from outside: the TTL orders the two).
+    cluster.text = cluster.text.replace("[ceresdb]\n", '[ceresdb]\nlease = "3s"\n', 1).replace(
+        "shard_lock_ttl = 15", "shard_lock_ttl = 20")
+    assert "shard_lock_ttl = 20" in cluster.text
     await cluster.start()
     await cluster.healthy(120)
     meta = cluster.spec.meta.nodes[0]
     etcd = f"http://{meta.host}:{meta.client_port}"
     root = cluster.spec.release.root_path
     names = {f"{n.host}:{n.grpc_port}": n.name for n in cluster.spec.ceresdb.nodes}
-    await eventually(lambda: asyncio.to_thread(lambda: len(shard_locks(etcd, root, cluster.name)) == 24), 120,
-                     "all 24 shards locked")
+    await eventually(lambda: asyncio.to_thread(lambda: len(shard_locks(etcd, root, cluster.name)) == 12), 120,
+                     "all 12 shards locked")
     topology: list[tuple[int, str]] = []
 
     async def assigned() -> bool:
         topology[:] = await asyncio.to_thread(node_shards, f"http://{meta.host}:{meta.http_port}", cluster.name)
-        assert len(topology) == 24, f"topology {topology}"
+        assert len(topology) == 12, f"topology {topology}"
         return True
 
-    await eventually(assigned, 60, "meta's topology lists all 24 shards")
+    await eventually(assigned, 60, "meta's topology lists all 12 shards")
     stopped = names[topology[0][1]]
     counts = {name: sum(1 for _s, owner in topology if names[owner] == name) for name in names.values()}
     victim = max((n for n in counts if n != stopped), key=lambda n: counts[n])
@@ -64,14 +68,10 @@ async def test_a_crashed_node_is_restarted_once_and_then_left_to_wait_for_meta(
     code, _body = await asyncio.to_thread(http_json, f"{cluster.api_url}/v1/nodes/{stopped}/pause", {"who": "api"})
     assert code == 200
     await asyncio.to_thread((await cluster.container(stopped)).stop)
-    # CeresMeta counts a node offline 10 s after its last heartbeat (hard-coded, not observable from
-    # outside): a window, so that it is offline before the victim's old locks expire.
-    await asyncio.sleep(11)
     old = {lease for holder, lease in (await asyncio.to_thread(shard_lock_leases, etcd, root, cluster.name)).values()
            if holder == mine}
     with DockerEvents(docker_client, cluster.name) as events:
         kill_main_process(await cluster.container(victim))
-        killed = time.monotonic()
         await eventually(lambda: len(events.of(victim, ("start",))) == 1, 20, f"{victim} started again")
         ttl = cluster.spec.ceresdb.shard_lock_ttl
 
@@ -84,10 +84,19 @@ async def test_a_crashed_node_is_restarted_once_and_then_left_to_wait_for_meta(
             await eventually(lambda: asyncio.to_thread(lambda: victim_locks() == counts[victim]), ttl + 60,
                              f"{victim}'s {counts[victim]} shards back")
         else:
-            while time.monotonic() - killed < ttl + 25:  # the window in which nothing may be restarted
+            def old_locks_gone() -> bool:
+                leases = shard_lock_leases(etcd, root, cluster.name).values()
+                return not any(lease in old for _holder, lease in leases)
+
+            await eventually(lambda: asyncio.to_thread(old_locks_gone), ttl + 20, f"{victim}'s old locks expired")
+            # From here a scheduler that ignored the offline node would reopen the victim's shards within
+            # two ticks (0.5 s each) and the next heartbeat (2 s). Meta's ticks are not observable from
+            # outside, so this is a window, the one place it cannot be a condition: 5 s, sampled.
+            until = time.monotonic() + 5.0
+            while time.monotonic() < until:
                 assert await asyncio.to_thread(victim_locks) == 0, f"a shard reopened although {stopped} is offline"
                 assert len(events.of(victim, ("start",))) == 1 and events.chosen_stops(victim) == []
-                await asyncio.sleep(1.0)  # sampling the window
+                await asyncio.sleep(0.5)  # sampling the window
             view = cluster.view(victim)
             assert view is not None and view.state.value == "reopening", view
             assert f"reopens nothing while {stopped} is offline" in (view.reason or ""), view.reason
@@ -101,7 +110,7 @@ async def test_a_crashed_node_is_restarted_once_and_then_left_to_wait_for_meta(
     def every_shard_locked_once_by_its_node() -> bool:
         locks = shard_locks(etcd, root, cluster.name)
         assigned = dict(node_shards(f"http://{meta.host}:{meta.http_port}", cluster.name))
-        return len(locks) == 24 and locks == assigned
+        return len(locks) == 12 and locks == assigned
 
     await eventually(lambda: asyncio.to_thread(every_shard_locked_once_by_its_node), 120,
                      "every shard locked exactly once, by the node meta assigns it to")
@@ -117,10 +126,9 @@ async def test_three_meta_members_on_one_machine_with_forwarding_that_loops(
     supervisor = await cluster.start()
     await cluster.healthy(120)
     seen: list[str] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # a window: healthy all along, ten probe intervals
+    for _ in range(10):  # healthy after each of ten more turns of the loop
+        await cluster.cycles(1)
         seen.append(str(cluster.cluster_state()))
-        await asyncio.sleep(0.2)
     assert set(seen) == {"healthy"}, seen
     leader = supervisor.leader()
     assert leader is not None
