@@ -3,8 +3,10 @@
     .venv/bin/python bench/cluster.py [CHANGES] [AGENT_KILLS] [IDLE_SECONDS]     (default 20 5 60)
 
 Three meta members (one per host) and six CeresDB nodes (two per host), every port distinct; each
-agent is its own `ceres-supervisor run --host 127.0.0.x --listen 127.0.0.x:PORT` process. Measured,
-in this order, on one cluster:
+agent is its own `ceres-supervisor run --host 127.0.0.x --listen 127.0.0.x:PORT` process, with a
+Docker Engine of its own (testkit/machines.py: one dockerd per simulated machine) and the etcd
+members reached through proxies of its own (testkit/proxy.py), so that one machine's Docker can
+be frozen and one agent cut from a member. Measured, in this order, on one cluster:
 
 - idle: CPU (utime + stime from /proc) and the largest RSS of each agent over IDLE_SECONDS;
 - `GET /v1/cluster` latency: 1000 sequential requests on one keep-alive connection, per agent;
@@ -14,7 +16,9 @@ in this order, on one cluster:
   polled every 5 ms (a kill is discarded when a view had it leave `healthy` before the kill);
 - an agent SIGKILLed (hosts 2, 3, 1 in turn): from the kill to the first answer of each other
   agent showing all its nodes `unknown`, polled every 20 ms; then it is started again (it adopts
-  its containers) and the cluster is healthy everywhere before the next sample.
+  its containers) and the cluster is healthy everywhere before the next sample;
+- a machine's Docker Engine frozen (hosts 2, 3, 1 in turn; its containers keep running): from the
+  freeze to the first answer of each other agent showing all that machine's nodes `unknown`.
 
 Times are those of the answer's arrival (an upper bound: the state changed up to one poll before).
 """
@@ -37,6 +41,8 @@ import common
 import docker
 from stats import summary
 
+from testkit.machines import Engine, Engines
+from testkit.proxy import Proxy
 from testkit.standins import IMAGE_PREFIX, FastTicks
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
@@ -47,18 +53,18 @@ the first did (the backoff is not what is measured here)."""
 AGENT_TTL_S = 5
 
 
-def cluster_file(name: str, state: Path) -> str:
-    ports = iter(common.free_ports(3 * 3 + 6 * 4))
+def cluster_file(name: str, state: Path, ports: list[int]) -> str:
+    free = iter(ports)
     lines = ["[cluster]", f'name = "{name}"', f'state_dir = "{state}"', f'version = "{VERSION}"', "",
              common.supervisor_table({**SETTINGS, "listen": "127.0.0.1:1"}),  # each agent has --listen
              "[meta]", f'image = "{IMAGE_PREFIX}/ceresmeta-server:{VERSION}"', "",
              "[ceresdb]", f'image = "{IMAGE_PREFIX}/ceresdb-server:{VERSION}"', "shard_lock_ttl = 15", ""]
     for i, host in enumerate(HOSTS):
-        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(ports)}",
-                  f"peer_port = {next(ports)}", f"http_port = {next(ports)}", ""]
+        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(free)}",
+                  f"peer_port = {next(free)}", f"http_port = {next(free)}", ""]
     for i in range(6):
-        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(ports)}",
-                  f"http_port = {next(ports)}", f"mysql_port = {next(ports)}", f"postgresql_port = {next(ports)}", ""]
+        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(free)}",
+                  f"http_port = {next(free)}", f"mysql_port = {next(free)}", f"postgresql_port = {next(free)}", ""]
     return "\n".join(lines)
 
 
@@ -104,7 +110,8 @@ def first_time(view: View, holds: Callable[[dict[str, str]], bool], timeout_s: f
 
 
 class Machines:
-    """The three agents on one file, and the cluster's containers; `close` removes everything."""
+    """The three agents on one file, each with its Docker Engine and its proxies to the etcd
+    members, and the cluster's containers; `close` removes everything."""
 
     def __init__(self) -> None:
         common.build.main([VERSION])
@@ -112,21 +119,45 @@ class Machines:
         self.state = common.STATE_ROOT / self.name
         self.state.mkdir(parents=True, exist_ok=True)
         self.config = self.state / "cluster.toml"
-        self.config.write_text(cluster_file(self.name, self.state / "data"))
+        ports = common.free_ports(3 * 3 + 6 * 4)
+        self.config.write_text(cluster_file(self.name, self.state / "data", ports))
         spec = common.loading.load(self.config).spec
+        self.client_ports = [m.client_port for m in spec.meta.nodes]
         self.hosts = {n.name: n.host for n in [*spec.meta.nodes, *spec.ceresdb.nodes]}
         self.listen = {host: f"{host}:{port}" for host, port in zip(HOSTS, common.free_ports(3), strict=True)}
         self.agents: dict[str, common.Daemon] = {}
-        self.ticks: FastTicks | None = None
+        self.ticks: list[FastTicks] = []
+        self.pool: Engines | None = None
+        self.engines: dict[str, Engine] = {}
+        self.proxies: dict[str, list[Proxy]] = {}
+        """Each agent's own way to each etcd member (a partition freezes one)."""
 
     def start(self) -> None:
-        self.ticks = FastTicks(docker.from_env(), self.name).__enter__()
+        self.pool = Engines(docker.from_env(), versions=[VERSION])
+        self.engines = dict(zip(HOSTS, self.pool.start(3), strict=True))
+        self.proxies = {host: [Proxy(HOSTS[i], self.client_ports[i], host=host).__enter__() for i in range(3)]
+                        for host in HOSTS}
+        self.ticks = [FastTicks(e.client, self.name).__enter__() for e in self.engines.values()]
         for host in HOSTS:
             self.start_agent(host)
 
     def start_agent(self, host: str) -> None:
+        store = ",".join(f"http://{p.address}" for p in self.proxies[host])
         self.agents[host] = common.start_daemon(self.config, self.name, self.state, self.state / f"agent-{host}.log",
-                                                host=host, listen=self.listen[host])
+                                                host=host, listen=self.listen[host], docker_url=self.engines[host].url,
+                                                store=store)
+
+    def client(self, node: str) -> docker.DockerClient:
+        return self.engines[self.hosts[node]].client
+
+    def clients(self) -> list[docker.DockerClient]:
+        return [e.client for e in self.engines.values()]
+
+    def watched(self, host: str) -> Proxy | None:
+        """The proxy `host`'s agent follows its watch through (None while it cannot say)."""
+        doc = View(self.agents[host].url).get()
+        where = (doc or {}).get("coordination", {}).get("watch")
+        return next((p for p in self.proxies[host] if where == f"http://{p.address}"), None)
 
     def nodes_of(self, host: str) -> list[str]:
         return [name for name, h in self.hosts.items() if h == host]
@@ -144,10 +175,15 @@ class Machines:
         common.wait_for(self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.25)
 
     def close(self) -> None:
-        if self.ticks is not None:
-            self.ticks.__exit__()
+        for ticks in self.ticks:
+            ticks.__exit__()
         for daemon in self.agents.values():
             daemon.stop()
+        for proxies in self.proxies.values():
+            for proxy in proxies:
+                proxy.close()
+        if self.pool is not None:
+            self.pool.close()
         common.cleanup(self.name, self.state)
 
 
@@ -170,14 +206,13 @@ def measure_change(m: Machines, samples: int) -> tuple[dict[str, list[float]], i
     """A host-1 CeresDB node SIGKILLed: ms until host 1's and host 3's /v1/cluster show it not
     healthy; and how many kills were discarded (the node left `healthy` before the kill)."""
     seen: dict[str, list[float]] = {HOSTS[0]: [], HOSTS[2]: []}
-    client = docker.from_env()
     targets = [n for n in m.nodes_of(HOSTS[0]) if n.startswith("db")]
     discarded, i = 0, 0
     while len(seen[HOSTS[2]]) < samples and discarded <= samples:
         node = targets[i % len(targets)]
         i += 1
         steadily_healthy([View(m.agents[host].url) for host in seen], node, 2, 180)
-        pid = common.main_pid(client, f"ceres-{m.name}-{node}")
+        pid = common.main_pid(m.client(node), f"ceres-{m.name}-{node}")
         with ThreadPoolExecutor(len(seen)) as pool:
             watchers = {host: pool.submit(first_time, View(m.agents[host].url),
                                           lambda s, node=node: s.get(node, "healthy") != "healthy", 10, 0.005)
@@ -222,6 +257,32 @@ def measure_agent_down(m: Machines, samples: int) -> list[dict[str, float]]:
     return out
 
 
+def measure_docker_frozen(m: Machines, samples: int) -> list[dict[str, float]]:
+    """A machine's Docker Engine frozen: s until each other agent shows all its nodes `unknown`."""
+    out = []
+    for i in range(samples):
+        victim = HOSTS[(i + 1) % len(HOSTS)]
+        mine = m.nodes_of(victim)
+        m.wait_healthy()
+        with ThreadPoolExecutor(len(HOSTS) - 1) as pool:
+            watchers = {host: pool.submit(first_time, View(m.agents[host].url),
+                                          lambda s, mine=mine: all(s.get(n) == "unknown" for n in mine),
+                                          AGENT_TTL_S + 20, 0.02)
+                        for host in HOSTS if host != victim}
+            time.sleep(0.1)
+            frozen = time.time()
+            m.engines[victim].freeze()
+            try:
+                sample = {host: watcher.result() - frozen for host, watcher in watchers.items()}
+            finally:
+                m.engines[victim].thaw()
+        out.append(sample)
+        print(f"docker on {victim} frozen: its nodes unknown after " +
+              ", ".join(f"{s:.2f} s on {h}" for h, s in sample.items()), flush=True)
+    m.wait_healthy()
+    return out
+
+
 def cluster_latency(url: str, n: int) -> list[float]:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
@@ -249,6 +310,7 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
         latency = {host: cluster_latency(m.agents[host].url, 1000) for host in HOSTS}
         change, discarded = measure_change(m, changes)
         down = measure_agent_down(m, agent_kills)
+        frozen = measure_docker_frozen(m, agent_kills)
     finally:
         m.close()
 
@@ -306,6 +368,22 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
     )
     run.target("cluster-agent", f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other agents "
                f"(n={both['n']}; agent_ttl {AGENT_TTL_S} s)", both["max"] <= AGENT_TTL_S + 1, settings)
+
+    rows = []
+    for host in sorted({h for sample in frozen for h in sample}):
+        s = summary([sample[host] for sample in frozen if host in sample])
+        rows.append([host, s["n"], *(f"{s[k]:.2f}" for k in ("min", "median", "max"))])
+    both = summary([max(sample.values()) for sample in frozen])
+    rows.append(["both other agents", both["n"], *(f"{both[k]:.2f}" for k in ("min", "median", "max"))])
+    run.table(
+        "Several machines: one machine's Docker Engine frozen, its nodes `unknown` on the others",
+        ["seen on", "n", "min s", "median s", "max s"], rows, settings,
+        f"The dockerd of hosts 2, 3, 1 in turn SIGSTOPped (its containers keep running); its agent's observation "
+        f"of Docker times out after agent_ttl/3 and the cycle publishes its nodes `unknown`. Polled every 20 ms. "
+        f"Target: within agent_ttl + 1 s = {AGENT_TTL_S + 1} s.",
+    )
+    run.target("cluster-docker-frozen", f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other "
+               f"agents (n={both['n']}; agent_ttl {AGENT_TTL_S} s)", both["max"] <= AGENT_TTL_S + 1, settings)
     run.save()
 
 

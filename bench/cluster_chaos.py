@@ -10,14 +10,23 @@ among those possible at that moment:
 - pause: `docker pause` (the node stops answering; only a stop by choice ends it);
 - freeze: the stand-in's fault hook, a CeresDB node's etcd keep-alives (its shard locks lapse)
   or a meta member's HTTP;
-- agent: SIGKILL of one supervisor; started again 2-10 s later (it adopts its containers).
+- agent: SIGKILL of one supervisor; started again 2-10 s later (it adopts its containers);
+- docker: one machine's Docker Engine frozen (SIGSTOP of its dockerd, its containers running) for
+  30 s (each agent has a Docker Engine of its own: testkit/machines.py);
+- partition: one agent cut from the etcd member its watch follows (its proxy frozen) for 30 s;
+- meta500: every meta member answers `getNodeShards` with HTTP 500 for 10 s (the stand-in's hook);
+- operator: a CeresDB node paused through one agent's API, resumed through another's 15-25 s later.
 
 At most one meta member is harmed at a time (a fault goes to meta only while all three run and
-none is paused or frozen) and at most one agent is down: three members tolerate one failure, and
-with two gone no design can restart them safely. CeresDB nodes get no such care.
+none is paused or frozen) and at most one machine is impaired at a time (an agent down, its Docker
+frozen or it partitioned): three members tolerate one failure, and with two gone no design can
+restart them safely. CeresDB nodes get no such care.
 
-Judged from Docker's own events, never from the supervisors' logs (testkit/dockerevents.py): a stop
-by choice is a `kill` with SIGTERM; a node is down by choice from it to its next `start`.
+Judged from the three Docker Engines' own events, never from the supervisors' logs
+(testkit/dockerevents.py): a stop by choice is any `kill` the supervisor causes (SIGTERM, the
+SIGKILL of a timed-out stop, a forced remove); a node is down by choice from it to its next `start`.
+- pauses lost: a node paused by the operator that a supervisor stopped or started while paused
+  (more than 2 s after the pause was asked, the time for it to reach every agent; until the resume);
 - overlapping: the most nodes of a role down by choice at one moment (budget: 1 each);
 - stopped beside a crash: stops by choice of a node while another node of its role had been not
   running (a `die`, no `start` yet) for more than 1 s, the time a decision takes to reach another
@@ -55,7 +64,7 @@ def crashed_since(events: list[DockerEvent], node: str, at: float) -> float | No
     starts = [i for i, e in enumerate(since_start) if e.action == "start"]
     tail = since_start[starts[-1] + 1:] if starts else since_start
     dies = [e for e in tail if e.action == "die"]
-    chosen = [e for e in tail if e.action == "kill" and e.signal in ("15", "SIGTERM")]
+    chosen = [e for e in tail if e.action == "kill"]
     return dies[-1].at if dies and not chosen else None
 
 
@@ -85,7 +94,7 @@ def outcomes(recorded: DockerEvents, harms: list[tuple[float, str]]) -> tuple[Co
         after = [e for e in recorded.of() if e.container == container and e.at > at and e.action in ("kill", "die")]
         if not after:
             ended["nothing"] += 1
-        elif after[0].action == "kill" and after[0].signal in ("15", "SIGTERM"):
+        elif after[0].action == "kill":
             ended["a stop by choice"] += 1
             delays.append(after[0].at - at)
         else:
@@ -93,11 +102,26 @@ def outcomes(recorded: DockerEvents, harms: list[tuple[float, str]]) -> tuple[Co
     return ended, delays
 
 
+IMPAIR_S = 30.0
+"""How long a machine stays impaired (Docker frozen, an agent partitioned)."""
+META500_S = 10
+PAUSE_SETTLE_S = 2.0
+"""How long a pause may take to reach every agent (a decision already in flight)."""
+
+
+def pauses_lost(recorded: DockerEvents, windows: list[tuple[str, float, float]]) -> list[str]:
+    """Operator pauses a supervisor did not keep: a `kill` or `start` of the node while paused."""
+    lost = []
+    for node, paused, resumed in windows:
+        touched = [e for e in recorded.of(node, ("kill", "start")) if paused + PAUSE_SETTLE_S < e.at < resumed]
+        lost += [f"{node}: {e.action} at {e.at:.2f} while paused ({paused:.2f}-{resumed:.2f})" for e in touched]
+    return lost
+
+
 class Chaos:
     def __init__(self, m: cluster.Machines, rng: random.Random) -> None:
         self.m = m
         self.rng = rng
-        self.client = docker.from_env()
         self.faults: Counter[str] = Counter()
         self.missed: Counter[str] = Counter()
         self.idle = 0
@@ -107,22 +131,104 @@ class Chaos:
         """(host, when to start it again)."""
         self.harms: list[tuple[float, str]] = []
         """(time.time(), container id) of each pause and freeze: what ended it is judged afterwards."""
+        self.impaired: tuple[str, str, float] | None = None
+        """(kind, host, when it ends) of the machine impaired now (Docker frozen, partitioned)."""
+        self.partitioned: object = None
+        self.operator: tuple[str, float, float] | None = None
+        """(node, paused at, resume at) of the operator's pause in force."""
+        self.pauses: list[tuple[str, float, float]] = []
+        """(node, paused at, resumed at): the operator's pauses, judged afterwards."""
 
     def containers(self) -> list[docker.models.containers.Container]:
-        return self.client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.m.name}"})
+        found = []
+        for client in self.m.clients():
+            try:
+                found += client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.m.name}"})
+            except (docker.errors.DockerException, OSError):
+                continue  # a frozen engine: its containers are left alone this step
+        return found
 
-    def step(self) -> None:
-        if self.agent_down is not None and time.monotonic() >= self.agent_down[1]:
+    def _end_due(self, now: float) -> None:
+        if self.agent_down is not None and now >= self.agent_down[1]:
             self.m.start_agent(self.agent_down[0])
             self.say(f"agent {self.agent_down[0]} started again")
             self.agent_down = None
+        if self.impaired is not None and now >= self.impaired[2]:
+            kind, host, _ = self.impaired
+            if kind == "docker":
+                self.m.engines[host].thaw()
+            elif self.partitioned is not None:
+                self.partitioned.thaw()  # type: ignore[attr-defined]
+                self.partitioned = None
+            self.say(f"{kind} of {host} ended")
+            self.impaired = None
+        if self.operator is not None and now >= self.operator[2]:
+            node, paused, _ = self.operator
+            other = self.rng.choice([h for h in cluster.HOSTS if h != self.m.hosts[node]])
+            code, _body = common.http_post(f"{self.m.agents[other].url}/v1/nodes/{node}/resume", {"who": "cli"})
+            self.pauses.append((node, paused, time.time()))
+            self.say(f"operator resumed {node} through {other} (HTTP {code})")
+            self.operator = None
+
+    def _machine_fault(self, kind: str) -> None:
+        host = self.rng.choice(cluster.HOSTS)
+        if kind == "docker":
+            self.m.engines[host].freeze()
+        else:
+            proxy = self.m.watched(host)
+            if proxy is None:
+                self.missed[kind] += 1
+                self.say(f"missed partition of {host}: its watch member not known now")
+                return
+            proxy.freeze()
+            self.partitioned = proxy
+        self.impaired = (kind, host, time.monotonic() + IMPAIR_S)
+        self.faults[kind] += 1
+        self.say(f"{kind} of {host} for {IMPAIR_S:g} s")
+
+    def _meta500(self) -> None:
+        for c in self.containers():
+            if c.labels.get("io.ceres-supervisor.role") == "meta" and c.status == "running":
+                c.exec_run(["ceres-emulator-fault", "http500", "getNodeShards", str(META500_S)])
+        self.faults["meta500"] += 1
+        self.say(f"meta answers getNodeShards 500 for {META500_S} s")
+
+    def _operator_pause(self) -> None:
+        node = self.rng.choice([n for n in self.m.hosts if n.startswith("db")])
+        host = self.rng.choice(cluster.HOSTS)
+        if self.m.agents[host].process.poll() is not None:
+            self.missed["operator"] += 1
+            return
+        code, _body = common.http_post(f"{self.m.agents[host].url}/v1/nodes/{node}/pause", {"who": "cli"})
+        if code != 200:
+            self.missed["operator"] += 1
+            self.say(f"missed operator pause of {node} through {host}: HTTP {code}")
+            return
+        now = time.time()
+        self.operator = (node, now, time.monotonic() + self.rng.uniform(15, 25))
+        self.faults["operator"] += 1
+        self.say(f"operator paused {node} through {host}")
+
+    def step(self) -> None:
+        self._end_due(time.monotonic())
+        machine_free = self.agent_down is None and self.impaired is None
+        extra = ["docker", "partition"] * machine_free + ["meta500"] + ["operator"] * (self.operator is None)
+        if self.rng.random() < 0.3:
+            kind = self.rng.choice(extra)
+            if kind in ("docker", "partition"):
+                self._machine_fault(kind)
+            elif kind == "meta500":
+                self._meta500()
+            else:
+                self._operator_pause()
+            return
         everything = self.containers()
         running = [c for c in everything if c.status == "running"]
         meta = [c for c in everything if c.labels.get("io.ceres-supervisor.role") == "meta"]
         self.frozen_meta &= {c.id for c in meta if c.status == "running"}  # a new start clears the hook
         meta_whole = len(meta) == 3 and all(c.status == "running" for c in meta) and not self.frozen_meta
         targets = [c for c in running if c.labels.get("io.ceres-supervisor.role") == "ceresdb" or meta_whole]
-        kinds = ["kill", "pause", "freeze"] * bool(targets) + ["agent"] * (self.agent_down is None)
+        kinds = ["kill", "pause", "freeze"] * bool(targets) + ["agent"] * machine_free
         if not kinds:  # nothing to harm that the rules allow: an agent is down, nothing else runs
             self.idle += 1
             self.say("idle: nothing to harm")
@@ -168,12 +274,7 @@ class Chaos:
         while time.monotonic() < deadline:
             self.step()
             time.sleep(self.rng.uniform(3, 8))
-        if self.agent_down is not None:
-            self.m.start_agent(self.agent_down[0])
-            self.agent_down = None
-
-    def close(self) -> None:
-        self.client.close()
+        self._end_due(float("inf"))  # every fault ended: the agent back, Docker thawed, the pause resumed
 
 
 def main(seconds: int, seed: int) -> None:
@@ -186,12 +287,13 @@ def main(seconds: int, seed: int) -> None:
     try:
         m.start()
         m.wait_healthy()
-        with DockerEvents(docker.from_env(), m.name) as recorded:
+        clients = m.clients()
+        with DockerEvents(clients[0], m.name, tuple(clients[1:])) as recorded:
             chaos = Chaos(m, random.Random(seed))
             try:
                 chaos.run(seconds)
             finally:
-                chaos.close()
+                chaos._end_due(float("inf"))
             ended = time.monotonic()
             try:
                 # Healthy as the agents see it is not enough: a pause made just before the end is
@@ -210,6 +312,7 @@ def main(seconds: int, seed: int) -> None:
             crashes = Counter(e.role for e in recorded.of(actions=("die",)))
             beside = beside_crashes(recorded)
             ended, delays = outcomes(recorded, chaos.harms)
+            lost = pauses_lost(recorded, chaos.pauses)
     finally:
         m.close()
 
@@ -233,13 +336,15 @@ def main(seconds: int, seed: int) -> None:
         + (f"every pause and freeze was ended and every agent saw the whole cluster healthy {recovered_s:.1f} s "
            "after the last fault."
            if recovered_s is not None else f"NOT within {RECOVERY_S:g} s: {stuck}")
-        + ("" if not beside else " Stops beside a crash: " + "; ".join(what for _, what in beside)),
+        + ("" if not beside else " Stops beside a crash: " + "; ".join(what for _, what in beside))
+        + f" Operator pauses: {len(chaos.pauses)}, lost: {len(lost)}" + (": " + "; ".join(lost) if lost else "."),
     )
-    met = all(v <= MAX_UNAVAILABLE for v in overlap.values()) and not beside and recovered_s is not None
+    met = all(v <= MAX_UNAVAILABLE for v in overlap.values()) and not beside and not lost and recovered_s is not None
     run.target("cluster-chaos",
                f"{sum(stops.values())} stops by choice in {seconds} s ({sum(chaos.faults.values())} faults): "
                f"at most {max(overlap.values())} node(s) of a role down by choice at once, {len(beside)} beside "
-               "a crash; " + (f"healthy {recovered_s:.0f} s after" if recovered_s is not None else "not recovered"),
+               f"a crash, {len(lost)} of {len(chaos.pauses)} operator pauses lost; "
+               + (f"healthy {recovered_s:.0f} s after" if recovered_s is not None else "not recovered"),
                met, settings)
     run.save()
 

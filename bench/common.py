@@ -142,6 +142,19 @@ def http_get(url: str, timeout_s: float = 1.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def http_post(url: str, body: dict[str, object], timeout_s: float = 10.0) -> tuple[int, bytes]:
+    """POST a JSON body; (status, answer); (0, the error) when nothing answered."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError as err:
+        return 0, str(err).encode()
+
+
 def answers(url: str) -> bool:
     """`GET url` returns 200 (a refused or reset connection is a no)."""
     try:
@@ -267,10 +280,12 @@ def cluster_text(meta: int, db: int, supervisor: Mapping[str, object] | None = N
 
 
 def start_daemon(config: Path, name: str, state: Path, log: Path, host: str | None = None,
-                 listen: str | None = None) -> Daemon:
+                 listen: str | None = None, docker_url: str | None = None, store: str | None = None) -> Daemon:
     args = [str(SUPERVISOR), "run", "-c", str(config), "--log-level", "warning"]
     args += ["--host", host] if host else []
     args += ["--listen", listen] if listen else []
+    args += ["--docker-url", docker_url] if docker_url else []
+    args += ["--store", store] if store else []
     with log.open("ab") as handle:
         process = subprocess.Popen(args, stdout=handle, stderr=handle)
     address = listen or config.read_text().split('listen = "', 1)[1].split('"', 1)[0]

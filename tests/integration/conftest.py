@@ -296,7 +296,7 @@ async def make_cluster(
         meta: int = 1,
         db: int = 2,
         extra: str = "",
-        version: str = "1.2.2",
+        version: str = "1.2.7",
         supervisor: dict[str, object] | None = None,
         state_root: Path | None = None,
         **kwargs: Any,

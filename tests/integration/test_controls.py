@@ -153,7 +153,7 @@ async def test_a_rolling_restart_goes_followers_leader_ceresdb_one_at_a_time(
 
 async def test_a_planned_restart_waits_for_the_budget_and_says_so(make_cluster: Callable[..., Cluster],
                                                                   docker_client: docker.DockerClient) -> None:
-    cluster = make_cluster(db=2, supervisor={"backoff_initial": "20s", "backoff_max": "20s"})
+    cluster = make_cluster(db=2, supervisor={"backoff_initial": "8s", "backoff_max": "8s"})
     await cluster.start()
     await cluster.healthy(90)
     db1 = await cluster.container("db1")

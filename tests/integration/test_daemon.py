@@ -239,8 +239,8 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
 
 async def test_frozen_keepalives_are_lease_lost_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
-    # A 3 s lease: heartbeats every 2 s, so CeresMeta 1.2.2's pace (a tick and a heartbeat per
-    # shard) runs out in about 30 s rather than a minute.
+    # A 3 s lease: heartbeats every 2 s, so CeresMeta's pace (two ticks and a heartbeat at 1.2.7)
+    # runs out in seconds.
     cluster.text = cluster.text.replace("[ceresdb]\n", '[ceresdb]\nlease = "3s"\n', 1)
     supervisor = await cluster.start()
     await cluster.healthy(90)

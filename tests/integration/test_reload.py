@@ -58,11 +58,11 @@ async def test_changed_meta_image_recreates_members_one_at_a_time(make_cluster: 
     await cluster.start()
     await cluster.healthy(120)
     before = await identities(cluster)
-    image = await asyncio.to_thread(docker_client.images.get, "ceres-emulator/ceresmeta-server:1.2.2")  # type: ignore[attr-defined]
-    await asyncio.to_thread(image.tag, "ceres-emulator/ceresmeta-server", "1.2.2-retagged")
+    image = await asyncio.to_thread(docker_client.images.get, "ceres-emulator/ceresmeta-server:1.2.7")  # type: ignore[attr-defined]
+    await asyncio.to_thread(image.tag, "ceres-emulator/ceresmeta-server", "1.2.7-retagged")
     try:
-        cluster.write(cluster.text.replace('image = "ceres-emulator/ceresmeta-server:1.2.2"',
-                                           'image = "ceres-emulator/ceresmeta-server:1.2.2-retagged"'))
+        cluster.write(cluster.text.replace('image = "ceres-emulator/ceresmeta-server:1.2.7"',
+                                           'image = "ceres-emulator/ceresmeta-server:1.2.7-retagged"'))
         metas = ("meta0", "meta1", "meta2")
         with DockerEvents(docker_client, cluster.name) as events:  # type: ignore[arg-type]
             assert (await reload(cluster)).ok
@@ -77,7 +77,7 @@ async def test_changed_meta_image_recreates_members_one_at_a_time(make_cluster: 
         recreates = [e.node for e in cluster.supervisor.events if e.type == "recreate"]  # type: ignore[union-attr]
         assert sorted(recreates) == list(metas)
     finally:
-        await asyncio.to_thread(docker_client.images.remove, "ceres-emulator/ceresmeta-server:1.2.2-retagged")  # type: ignore[attr-defined]
+        await asyncio.to_thread(docker_client.images.remove, "ceres-emulator/ceresmeta-server:1.2.7-retagged")  # type: ignore[attr-defined]
 
 
 BROKEN = [

@@ -84,7 +84,7 @@ async def test_a_hung_docker_call_is_never_run_behind_the_caller(tmp_path: Path,
     so nothing the supervisor reported as failed happens later. Observation has its own path."""
     async with PausableDockerProxy(tmp_path / "docker.sock") as proxy:
         engine = Engine("t-hung", base_url=f"unix://{proxy.path}", workers=1)
-        image = "ceres-emulator/ceresdb-server:1.2.2"
+        image = "ceres-emulator/ceresdb-server:1.2.7"
         sleeper = await asyncio.to_thread(
             docker_client.containers.create, image, ["-c", "import time; time.sleep(600)"], entrypoint="python3",
             labels={"io.ceres-supervisor.test": "hung"})

@@ -43,7 +43,7 @@ from ..conftest import failed
 pytestmark = pytest.mark.xdist_group("testkit-machines")
 
 PROJECT = Path(__file__).resolve().parents[2]
-VERSION = "1.2.2"
+VERSION = "1.2.7"
 SLEEPER = ["python3", "-c", "import time; time.sleep(3600)"]
 """A container that does nothing, on the stand-in image (its Python)."""
 
@@ -93,7 +93,7 @@ def run_meta(engine: Engine, root: Path) -> tuple[Container, str]:
     spec = standins.load(cluster_toml(meta=1, db=1, version=VERSION))
     began = time.monotonic()
     container = standins.run(spec, "meta0")
-    url = f"http://127.0.0.1:{spec.meta.nodes[0].http_port}/api/v1/healthCheck"
+    url = f"http://127.0.0.1:{spec.meta.nodes[0].http_port}{spec.release.meta_health_path}"
     wait_until(lambda: http_json(url, timeout_s=1)[0] == 200, 30, f"the meta stand-in answering at {url}")
     cost("meta stand-in healthy", time.monotonic() - began)
     return container, url

@@ -1,5 +1,5 @@
-"""Shared by both stand-ins: the emulated release, logging, durations, the test hooks, HTTP helpers
-and the seam for the supervisor's `serverschema` module."""
+"""Shared by both stand-ins: the emulated release, logging, durations, the test hooks, HTTP helpers,
+the private RPC transport between them and the seam for the supervisor's `serverschema` module."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-EMULATOR_PREFIX = b"/ceres-emulator/clusters/"
-"""etcd prefix standing in for meta's gRPC: cluster records, heartbeats (see README)."""
 RUN_DIR = Path("/run/ceres-emulator")
 FAULT_FILE = RUN_DIR / "fault"
-"""Written by `ceres-emulator-fault`: freeze-lease | freeze-http | exit N | (empty)."""
+"""Written by `ceres-emulator-fault`: freeze-lease | freeze-http | ignore-sigterm | exit N | (empty)."""
 TICK_FILE = RUN_DIR / "tick"
 """Written by `ceres-emulator-fault tick S`: meta's scheduler interval in seconds (real: 5 s)."""
 FLUSH_FILE = RUN_DIR / "flushes"
@@ -36,10 +34,14 @@ def release() -> tuple[str, tuple[int, int, int]]:
     return ("horaedb" if major >= 2 else "ceresdb"), (major, minor, patch)
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log(component: str, message: str, **fields: object) -> None:
     extra = " ".join(f"{k}={v}" for k, v in fields.items())
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    print(f"{stamp} {component} {message} {extra}".rstrip(), file=sys.stdout, flush=True)
+    with _LOG_LOCK:  # one line at a time, whatever thread logs
+        print(f"{stamp} {component} {message} {extra}".rstrip(), file=sys.stdout, flush=True)
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
@@ -63,32 +65,65 @@ def read_fault() -> str:
         return ""
 
 
-def read_tick() -> float | None:
+def read_hook(name: str) -> str:
+    """The content of /run/ceres-emulator/<name>, or "" (see fault.py for who writes what)."""
     try:
-        value = float(TICK_FILE.read_text().strip())
-    except (OSError, ValueError):
+        return (RUN_DIR / name).read_text().strip()
+    except OSError:
+        return ""
+
+
+def read_hook_json(name: str) -> dict[str, object]:
+    try:
+        value = json.loads(read_hook(name) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_seconds(name: str) -> float | None:
+    """A hook holding a number of seconds (None when absent, unreadable or not positive)."""
+    try:
+        value = float(read_hook(name))
+    except ValueError:
         return None
     return value if value > 0 else None
+
+
+def read_tick() -> float | None:
+    return read_seconds("tick")
+
+
+def retry_scale() -> float:
+    """`ceres-emulator-fault retry-scale F`: every retry sleep of the stand-ins times F (default 1)."""
+    return read_seconds("retry-scale") or 1.0
+
+
+def sleep_scaled(seconds: float) -> None:
+    time.sleep(seconds * retry_scale())
 
 
 class Hooks:
     """Watches the hook files every 0.5 s: `exit N` exits at once, a change wakes waiters.
 
     freeze-* and ignore-sigterm faults are transient (cleared when the process starts: a wedged
-    process that a restart cures); `exit N` and `tick` persist in the container's layer across
-    `docker start`.
+    process that a restart cures); `exit N`, `tick` and the other hook files persist in the
+    container's layer across `docker start`.
     """
 
     def __init__(self, component: str) -> None:
         self.component = component
         self.changed = threading.Condition()
         self.listeners: list[Callable[[], None]] = []
-        self._state = ("", None)
+        self._state: tuple[str, ...] = ()
+
+    def _snapshot(self) -> tuple[str, ...]:
+        return (read_fault(), read_hook("tick"), read_hook("open"), read_hook("flush"), read_hook("http500"))
 
     def start(self) -> None:
         if read_fault().startswith(("freeze", "ignore-sigterm")):
             FAULT_FILE.write_text("")
-        self._state = (read_fault(), read_tick())
+        self._state = self._snapshot()
         self._check_exit(self._state[0])
         threading.Thread(target=self._watch, name="hooks", daemon=True).start()
 
@@ -102,7 +137,7 @@ class Hooks:
     def _watch(self) -> None:
         while True:
             time.sleep(HOOK_POLL_S)
-            state = (read_fault(), read_tick())
+            state = self._snapshot()
             self._check_exit(state[0])
             if state != self._state:
                 self._state = state
@@ -117,6 +152,97 @@ class Hooks:
 
 
 HOOKS: Hooks | None = None
+
+
+def wait_hook(timeout_s: float) -> None:
+    """Sleep up to `timeout_s`, waking early when a hook file changes."""
+    if HOOKS is not None:
+        HOOKS.wait(timeout_s)
+    else:
+        time.sleep(timeout_s)
+
+
+# --- the private RPC between the stand-ins ----------------------------------------------------------
+#
+# The real CeresDB calls meta's gRPC service (CeresmetaRpcService, MetaRpcService from 2.0.0) on the
+# etcd client port, where the embedded etcd serves it too. The stand-ins cannot share etcd's port, so
+# the meta stand-in serves its RPC on an abstract unix socket named after its client port. Abstract
+# sockets belong to the network namespace, and every container runs with host networking: the socket
+# is reachable exactly while the meta process runs, as the real gRPC listener is. One JSON line in,
+# one JSON line out.
+
+RPC_CONNECT_TIMEOUT_S = 2.0
+
+
+class RpcError(Exception):
+    """The call did not get an answer (refused, reset, timed out): a transport error."""
+
+
+def rpc_socket_name(port: int) -> str:
+    return f"\0ceres-emulator/meta-rpc/{port}"
+
+
+def rpc_call(port: int, request: dict[str, object], timeout_s: float) -> dict[str, object]:
+    """One request to the meta member whose etcd client port is `port`."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(min(timeout_s, RPC_CONNECT_TIMEOUT_S))
+            conn.connect(rpc_socket_name(port))
+            conn.settimeout(timeout_s)
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            line = conn.makefile("rb").readline(MAX_BODY)
+    except TimeoutError:
+        raise RpcError("status: Cancelled, message: \"Timeout expired\"") from None
+    except OSError as err:
+        raise RpcError(f"status: Unavailable, message: \"error trying to connect: {err.strerror or err}\"") from None
+    if not line:
+        raise RpcError("status: Unavailable, message: \"connection closed before message completed\"")
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise RpcError(f"status: Internal, message: \"undecodable answer {line[:100]!r}\"") from None
+    if not isinstance(answer, dict):
+        raise RpcError("status: Internal, message: \"undecodable answer\"")
+    return answer
+
+
+def serve_rpc(port: int, handle: Callable[[dict[str, object]], dict[str, object]], component: str) -> bool:
+    """Serve `handle` on the abstract socket of `port`, one thread per connection. False if the name
+    is taken (another process serves that port)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(rpc_socket_name(port))
+    except OSError as err:
+        log(component, "rpc listener failed", port=port, error=err)
+        server.close()
+        return False
+    server.listen(64)
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            try:
+                line = conn.makefile("rb").readline(MAX_BODY)
+                request = json.loads(line) if line else None
+            except (OSError, ValueError):
+                return
+            if not isinstance(request, dict):
+                return
+            try:
+                answer = handle(request)
+            except Exception as err:  # an RPC that failed inside: the caller gets an error, not silence
+                answer = {"code": 500, "error": f"internal: {err!r}"}
+            try:
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                return
+
+    def accept_loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=serve_one, args=(conn,), name="rpc", daemon=True).start()
+
+    threading.Thread(target=accept_loop, name="rpc-accept", daemon=True).start()
+    return True
 
 
 # --- HTTP -------------------------------------------------------------------------------------------

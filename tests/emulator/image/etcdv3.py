@@ -110,6 +110,15 @@ class Client:
         })
         return bool(answer.get("succeeded"))
 
+    def txn(self, compare: list[dict[str, object]], success: list[dict[str, object]]) -> bool:
+        """One etcd transaction (gateway JSON form); True if the comparisons held."""
+        return bool(self.call("/v3/kv/txn", {"compare": compare, "success": success}).get("succeeded"))
+
+    def time_to_live(self, lease: int) -> int:
+        """The TTL left on `lease` in seconds; -1 when the lease does not exist (any more)."""
+        answer = self.call("/v3/lease/timetolive", {"ID": str(lease)})
+        return int(str(answer.get("TTL", -1)))
+
     def grant(self, ttl_s: int) -> int:
         return int(str(self.call("/v3/lease/grant", {"TTL": str(ttl_s)})["ID"]))
 
@@ -162,6 +171,21 @@ def encode_member(name: str, member_id: int, endpoint: str) -> bytes:
     member.go Marshal; leader_priority is never set, so never written)."""
     ident = _varint(2 << 3 | 0) + _varint(member_id) if member_id else b""
     return _string_field(1, name) + ident + _string_field(3, endpoint)
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> dict[str, object]:
+    put: dict[str, object] = {"key": _b64(key), "value": _b64(value)}
+    if lease:
+        put["lease"] = str(lease)
+    return {"request_put": put}
+
+
+def key_missing(key: bytes) -> dict[str, object]:
+    return {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+
+
+def value_equals(key: bytes, value: bytes) -> dict[str, object]:
+    return {"key": _b64(key), "result": "EQUAL", "target": "VALUE", "value": _b64(value)}
 
 
 def decode_member(data: bytes) -> tuple[str, int, str]:

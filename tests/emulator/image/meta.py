@@ -1,12 +1,15 @@
-"""CeresMeta / HoraeMeta stand-in (see ../README.md for what mirrors which reference section).
+"""CeresMeta / HoraeMeta stand-in (see ../README.md for what mirrors which source).
 
 Runs a real etcd from the rendered configuration and serves the version's HTTP API once etcd is
 ready. The etcd leader campaigns for the meta leader key (protobuf Member, `lease-sec` lease,
-create-if-absent); the meta leader creates the default cluster, registers CeresDB nodes from their
-heartbeats and runs the static-topology scheduler of its version every tick (5 s, as the real
-`schedulerInterval`; `ceres-emulator-fault tick S` changes it for tests). Followers forward like
-the real server: to the leader's advertise host with their own HTTP port, with no loop guard.
-Exits 0 when etcd fails or does not get ready in time, as the real one.
+create-if-absent); the meta leader loads or creates the default cluster in etcd where the real
+meta keeps it (metastore.py), serves the CeresDB nodes' RPCs (heartbeats, schema ids, tables of
+shards; followers forward them to the leader), and runs the scheduler of its version every tick
+(5 s; `ceres-emulator-fault tick S` for tests), whose procedures open shards as the real procedure
+manager does (procedures.py). HTTP routes are forwarded like the real server: to the leader's
+advertise host with this member's own HTTP port, with no loop guard (metahttp.py).
+On SIGTERM it revokes its leader lease and exits 0, its etcd dying with it; when etcd fails or does
+not get ready in time it exits 0 too, as the real one.
 """
 
 from __future__ import annotations
@@ -15,114 +18,42 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import tomllib
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from typing import NamedTuple
 
 import common
 import etcdv3
+import metaconfig
+import metahttp
+import metastore
+import procedures
 import scheduling
 
 FLAVOR, VERSION = common.release()
 V2 = VERSION >= (2, 0, 0)
-HTTP_PORT_KEY, HTTP_PORT_ENV = ("default-http-port", "DEFAULT_HTTP_PORT") if VERSION < (1, 2, 7) else ("http-port", "HTTP_PORT")
-HEALTH_PATH = "/api/v1/healthCheck" if VERSION < (1, 2, 7) else "/api/v1/health"
+HTTP_PORT_KEY = metaconfig.HTTP_PORT_KEY
 SCHEDULER_INTERVAL_S = 5.0
 """`schedulerInterval` (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go:24)."""
 CLUSTER_CREATE_DELAY_S = 2.0
 """The real leader creates it right after election (META v1.2.2:server/server.go:293-300); the
 stand-in widens that window so that pitfall 6 (CeresDB started too early exits 1) is observable."""
 LEADER_LOOP_S = 0.5
-MSG_PREFIX = "err: " if VERSION < (1, 2, 7) else ""
-"""Error messages: `fmt.Sprintf("err: %s", ...)` at 1.2.2, the bare error from 1.2.7's `wrap`
-(META v1.2.2:server/service/http/api.go:280-314, v1.2.7:api.go:176-190,693-718)."""
-SELF_FORWARD_CAP_S = 120.0
-"""A follower forwarding to itself recurses until the caller gives up; the stand-in holds the
-request instead, at most this long."""
+RPC_SERVICE = "meta_service.MetaRpcService" if V2 else "meta_service.CeresmetaRpcService"
+"""The gRPC service meta serves: horaedbproto renamed it at 2.0.0 (apache/incubator-horaedb-proto
+v1.0.16 vs v2.0.0-rc.6 protos/meta_service.proto); a call to the other name is Unimplemented."""
+FORWARD_TIMEOUT_S = 5.0
+PROCEDURE_ID_STEP = 5
+"""defaultAllocStep of the procedure id allocator (META v1.2.2:server/cluster/cluster.go:21)."""
 
 
 def _log(message: str, **fields: object) -> None:
     common.log("meta", message, **fields)
-
-
-def _panic(message: str) -> None:
-    """A Go panic: message on stderr, exit code 2."""
-    print(f"panic: {message}", file=sys.stderr, flush=True)
-    os._exit(2)
-
-
-# --- configuration (reference 1.1-1.3) -----------------------------------------------------------
-
-def load_config(path: str) -> dict[str, object]:
-    hostname = socket.gethostname()
-    prefix = "horaemeta" if V2 else "ceresmeta"
-    keys: dict[str, tuple[str, object]] = {
-        "node-name": ("NODE_NAME", f"{prefix}-{hostname}"),
-        "data-dir": ("DATA_DIR", f"/tmp/{prefix}"),
-        "storage-root-path": ("STORAGE_ROOT_PATH", "/horaedb" if V2 else "/ceresdb"),
-        "initial-cluster": ("INITIAL_CLUSTER", ""),
-        "initial-cluster-state": ("INITIAL_CLUSTER_STATE", "new"),
-        "initial-cluster-token": ("INITIAL_CLUSTER_TOKEN", f"{prefix}-cluster"),
-        "client-urls": ("CLIENT_URLS", "http://0.0.0.0:2379"),
-        "peer-urls": ("PEER_URLS", "http://0.0.0.0:2380"),
-        "advertise-client-urls": ("ADVERTISE_CLIENT_URLS", "http://0.0.0.0:2379"),
-        "advertise-peer-urls": ("ADVERTISE_PEER_URLS", "http://0.0.0.0:2380"),
-        "default-cluster-name": ("DEFAULT_CLUSTER_NAME", "defaultCluster"),
-        "default-cluster-node-count": ("DEFAULT_CLUSTER_NODE_COUNT", 2),
-        "default-cluster-shard-total": ("DEFAULT_CLUSTER_SHARD_TOTAL", 8),
-        "topology-type": ("TOPOLOGY_TYPE", "static"),
-        "etcd-start-timeout-ms": ("ETCD_START_TIMEOUT_MS", 60000),
-        "lease-sec": ("LEASE_SEC", 10),
-        "tick-interval-ms": ("TICK_INTERVAL_MS", 500),
-        "election-timeout-ms": ("ELECTION_TIMEOUT_MS", 3000),
-        HTTP_PORT_KEY: (HTTP_PORT_ENV, 8080),
-    }
-    if VERSION >= (1, 2, 7):  # META v1.2.7:server/config/config.go:148
-        keys["procedure-executing-batch-size"] = ("PROCEDURE_EXECUTING_BATCH_SIZE", scheduling.DEFAULT_BATCH_SIZE)
-    for struct_env in ("LOG", "ETCD_LOG", "FLOW_LIMITER"):
-        if os.environ.get(struct_env):
-            _panic(f"env: parse error on field of type struct: {struct_env}")
-    document: dict[str, object] = {}
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        _log("config file not found, using defaults", path=path)
-    except tomllib.TOMLDecodeError as err:
-        _panic(f"fail to parse config: {err}")
-    # The seam for ceres_supervisor/desired/serverschema.py: go-toml fails on a wrong type, never on an
-    # unknown key.
-    for segments, kind, message in common.schema_violations(document, "meta", VERSION, "meta") or []:
-        if kind == "type":
-            _panic(f"toml: {'.'.join(segments)}: {message}")
-    config: dict[str, object] = {}
-    for key, (env, default) in keys.items():
-        value = document.get(key, default)  # unknown keys are ignored, as go-toml does
-        if not isinstance(value, type(default)) or isinstance(value, bool):
-            _panic(f"toml: cannot decode {type(value).__name__} into {type(default).__name__} for {key}")
-        if env in os.environ:  # environment overrides the file, no prefix (reference 1.1)
-            raw = os.environ[env]
-            try:
-                value = int(raw) if isinstance(default, int) else raw
-            except ValueError:
-                _panic(f"env: parse error on field {env}: {raw!r}")
-        config[key] = value
-    if not config["initial-cluster"]:
-        config["initial-cluster"] = f"{config['node-name']}=http://0.0.0.0:2380"
-    level = os.environ.get("LEVEL")
-    for table in ("log", "etcd-log"):
-        section = document.get(table)
-        config[f"{table}.level"] = level or (section.get("level", "info") if isinstance(section, dict) else "info")
-    return config
 
 
 def _local_url(url: str) -> str:
@@ -132,19 +63,18 @@ def _local_url(url: str) -> str:
     return f"http://{host}:{parsed.port}"
 
 
+def _port(url: str) -> int:
+    return urllib.parse.urlparse(url).port or 2379
+
+
 class Member(NamedTuple):
     name: str
     id: int
     endpoint: str
 
 
-def format_http_addr(endpoint: str, http_port: int) -> str:
-    """formatHTTPAddr: the leader's endpoint host with *this* node's HTTP port (META v1.2.2:
-    server/service/http/forward.go:91-104)."""
-    host_port = urllib.parse.urlparse(endpoint).netloc.split(":")
-    if len(host_port) != 2:
-        raise ValueError(f"parse leader addr, grpcAdd:{endpoint}")
-    return f"{host_port[0]}:{http_port}"
+def rpc_error(code: int, message: str) -> dict[str, object]:
+    return {"code": code, "error": message}
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -159,32 +89,40 @@ class Meta:
         self.http_port = int(str(config[HTTP_PORT_KEY]))
         self.http_serving = False
         self.client_url = _local_url(str(config["client-urls"]))
+        self.client_port = _port(self.client_url)
         # Member.Endpoint: the first advertise-client-url (META v1.2.7:server/server.go:173).
         self.endpoint = str(config["advertise-client-urls"]).split(",")[0]
         self.lease_sec = int(str(config["lease-sec"]))
         self.batch_size = int(str(config.get("procedure-executing-batch-size", scheduling.DEFAULT_BATCH_SIZE)))
+        self.id_step = int(str(config["id-allocator-step"]))
         self.etcd = etcdv3.Client(self.client_url, timeout_s=2.0)
         # `<storage-root-path>/members/leader` from 1.2.7; the root is passed as "" before
         # (META v1.2.2:server/server.go:149, v1.2.7:server/server.go:173, member.go:37-39).
         self.leader_key = f"{self.root if VERSION >= (1, 2, 7) else ''}/members/leader".encode()
-        self.cluster_key = common.EMULATOR_PREFIX + self.cluster_name.encode()
-        self.topology_key = self.cluster_key + b"/topology"
+        self.keys = metastore.Keys(self.root)
+        # The cluster-id allocator lives as long as the process (NewManagerImpl in CreateServer).
+        self.cluster_ids = metastore.Allocator(self.etcd, self.keys.cluster_id_allocator(), self.id_step)
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
+        self.store_lock = threading.Lock()
         self.member_id = 0
         self.leader_lease = 0
         self.leader_since = 0.0
         self.next_keepalive = 0.0
         self.cached_leader: Member | None = None
+        self.term = 0
         # The cluster manager, started on the leader only (AfterElected), stopped when it steps down.
-        self.cluster: dict[str, object] | None = None
+        self.cluster: metastore.Cluster | None = None
         self.view: scheduling.View | None = None
+        self.shard_versions: dict[int, int] = {}
+        self.schemas: dict[str, int] = {}
+        self.schema_ids: metastore.Allocator | None = None
+        self.procedure_ids: metastore.Allocator | None = None
+        self.procedures: procedures.Manager | None = None
         self.registered: dict[str, scheduling.Registered] = {}
-        self.heartbeat_seen: dict[str, int] = {}
-        self.heartbeat_baseline: int | None = None
-        self.in_flight: set[int] = set()
         self.rng = random.Random()
         self.process: subprocess.Popen[bytes] | None = None
+        self.http: ThreadingHTTPServer | None = None
         self.stopping = False
 
     # -- etcd --
@@ -230,15 +168,13 @@ class Meta:
             time.sleep(0.1)
         return False
 
-    def stop_etcd(self) -> None:
+    def kill_etcd(self) -> None:
+        """The embedded etcd ends with the process that embeds it: never stopped gracefully (no
+        leadership transfer), as when the real meta's main returns (META v1.2.2:cmd/meta/main.go:
+        105-116 never closes it)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                # etcd 3.4 can linger ~10 s on SIGTERM here; its WAL makes a kill safe.
-                self.process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.kill()
+            self.process.wait()
 
     # -- leadership (META v1.2.2:server/member/watch_leader.go Watch, member.go) --
     def is_leader(self) -> bool:
@@ -309,9 +245,13 @@ class Meta:
     def step_down(self, revoke: bool) -> None:
         with self.lock:
             lease, self.leader_lease = self.leader_lease, 0
-            # BeforeTransfer: the cluster manager stops; its registered-node cache is gone.
+            # BeforeTransfer: the cluster manager stops; its registered-node cache, its procedures and
+            # its id allocators are gone.
+            manager, self.procedures = self.procedures, None
             self.cluster, self.view, self.registered = None, None, {}
-            self.heartbeat_seen, self.heartbeat_baseline = {}, None
+            self.term += 1
+        if manager is not None:
+            manager.stop()
         if revoke and lease:
             try:
                 self.etcd.revoke(lease)  # closing the lease deletes the leader key
@@ -324,63 +264,173 @@ class Meta:
         with self.lock:
             if self.cluster is not None:
                 return
-            since = time.monotonic() - self.leader_since
-        found = self.etcd.get(self.cluster_key)
-        if found is None:
+            since, term = time.monotonic() - self.leader_since, self.term
+        loaded = self.load_cluster()
+        if loaded is None:
             if since < CLUSTER_CREATE_DELAY_S:
                 return
-            now_ms = int(time.time() * 1000)
-            record: dict[str, object] = {"ID": 0, "Name": self.cluster_name,
-                                         # Frozen at creation (pitfall 5): later config changes do not reach it.
-                                         "MinNodeCount": int(str(self.config["default-cluster-node-count"]))}
-            if not V2:
-                record["ReplicationFactor"] = 1
-            record["ShardTotal"] = int(str(self.config["default-cluster-shard-total"]))
-            if not V2:
-                record["EnableSchedule"] = True
-            record["TopologyType"] = str(self.config["topology-type"])
-            if VERSION >= (1, 2, 7):
-                record["ProcedureExecutingBatchSize"] = self.batch_size
-            record["CreatedAt"], record["ModifiedAt"] = now_ms, now_ms
-            self.etcd.create_if_absent(self.cluster_key, json.dumps(record).encode())
-            _log("created default cluster", cluster=self.cluster_name, min_node_count=record["MinNodeCount"])
-            found = self.etcd.get(self.cluster_key)
-        assert found is not None
-        topology = self.etcd.get(self.topology_key)
-        view = scheduling.View.from_json(json.loads(topology[0])) if topology else scheduling.View()
+            self.create_cluster()
+            loaded = self.load_cluster()
+            if loaded is None:
+                return
+        cluster, view, shard_versions, schemas = loaded
+        manager = procedures.Manager(persist=not V2, current_version=self.view_version,
+                                     shard_version=lambda s: self.shard_versions.get(s, 0),
+                                     save=self.save_procedure, log=_log)
         with self.lock:
-            self.cluster = json.loads(found[0])
-            self.view = view
+            if self.leader_lease == 0 or self.term != term:
+                return  # stepped down meanwhile
+            self.cluster, self.view, self.shard_versions, self.schemas = cluster, view, shard_versions, schemas
+            self.schema_ids = metastore.Allocator(self.etcd, self.keys.schema_id_allocator(cluster.name), self.id_step)
+            procedure_key = self.keys.schema_id_allocator(cluster.name)[:-len(b"SchemaID")] + b"ProcedureID" if V2 else b"procedure"
+            self.procedure_ids = metastore.Allocator(self.etcd, procedure_key, PROCEDURE_ID_STEP)
+            self.procedures = manager
             self.wake.notify_all()
+        manager.start()
 
-    def receive_heartbeats(self) -> None:
-        """NodeHeartbeat -> RegisterNode, for each heartbeat put since the last look. A new leader
-        starts with an empty cache: heartbeats older than its election do not register anyone."""
+    def load_cluster(self) -> tuple[metastore.Cluster, scheduling.View, dict[int, int], dict[str, int]] | None:
+        """ListClusters, then the cluster's latest view, shard views and schemas."""
+        cluster = None
+        for _key, value, _rev, _lease in self.etcd.range_prefix(self.keys.cluster_prefix()):
+            record = metastore.Cluster.decode(value)
+            if record.name == self.cluster_name:
+                cluster = record
+        if cluster is None:
+            return None
+        latest = self.etcd.get(self.keys.cluster_view_latest(cluster.id))
+        view = scheduling.View()
+        if latest is not None:
+            found = self.etcd.get(self.keys.cluster_view(cluster.id, int(latest[0])))
+            if found is not None:
+                version, state, nodes = metastore.decode_cluster_view(found[0])
+                view = scheduling.View(state, version, nodes)
+        shard_versions: dict[int, int] = {}
+        prefix = self.keys.shard_view_latest(cluster.id, 0).rsplit(b"/", 2)[0] + b"/"
+        for key, value, _rev, _lease in self.etcd.range_prefix(prefix):
+            parts = key.decode().rsplit("/", 2)
+            if parts[-1] == "latest_version":
+                shard_versions[int(parts[-2])] = int(value)
+        schemas = {}
+        for _key, value, _rev, _lease in self.etcd.range_prefix(self.keys.schema_prefix(cluster.id)):
+            fields = metastore.decode(value)
+            schemas[metastore._str(fields, 3)] = metastore._int(fields, 1)
+        return cluster, view, shard_versions, schemas
+
+    def create_cluster(self) -> None:
+        """CreateCluster: allocate the id, store the record (if absent), then Init: the shard views
+        and the empty cluster view (META v1.2.2:server/cluster/manager.go:90-160, cluster_metadata.go:
+        655-676)."""
+        now = metastore.now_ms()
+        cluster = metastore.Cluster(
+            id=self.cluster_ids.alloc(), name=self.cluster_name,
+            # Frozen at creation: later config changes do not reach it.
+            min_node_count=int(str(self.config["default-cluster-node-count"])),
+            shard_total=int(str(self.config["default-cluster-shard-total"])),
+            topology_type=str(self.config["topology-type"]), enable_schedule=bool(self.config["enable-schedule"]),
+            procedure_executing_batch_size=self.batch_size if VERSION >= (1, 2, 4) else 0,
+            created_at=now, modified_at=now)
+        key = self.keys.cluster(cluster.id)
+        if not self.etcd.txn([etcdv3.key_missing(key)], [etcdv3.op_put(key, cluster.encode())]):
+            return
+        views = []
+        compares = []
+        for shard in range(cluster.shard_total):
+            view_key, latest_key = self.keys.shard_view(cluster.id, shard, 0), self.keys.shard_view_latest(cluster.id, shard)
+            compares += [etcdv3.key_missing(view_key), etcdv3.key_missing(latest_key)]
+            views += [etcdv3.op_put(view_key, metastore.encode_shard_view(shard, 0, now)),
+                      etcdv3.op_put(latest_key, metastore.fmt_id(0).encode())]
+        self.etcd.txn(compares, views)
+        self.put_view(cluster.id, scheduling.View(), now)
+        _log("created default cluster", cluster=self.cluster_name, cluster_id=cluster.id, min_node_count=cluster.min_node_count)
+
+    def put_view(self, cluster_id: int, view: scheduling.View, created_at: int | None = None) -> None:
+        """CreateClusterView / UpdateClusterView: the new version's key, then latest_version."""
+        value = metastore.encode_cluster_view(cluster_id, view.version, view.state, list(view.shard_nodes),
+                                              created_at or metastore.now_ms())
+        with self.store_lock:
+            self.etcd.txn([], [etcdv3.op_put(self.keys.cluster_view(cluster_id, view.version), value),
+                               etcdv3.op_put(self.keys.cluster_view_latest(cluster_id), metastore.fmt_id(view.version).encode())])
+
+    def view_version(self) -> int:
         with self.lock:
-            if self.cluster is None or self.view is None:
-                return
-        rows, revision = self.etcd.range_prefix_at(self.cluster_key + b"/heartbeats/")
-        now = time.monotonic()
-        changed = False
+            return self.view.version if self.view is not None else -1
+
+    def save_procedure(self, procedure_id: int, shard: int, node: str, fsm_state: str, state: str) -> None:
+        cluster_id = 0  # EtcdStorageImpl.clusterID is never set up to 1.2.7 (storage_impl.go:29-34)
+        self.etcd.put(self.keys.procedure(cluster_id, procedure_id),
+                      metastore.procedure_record(procedure_id, shard, node, fsm_state, state))
+
+    # -- the RPC service (CeresmetaRpcService; META v1.2.2:server/service/grpc/service.go, forward.go) --
+    def handle_rpc(self, request: dict[str, object]) -> dict[str, object]:
+        if request.get("service") != RPC_SERVICE:
+            return rpc_error(12, f'status: Unimplemented, message: "unknown service {request.get("service")}"')
+        method = str(request.get("method", ""))
         with self.lock:
-            if self.view is None or self.cluster is None:
-                return
-            if self.heartbeat_baseline is None:
-                self.heartbeat_baseline = revision
-            for key, value, mod_revision, _lease in rows:
-                endpoint = key.rsplit(b"/", 1)[1].decode()
-                if mod_revision <= self.heartbeat_seen.get(endpoint, self.heartbeat_baseline):
-                    continue
-                self.heartbeat_seen[endpoint] = mod_revision
-                try:
-                    shards = [int(s) for s in json.loads(value).get("shards", [])]
-                except (ValueError, TypeError, AttributeError):
-                    continue
-                changed |= scheduling.register_node(self.view, self.registered, endpoint, shards,
-                                                    int(str(self.cluster["MinNodeCount"])), now)
-            snapshot = self.view.to_json() if changed else None
+            leader = self.cached_leader
+        if leader is None:
+            return rpc_error(500, f"grpc {method}: get forwarded ceresmeta client: get forwarded addr: no leader found")
+        if not self.is_local(leader):
+            # Followers forward every call to the leader's endpoint (its client URL: the gRPC port).
+            try:
+                return common.rpc_call(_port(leader.endpoint), request, FORWARD_TIMEOUT_S)
+            except common.RpcError as err:
+                return rpc_error(14, f"grpc {method}: forward to {leader.endpoint}: {err}")
+        with self.lock:
+            cluster = self.cluster
+        if cluster is None or request.get("cluster") != cluster.name:
+            return rpc_error(404, f"grpc {method}: (#404)cluster not found, cause:cluster name:{request.get('cluster')}")
+        if method == "NodeHeartbeat":
+            return self.node_heartbeat(cluster, request)
+        if method == "AllocSchemaID":
+            return self.alloc_schema_id(cluster, str(request.get("name", "")))
+        if method == "GetTablesOfShards":
+            ids = [int(i) for i in request.get("shard_ids", [])]  # type: ignore[union-attr]
+            with self.lock:
+                versions = dict(self.shard_versions)
+            return {"code": 0, "tables_by_shard": {
+                str(i): {"shard_info": {"id": i, "role": "Leader", "version": versions.get(i, 0)}, "tables": []}
+                for i in ids}}
+        return rpc_error(12, f'status: Unimplemented, message: "unknown method {method}"')
+
+    def node_heartbeat(self, cluster: metastore.Cluster, request: dict[str, object]) -> dict[str, object]:
+        """RegisterNode: the node record is stored on every heartbeat, then the leader's cache and
+        (outside Stable) the view (META v1.2.2:server/cluster/metadata/cluster_metadata.go:321-369)."""
+        node = request.get("node") or {}
+        assert isinstance(node, dict)
+        endpoint = str(node.get("endpoint", ""))
+        infos = node.get("shard_infos") or []
+        assert isinstance(infos, list)
+        ids = [int(i["id"]) for i in infos]
+        # A missing status means Ready; PartialOpen is meaningful from 1.2.5.
+        partial = tuple(int(i["id"]) for i in infos if i.get("status") == "PartialOpen") if VERSION >= (1, 2, 5) else ()
+        self.etcd.put(self.keys.node(cluster.id, endpoint),
+                      metastore.encode_node(endpoint, metastore.now_ms(), str(node.get("zone", "")),
+                                            str(node.get("binary_version", ""))))
+        with self.lock:
+            if self.view is None or self.cluster is not cluster:
+                return rpc_error(404, "grpc NodeHeartbeat: (#404)cluster not found")
+            changed = scheduling.register_node(self.view, self.registered, endpoint, ids, cluster.min_node_count,
+                                               time.monotonic(), partial)
+            snapshot = scheduling.View(self.view.state, self.view.version, list(self.view.shard_nodes)) if changed else None
         if snapshot is not None:
-            self.etcd.put(self.topology_key, json.dumps(snapshot).encode())
+            self.put_view(cluster.id, snapshot)
+        return {"code": 0}
+
+    def alloc_schema_id(self, cluster: metastore.Cluster, name: str) -> dict[str, object]:
+        """GetOrCreateSchema: an existing schema's id, else a new one stored under schema/info."""
+        with self.lock:
+            known, allocator = self.schemas.get(name), self.schema_ids
+        if known is not None:
+            return {"code": 0, "id": known, "name": name}
+        assert allocator is not None
+        schema_id = allocator.alloc()
+        key = self.keys.schema(cluster.id, schema_id)
+        self.etcd.txn([etcdv3.key_missing(key)],
+                      [etcdv3.op_put(key, metastore.encode_schema(schema_id, cluster.id, name, metastore.now_ms()))])
+        with self.lock:
+            self.schemas.setdefault(name, schema_id)
+        _log("[AllocSchemaID]", schemaName=name, clusterName=cluster.name, schemaID=schema_id)
+        return {"code": 0, "id": schema_id, "name": name}
 
     def loop(self) -> None:
         while not self.stopping:
@@ -388,12 +438,11 @@ class Meta:
                 self.leadership_step()
                 if self.is_leader():
                     self.ensure_cluster()
-                    self.receive_heartbeats()
             except Exception as err:  # the loop outlives any one failed pass
                 _log("leader loop error", error=repr(err))
             time.sleep(LEADER_LOOP_S)
 
-    # -- the scheduler manager (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go) --
+    # -- the scheduler manager (META v1.2.2:server/coordinator/scheduler/scheduler_manager.go:117-151) --
     def tick_s(self) -> float:
         return common.read_tick() or SCHEDULER_INTERVAL_S
 
@@ -415,225 +464,157 @@ class Meta:
 
     def schedule_once(self) -> None:
         with self.lock:
-            if self.leader_lease == 0 or self.cluster is None or self.view is None:
+            if self.leader_lease == 0 or self.cluster is None or self.view is None or self.procedures is None:
                 return
-            shard_total = int(str(self.cluster["ShardTotal"]))
-            if scheduling.prepare_finished(self.view, shard_total):
+            cluster, manager = self.cluster, self.procedures
+            # Logged at DEBUG by the real one (v1.2.7 manager/scheduler_manager.go:154): here at
+            # every level, so that tests can count passes instead of sleeping.
+            _log("scheduler manager invoke", state=self.view.state, version=self.view.version)
+            if not cluster.enable_schedule and self.view.state == scheduling.STABLE:
+                return  # v1.2.7 manager/scheduler_manager.go:158-160
+            if scheduling.prepare_finished(self.view, cluster.shard_total):
                 self.view.state, self.view.version = scheduling.STABLE, self.view.version + 1
-                snapshot = self.view.to_json()
-                result = None
+                snapshot: scheduling.View | None = scheduling.View(self.view.state, self.view.version, list(self.view.shard_nodes))
+                passes: list[scheduling.Pass] = []
             else:
                 snapshot = None
-                result = scheduling.static_schedule(VERSION, self.view, shard_total, dict(self.registered),
-                                                    time.monotonic(), self.rng, self.batch_size)
-                opens = [(s, n) for s, n in result.opens if s not in self.in_flight]
-                self.in_flight.update(s for s, _ in opens)
+                now = time.monotonic()
+                registered = dict(self.registered)
+                passes = [scheduling.static_schedule(VERSION, self.view, cluster.shard_total, registered, now, self.rng,
+                                                     self.batch_size)]
+                order = list(registered)
+                self.rng.shuffle(order)  # RegisteredNodes comes from a Go map
+                passes.append(scheduling.reopen_schedule(VERSION, self.view, registered, now, order, self.batch_size))
+            cluster_version = self.view.version
         if snapshot is not None:
-            _log("update cluster state to stable", version=snapshot["Version"])
-            self.etcd.put(self.topology_key, json.dumps(snapshot).encode())
+            _log("try to update cluster state to stable", version=snapshot.version)
+            self.put_view(cluster.id, snapshot)
             return
-        assert result is not None
-        if result.error:
-            _log("scheduler failed", error=result.error)
-            return
-        if not opens:
-            return
+        for result in passes:
+            if result.error:
+                _log("scheduler failed", error=result.error)
+                continue
+            if result.opens:
+                self.submit(manager, result, cluster_version)
+
+    def submit(self, manager: procedures.Manager, result: scheduling.Pass, cluster_version: int) -> None:
+        """1.2.2: one transfer-leader procedure; from 1.2.4 a batch of them (its own id last)."""
+        with self.lock:
+            allocator = self.procedure_ids
+        assert allocator is not None
+        opens = [(allocator.alloc(), shard, node) for shard, node in result.opens]
+        batch = VERSION >= (1, 2, 4)
+        procedure_id = allocator.alloc() if batch else opens[0][0]
+        procedure = procedures.Procedure(procedure_id, opens, cluster_version, batch, result.reason)
         by_node: dict[str, list[int]] = {}
-        for shard, node in opens:
+        for _sub, shard, node in opens:
             by_node.setdefault(node, []).append(shard)
-        _log("scheduler submit new procedure", reason=result.reason,
+        _log("scheduler submit new procedure", ProcedureID=procedure_id, Reason=result.reason,
              shards=";".join(f"{n}={ids}" for n, ids in by_node.items()))
-        for node, shard_ids in by_node.items():
-            threading.Thread(target=self.dispatch_open, args=(node, shard_ids), name="open-shard", daemon=True).start()
+        manager.submit(procedure)
 
-    def dispatch_open(self, endpoint: str, shard_ids: list[int]) -> None:
-        """OpenShard: meta dials the node's registered endpoint (addr:grpc_port)."""
-        try:
-            host, sep, port = endpoint.rpartition(":")
-            try:
-                if not sep or ":" in host or not port.isdigit():
-                    raise ValueError(f"invalid endpoint {endpoint!r}")
-                with socket.create_connection((host, int(port)), timeout=2.0) as conn:
-                    conn.sendall(b"OPEN " + json.dumps(shard_ids).encode() + b"\n")
-                    conn.settimeout(30.0)
-                    answer = json.loads(conn.makefile("rb").readline() or b"{}")
-            except (OSError, ValueError) as err:
-                _log("dispatch open shard failed", endpoint=endpoint, shards=shard_ids, error=err)
-                return
-            for shard, error in (answer.get("failed") or {}).items():
-                _log("procedure start failed", shard_id=shard, node=endpoint, error=f"open shard: {error}")
-            if answer.get("opened"):
-                _log("transfer leader finish", shards=answer["opened"], new_leader_node=endpoint)
-        finally:
-            with self.lock:
-                self.in_flight.difference_update(shard_ids)
-
-    # -- HTTP (reference 2.1, 2.2) --
+    # -- what the HTTP API reads (metahttp.py) --
     def node_shards(self) -> dict[str, object]:
         assert self.view is not None
         shards = []
         for shard, name in self.view.shard_nodes:
-            info: dict[str, object] = {"ID": shard, "Role": 1, "Version": 0}
-            if VERSION >= (1, 2, 7):
-                info["Status"] = 0  # not filled in by GetNodeShards: the zero value
+            info: dict[str, object] = {"ID": shard, "Role": 1, "Version": self.shard_versions.get(shard, 0)}
+            if VERSION >= (1, 2, 5):
+                info["Status"] = 0  # metadata.ShardInfo has Status from 1.2.5; GetNodeShards leaves it unset
             shards.append({"ShardInfo": info, "ShardNode": {"ID": shard, "ShardRole": 1, "NodeName": name}})
         return {"ClusterTopologyVersion": self.view.version, "NodeShards": shards}
 
+    def cluster_json(self) -> dict[str, object]:
+        """storage.Cluster as GET /api/v1/clusters shows it (no JSON tags: Go field names)."""
+        assert self.cluster is not None
+        c = self.cluster
+        record: dict[str, object] = {"ID": c.id, "Name": c.name, "MinNodeCount": c.min_node_count}
+        if not V2:
+            record["ReplicationFactor"] = 0  # deprecated; CreateCluster never sets it (manager.go:114-123)
+        record["ShardTotal"] = c.shard_total
+        if not V2:
+            record["EnableSchedule"] = c.enable_schedule
+        record["TopologyType"] = c.topology_type
+        if VERSION >= (1, 2, 4):
+            record["ProcedureExecutingBatchSize"] = c.procedure_executing_batch_size
+        record["CreatedAt"], record["ModifiedAt"] = c.created_at, c.modified_at
+        return record
 
-def error_envelope(code: int, desc: str, msg: str, cause: str = "<nil>") -> dict[str, object]:
-    return {"status": "error", "error": f"(#{code}){desc}, cause:{cause}", "msg": msg}
+    def diagnose_shards(self) -> dict[str, object]:
+        """GET /debug/diagnose/<cluster>/shards (1.2.7+): shards no registered node reported, and
+        reported shards that are not Ready (META v1.2.7:server/service/http/api.go:546-591, types.go:65-74)."""
+        assert self.cluster is not None
+        unready: dict[str, dict[str, str]] = {}
+        reported: set[int] = set()
+        for name, node in self.registered.items():
+            for shard in node.shards:
+                if shard in node.partial:
+                    unready[str(shard)] = {"node_name": name, "status": "partialOpen"}
+                reported.add(shard)
+        return {"unregistered_shards": [s for s in range(self.cluster.shard_total) if s not in reported],
+                "unready_shards": unready}
 
-
-def make_handler(meta: Meta) -> type[common.JsonHandler]:
-    class Handler(common.JsonHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == HEALTH_PATH:
-                self.received("healthCheck" if VERSION < (1, 2, 7) else "health")
-                self.send_json(200, {"status": "success"})  # never forwarded
-            elif path == "/api/v1/clusters":
-                self.received("listClusters")
-                self.forwarded(self.list_clusters)
-            else:
-                self.not_found()
-
-        def do_POST(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/api/v1/getNodeShards":
-                self.received("getNodeShards")
-                self.forwarded(self.get_node_shards)
-            else:
-                self.not_found()
-
-        def received(self, handler_name: str, **extra: object) -> None:
-            """printRequestInsmt: every API request is logged at INFO (META v1.2.2:
-            server/service/http/api.go:83-94)."""
-            _log("receive http request", handlerName=handler_name, client_host=f"{self.client_address[0]}:{self.client_address[1]}",
-                 method=self.command, body=self.body.decode(errors="replace"), **extra)
-
-        def not_found(self) -> None:
-            self.send_raw(404, b"404 page not found\n", "text/plain; charset=utf-8")
-
-        # -- answers of the leader's cluster manager --
-        def list_clusters(self) -> None:
-            with meta.lock:
-                clusters = [meta.cluster] if meta.cluster else []
-            self.send_json(200, {"status": "success", "data": clusters})
-
-        def get_node_shards(self) -> None:
-            try:
-                body = json.loads(self.body or b"")
-                name = next((v for k, v in body.items() if k.lower() == "clustername"), "") if isinstance(body, dict) else ""
-            except ValueError as err:
-                self.send_json(400, error_envelope(400, "parse request params", f"{MSG_PREFIX}{err}"))
-                return
-            with meta.lock:
-                answer = meta.node_shards() if meta.cluster is not None and name == meta.cluster_name else None
-            if answer is None:
-                self.send_json(500, error_envelope(500, "get node shards",
-                                                   f"{MSG_PREFIX}get cluster: (#404)cluster not found, cause:cluster name:{name}"))
-                return
-            self.send_json(200, {"status": "success", "data": answer})
-
-        # -- forwarding (META v1.2.2:server/service/http/forward.go:48-104) --
-        def forwarded(self, answer: Callable[[], None]) -> None:
-            with meta.lock:
-                leader = meta.cached_leader
-            if leader is None:
-                _log("forward to leader failed", error="get forwarded addr: no leader found")
-                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}get forwarded addr: no leader found"))
-                return
-            if meta.is_local(leader):
-                answer()
-                return
-            try:
-                addr = format_http_addr(leader.endpoint, meta.http_port)
-            except ValueError as err:
-                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}format http addr: {err}"))
-                return
-            host, port = addr.rsplit(":", 1)
-            if meta.http_serving and int(port) == meta.http_port and common.is_local_host(host):
-                self.forward_to_self(addr)
-            else:
-                self.proxy(addr)
-
-        def forward_to_self(self, addr: str) -> None:
-            """The leader's host with this member's port is this member (it binds 0.0.0.0): the real
-            server sends the request to itself, again and again, each hop logged at INFO, until the
-            caller gives up. Emulated: the request is held, one hop logged a second."""
-            def hop(n: int) -> None:
-                self.received(self.path.rsplit("/", 1)[-1], forwarded_to=addr, hop=n + 1)
-
-            outcome = self.hold(lambda: True, cap_s=SELF_FORWARD_CAP_S, every_second=hop)
-            if outcome == "cap":
-                self.send_json(500, error_envelope(500, "forward to leader",
-                                                   f'{MSG_PREFIX}{self.command} "http://{addr}{self.path}": dial tcp {addr}: socket: too many open files'))
-            else:
-                self.close_connection = True
-
-        def proxy(self, addr: str) -> None:
-            request = urllib.request.Request(
-                f"http://{addr}{self.path}", data=self.body if self.command == "POST" else None, method=self.command,
-                headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=SELF_FORWARD_CAP_S) as response:
-                    status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
-            except urllib.error.HTTPError as err:
-                status, raw, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
-            except OSError as err:
-                _log("forward client send request failed", error=err)
-                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}{err}"))
-                return
-            self.send_raw(status, raw, ctype or "application/json")
-
-    return Handler
+    # -- stop --
+    def shutdown(self, signum: int) -> None:
+        """The signal cancels the server's context: the leader's campaign returns and closes its lease
+        (the leader key goes at once), the HTTP server stops, and main returns; the embedded etcd is
+        never stopped, it ends with the process (META v1.2.2:cmd/meta/main.go:88-116; server/server.go:
+        98-114,198-201; member/member.go:157-169,233-235)."""
+        _log("got signal to exit", signal=signum)
+        self.stopping = True
+        if self.is_leader():
+            _log("server is closed")
+            self.step_down(revoke=True)
+        if self.http is not None:
+            self.http.socket.close()
+        self.kill_etcd()
+        os._exit(0)
 
 
 def main() -> None:
     path = sys.argv[sys.argv.index("--config") + 1] if "--config" in sys.argv else "/etc/ceresmeta/ceresmeta.toml"
-    config = load_config(path)
-    _log("server start with config", **{k: config[k] for k in ("node-name", "client-urls", HTTP_PORT_KEY)})
+    config = metaconfig.load(path)
+    _log("server start with config", **{k: config[k] for k in ("node-name", "client-urls", "storage-root-path", HTTP_PORT_KEY)})
     meta = Meta(config)
     common.HOOKS = common.Hooks("meta")
     common.HOOKS.listeners.append(meta.notify)  # a new tick takes effect at once
     common.HOOKS.start()
 
-    def on_term(signum: int, _frame: object) -> None:
-        # Only signal here: the main thread is inside Popen.wait() on etcd, and waiting again from
-        # a handler deadlocks on Popen's lock. The main thread returns once etcd is gone.
-        _log("received signal, stopping", signal=signum)
-        meta.stopping = True
-        if meta.process is None:
-            os._exit(0)
-        meta.process.terminate()
-        # etcd 3.4 can linger ~10 s on SIGTERM here; its WAL makes a kill safe.
-        threading.Timer(3.0, meta.process.kill).start()
+    def on_signal(signum: int, _frame: object) -> None:
+        # signal.Notify(SIGHUP, SIGINT, SIGTERM, SIGQUIT): the main thread is inside Popen.wait(),
+        # so the stop runs on its own thread.
+        if not meta.stopping:
+            meta.stopping = True
+            threading.Thread(target=meta.shutdown, args=(signum,), name="shutdown", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, on_signal)
     meta.start_etcd()
     if not meta.wait_etcd_ready():
         # CreateServer / srv.Run failures are only logged, and main returns: exit code 0.
         _log("fail to start etcd server", timeout_ms=config["etcd-start-timeout-ms"])
-        meta.stop_etcd()
+        meta.kill_etcd()
         sys.exit(0)
     _log("etcd ready; server running")
+
+
     try:
-        server = ThreadingHTTPServer(("0.0.0.0", meta.http_port), make_handler(meta))
+        server = ThreadingHTTPServer(("0.0.0.0", meta.http_port), metahttp.make_handler(meta))
         server.daemon_threads = True
-        meta.http_serving = True
+        meta.http, meta.http_serving = server, True
         threading.Thread(target=server.serve_forever, args=(3600,), name="http", daemon=True).start()
     except OSError as err:
         # The real HTTP server runs in a goroutine whose listen error is only logged.
         _log("http service failed to start", port=meta.http_port, error=err)
+    common.serve_rpc(meta.client_port, meta.handle_rpc, "meta")
     threading.Thread(target=meta.loop, name="leader", daemon=True).start()
     threading.Thread(target=meta.scheduler_loop, name="scheduler", daemon=True).start()
     assert meta.process is not None
     code = meta.process.wait()
     if not meta.stopping:
         _log("etcd exited; server stops", code=code)
-    sys.exit(0)
+        sys.exit(0)
+    time.sleep(3600)  # the shutdown thread ends the process
 
 
 if __name__ == "__main__":

@@ -46,17 +46,20 @@ class View:
 
 @dataclass(frozen=True)
 class Registered:
-    """metadata.RegisteredNode: the last heartbeat of a node, as the leader's cache holds it."""
+    """metadata.RegisteredNode: the last heartbeat of a node, as the leader's cache holds it.
+    `partial`: the shards it reported PartialOpen (a status heartbeats carry from 1.2.5, HDB v1.2.5:
+    meta_client/src/types.rs:270-284; every other reported shard counts as Ready)."""
 
     last_touch: float
     shards: tuple[int, ...]
+    partial: tuple[int, ...] = ()
 
     def is_expired(self, now: float) -> bool:
         return now > self.last_touch + NODE_EXPIRY_S
 
 
 def register_node(view: View, registered: dict[str, Registered], name: str, shards: list[int],
-                  min_node_count: int, now: float) -> bool:
+                  min_node_count: int, now: float, partial: tuple[int, ...] = ()) -> bool:
     """One heartbeat (RegisterNode). Mutates `view` and `registered`; True if the view changed.
 
     - Empty -> Prepare once the cache *already* holds MinNodeCount nodes (checked before this node
@@ -69,7 +72,7 @@ def register_node(view: View, registered: dict[str, Registered], name: str, shar
         view.state, view.version, view.shard_nodes = PREPARE, view.version + 1, []
         changed = True
     old = registered.get(name)
-    registered[name] = Registered(now, tuple(shards))
+    registered[name] = Registered(now, tuple(shards), partial)
     if view.state == STABLE:
         return changed
     if old is not None and set(old.shards) == set(shards) and len(old.shards) == len(shards):
@@ -186,6 +189,43 @@ def uniform_owners(members: list[str], num_partitions: int, replication: int = 1
     return owners
 
 
+def uniformity_owners(members: list[str], num_partitions: int) -> dict[int, str]:
+    """1.2.5 and 1.2.6's UniformityConsistentHashNodePicker (buraksezer/consistent's algorithm):
+    murmur3, `num_partitions` virtual nodes per member keyed `<name><i>`, partition key = the id as 8
+    little-endian bytes, each partition to the first member on the ring below ceil(average) load
+    (META v1.2.5:server/coordinator/node_picker.go:41-85, server/hash/uniformity_hash.go)."""
+    ring: list[int] = []
+    owner_of: dict[int, str] = {}
+    for member in members:
+        for i in range(num_partitions):
+            h = murmur3_sum64(f"{member}{i}".encode())
+            owner_of[h] = member
+            ring.append(h)
+    ring.sort()
+    average = math.ceil(num_partitions / len(members))
+    loads = dict.fromkeys(members, 0)
+    owners: dict[int, str] = {}
+    for part in range(num_partitions):
+        key = murmur3_sum64(part.to_bytes(8, "little"))
+        idx = bisect.bisect_left(ring, key)
+        idx = idx if idx < len(ring) else 0
+        for _ in range(len(ring)):
+            member = owner_of[ring[idx]]
+            if loads[member] + 1 <= average:
+                owners[part] = member
+                loads[member] += 1
+                break
+            idx = (idx + 1) % len(ring)
+    return owners
+
+
+def owners_for(version: Version, members: list[str], shard_total: int) -> dict[int, str]:
+    """The batch pickers: 1.2.5/1.2.6 uniformity hash, 1.2.7+ bounded-load consistent hash."""
+    if version < (1, 2, 7):
+        return uniformity_owners(members, shard_total)
+    return uniform_owners(members, shard_total)
+
+
 # --- the static-topology scheduler, one pass ------------------------------------------------------
 
 @dataclass
@@ -200,19 +240,22 @@ def static_schedule(version: Version, view: View, shard_total: int, registered: 
                     now: float, rng: random.Random, batch_size: int = DEFAULT_BATCH_SIZE) -> Pass:
     """One tick of the static scheduler.
 
-    Prepare: the unassigned shards in Go map order (random); 1.2.2 opens ONE shard per tick on the
-    node its crc32 ring picks (static_topology_shard_scheduler.go:29-54); 1.2.7+ picks them all
-    with the uniform hash and opens up to batch_size in one batch (static/scheduler.go:57-90).
+    Prepare: the unassigned shards in Go map order (random). 1.2.2 opens ONE shard per tick on the
+    node its crc32 ring picks (META v1.2.2:server/coordinator/scheduler/static_topology_shard_scheduler.go:
+    29-54); 1.2.4 opens up to batch_size of them in one batch, each on its crc32 pick (v1.2.4
+    static_topology_shard_scheduler.go:35-61); 1.2.5/1.2.6 pick them all at once with the uniformity
+    hash (v1.2.5 same file :35-66), 1.2.7+ with the bounded-load hash (v1.2.7 static/scheduler.go:57-90).
 
     Stable: walk ShardNodes in topology order; a shard whose node is online but did not report it
-    open is reopened. 1.2.2 returns the first such shard (one per tick for the whole cluster,
-    head-of-line: a failing open is retried next tick; static_topology_shard_scheduler.go:55-78);
-    1.2.7+ collects up to batch_size (static/scheduler.go:91-115). Up to and including 1.2.7 an
-    assigned node that is offline (expired, or never registered with this leader) aborts the whole
-    pass, dropping what was collected (v1.2.2 :58-60, v1.2.7 :94-96); 2.0.0 skips it (`continue`,
-    HDB v2.0.0:horaemeta/server/coordinator/scheduler/static/scheduler.go:116-119).
+    (open or, from 1.2.5, PartialOpen) is reopened. 1.2.2 returns the first such shard (one per tick
+    for the whole cluster, head-of-line; static_topology_shard_scheduler.go:55-78); from 1.2.4 up to
+    batch_size (v1.2.4 :62-86). Up to and including 1.2.7 an assigned node that is offline (expired,
+    or never registered with this leader) aborts the whole pass, dropping what was collected (v1.2.2
+    :58-60, v1.2.4 :65-68, v1.2.7 static/scheduler.go:94-96); 2.0.0 skips it (`continue`, HDB v2.0.0:
+    horaemeta/server/coordinator/scheduler/static/scheduler.go:116-119).
     """
     alive = sorted(name for name, node in registered.items() if not node.is_expired(now))
+    batched = version >= (1, 2, 4)
     if view.state == PREPARE:
         assigned = {shard for shard, _ in view.shard_nodes}
         unassigned = [s for s in range(shard_total) if s not in assigned]
@@ -220,13 +263,18 @@ def static_schedule(version: Version, view: View, shard_total: int, registered: 
         if not unassigned:
             return Pass([])
         if not alive:
-            return Pass([], "at least one online nodes is required")
-        if version < (1, 2, 7):
-            shard = unassigned[0]
-            node = crc32_ring_owner(alive, shard)
-            assert node is not None
-            return Pass([(shard, node)], reason=f"Cluster initialization, shard:{shard} is assigned to node:{node}")
-        owners = uniform_owners(alive, shard_total)
+            return Pass([], "at least one online nodes is required" if version < (1, 2, 5) else "no alive node in cluster")
+        if version < (1, 2, 5):
+            picks = []
+            for shard in unassigned if batched else unassigned[:1]:
+                node = crc32_ring_owner(alive, shard)
+                assert node is not None
+                picks.append((shard, node))
+                if len(picks) >= batch_size:
+                    break
+            return Pass(picks, reason="Cluster initialization, assign shard to node")
+        owners = owners_for(version, alive, shard_total)
+        # 1.2.5-1.2.7 range over the picked map (a Go map: random order) and stop at batch_size.
         picks = [(s, owners[s]) for s in unassigned][:batch_size]
         return Pass(picks, reason="Cluster initialization, assign shard to node")
     if view.state == STABLE:
@@ -239,7 +287,28 @@ def static_schedule(version: Version, view: View, shard_total: int, registered: 
                 continue
             if shard not in node.shards:
                 opens.append((shard, name))
-                if version < (1, 2, 7) or len(opens) >= batch_size:
+                if not batched or len(opens) >= batch_size:
                     break
         return Pass(opens, reason="Cluster state is stable, shard is reopened")
     return Pass([])
+
+
+def reopen_schedule(version: Version, view: View, registered: dict[str, Registered], now: float,
+                    order: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Pass:
+    """The reopen scheduler (from 1.2.5, static and dynamic topology): in Stable, every shard an online
+    node reported PartialOpen is opened again on that node, in one batch (META v1.2.5:server/
+    coordinator/scheduler/reopen_shard_scheduler.go:30-87; v1.2.7 reopen/scheduler.go:51-108). The
+    batch-size `break` leaves only the inner loop, over one node's shards. `order` is the order of
+    RegisteredNodes (a Go map: random)."""
+    if version < (1, 2, 5) or view.state != STABLE:
+        return Pass([])
+    opens: list[tuple[int, str]] = []
+    for name in order:
+        node = registered.get(name)
+        if node is None or node.is_expired(now):
+            continue
+        for shard in node.partial:
+            opens.append((shard, name))
+            if len(opens) >= batch_size:
+                break
+    return Pass(opens, reason="the shard needs to be reopen")
