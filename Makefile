@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-VERSIONS ?= 1.2.2 1.2.5 1.2.7 2.0.0
+VERSIONS ?= 1.2.2 1.2.4 1.2.5 1.2.6 1.2.7 2.0.0
 
 .PHONY: help setup docker emulator promtool rules lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
 

@@ -180,21 +180,26 @@ class Executor:
             step("slot")
             role = action.role or (node.role if node is not None else "")
             await self.slots.acquire(action.node, role, action.reason)
+        stop_s = self.stop_timeout_s
         if (
             action.kind == "restart"
             and self.flush is not None
             and node is not None
             and node.role == "ceresdb"
         ):
+            # The flush has its own bound (half of stop_timeout) and counts inside the stop's: a
+            # flush of many tables can take long (the server flushes them one after the other).
             step("flush")
+            began = time.monotonic()
             said = await self.flush(node)
+            stop_s = max(1.0, self.stop_timeout_s - (time.monotonic() - began))
             self.on_step(action.node, f"flush_memtable: {said}")
         if action.kind in ("remove", "stop", "recreate", "restart"):
             assert action.container_id is not None
             step("stop")
             if action.kind == "restart":
-                self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {self.stop_timeout_s:g}s)")
-            await self.engine.stop(action.container_id, self.stop_timeout_s)
+                self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {stop_s:.0f}s)")
+            await self.engine.stop(action.container_id, stop_s)
             if action.kind == "stop":
                 return
             if action.kind == "restart":

@@ -57,7 +57,8 @@ async def plan_once(
                 if node.is_local and (c := containers.get(node.name)) is not None and c.is_running
             ]
             answered = await asyncio.gather(  # at once: a hung node costs one timeout, not one each
-                *(probes.probe_ceresdb(session, node, settings.timeout_s, c.run_key) for node, c in running)
+                *(probes.probe_ceresdb(session, node, settings.timeout_s, c.run_key, settings.shards_route)
+                  for node, c in running)
             )
             prober.probes.update({node.name: a for (node, _), a in zip(running, answered, strict=True)})
             chief = prober.nodes.get(prober.leader.member or "")

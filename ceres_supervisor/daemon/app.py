@@ -230,12 +230,13 @@ class Supervisor:
             self.wake()
 
     async def _flush(self, node: desired_mod.DesiredNode) -> str:
-        """`POST /debug/flush_memtable` before a planned stop; a failure is reported, not fatal."""
+        """`POST /debug/flush_memtable` before a planned stop, within half of stop_timeout (the
+        server answers only when every table is flushed); a failure is reported, not fatal."""
         session = self._session
         if session is None:
             return "no HTTP session"
         try:
-            return await probes.flush_memtable(session, node, self.spec.supervisor.stop_timeout)
+            return await probes.flush_memtable(session, node, self.spec.supervisor.stop_timeout / 2)
         except probes.ProbeErrors as err:
             log.warning("flush_failed", node=node.name, error=str(err))
             return f"failed ({type(err).__name__}: {err}); stopping anyway"

@@ -128,6 +128,7 @@ class Loop:
             s.cluster.name,
             s.release.root_path,
             s.release.meta_leader_key.encode(),
+            s.release.has_debug_shards,
         )
 
     # -- one cycle ----------------------------------------------------------------------------------

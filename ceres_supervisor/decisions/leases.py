@@ -23,9 +23,10 @@ readings. Everything else is `reopening`, with the rule that holds it in the det
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from ceres_supervisor.model.observed import LeaseView
 from ceres_supervisor.model.versions import Pace
@@ -95,6 +96,10 @@ def _ids(shards: object) -> str:
     return ",".join(str(s) for s in sorted(shards))  # type: ignore[call-overload]
 
 
+SERVED: Final = frozenset({"Ready", "Frozen"})
+"""Statuses of CeresDB's `/debug/shards` under which a shard is open and serves."""
+
+
 def judge(
     view: LeaseView | None,
     endpoint: str,
@@ -102,12 +107,17 @@ def judge(
     run_seen_at: float,
     memory: Memory,
     context: Context,
+    served: Mapping[int, str] | None = None,
 ) -> Judgement:
-    """The node's shard state from one reading. See the module docstring for the rules."""
+    """The node's shard state from one reading. See the module docstring for the rules. `served`:
+    the node's own `/debug/shards` (1.2.5+), when read: a shard it locked but has not opened
+    (Init, Opening: its tables are still opening, or one failed and CeresMeta retries it) is
+    waited for, not held."""
     if view is None:
         return Judgement("unknown", (), "shard locks not read yet", memory)
     if view.at < run_seen_at:
-        return Judgement("unknown", (), "shard locks not read since the container started", memory)
+        detail = "waiting for a shard-lock reading since the container started"
+        return Judgement("reopening", (), detail, memory)
     if view.error is not None:
         # Neither resets nor advances any clock: an unreadable etcd proves nothing either way.
         return Judgement("unknown", (), view.error, memory)
@@ -118,6 +128,12 @@ def judge(
         detail = "no shards assigned yet" if not view.assigned else "meta assigns no shards to this node"
         return Judgement("unassigned", mine, detail, replace(memory, reopen_since=None, lost_since=None))
     waiting = [s for s in assigned if s not in current]
+    status = served or {}
+    opening = [] if served is None else [s for s in assigned if s in current and status.get(s) not in SERVED]
+    if not waiting and opening:
+        states = ", ".join(f"{s} {status.get(s, 'not open')}" for s in opening)
+        detail = f"shards {states}: locked, not open yet (CeresMeta retries a shard whose open failed)"
+        return Judgement("reopening", mine, detail, replace(memory, reopen_since=None, lost_since=None))
     if not waiting:
         return Judgement("held", mine, None, replace(memory, reopen_since=None, lost_since=None))
     missing = [s for s in waiting if s not in view.locks]

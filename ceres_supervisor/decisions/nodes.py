@@ -252,6 +252,7 @@ def _watch_running(
             rec.run_seen_at,
             rec.lease,
             cycle.lease_context[node.name],
+            fresh.shards if fresh is not None else None,
         )
         rec = replace(rec, lease=judgement.memory)
         held = {"held": True, "unassigned": None, "unknown": None}.get(judgement.state, False)

@@ -55,6 +55,9 @@ class ProbeResult:
     latency_s: float = 0.0
     run_id: str = ""
     """The container run the probe was made against (`ObservedContainer.run_key`); older is stale."""
+    shards: Mapping[int, str] | None = None
+    """A CeresDB node's own `GET /debug/shards` (from 1.2.5): shard id -> status (Init, Opening,
+    Ready, Frozen). None where the version has no such route or it could not be read."""
 
 
 @dataclass(frozen=True)

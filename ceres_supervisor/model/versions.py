@@ -77,6 +77,12 @@ class Release:
 
     # -- CeresDB / HoraeDB (sections 3, 5, 7) ----------------------------------------------------
     @property
+    def has_debug_shards(self) -> bool:
+        """CeresDB's `GET /debug/shards` (each shard's status: a lock held is not a shard open)
+        exists from 1.2.5 (docs/real-servers.md section 8.2)."""
+        return self.version >= (1, 2, 5)
+
+    @property
     def has_fast_reacquire(self) -> bool:
         """`[cluster_deployment.etcd_client] enable_shard_lock_fast_reacquire` exists from 2.0.0
         (horaedb 4c66a3f1, #1251). The supervisor renders it false: with it, a restarted node keeps

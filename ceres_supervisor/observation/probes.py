@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -170,18 +171,47 @@ async def etcd_range(
     return [kv for kv in kvs if isinstance(kv, dict)] if isinstance(kvs, list) else []
 
 
+SERVED: Final = frozenset({"Ready", "Frozen"})
+"""Shard statuses of `/debug/shards` under which a shard serves (Init and Opening do not)."""
+
+
+def debug_shards(status: int, body: object) -> dict[int, str]:
+    """shard id -> status from CeresDB's `GET /debug/shards` (from 1.2.5): a JSON array of
+    `{"id", "role", "version", "status"}`. Raises ReadingError on anything else."""
+    if status != 200 or not isinstance(body, list):
+        raise ReadingError(f"HTTP {status}: {str(body)[:120]}")
+    shards = {}
+    for entry in body:
+        shard, state = (entry.get("id"), entry.get("status")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(shard, int) or isinstance(shard, bool) or not isinstance(state, str):
+            raise ReadingError(f"a malformed entry: {str(entry)[:120]}")
+        shards[shard] = state
+    return shards
+
+
 async def probe_ceresdb(
-    session: aiohttp.ClientSession, node: DesiredNode, timeout_s: float, run_id: str = ""
+    session: aiohttp.ClientSession,
+    node: DesiredNode,
+    timeout_s: float,
+    run_id: str = "",
+    shards_route: bool = False,
 ) -> ProbeResult:
+    """`GET /` answers `{"status":"ok"}`; with `shards_route` (1.2.5+) also which of its shards
+    the node itself serves (a lock held is not a shard open: a table open may have failed)."""
     started = time.monotonic()
+    served: dict[int, str] | None = None
     try:
         status, body = await _get_json(session, "GET", f"{http_base(node)}/", timeout_s)
         ok = status == 200 and isinstance(body, dict) and body.get("status") == "ok"
         detail = f"GET / {status}" if ok else f"GET / {status}: {str(body)[:120]}"
+        if ok and shards_route:
+            with contextlib.suppress(*ProbeErrors, ReadingError):  # unread: judged from the locks alone
+                url = f"{http_base(node)}/debug/shards"
+                served = debug_shards(*await _get_json(session, "GET", url, timeout_s))
     except ProbeErrors as err:
         ok, detail = False, f"GET /: {_describe(err)}"
     at, wall = _now()
-    return ProbeResult(ok, detail, at, wall, at - started, run_id)
+    return ProbeResult(ok, detail, at, wall, at - started, run_id, served)
 
 
 async def probe_member(
@@ -350,6 +380,8 @@ class ProbeSettings:
     cluster: str
     root: str
     leader_key: bytes
+    shards_route: bool = False
+    """CeresDB serves `GET /debug/shards` (from 1.2.5): probe which shards it serves."""
 
 
 class Prober:
@@ -459,7 +491,7 @@ class Prober:
         if node is None:
             return False
         if target.kind == "ceresdb":
-            result = await probe_ceresdb(self.session, node, s.timeout_s, target.run_id)
+            result = await probe_ceresdb(self.session, node, s.timeout_s, target.run_id, s.shards_route)
             if not self._current(target):
                 return False
             self.on_latency(result.latency_s)

@@ -327,7 +327,14 @@ class Operations:
                 raise OperationFailed(f"{node} not healthy within {policy.start_timeout:g}s{reason}")
             await self.host.cycled()
         if target.role == "meta":
-            op.step(f"{node}: healthy")
+            # A stopped leader revokes its leader key; its etcd dies with it, and the others take
+            # a few seconds to elect: the next member waits until a leader holds the key again.
+            op.step(f"{node}: healthy; waiting for a meta leader")
+            while self.host.leader() is None:
+                if time.monotonic() >= deadline:
+                    raise OperationFailed(f"no meta leader within {policy.start_timeout:g}s after {node}'s restart")
+                await self.host.cycled()
+            op.step(f"{node}: healthy, meta leader {self.host.leader()}")
             return
         op.step(f"{node}: healthy; waiting for its shards (CeresMeta {desired.spec.cluster.version}'s pace)")
         deadline = time.monotonic() + SHARDS_WAIT_CAP_S

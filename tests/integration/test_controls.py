@@ -210,3 +210,23 @@ async def test_hostile_operator_requests(make_cluster: Callable[..., Cluster], t
     assert (await call(cluster, "POST", "/v1/nodes/db0/restart", token="op-token", raw=b"x" * (1 << 20)))[0] == 413
     assert (await call(cluster, "GET", "/v1/operations/op-nope", token="op-token"))[0] == 404
     assert cluster.cluster_state() == "healthy" and cluster.task is not None and not cluster.task.done()
+
+
+async def test_a_slow_flush_is_bounded_inside_the_stop_s_deadline(make_cluster: Callable[..., Cluster],
+                                                                  docker_client: docker.DockerClient) -> None:
+    """The real flush answers only when every table is flushed: one that takes a minute gets half of
+    stop_timeout, is reported, and the restart goes on (stop, start, shards) instead of hanging."""
+    cluster = make_cluster(supervisor={"stop_timeout": "4s"})
+    await cluster.start()
+    await cluster.healthy(120)
+    db0 = await cluster.container("db0")
+    result = await asyncio.to_thread(db0.exec_run, ["ceres-emulator-fault", "flush-slow", "60"])
+    assert result.exit_code == 0, result.output
+    with DockerEvents(docker_client, cluster.name) as events:
+        code, body = await call(cluster, "POST", "/v1/nodes/db0/restart")
+        assert code == 202
+        doc = await follow(cluster, body["operation"], 120)
+        assert doc["outcome"] == "ok", json.dumps(doc, indent=1)
+        assert len(events.chosen_stops("db0")) == 1 and events.of("db0", ("start",))
+    steps = [s["text"] for s in doc["steps"]]
+    assert any("flush_memtable: failed" in s and "stopping anyway" in s for s in steps), steps

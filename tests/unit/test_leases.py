@@ -53,9 +53,13 @@ def context(
 
 
 def judge(
-    view: LeaseView | None, memory: Memory | None = None, ctx: Context | None = None, run_seen_at: float = 0.0
+    view: LeaseView | None,
+    memory: Memory | None = None,
+    ctx: Context | None = None,
+    run_seen_at: float = 0.0,
+    served: dict[int, str] | None = None,
 ) -> leases.Judgement:
-    return leases.judge(view, ME, STARTED, run_seen_at, memory or Memory(), ctx or context())
+    return leases.judge(view, ME, STARTED, run_seen_at, memory or Memory(), ctx or context(), served)
 
 
 ALL_MINE = {0: (ME, 7), 2: (ME, 7), 1: (OTHER, 9), 3: (OTHER, 9)}
@@ -71,7 +75,6 @@ def test_every_assigned_shard_locked_by_this_run_is_held() -> None:
     ("view", "detail"),
     [
         (None, "shard locks not read yet"),
-        (reading(5, ALL_MINE), "shard locks not read since the container started"),  # taken before this run
         (
             reading(100, {}, error="cannot read shard locks: meta0: timed out"),
             "cannot read shard locks: meta0: timed out",
@@ -83,6 +86,30 @@ def test_unknown_readings_neither_reset_nor_advance_any_clock(view: LeaseView | 
     j = judge(view, memory, run_seen_at=10.0)
     assert (j.state, j.detail, j.restart) == ("unknown", detail, False)
     assert j.memory == memory
+
+
+def test_a_run_not_read_yet_is_reopening_never_held_or_healthy() -> None:
+    """A reading taken before this run started says nothing of its shards: the node has restarted,
+    so it is waiting for them (SPEC: a lock granted before the start is never held), not unknown
+    and healthy; no clock moves."""
+    memory = Memory(reopen_since=50.0, progress=1, lost_since=90.0)
+    j = judge(reading(5, ALL_MINE), memory, run_seen_at=10.0)
+    assert (j.state, j.detail, j.restart) == (
+        "reopening", "waiting for a shard-lock reading since the container started", False)
+    assert j.memory == memory
+
+
+def test_a_shard_locked_but_not_open_is_waited_for() -> None:
+    """From 1.2.5 the node says which shards it serves (/debug/shards): one it locked whose tables
+    are still opening, or failed to open (PartialOpen, retried by CeresMeta), is not held."""
+    view = reading(100, ALL_MINE)
+    j = judge(view, Memory(), run_seen_at=10.0, served={0: "Ready", 2: "Opening"})
+    assert (j.state, j.restart) == ("reopening", False)
+    assert j.detail is not None and "2 Opening" in j.detail
+    served = judge(view, Memory(), run_seen_at=10.0, served={0: "Ready", 2: "Ready"})
+    assert served.state == "held"
+    unread = judge(view, Memory(), run_seen_at=10.0, served=None)  # 1.2.2/1.2.4, or not read: the locks alone
+    assert unread.state == "held"
 
 
 def test_intermittent_read_errors_do_not_postpone_a_restart_for_ever() -> None:

@@ -118,3 +118,13 @@ async def test_a_500_from_get_node_shards_is_an_error_not_an_empty_assignment(
         assert bad.error == "getNodeShards on meta0: HTTP 500: cluster not found" and bad.assigned == {}
         leaderless = await probes.read_leases(session, [member], None, "/ceresdb", "defaultCluster", 2.0)
         assert leaderless.error is not None and "no meta leader" in leaderless.error
+
+
+def test_debug_shards_maps_each_shard_to_its_status() -> None:
+    body = [{"id": 3, "role": "Leader", "version": 1, "status": "Opening"},
+            {"id": 0, "role": "Leader", "version": 4, "status": "Ready"}]
+    assert probes.debug_shards(200, body) == {3: "Opening", 0: "Ready"}
+    with pytest.raises(ReadingError):
+        probes.debug_shards(404, {"code": 404, "message": "NOT_FOUND"})
+    with pytest.raises(ReadingError):
+        probes.debug_shards(200, [{"id": "3", "status": "Ready"}])
