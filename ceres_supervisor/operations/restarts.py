@@ -332,7 +332,8 @@ class Operations:
             op.step(f"{node}: healthy; waiting for a meta leader")
             while self.host.leader() is None:
                 if time.monotonic() >= deadline:
-                    raise OperationFailed(f"no meta leader within {policy.start_timeout:g}s after {node}'s restart")
+                    why = f"no meta leader within {policy.start_timeout:g}s of {node}'s restart"
+                    raise OperationFailed(why)
                 await self.host.cycled()
             op.step(f"{node}: healthy, meta leader {self.host.leader()}")
             return
