@@ -38,14 +38,26 @@ BATCH = 100
 
 
 async def fill(url: str, keys: int) -> None:
-    value = json.dumps({"id": 0, "name": "t" * 40, "schemaId": 1, "partitionInfo": None,
-                        "createdAt": 1733570000000, "options": {"ttl": "7d", "segment_duration": "2h"}})
+    value = json.dumps(
+        {
+            "id": 0,
+            "name": "t" * 40,
+            "schemaId": 1,
+            "partitionInfo": None,
+            "createdAt": 1733570000000,
+            "options": {"ttl": "7d", "segment_duration": "2h"},
+        }
+    )
     async with aiohttp.ClientSession() as session:
         client = etcd.Etcd(session, [url], 30.0)
         for start in range(0, keys, BATCH):
-            ops = [etcd.put_request(f"/ceresdb/v1/cluster/1/schema/{i % 16}/table/{i}".encode(),
-                                    value.replace('"id": 0', f'"id": {i}').encode())
-                   for i in range(start, min(keys, start + BATCH))]
+            ops = [
+                etcd.put_request(
+                    f"/ceresdb/v1/cluster/1/schema/{i % 16}/table/{i}".encode(),
+                    value.replace('"id": 0', f'"id": {i}').encode(),
+                )
+                for i in range(start, min(keys, start + BATCH))
+            ]
             await client.txn([], ops)
 
 
@@ -70,8 +82,12 @@ def main(reps: int, keys: int) -> None:
         runner.run(spec, "meta0")
         meta = spec.meta.nodes[0]
         url = f"http://{meta.host}:{meta.client_port}"
-        common.wait_for(lambda: json.loads(common.http_get(f"{url}/health")[1]).get("health") == "true", 60,
-                        "etcd in the meta stand-in healthy", 0.2)
+        common.wait_for(
+            lambda: json.loads(common.http_get(f"{url}/health")[1]).get("health") == "true",
+            60,
+            "etcd in the meta stand-in healthy",
+            0.2,
+        )
         started = time.monotonic()
         asyncio.run(fill(url, keys))
         print(f"{keys} keys written in {time.monotonic() - started:.1f}s", flush=True)
@@ -81,13 +97,22 @@ def main(reps: int, keys: int) -> None:
             taken = asyncio.run(take_once(spec, tool, out))
             inproc.append(time.monotonic() - began)
             began = time.monotonic()
-            subprocess.run([str(common.SUPERVISOR), "backup", "-c", str(state / "cluster.toml"), "-o", f"{out}/"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [str(common.SUPERVISOR), "backup", "-c", str(state / "cluster.toml"), "-o", f"{out}/"],
+                check=True,
+                capture_output=True,
+            )
             cli.append(time.monotonic() - began)
         assert taken is not None
         with tempfile.TemporaryDirectory(prefix="ceres-bench-restore-") as scratch:
-            member = etcdutl.Member("meta0", f"meta0=http://{meta.host}:{meta.peer_port}", "ceresmeta-cluster",
-                                    f"http://{meta.host}:{meta.peer_port}", Path(scratch) / "etcd", Path(scratch) / "wal")
+            member = etcdutl.Member(
+                "meta0",
+                f"meta0=http://{meta.host}:{meta.peer_port}",
+                "ceresmeta-cluster",
+                f"http://{meta.host}:{meta.peer_port}",
+                Path(scratch) / "etcd",
+                Path(scratch) / "wal",
+            )
             began = time.monotonic()
             asyncio.run(etcdutl.restore(tool, Path(taken.path), member))
             restore_s = time.monotonic() - began
@@ -100,20 +125,36 @@ def main(reps: int, keys: int) -> None:
     rows = [
         ["keys in the snapshot (etcdutl snapshot status)", f"{m.total_keys}"],
         ["snapshot size", f"{m.size / 1024 / 1024:.2f} MiB ({m.size} bytes)"],
-        ["backup in the daemon (`operations.backups.take`), median / max", f"{common.ms(take_s['median'] * 1e3)} ms / "
-                                                                          f"{common.ms(take_s['max'] * 1e3)} ms"],
-        ["`ceres-supervisor backup` (a new process), median / max", f"{common.ms(cli_s['median'] * 1e3)} ms / "
-                                                                     f"{common.ms(cli_s['max'] * 1e3)} ms"],
+        [
+            "backup in the daemon (`operations.backups.take`), median / max",
+            f"{common.ms(take_s['median'] * 1e3)} ms / {common.ms(take_s['max'] * 1e3)} ms",
+        ],
+        [
+            "`ceres-supervisor backup` (a new process), median / max",
+            f"{common.ms(cli_s['median'] * 1e3)} ms / {common.ms(cli_s['max'] * 1e3)} ms",
+        ],
         ["`etcdutl snapshot restore` of one member (for scale)", f"{common.ms(restore_s * 1e3)} ms"],
     ]
-    settings = f"none (no daemon: one meta stand-in, etcd 3.4 inside; etcdutl {m.etcdutl_version}; {keys} keys)"
-    run.table(f"Backup of a meta holding {keys} keys ({reps} backups each way)", ["", "measured"], rows, settings,
-              f"Each backup reads the whole keyspace from the member through etcd's maintenance Snapshot (JSON "
-              f"gateway), checks the digest etcd sends with it, writes and fsyncs it, has etcdutl read it, and "
-              f"writes the manifest (SHA-256 included). Target: under {TARGET_S:g} s.")
+    settings = (
+        f"none (no daemon: one meta stand-in, etcd 3.4 inside; etcdutl {m.etcdutl_version}; {keys} keys)"
+    )
+    run.table(
+        f"Backup of a meta holding {keys} keys ({reps} backups each way)",
+        ["", "measured"],
+        rows,
+        settings,
+        f"Each backup reads the whole keyspace from the member through etcd's maintenance Snapshot (JSON "
+        f"gateway), checks the digest etcd sends with it, writes and fsyncs it, has etcdutl read it, and "
+        f"writes the manifest (SHA-256 included). Target: under {TARGET_S:g} s.",
+    )
     met = take_s["median"] < TARGET_S if keys >= 10_000 else None
-    run.target("backup", f"{common.ms(take_s['median'] * 1e3)} ms median, {common.ms(take_s['max'] * 1e3)} ms max "
-                         f"({m.size / 1024 / 1024:.1f} MiB, {keys} keys)", met, settings)
+    run.target(
+        "backup",
+        f"{common.ms(take_s['median'] * 1e3)} ms median, {common.ms(take_s['max'] * 1e3)} ms max "
+        f"({m.size / 1024 / 1024:.1f} MiB, {keys} keys)",
+        met,
+        settings,
+    )
     run.save()
 
 

@@ -55,16 +55,42 @@ AGENT_TTL_S = 5
 
 def cluster_file(name: str, state: Path, ports: list[int]) -> str:
     free = iter(ports)
-    lines = ["[cluster]", f'name = "{name}"', f'state_dir = "{state}"', f'version = "{VERSION}"', "",
-             common.supervisor_table({**SETTINGS, "listen": "127.0.0.1:1"}),  # each agent has --listen
-             "[meta]", f'image = "{IMAGE_PREFIX}/ceresmeta-server:{VERSION}"', "",
-             "[ceresdb]", f'image = "{IMAGE_PREFIX}/ceresdb-server:{VERSION}"', "shard_lock_ttl = 15", ""]
+    lines = [
+        "[cluster]",
+        f'name = "{name}"',
+        f'state_dir = "{state}"',
+        f'version = "{VERSION}"',
+        "",
+        common.supervisor_table({**SETTINGS, "listen": "127.0.0.1:1"}),  # each agent has --listen
+        "[meta]",
+        f'image = "{IMAGE_PREFIX}/ceresmeta-server:{VERSION}"',
+        "",
+        "[ceresdb]",
+        f'image = "{IMAGE_PREFIX}/ceresdb-server:{VERSION}"',
+        "shard_lock_ttl = 15",
+        "",
+    ]
     for i, host in enumerate(HOSTS):
-        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(free)}",
-                  f"peer_port = {next(free)}", f"http_port = {next(free)}", ""]
+        lines += [
+            "[[meta.nodes]]",
+            f'name = "meta{i}"',
+            f'host = "{host}"',
+            f"client_port = {next(free)}",
+            f"peer_port = {next(free)}",
+            f"http_port = {next(free)}",
+            "",
+        ]
     for i in range(6):
-        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(free)}",
-                  f"http_port = {next(free)}", f"mysql_port = {next(free)}", f"postgresql_port = {next(free)}", ""]
+        lines += [
+            "[[ceresdb.nodes]]",
+            f'name = "db{i}"',
+            f'host = "{HOSTS[i // 2]}"',
+            f"grpc_port = {next(free)}",
+            f"http_port = {next(free)}",
+            f"mysql_port = {next(free)}",
+            f"postgresql_port = {next(free)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -98,7 +124,9 @@ class View:
             self.conn = None
 
 
-def first_time(view: View, holds: Callable[[dict[str, str]], bool], timeout_s: float, interval_s: float) -> float:
+def first_time(
+    view: View, holds: Callable[[dict[str, str]], bool], timeout_s: float, interval_s: float
+) -> float:
     """time.time() of the first answer whose node states satisfy `holds`; a fresh View per watcher."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -135,17 +163,26 @@ class Machines:
     def start(self) -> None:
         self.pool = Engines(docker.from_env(), versions=[VERSION])
         self.engines = dict(zip(HOSTS, self.pool.start(3), strict=True))
-        self.proxies = {host: [Proxy(HOSTS[i], self.client_ports[i], host=host).__enter__() for i in range(3)]
-                        for host in HOSTS}
+        self.proxies = {
+            host: [Proxy(HOSTS[i], self.client_ports[i], host=host).__enter__() for i in range(3)]
+            for host in HOSTS
+        }
         self.ticks = [FastTicks(e.client, self.name).__enter__() for e in self.engines.values()]
         for host in HOSTS:
             self.start_agent(host)
 
     def start_agent(self, host: str) -> None:
         store = ",".join(f"http://{p.address}" for p in self.proxies[host])
-        self.agents[host] = common.start_daemon(self.config, self.name, self.state, self.state / f"agent-{host}.log",
-                                                host=host, listen=self.listen[host], docker_url=self.engines[host].url,
-                                                store=store)
+        self.agents[host] = common.start_daemon(
+            self.config,
+            self.name,
+            self.state,
+            self.state / f"agent-{host}.log",
+            host=host,
+            listen=self.listen[host],
+            docker_url=self.engines[host].url,
+            store=store,
+        )
 
     def client(self, node: str) -> docker.DockerClient:
         return self.engines[self.hosts[node]].client
@@ -172,7 +209,9 @@ class Machines:
         return True
 
     def wait_healthy(self, timeout_s: float = 240) -> None:
-        common.wait_for(self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.25)
+        common.wait_for(
+            self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.25
+        )
 
     def close(self) -> None:
         for ticks in self.ticks:
@@ -214,9 +253,16 @@ def measure_change(m: Machines, samples: int) -> tuple[dict[str, list[float]], i
         steadily_healthy([View(m.agents[host].url) for host in seen], node, 2, 180)
         pid = common.main_pid(m.client(node), f"ceres-{m.name}-{node}")
         with ThreadPoolExecutor(len(seen)) as pool:
-            watchers = {host: pool.submit(first_time, View(m.agents[host].url),
-                                          lambda s, node=node: s.get(node, "healthy") != "healthy", 10, 0.005)
-                        for host in seen}
+            watchers = {
+                host: pool.submit(
+                    first_time,
+                    View(m.agents[host].url),
+                    lambda s, node=node: s.get(node, "healthy") != "healthy",
+                    10,
+                    0.005,
+                )
+                for host in seen
+            }
             time.sleep(0.1)  # both watchers polling
             killed = time.time()
             os.kill(pid, signal.SIGKILL)
@@ -227,8 +273,11 @@ def measure_change(m: Machines, samples: int) -> tuple[dict[str, list[float]], i
             continue
         for host, elapsed in times.items():
             seen[host].append(elapsed)
-        print(f"change {len(seen[HOSTS[2]])}/{samples} ({node}): host 1 {times[HOSTS[0]]:.0f} ms, "
-              f"host 3 {times[HOSTS[2]]:.0f} ms", flush=True)
+        print(
+            f"change {len(seen[HOSTS[2]])}/{samples} ({node}): host 1 {times[HOSTS[0]]:.0f} ms, "
+            f"host 3 {times[HOSTS[2]]:.0f} ms",
+            flush=True,
+        )
     return seen, discarded
 
 
@@ -240,18 +289,28 @@ def measure_agent_down(m: Machines, samples: int) -> list[dict[str, float]]:
         mine = m.nodes_of(victim)
         m.wait_healthy()
         with ThreadPoolExecutor(len(HOSTS) - 1) as pool:
-            watchers = {host: pool.submit(first_time, View(m.agents[host].url),
-                                          lambda s, mine=mine: all(s.get(n) == "unknown" for n in mine),
-                                          AGENT_TTL_S + 20, 0.02)
-                        for host in HOSTS if host != victim}
+            watchers = {
+                host: pool.submit(
+                    first_time,
+                    View(m.agents[host].url),
+                    lambda s, mine=mine: all(s.get(n) == "unknown" for n in mine),
+                    AGENT_TTL_S + 20,
+                    0.02,
+                )
+                for host in HOSTS
+                if host != victim
+            }
             time.sleep(0.1)
             killed = time.time()
             os.kill(m.agents[victim].process.pid, signal.SIGKILL)
             m.agents[victim].process.wait(10)
             sample = {host: watcher.result() - killed for host, watcher in watchers.items()}
         out.append(sample)
-        print(f"agent {victim} killed: its nodes unknown after " +
-              ", ".join(f"{s:.2f} s on {h}" for h, s in sample.items()), flush=True)
+        print(
+            f"agent {victim} killed: its nodes unknown after "
+            + ", ".join(f"{s:.2f} s on {h}" for h, s in sample.items()),
+            flush=True,
+        )
         m.start_agent(victim)
     m.wait_healthy()
     return out
@@ -265,10 +324,17 @@ def measure_docker_frozen(m: Machines, samples: int) -> list[dict[str, float]]:
         mine = m.nodes_of(victim)
         m.wait_healthy()
         with ThreadPoolExecutor(len(HOSTS) - 1) as pool:
-            watchers = {host: pool.submit(first_time, View(m.agents[host].url),
-                                          lambda s, mine=mine: all(s.get(n) == "unknown" for n in mine),
-                                          AGENT_TTL_S + 20, 0.02)
-                        for host in HOSTS if host != victim}
+            watchers = {
+                host: pool.submit(
+                    first_time,
+                    View(m.agents[host].url),
+                    lambda s, mine=mine: all(s.get(n) == "unknown" for n in mine),
+                    AGENT_TTL_S + 20,
+                    0.02,
+                )
+                for host in HOSTS
+                if host != victim
+            }
             time.sleep(0.1)
             frozen = time.time()
             m.engines[victim].freeze()
@@ -277,8 +343,11 @@ def measure_docker_frozen(m: Machines, samples: int) -> list[dict[str, float]]:
             finally:
                 m.engines[victim].thaw()
         out.append(sample)
-        print(f"docker on {victim} frozen: its nodes unknown after " +
-              ", ".join(f"{s:.2f} s on {h}" for h, s in sample.items()), flush=True)
+        print(
+            f"docker on {victim} frozen: its nodes unknown after "
+            + ", ".join(f"{s:.2f} s on {h}" for h, s in sample.items()),
+            flush=True,
+        )
     m.wait_healthy()
     return out
 
@@ -314,15 +383,20 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
     finally:
         m.close()
 
-    note = (f"Three agents on one machine (2 cores shared by 3 daemons and 9 containers), CeresDB {VERSION} "
-            "stand-ins; the meta stand-ins' scheduler tick is 0.5 s (real: 5 s) so that shards reopen sooner "
-            "between samples (testkit.standins.FastTicks).")
+    note = (
+        f"Three agents on one machine (2 cores shared by 3 daemons and 9 containers), CeresDB {VERSION} "
+        "stand-ins; the meta stand-ins' scheduler tick is 0.5 s (real: 5 s) so that shards reopen sooner "
+        "between samples (testkit.standins.FastTicks)."
+    )
     run.table(
         f"Several machines: idle cost per agent, 3 meta + 6 CeresDB healthy ({idle_s} s)",
         ["agent (--host)", "its nodes", "CPU s", "% of one core", "RSS MiB (max)"],
-        [[host, ", ".join(m.nodes_of(host)), f"{i.cpu_s:.3f}", f"{i.percent:.2f}", f"{i.rss_max_mib:.1f}"]
-         for host, i in zip(HOSTS, idle, strict=True)],
-        settings, note + f" Each agent keeps its etcd lease alive every agent_ttl/3 ({AGENT_TTL_S / 3:.1f} s) "
+        [
+            [host, ", ".join(m.nodes_of(host)), f"{i.cpu_s:.3f}", f"{i.percent:.2f}", f"{i.rss_max_mib:.1f}"]
+            for host, i in zip(HOSTS, idle, strict=True)
+        ],
+        settings,
+        note + f" Each agent keeps its etcd lease alive every agent_ttl/3 ({AGENT_TTL_S / 3:.1f} s) "
         "and watches the others' records.",
     )
     rows = []
@@ -332,24 +406,42 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
     worst_median = max(summary(v)["median"] for v in latency.values())
     run.table(
         "Several machines: GET /v1/cluster latency, idle cluster",
-        ["agent", "n", "min ms", "median ms", "p95 ms", "p99 ms", "max ms"], rows, settings,
+        ["agent", "n", "min ms", "median ms", "p95 ms", "p99 ms", "max ms"],
+        rows,
+        settings,
         "Sequential requests on one keep-alive connection, one agent after the other. Target: median under 10 ms.",
     )
-    run.target("cluster-latency", f"median {worst_median:.2f} ms on the slowest agent, p99 "
-               f"{max(summary(v)['p99'] for v in latency.values()):.2f} ms (n=1000 each)", worst_median < 10, settings)
+    run.target(
+        "cluster-latency",
+        f"median {worst_median:.2f} ms on the slowest agent, p99 "
+        f"{max(summary(v)['p99'] for v in latency.values()):.2f} ms (n=1000 each)",
+        worst_median < 10,
+        settings,
+    )
 
     s1, s3 = summary(change[HOSTS[0]]), summary(change[HOSTS[2]])
     run.table(
         "Several machines: a host-1 CeresDB node SIGKILLed, seen not healthy in /v1/cluster",
         ["seen on", "n", "min ms", "median ms", "p95 ms", "max ms"],
-        [[f"{label} ({host})", s["n"], *(common.ms(s[k]) for k in ("min", "median", "p95", "max"))]
-         for label, host, s in (("host 1, its own agent", HOSTS[0], s1), ("host 3, another agent", HOSTS[2], s3))],
-        settings, note + " Each kill follows 2 s of the node `healthy` in both views; from the kill to the first "
+        [
+            [f"{label} ({host})", s["n"], *(common.ms(s[k]) for k in ("min", "median", "p95", "max"))]
+            for label, host, s in (
+                ("host 1, its own agent", HOSTS[0], s1),
+                ("host 3, another agent", HOSTS[2], s3),
+            )
+        ],
+        settings,
+        note + " Each kill follows 2 s of the node `healthy` in both views; from the kill to the first "
         f"answer showing it in another state (polled every 5 ms). Kills discarded because the node left "
         f"`healthy` before the kill (reopening its shards): {discarded}. Target: host 3 median under 250 ms.",
     )
-    run.target("cluster-change", f"{s3['median']:.0f} ms median on host 3, {s3['p95']:.0f} ms p95 (n={s3['n']}); "
-               f"host 1 itself: {s1['median']:.0f} ms", s3["median"] < 250, settings)
+    run.target(
+        "cluster-change",
+        f"{s3['median']:.0f} ms median on host 3, {s3['p95']:.0f} ms p95 (n={s3['n']}); "
+        f"host 1 itself: {s1['median']:.0f} ms",
+        s3["median"] < 250,
+        settings,
+    )
 
     observers = sorted({h for sample in down for h in sample})
     rows = []
@@ -360,14 +452,21 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
     rows.append(["both other agents", both["n"], *(f"{both[k]:.2f}" for k in ("min", "median", "max"))])
     run.table(
         "Several machines: an agent SIGKILLed, its nodes `unknown` on the others",
-        ["seen on", "n", "min s", "median s", "max s"], rows, settings,
+        ["seen on", "n", "min s", "median s", "max s"],
+        rows,
+        settings,
         f"Agents on hosts 2, 3, 1 killed in turn; the others watch their records in etcd, bound to the dead "
         f"agent's lease (TTL agent_ttl = {AGENT_TTL_S} s, kept alive every {AGENT_TTL_S / 3:.1f} s, so it "
         f"expires {AGENT_TTL_S * 2 / 3:.1f}-{AGENT_TTL_S} s after the kill). Polled every 20 ms. Target: within "
         f"agent_ttl + 1 s = {AGENT_TTL_S + 1} s.",
     )
-    run.target("cluster-agent", f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other agents "
-               f"(n={both['n']}; agent_ttl {AGENT_TTL_S} s)", both["max"] <= AGENT_TTL_S + 1, settings)
+    run.target(
+        "cluster-agent",
+        f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other agents "
+        f"(n={both['n']}; agent_ttl {AGENT_TTL_S} s)",
+        both["max"] <= AGENT_TTL_S + 1,
+        settings,
+    )
 
     rows = []
     for host in sorted({h for sample in frozen for h in sample}):
@@ -377,16 +476,23 @@ def main(changes: int, agent_kills: int, idle_s: int) -> None:
     rows.append(["both other agents", both["n"], *(f"{both[k]:.2f}" for k in ("min", "median", "max"))])
     run.table(
         "Several machines: one machine's Docker Engine frozen, its nodes `unknown` on the others",
-        ["seen on", "n", "min s", "median s", "max s"], rows, settings,
+        ["seen on", "n", "min s", "median s", "max s"],
+        rows,
+        settings,
         f"The dockerd of hosts 2, 3, 1 in turn SIGSTOPped (its containers keep running); its agent's observation "
         f"of Docker times out after agent_ttl/3 and the cycle publishes its nodes `unknown`. Polled every 20 ms. "
         f"Target: within agent_ttl + 1 s = {AGENT_TTL_S + 1} s.",
     )
-    run.target("cluster-docker-frozen", f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other "
-               f"agents (n={both['n']}; agent_ttl {AGENT_TTL_S} s)", both["max"] <= AGENT_TTL_S + 1, settings)
+    run.target(
+        "cluster-docker-frozen",
+        f"{both['median']:.2f} s median, {both['max']:.2f} s at most, on both other "
+        f"agents (n={both['n']}; agent_ttl {AGENT_TTL_S} s)",
+        both["max"] <= AGENT_TTL_S + 1,
+        settings,
+    )
     run.save()
 
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:]]
-    main(*(args + [20, 5, 60][len(args):]))
+    main(*(args + [20, 5, 60][len(args) :]))

@@ -62,7 +62,7 @@ def crashed_since(events: list[DockerEvent], node: str, at: float) -> float | No
     no stop by choice since its last start); None when it was running or stopped by choice."""
     since_start = [e for e in events if e.node == node and e.at < at]
     starts = [i for i, e in enumerate(since_start) if e.action == "start"]
-    tail = since_start[starts[-1] + 1:] if starts else since_start
+    tail = since_start[starts[-1] + 1 :] if starts else since_start
     dies = [e for e in tail if e.action == "die"]
     chosen = [e for e in tail if e.action == "kill"]
     return dies[-1].at if dies and not chosen else None
@@ -80,8 +80,13 @@ def beside_crashes(recorded: DockerEvents) -> list[tuple[str, str]]:
                 continue
             since = crashed_since(events, other, stop.at)
             if since is not None and stop.at - since > DECISION_S:
-                found.append((role, f"{stop.node} stopped at {stop.at:.2f} while {other} had been down "
-                                    f"{stop.at - since:.1f} s"))
+                found.append(
+                    (
+                        role,
+                        f"{stop.node} stopped at {stop.at:.2f} while {other} had been down "
+                        f"{stop.at - since:.1f} s",
+                    )
+                )
     return found
 
 
@@ -91,7 +96,9 @@ def outcomes(recorded: DockerEvents, harms: list[tuple[float, str]]) -> tuple[Co
     ended: Counter[str] = Counter()
     delays = []
     for at, container in harms:
-        after = [e for e in recorded.of() if e.container == container and e.at > at and e.action in ("kill", "die")]
+        after = [
+            e for e in recorded.of() if e.container == container and e.at > at and e.action in ("kill", "die")
+        ]
         if not after:
             ended["nothing"] += 1
         elif after[0].action == "kill":
@@ -113,8 +120,12 @@ def pauses_lost(recorded: DockerEvents, windows: list[tuple[str, float, float]])
     """Operator pauses a supervisor did not keep: a `kill` or `start` of the node while paused."""
     lost = []
     for node, paused, resumed in windows:
-        touched = [e for e in recorded.of(node, ("kill", "start")) if paused + PAUSE_SETTLE_S < e.at < resumed]
-        lost += [f"{node}: {e.action} at {e.at:.2f} while paused ({paused:.2f}-{resumed:.2f})" for e in touched]
+        touched = [
+            e for e in recorded.of(node, ("kill", "start")) if paused + PAUSE_SETTLE_S < e.at < resumed
+        ]
+        lost += [
+            f"{node}: {e.action} at {e.at:.2f} while paused ({paused:.2f}-{resumed:.2f})" for e in touched
+        ]
     return lost
 
 
@@ -143,7 +154,9 @@ class Chaos:
         found = []
         for client in self.m.clients():
             try:
-                found += client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.m.name}"})
+                found += client.containers.list(
+                    all=True, filters={"label": f"io.ceres-supervisor.cluster={self.m.name}"}
+                )
             except (docker.errors.DockerException, OSError):
                 continue  # a frozen engine: its containers are left alone this step
         return found
@@ -165,7 +178,9 @@ class Chaos:
         if self.operator is not None and now >= self.operator[2]:
             node, paused, _ = self.operator
             other = self.rng.choice([h for h in cluster.HOSTS if h != self.m.hosts[node]])
-            code, _body = common.http_post(f"{self.m.agents[other].url}/v1/nodes/{node}/resume", {"who": "cli"})
+            code, _body = common.http_post(
+                f"{self.m.agents[other].url}/v1/nodes/{node}/resume", {"who": "cli"}
+            )
             self.pauses.append((node, paused, time.time()))
             self.say(f"operator resumed {node} through {other} (HTTP {code})")
             self.operator = None
@@ -233,7 +248,9 @@ class Chaos:
             self.idle += 1
             self.say("idle: nothing to harm")
             return
-        kind = self.rng.choices(kinds, weights=[{"kill": 4, "pause": 2, "freeze": 2, "agent": 1}[k] for k in kinds])[0]
+        kind = self.rng.choices(
+            kinds, weights=[{"kill": 4, "pause": 2, "freeze": 2, "agent": 1}[k] for k in kinds]
+        )[0]
         if kind == "agent":
             host = self.rng.choice(cluster.HOSTS)
             agent = self.m.agents[host]
@@ -298,14 +315,19 @@ def main(seconds: int, seed: int) -> None:
             try:
                 # Healthy as the agents see it is not enough: a pause made just before the end is
                 # not noticed yet. Every pause and freeze must have been ended (by a stop) first.
-                common.wait_for(lambda: not outcomes(recorded, chaos.harms)[0]["nothing"] and m.healthy_everywhere(),
-                                RECOVERY_S, "every pause and freeze ended, every agent seeing the cluster healthy",
-                                0.25)
+                common.wait_for(
+                    lambda: not outcomes(recorded, chaos.harms)[0]["nothing"] and m.healthy_everywhere(),
+                    RECOVERY_S,
+                    "every pause and freeze ended, every agent seeing the cluster healthy",
+                    0.25,
+                )
                 recovered_s = time.monotonic() - ended
             except TimeoutError as err:
                 left = outcomes(recorded, chaos.harms)[0]["nothing"]
-                stuck = (f"{err}; pauses and freezes not ended: {left}; states: "
-                         f"{[cluster.View(d.url).states() for d in m.agents.values()]}")
+                stuck = (
+                    f"{err}; pauses and freezes not ended: {left}; states: "
+                    f"{[cluster.View(d.url).states() for d in m.agents.values()]}"
+                )
             recorded.check()
             overlap = {role: recorded.most_down_at_once(role)[0] for role in ("meta", "ceresdb")}
             stops = Counter(e.role for e in recorded.chosen_stops())
@@ -321,8 +343,10 @@ def main(seconds: int, seed: int) -> None:
     run.table(
         f"Several machines: {seconds} s of chaos, stops by choice against the budget (max_unavailable = 1)",
         ["role", "stops by choice", "containers died", "most down by choice at once", "stops beside a crash"],
-        [[role, stops[role], crashes[role], overlap[role], sum(1 for r, _ in beside if r == role)]
-         for role in ("meta", "ceresdb")],
+        [
+            [role, stops[role], crashes[role], overlap[role], sum(1 for r, _ in beside if r == role)]
+            for role in ("meta", "ceresdb")
+        ],
         settings,
         f"Seed {seed}. Faults injected: {faults}; missed (the target died or changed under the step): {missed}; "
         f"idle steps (an agent down and nothing else allowed to harm): {chaos.idle}. "
@@ -330,25 +354,42 @@ def main(seconds: int, seed: int) -> None:
         f"`start`; 'beside a crash': another node of the role not running for more than {DECISION_S:g} s at the "
         "stop (a death younger than that may not have reached the deciding agent). Pauses and freezes ended by: "
         + (", ".join(f"{k} {v}" for k, v in sorted(ended.items())) or "none injected")
-        + (f" (the stop came {summary(delays)['median']:.1f} s after the fault, median; {max(delays):.1f} s at most)"
-           if delays else "")
+        + (
+            f" (the stop came {summary(delays)['median']:.1f} s after the fault, median; {max(delays):.1f} s at most)"
+            if delays
+            else ""
+        )
         + ". Recovery after the chaos: "
-        + (f"every pause and freeze was ended and every agent saw the whole cluster healthy {recovered_s:.1f} s "
-           "after the last fault."
-           if recovered_s is not None else f"NOT within {RECOVERY_S:g} s: {stuck}")
+        + (
+            f"every pause and freeze was ended and every agent saw the whole cluster healthy {recovered_s:.1f} s "
+            "after the last fault."
+            if recovered_s is not None
+            else f"NOT within {RECOVERY_S:g} s: {stuck}"
+        )
         + ("" if not beside else " Stops beside a crash: " + "; ".join(what for _, what in beside))
-        + f" Operator pauses: {len(chaos.pauses)}, lost: {len(lost)}" + (": " + "; ".join(lost) if lost else "."),
+        + f" Operator pauses: {len(chaos.pauses)}, lost: {len(lost)}"
+        + (": " + "; ".join(lost) if lost else "."),
     )
-    met = all(v <= MAX_UNAVAILABLE for v in overlap.values()) and not beside and not lost and recovered_s is not None
-    run.target("cluster-chaos",
-               f"{sum(stops.values())} stops by choice in {seconds} s ({sum(chaos.faults.values())} faults): "
-               f"at most {max(overlap.values())} node(s) of a role down by choice at once, {len(beside)} beside "
-               f"a crash, {len(lost)} of {len(chaos.pauses)} operator pauses lost; "
-               + (f"healthy {recovered_s:.0f} s after" if recovered_s is not None else "not recovered"),
-               met, settings)
+    met = (
+        all(v <= MAX_UNAVAILABLE for v in overlap.values())
+        and not beside
+        and not lost
+        and recovered_s is not None
+    )
+    run.target(
+        "cluster-chaos",
+        f"{sum(stops.values())} stops by choice in {seconds} s ({sum(chaos.faults.values())} faults): "
+        f"at most {max(overlap.values())} node(s) of a role down by choice at once, {len(beside)} beside "
+        f"a crash, {len(lost)} of {len(chaos.pauses)} operator pauses lost; "
+        + (f"healthy {recovered_s:.0f} s after" if recovered_s is not None else "not recovered"),
+        met,
+        settings,
+    )
     run.save()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 600,
-         int(sys.argv[2]) if len(sys.argv) > 2 else int(time.time()))
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 600,
+        int(sys.argv[2]) if len(sys.argv) > 2 else int(time.time()),
+    )

@@ -60,8 +60,13 @@ def floor(client: docker.DockerClient) -> float:
         common.wait_for(lambda: meta_ready(spec), 120, "meta ready (by hand)")
         with ThreadPoolExecutor(3) as pool:
             list(pool.map(lambda n: runner.run(spec, n.name), spec.ceresdb.nodes))
-        done = common.wait_for(lambda: all(common.http_get(f"http://{n.host}:{n.http_port}/", 0.5)[0] == 200
-                                           for n in spec.ceresdb.nodes), 120, "CeresDB answering (by hand)")
+        done = common.wait_for(
+            lambda: all(
+                common.http_get(f"http://{n.host}:{n.http_port}/", 0.5)[0] == 200 for n in spec.ceresdb.nodes
+            ),
+            120,
+            "CeresDB answering (by hand)",
+        )
         return done - started
     finally:
         runner.cleanup()
@@ -83,7 +88,7 @@ def main(reps: int) -> None:
     by_hand: list[float] = []
     by_supervisor: list[float] = []
     for rep in range(reps):
-        for who in (("floor", "supervisor") if rep % 2 == 0 else ("supervisor", "floor")):
+        for who in ("floor", "supervisor") if rep % 2 == 0 else ("supervisor", "floor"):
             samples = by_hand if who == "floor" else by_supervisor
             samples.append(floor(client) if who == "floor" else supervised())
             print(f"rep {rep + 1}/{reps} {who}: {samples[-1]:.2f} s", flush=True)
@@ -92,15 +97,26 @@ def main(reps: int) -> None:
     run.table(
         "Cold start: 3 meta + 3 CeresDB nodes, supervisor vs the floor",
         ["who", "n", "min s", "median s", "max s"],
-        [["floor (by hand, same checks)", f["n"], *(f"{f[k]:.2f}" for k in ("min", "median", "max"))],
-         ["ceres-supervisor (from process spawn)", s["n"], *(f"{s[k]:.2f}" for k in ("min", "median", "max"))]],
+        [
+            ["floor (by hand, same checks)", f["n"], *(f"{f[k]:.2f}" for k in ("min", "median", "max"))],
+            [
+                "ceres-supervisor (from process spawn)",
+                s["n"],
+                *(f"{s[k]:.2f}" for k in ("min", "median", "max")),
+            ],
+        ],
         f"{settings} (the floor: no supervisor)",
         f"Median difference: **{difference:.2f} s** (target: within 2 s of the floor). Both are dominated by "
         "etcd's election (3 s timeout) and CeresMeta creating the cluster 2 s after election. Repetitions "
         "alternate who goes first; each starts from empty state.",
     )
-    run.target("coldstart", f"{s['median']:.2f} s vs the floor's {f['median']:.2f} s: {difference:+.2f} s "
-               f"(n={reps} each, interleaved)", difference <= 2, settings)
+    run.target(
+        "coldstart",
+        f"{s['median']:.2f} s vs the floor's {f['median']:.2f} s: {difference:+.2f} s "
+        f"(n={reps} each, interleaved)",
+        difference <= 2,
+        settings,
+    )
     run.save()
 
 

@@ -66,8 +66,10 @@ def machine() -> str:
     client = docker.from_env()
     engine = client.version().get("Version", "?")
     client.close()
-    return (f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
-            f"Docker Engine {engine}")
+    return (
+        f"{os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"Docker Engine {engine}"
+    )
 
 
 def changed_settings(settings: Mapping[str, object]) -> str:
@@ -75,8 +77,11 @@ def changed_settings(settings: Mapping[str, object]) -> str:
     defaults of SupervisorSection, as written in the file. `listen` is only where the API is."""
     defaults = SupervisorSection()
     parsed = SupervisorSection.model_validate({**settings, "listen": defaults.listen})
-    changed = [f"{key}={value}" for key, value in settings.items()
-               if key != "listen" and getattr(parsed, key) != getattr(defaults, key)]
+    changed = [
+        f"{key}={value}"
+        for key, value in settings.items()
+        if key != "listen" and getattr(parsed, key) != getattr(defaults, key)
+    ]
     return ", ".join(changed) or "none"
 
 
@@ -102,10 +107,16 @@ class Run:
             "figures": {},
         }
 
-    def table(self, title: str, headers: list[str], rows: list[list[object]], settings: str,
-              notes: str = "") -> None:
-        table = {"title": title, "settings": settings, "headers": headers,
-                 "rows": [[str(cell) for cell in row] for row in rows], "notes": notes}
+    def table(
+        self, title: str, headers: list[str], rows: list[list[object]], settings: str, notes: str = ""
+    ) -> None:
+        table = {
+            "title": title,
+            "settings": settings,
+            "headers": headers,
+            "rows": [[str(cell) for cell in row] for row in rows],
+            "notes": notes,
+        }
         self.doc["tables"].append(table)
         print("\n" + report.table_markdown(self.doc, table), flush=True)
 
@@ -122,7 +133,10 @@ class Run:
         report.RESULTS_DIR.mkdir(exist_ok=True)
         path = report.RESULTS_DIR / f"{self.doc['script']}.json"
         path.write_text(json.dumps(self.doc, indent=1) + "\n")
-        print(f"{self.doc['script']}.py took {report.duration(self.doc['duration_s'])}; saved {path}", flush=True)
+        print(
+            f"{self.doc['script']}.py took {report.duration(self.doc['duration_s'])}; saved {path}",
+            flush=True,
+        )
 
 
 def figure(script: str, key: str) -> float | None:
@@ -144,8 +158,9 @@ def http_get(url: str, timeout_s: float = 1.0) -> tuple[int, bytes]:
 
 def http_post(url: str, body: dict[str, object], timeout_s: float = 10.0) -> tuple[int, bytes]:
     """POST a JSON body; (status, answer); (0, the error) when nothing answered."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, response.read()
@@ -247,8 +262,14 @@ class Daemon:
 
     def first_event(self, node: str, type_: str, since: float) -> dict[str, Any] | None:
         """The first `type_` event of `node` at or after `since` (epoch seconds; the API has ms)."""
-        return next((e for e in self.events() if e["node"] == node and e["type"] == type_
-                     and epoch(e["at"]) >= since - 0.001), None)
+        return next(
+            (
+                e
+                for e in self.events()
+                if e["node"] == node and e["type"] == type_ and epoch(e["at"]) >= since - 0.001
+            ),
+            None,
+        )
 
     def ready(self) -> bool:
         return http_get(f"{self.url}/readyz", 0.5)[0] == 200
@@ -264,23 +285,39 @@ class Daemon:
 
 
 def supervisor_table(settings: Mapping[str, object]) -> str:
-    return "[supervisor]\n" + "".join(f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n"
-                                      for k, v in settings.items())
+    return "[supervisor]\n" + "".join(
+        f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n" for k, v in settings.items()
+    )
 
 
-def cluster_text(meta: int, db: int, supervisor: Mapping[str, object] | None = None,
-                 version: str = "1.2.2") -> tuple[str, str, Path]:
+def cluster_text(
+    meta: int, db: int, supervisor: Mapping[str, object] | None = None, version: str = "1.2.2"
+) -> tuple[str, str, Path]:
     """(the file, the cluster name, its state directory) of a new stand-in cluster on free ports."""
     name = f"b{uuid.uuid4().hex[:8]}"
     state = STATE_ROOT / name
     settings = {"listen": f"127.0.0.1:{free_ports(1)[0]}", **(supervisor or {})}
-    text = cluster_toml(meta=meta, db=db, version=version, cluster_name=name, state_dir=str(state),
-                        extra=supervisor_table(settings))
+    text = cluster_toml(
+        meta=meta,
+        db=db,
+        version=version,
+        cluster_name=name,
+        state_dir=str(state),
+        extra=supervisor_table(settings),
+    )
     return text, name, state
 
 
-def start_daemon(config: Path, name: str, state: Path, log: Path, host: str | None = None,
-                 listen: str | None = None, docker_url: str | None = None, store: str | None = None) -> Daemon:
+def start_daemon(
+    config: Path,
+    name: str,
+    state: Path,
+    log: Path,
+    host: str | None = None,
+    listen: str | None = None,
+    docker_url: str | None = None,
+    store: str | None = None,
+) -> Daemon:
     args = [str(SUPERVISOR), "run", "-c", str(config), "--log-level", "warning"]
     args += ["--host", host] if host else []
     args += ["--listen", listen] if listen else []
@@ -346,10 +383,17 @@ def start_peer(d: Daemon, client: docker.DockerClient, name: str = "peer") -> tu
     (d.state / f"{name}-data").mkdir(exist_ok=True)
     container = f"bench-{name}-{d.name}"
     client.containers.run(
-        spec.ceresdb.image, detach=True, name=container, network_mode="host",
-        environment=node.env, restart_policy={"Name": "always"}, labels={BENCH_LABEL: d.name},
-        volumes={str(d.state / name / node.config_name): {"bind": node.config_mount, "mode": "ro"},
-                 str(d.state / f"{name}-data"): {"bind": node.data_mount, "mode": "rw"}},
+        spec.ceresdb.image,
+        detach=True,
+        name=container,
+        network_mode="host",
+        environment=node.env,
+        restart_policy={"Name": "always"},
+        labels={BENCH_LABEL: d.name},
+        volumes={
+            str(d.state / name / node.config_name): {"bind": node.config_mount, "mode": "ro"},
+            str(d.state / f"{name}-data"): {"bind": node.data_mount, "mode": "rw"},
+        },
     )
     return container, f"http://127.0.0.9:{http}/"
 

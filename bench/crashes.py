@@ -48,8 +48,9 @@ def expected_delays(crashes: int) -> list[tuple[float, bool]]:
     return out
 
 
-def series(client: docker.DockerClient, events: common.StartEvents, container: str, url: str,
-           timeouts_s: list[float]) -> list[dict[str, float]]:
+def series(
+    client: docker.DockerClient, events: common.StartEvents, container: str, url: str, timeouts_s: list[float]
+) -> list[dict[str, float]]:
     """Kill as soon as it answers, len(timeouts_s) times: per crash the kill's time (epoch s),
     kill -> running and kill -> answering (s)."""
     common.wait_for(lambda: common.answers(url), 120, f"{container} answering", 0.005)
@@ -61,8 +62,13 @@ def series(client: docker.DockerClient, events: common.StartEvents, container: s
         os.kill(pid, signal.SIGKILL)
         start_ns = events.wait(container, before, timeout_s)
         answered = common.wait_for(lambda: common.answers(url), 60, f"{container} answering", 0.005)
-        out.append({"killed": killed_ns / 1e9, "running": (start_ns - killed_ns) / 1e9,
-                    "http": answered - killed_ns / 1e9})
+        out.append(
+            {
+                "killed": killed_ns / 1e9,
+                "running": (start_ns - killed_ns) / 1e9,
+                "http": answered - killed_ns / 1e9,
+            }
+        )
     return out
 
 
@@ -103,15 +109,20 @@ def main(n_series: int, crashes: int) -> None:
                 db0 = spec.ceresdb.nodes[0]
                 supervised = (f"ceres-{spec.cluster.name}-db0", f"http://{db0.host}:{db0.http_port}/")
                 peer = common.start_peer(d, client)
-                for who in (("supervisor", "docker") if i % 2 == 0 else ("docker", "supervisor")):
+                for who in ("supervisor", "docker") if i % 2 == 0 else ("docker", "supervisor"):
                     if who == "supervisor":
                         sup.append(series(client, events, *supervised, timeouts))
                         chosen.append(chosen_delays(d, [c["killed"] for c in sup[-1]]))
                     else:
                         dock.append(series(client, events, *peer, [30.0] * crashes))
-            print(f"series {i + 1}/{n_series}: supervisor kill -> running "
-                  + ", ".join(f"{c['running']:.2f}" for c in sup[-1]) + " s; Docker "
-                  + ", ".join(f"{c['running']:.2f}" for c in dock[-1]) + " s", flush=True)
+            print(
+                f"series {i + 1}/{n_series}: supervisor kill -> running "
+                + ", ".join(f"{c['running']:.2f}" for c in sup[-1])
+                + " s; Docker "
+                + ", ".join(f"{c['running']:.2f}" for c in dock[-1])
+                + " s",
+                flush=True,
+            )
 
     rows, matched = [], 0
     for k, (nominal, loop) in enumerate(expected):
@@ -120,19 +131,33 @@ def main(n_series: int, crashes: int) -> None:
         matched += sum(1 for n, delay in picks if n == k + 1 and low <= delay <= high)
         delays = [delay for _n, delay in picks]
         spec_text = "0" if nominal == 0 else f"{nominal:g} ({nominal * 0.8:g}-{nominal * 1.2:g})"
-        rows.append([
-            k + 1, spec_text + (", crashloop" if loop else ""),
-            f"{min(delays):.1f}-{max(delays):.1f}" if delays else "?",
-            median(sup, k, "running"), median(sup, k, "http"),
-            f"{DOCKER_BACKOFF_S * 2 ** k:g}", median(dock, k, "running"), median(dock, k, "http"),
-        ])
+        rows.append(
+            [
+                k + 1,
+                spec_text + (", crashloop" if loop else ""),
+                f"{min(delays):.1f}-{max(delays):.1f}" if delays else "?",
+                median(sup, k, "running"),
+                median(sup, k, "http"),
+                f"{DOCKER_BACKOFF_S * 2**k:g}",
+                median(dock, k, "running"),
+                median(dock, k, "http"),
+            ]
+        )
     run.table(
         f"Repeated crashes: the same node SIGKILLed {crashes} times in a row, supervisor vs Docker "
         f"(medians of {n_series} series)",
-        ["crash", "supervisor backoff by its rules s", "supervisor delay chosen s (min-max)",
-         "supervisor kill -> running s", "supervisor kill -> answering s", "Docker backoff s",
-         "Docker kill -> running s", "Docker kill -> answering s"],
-        rows, f"{settings} (the supervisor's defaults; Docker: its own policy)",
+        [
+            "crash",
+            "supervisor backoff by its rules s",
+            "supervisor delay chosen s (min-max)",
+            "supervisor kill -> running s",
+            "supervisor kill -> answering s",
+            "Docker backoff s",
+            "Docker kill -> running s",
+            "Docker kill -> answering s",
+        ],
+        rows,
+        f"{settings} (the supervisor's defaults; Docker: its own policy)",
         "The supervisor's backoff is a choice, not a defect, and must match its rules exactly: the "
         "1st failure restarts at once, the n-th waits backoff_initial x 2^(n-2) +-20 %, and the "
         f"crashloop_failures-th failure within crashloop_window ({DEFAULTS.crashloop_failures} within "
@@ -143,11 +168,17 @@ def main(n_series: int, crashes: int) -> None:
         f"supervisor **{total(sup):.1f} s**, Docker **{total(dock):.1f} s**.",
     )
     supervisor, docker_ = ", ".join(r[3] for r in rows), ", ".join(r[6] for r in rows)
-    run.target("crashes", f"kill -> running, crash 1..{crashes}: supervisor {supervisor} s; Docker {docker_} s "
-               f"(medians, n={n_series}); backoff by its rules in {matched} of {n_series * crashes}",
-               (matched == n_series * crashes) if crashes >= ASKED_CRASHES else None, settings)
+    run.target(
+        "crashes",
+        f"kill -> running, crash 1..{crashes}: supervisor {supervisor} s; Docker {docker_} s "
+        f"(medians, n={n_series}); backoff by its rules in {matched} of {n_series * crashes}",
+        (matched == n_series * crashes) if crashes >= ASKED_CRASHES else None,
+        settings,
+    )
     run.save()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_CRASHES)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 5, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_CRASHES
+    )

@@ -46,14 +46,17 @@ state_dir = "/var/lib/ceres-supervisor"
 [[meta.nodes]]
 name = "meta0"
 host = "127.0.0.1"
-""" + "".join(f"""
+""" + "".join(
+    f"""
 [[ceresdb.nodes]]
 name = "db{i}"
 host = "127.0.0.1"
 grpc_port = {8831 + i}
 http_port = {5440 + i}
 mysql_port = {3307 + i}
-""" for i in range(3))
+"""
+    for i in range(3)
+)
 
 
 def healthy_snapshot(directory: Path) -> Snapshot:
@@ -62,26 +65,53 @@ def healthy_snapshot(directory: Path) -> Snapshot:
     path.write_text(CLUSTER)
     cluster = desired.build(loading.load(path).spec, lambda _ref: "", is_local=lambda _host: True)
     containers = {
-        n.name: ObservedContainer(id=f"id-{n.name}", name=f"ceres-x-{n.name}", node=n.name, role=n.role,
-                                  spec_hash=n.spec_hash, state="running", image="img",
-                                  started_at=datetime(2026, 11, 27, tzinfo=UTC))
+        n.name: ObservedContainer(
+            id=f"id-{n.name}",
+            name=f"ceres-x-{n.name}",
+            node=n.name,
+            role=n.role,
+            spec_hash=n.spec_hash,
+            state="running",
+            image="img",
+            started_at=datetime(2026, 11, 27, tzinfo=UTC),
+        )
         for n in cluster.nodes
     }
-    probes = {name: ProbeResult(True, "GET / 200", NOW, WALL, 0.001, c.run_key) for name, c in containers.items()}
+    probes = {
+        name: ProbeResult(True, "GET / 200", NOW, WALL, 0.001, c.run_key) for name, c in containers.items()
+    }
     assigned = {n.endpoint: (i, i + 3) for i, n in enumerate(cluster.ceresdb)}
     locks = {shard: ShardLock(endpoint, 7) for endpoint, shards in assigned.items() for shard in shards}
     alive = ProbeResult(True, "GET /api/v1/healthCheck 200", NOW, WALL)
     observation = Observation(
-        at=NOW, wall=WALL, containers=containers, orphans=(), engine_error=None, probes=probes,
+        at=NOW,
+        wall=WALL,
+        containers=containers,
+        orphans=(),
+        engine_error=None,
+        probes=probes,
         meta={m.name: MetaMemberProbe(alive, True) for m in cluster.meta},
         leader=MetaLeader(NOW, cluster.meta[0].name, True, ""),
-        leases=LeaseView(NOW, WALL, assigned, locks), busy={},
+        leases=LeaseView(NOW, WALL, assigned, locks),
+        busy={},
     )
-    records = {name: planning.NodeRecord(run_key=c.run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)
-               for name, c in containers.items()}
+    records = {
+        name: planning.NodeRecord(run_key=c.run_key, healthy_since=NOW - 300, last_probe_at=NOW - 1)
+        for name, c in containers.items()
+    }
     plan = planning.plan(cluster, observation, records, NOW, lambda: 0.0, Policy.of(SupervisorSection()))
-    return Snapshot(1, NOW, cluster, ReloadResult(True, None, None), 5.0, "127.0.0.1", observation, plan, records,
-                    coordination=Coordination(True, "ok", None, False))
+    return Snapshot(
+        1,
+        NOW,
+        cluster,
+        ReloadResult(True, None, None),
+        5.0,
+        "127.0.0.1",
+        observation,
+        plan,
+        records,
+        coordination=Coordination(True, "ok", None, False),
+    )
 
 
 def rss_mib() -> float:
@@ -110,8 +140,19 @@ def main(mode: str) -> None:
     for _ in range(CALLS):
         body, _type = metrics.exposition(None)
     cpu = time.process_time() - started
-    print(json.dumps({"before": before, "imported": imported, "built": built, "after": rss_mib(),
-                      "cpu_s": cpu, "bytes": len(body), "version": metadata.version("prometheus_client")}))
+    print(
+        json.dumps(
+            {
+                "before": before,
+                "imported": imported,
+                "built": built,
+                "after": rss_mib(),
+                "cpu_s": cpu,
+                "bytes": len(body),
+                "version": metadata.version("prometheus_client"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

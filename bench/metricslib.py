@@ -31,28 +31,39 @@ def main(reps: int) -> None:
     samples: dict[str, list[dict[str, float]]] = {mode: [] for mode, _label in MODES}
     for _ in range(reps):
         for mode, found in samples.items():
-            out = subprocess.run([sys.executable, str(CHILD), mode], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, str(CHILD), mode], capture_output=True, text=True, check=True
+            )
             found.append(json.loads(out.stdout))
 
     def median(mode: str, key: str) -> float:
         return statistics.median(s[key] for s in samples[mode])
 
     rows = []
-    for what, key, previous in (("the baseline (RSS MiB)", "before", None),
-                                ("+ `import prometheus_client`", "imported", "before"),
-                                ("+ `ceres_supervisor.surfaces.metrics` imported, `Metrics(...)` built", "built", "imported"),
-                                (f"+ {CALLS} `exposition()` calls", "after", "built")):
-        cells = [f"{median(m, key):.1f}" if previous is None else f"{median(m, key) - median(m, previous):+.1f}"
-                 for m, _label in MODES]
+    for what, key, previous in (
+        ("the baseline (RSS MiB)", "before", None),
+        ("+ `import prometheus_client`", "imported", "before"),
+        ("+ `ceres_supervisor.surfaces.metrics` imported, `Metrics(...)` built", "built", "imported"),
+        (f"+ {CALLS} `exposition()` calls", "after", "built"),
+    ):
+        cells = [
+            f"{median(m, key):.1f}" if previous is None else f"{median(m, key) - median(m, previous):+.1f}"
+            for m, _label in MODES
+        ]
         rows.append([what, *cells])
     cpu_us = median("daemon", "cpu_s") / CALLS * 1e6
-    rows.append([f"CPU per `exposition()` call, us (median of {CALLS})",
-                 *(f"{median(m, 'cpu_s') / CALLS * 1e6:.0f}" for m, _label in MODES)])
+    rows.append(
+        [
+            f"CPU per `exposition()` call, us (median of {CALLS})",
+            *(f"{median(m, 'cpu_s') / CALLS * 1e6:.0f}" for m, _label in MODES),
+        ]
+    )
     added = median("daemon", "built") - median("daemon", "before")
     first = samples["daemon"][0]
     run.table(
         f"Metrics library alone: prometheus_client {first['version']} (median of {reps} fresh processes)",
-        ["what", *(f"over {label} (MiB)" for _mode, label in MODES)], rows,
+        ["what", *(f"over {label} (MiB)" for _mode, label in MODES)],
+        rows,
         "none (no daemon: the library in a fresh process)",
         f"What the library adds to the daemon: **{added:+.1f} MiB** and **{cpu_us:.0f} us** of CPU per scrape "
         f"(the `/metrics` body is {first['bytes']:.0f} bytes; a scrape every 15 s costs "

@@ -19,33 +19,65 @@ BENCH = Path(__file__).resolve().parent
 RESULTS_DIR: Final = BENCH / ".results"
 RESULTS_MD: Final = BENCH / "RESULTS.md"
 
-SCRIPTS: Final = ("restart", "crashes", "steady", "metricslib", "coldstart", "scale", "cluster", "cluster_chaos",
-                   "storeclient", "backup")
+SCRIPTS: Final = (
+    "restart",
+    "crashes",
+    "steady",
+    "metricslib",
+    "coldstart",
+    "scale",
+    "cluster",
+    "cluster_chaos",
+    "storeclient",
+    "backup",
+)
 """The scripts in the order of `make bench`, which is also their order in RESULTS.md."""
 
 TARGETS: Final = (
     ("detection", "Detection", "SIGKILL -> the supervisor has recorded the death: median < 100 ms"),
-    ("recovery-running", "Recovery: running",
-     "SIGKILL -> container running again: median <= 1.2 x Docker's restart policy, side by side"),
-    ("recovery-healthy", "Recovery: healthy",
-     "SIGKILL -> `GET /` answering: within 0.5 s of the time the stand-in itself needs"),
+    (
+        "recovery-running",
+        "Recovery: running",
+        "SIGKILL -> container running again: median <= 1.2 x Docker's restart policy, side by side",
+    ),
+    (
+        "recovery-healthy",
+        "Recovery: healthy",
+        "SIGKILL -> `GET /` answering: within 0.5 s of the time the stand-in itself needs",
+    ),
     ("idle", "Idle cost", "1 meta + 3 CeresDB healthy: < 0.5 % of one core, < 70 MB RSS"),
     ("status-latency", "GET /v1/status", "median < 5 ms, p99 < 20 ms while the loop runs"),
     ("coldstart", "Cold start", "3 meta + 3 CeresDB ready within 2 s of the floor"),
     ("scale", "Scale", "1 meta + 30 CeresDB: cycle < 200 ms, idle < 5 % of one core"),
-    ("crashes", "Repeated crashes",
-     "default settings, 6 SIGKILLs in a row: both series reported, the backoff exactly by its rules"),
+    (
+        "crashes",
+        "Repeated crashes",
+        "default settings, 6 SIGKILLs in a row: both series reported, the backoff exactly by its rules",
+    ),
     ("cluster-change", "Several machines: a change seen on another host", "median < 250 ms"),
     ("cluster-latency", "Several machines: GET /v1/cluster", "median < 10 ms"),
-    ("cluster-agent", "Several machines: an agent SIGKILLed", "its nodes `unknown` on the others within agent_ttl + 1 s"),
-    ("cluster-docker-frozen", "Partial failures: a machine's Docker frozen",
-     "its nodes `unknown` on the others within agent_ttl + 1 s"),
-    ("cluster-chaos", "Several machines and partial failures: stops by choice and pauses",
-     "in a 10-minute chaos run with frozen Docker, an agent partitioned from its etcd member and meta "
-     "answering 500: zero stops by choice beyond the budget, zero pauses lost"),
+    (
+        "cluster-agent",
+        "Several machines: an agent SIGKILLed",
+        "its nodes `unknown` on the others within agent_ttl + 1 s",
+    ),
+    (
+        "cluster-docker-frozen",
+        "Partial failures: a machine's Docker frozen",
+        "its nodes `unknown` on the others within agent_ttl + 1 s",
+    ),
+    (
+        "cluster-chaos",
+        "Several machines and partial failures: stops by choice and pauses",
+        "in a 10-minute chaos run with frozen Docker, an agent partitioned from its etcd member and meta "
+        "answering 500: zero stops by choice beyond the budget, zero pauses lost",
+    ),
     ("backup", "Day two: backup", "a meta holding 10,000 keys backed up in under 1 s"),
-    ("provenance", "Benchmarks say what they measured",
-     "settings changed from the defaults next to each figure; RESULTS.md regenerated on the code it describes"),
+    (
+        "provenance",
+        "Benchmarks say what they measured",
+        "settings changed from the defaults next to each figure; RESULTS.md regenerated on the code it describes",
+    ),
 )
 """(key, name, target) of every target; a script reports a key it measured."""
 
@@ -94,17 +126,20 @@ def summary(runs: dict[str, dict[str, Any]]) -> str:
     tables = sum(len(run["tables"]) for run in runs.values())
     measured["provenance"] = (
         next(iter(runs.values()), {"commit": "?"}),
-        {"measured": f"each of the {tables} tables below names its commit, date and machine in its heading and "
-                     "the settings it changed on the line under it; this file was written by bench/report.py",
-         "met": bool(runs)},
+        {
+            "measured": f"each of the {tables} tables below names its commit, date and machine in its heading and "
+            "the settings it changed on the line under it; this file was written by bench/report.py",
+            "met": bool(runs),
+        },
     )
-    lines = ["| what | target | measured | settings changed from the defaults | |",
-             "|---|---|---|---|---|"]
+    lines = ["| what | target | measured | settings changed from the defaults | |", "|---|---|---|---|---|"]
     for key, name, target in TARGETS:
         if key in measured:
             _run, found = measured[key]
-            lines.append(f"| {name} | {target} | {found['measured']} | {found.get('settings', '-')} "
-                         f"| {verdict(found['met'])} |")
+            lines.append(
+                f"| {name} | {target} | {found['measured']} | {found.get('settings', '-')} "
+                f"| {verdict(found['met'])} |"
+            )
         else:
             why = NOT_MEASURED_BY_BENCH.get(key, "not run (its script saved nothing)")
             lines.append(f"| {name} | {target} | {why} | - | not measured |")

@@ -51,19 +51,44 @@ def main(seconds: int, nodes: int) -> None:
         state = d.status()["cluster"]["state"]
     run.table(
         f"Scale: 1 meta + {nodes} CeresDB nodes",
-        ["window s", "cycles", "mean cycle ms", "cycles <= 200 ms", "slowest cycle <= (bucket)",
-         "CPU % of one core", "RSS MiB (max)", "start -> healthy s"],
-        [[round(idle.window_s), int(cycles), f"{mean_ms:.1f}", f"{p_under_200:.0f} %", f"{worst_bucket * 1000:g} ms",
-          f"{idle.percent:.2f}", f"{idle.rss_max_mib:.1f}", f"{to_healthy:.1f}"]],
+        [
+            "window s",
+            "cycles",
+            "mean cycle ms",
+            "cycles <= 200 ms",
+            "slowest cycle <= (bucket)",
+            "CPU % of one core",
+            "RSS MiB (max)",
+            "start -> healthy s",
+        ],
+        [
+            [
+                round(idle.window_s),
+                int(cycles),
+                f"{mean_ms:.1f}",
+                f"{p_under_200:.0f} %",
+                f"{worst_bucket * 1000:g} ms",
+                f"{idle.percent:.2f}",
+                f"{idle.rss_max_mib:.1f}",
+                f"{to_healthy:.1f}",
+            ]
+        ],
         settings,
         "Cycle durations from the daemon's own histogram (`ceres_supervisor_reconcile_duration_seconds`) over "
         f"the window. Target: cycle under 200 ms, idle under 5 % of one core. Cluster state at the end: {state}.",
     )
     met = (cycles > 0 and worst_bucket <= 0.2 and idle.percent < 5) if nodes == ASKED_NODES else None
-    run.target("scale", f"mean cycle {mean_ms:.0f} ms, every cycle <= {worst_bucket * 1000:g} ms; "
-               f"{idle.percent:.2f} % of one core ({nodes} CeresDB nodes, {seconds} s)", met, settings)
+    run.target(
+        "scale",
+        f"mean cycle {mean_ms:.0f} ms, every cycle <= {worst_bucket * 1000:g} ms; "
+        f"{idle.percent:.2f} % of one core ({nodes} CeresDB nodes, {seconds} s)",
+        met,
+        settings,
+    )
     run.save()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 60, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_NODES)
+    main(
+        int(sys.argv[1]) if len(sys.argv) > 1 else 60, int(sys.argv[2]) if len(sys.argv) > 2 else ASKED_NODES
+    )

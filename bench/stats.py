@@ -24,5 +24,11 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
-    return {"n": len(values), "min": min(values), "median": statistics.median(values),
-            "p95": percentile(values, 95), "p99": percentile(values, 99), "max": max(values)}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }

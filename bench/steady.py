@@ -18,8 +18,15 @@ import time
 import common
 from stats import summary
 
-BEFORE = {"commit": "68a65a9", "code": "0045c46", "date": "2026-11-26", "percent": 0.3, "cpu_s": 0.18,
-          "rss_mib": 59.6, "window_s": 60}
+BEFORE = {
+    "commit": "68a65a9",
+    "code": "0045c46",
+    "date": "2026-11-26",
+    "percent": 0.3,
+    "cpu_s": 0.18,
+    "rss_mib": 59.6,
+    "window_s": 60,
+}
 """The idle figure of the previous bench/RESULTS.md, with the hand-written Prometheus writer: recorded
 in commit 68a65a9, whose daemon code is that of 0045c46."""
 MB_PER_MIB = 1.048576
@@ -64,29 +71,52 @@ def main(seconds: int) -> None:
     run.table(
         "Idle cost: 1 meta + 3 CeresDB nodes healthy",
         ["code", "window s", "CPU s", "% of one core", "RSS MiB (max)", "RSS MB (max)"],
-        [["this run (`/metrics` by prometheus_client)", round(idle.window_s, 1), round(idle.cpu_s, 3),
-          round(idle.percent, 3), round(idle.rss_max_mib, 1), round(mb, 1)],
-         [f"before: hand-written Prometheus writer (commit {BEFORE['code']}, measured {BEFORE['date']}, "
-          f"quoted from bench/RESULTS.md of {BEFORE['commit']})", BEFORE["window_s"], BEFORE["cpu_s"],
-          BEFORE["percent"], BEFORE["rss_mib"], round(BEFORE["rss_mib"] * MB_PER_MIB, 1)]],
+        [
+            [
+                "this run (`/metrics` by prometheus_client)",
+                round(idle.window_s, 1),
+                round(idle.cpu_s, 3),
+                round(idle.percent, 3),
+                round(idle.rss_max_mib, 1),
+                round(mb, 1),
+            ],
+            [
+                f"before: hand-written Prometheus writer (commit {BEFORE['code']}, measured {BEFORE['date']}, "
+                f"quoted from bench/RESULTS.md of {BEFORE['commit']})",
+                BEFORE["window_s"],
+                BEFORE["cpu_s"],
+                BEFORE["percent"],
+                BEFORE["rss_mib"],
+                round(BEFORE["rss_mib"] * MB_PER_MIB, 1),
+            ],
+        ],
         settings,
         f"Target: under 0.5 % of one core and under 70 MB (66.8 MiB). Peer: the lean loop of "
         f"docs/docker-baselines.md (events + 1 probe/s) costs 0.14 % and 41 MiB. Cluster state at the "
         f"end: {state}.",
     )
-    run.target("idle", f"{idle.percent:.2f} % of one core, {idle.rss_max_mib:.1f} MiB = {mb:.1f} MB "
-               f"({seconds} s; before prometheus_client: {BEFORE['percent']} %, {BEFORE['rss_mib']} MiB)",
-               idle.percent < 0.5 and mb < 70, settings)
+    run.target(
+        "idle",
+        f"{idle.percent:.2f} % of one core, {idle.rss_max_mib:.1f} MiB = {mb:.1f} MB "
+        f"({seconds} s; before prometheus_client: {BEFORE['percent']} %, {BEFORE['rss_mib']} MiB)",
+        idle.percent < 0.5 and mb < 70,
+        settings,
+    )
 
     s = summary(latencies)
     run.table(
         "GET /v1/status latency while supervising (1 meta + 3 CeresDB)",
         ["n", "min ms", "median ms", "p95 ms", "p99 ms", "max ms"],
-        [[s["n"], *(f"{s[k]:.2f}" for k in ("min", "median", "p95", "p99", "max"))]], settings,
+        [[s["n"], *(f"{s[k]:.2f}" for k in ("min", "median", "p95", "p99", "max"))]],
+        settings,
         "Sequential requests on one keep-alive connection. Target: median under 5 ms, p99 under 20 ms.",
     )
-    run.target("status-latency", f"{s['median']:.2f} ms median, {s['p99']:.2f} ms p99 (n={s['n']})",
-               s["median"] < 5 and s["p99"] < 20, settings)
+    run.target(
+        "status-latency",
+        f"{s['median']:.2f} ms median, {s['p99']:.2f} ms p99 (n={s['n']})",
+        s["median"] < 5 and s["p99"] < 20,
+        settings,
+    )
     run.save()
 
 

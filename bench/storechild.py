@@ -55,6 +55,7 @@ async def measure(kind: str, host: str, port: int, calls: int) -> dict[str, Any]
 
         def read() -> Awaitable[object]:
             return client.range(KEY)
+
     rss["client"] = rss_mib()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(calls):

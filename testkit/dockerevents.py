@@ -50,9 +50,14 @@ class DockerEvents:
     def __enter__(self) -> DockerEvents:
         self._since = time.time()
         for client in (self.client, *self.more):
-            stream = client.events(decode=True, since=int(self._since), filters={
-                "type": "container", "label": f"io.ceres-supervisor.cluster={self.cluster}"})
-            thread = threading.Thread(target=self._read, args=(stream,), name="docker-events-recorder", daemon=True)
+            stream = client.events(
+                decode=True,
+                since=int(self._since),
+                filters={"type": "container", "label": f"io.ceres-supervisor.cluster={self.cluster}"},
+            )
+            thread = threading.Thread(
+                target=self._read, args=(stream,), name="docker-events-recorder", daemon=True
+            )
             self._streams.append(stream)
             self._threads.append(thread)
             thread.start()
@@ -66,10 +71,15 @@ class DockerEvents:
                 if at < self._since:
                     continue
                 event = DockerEvent(
-                    at, str(raw.get("Action") or raw.get("status")).split(":")[0],
-                    attributes.get("io.ceres-supervisor.node", ""), attributes.get("io.ceres-supervisor.role", ""),
-                    attributes.get("io.ceres-supervisor.host", ""), str(raw.get("id", ""))[:12],
-                    attributes.get("signal"), attributes.get("exitCode"))
+                    at,
+                    str(raw.get("Action") or raw.get("status")).split(":")[0],
+                    attributes.get("io.ceres-supervisor.node", ""),
+                    attributes.get("io.ceres-supervisor.role", ""),
+                    attributes.get("io.ceres-supervisor.host", ""),
+                    str(raw.get("id", ""))[:12],
+                    attributes.get("signal"),
+                    attributes.get("exitCode"),
+                )
                 with self._lock:
                     self.events.append(event)
                     self.events.sort(key=lambda e: e.at)
@@ -92,7 +102,9 @@ class DockerEvents:
         self.check()
         with self._lock:
             events = list(self.events)
-        return [e for e in events if (node is None or e.node == node) and (not actions or e.action in actions)]
+        return [
+            e for e in events if (node is None or e.node == node) and (not actions or e.action in actions)
+        ]
 
     def chosen_stops(self, node: str | None = None) -> list[DockerEvent]:
         """Stops the supervisor caused: the first `kill` (any signal) of a node since it last
@@ -127,7 +139,9 @@ class DockerEvents:
             most = max(most, now)
         return most, intervals
 
-    def wait_for(self, what: str, timeout_s: float, node: str | None = None, action: str = "start",
-                 count: int = 1) -> list[DockerEvent]:
-        return wait_until(lambda: (found := self.of(node, (action,))) and len(found) >= count and found,
-                          timeout_s, what)
+    def wait_for(
+        self, what: str, timeout_s: float, node: str | None = None, action: str = "start", count: int = 1
+    ) -> list[DockerEvent]:
+        return wait_until(
+            lambda: (found := self.of(node, (action,))) and len(found) >= count and found, timeout_s, what
+        )

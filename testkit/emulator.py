@@ -91,13 +91,19 @@ def ensure_mmdebstrap() -> None:
     if os.geteuid() == 0 and Path("/etc/debian_version").exists():
         say("installing mmdebstrap from Debian's packages")
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"],
-                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "mmdebstrap"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
         return
     sys.exit("emulator: mmdebstrap is missing; install it (Debian: apt-get install mmdebstrap) and retry")
 
 
-def ensure_rootfs(client: docker.DockerClient, args: list[str] = MMDEBSTRAP_ARGS, name: str = "rootfs") -> str:
+def ensure_rootfs(
+    client: docker.DockerClient, args: list[str] = MMDEBSTRAP_ARGS, name: str = "rootfs"
+) -> str:
     """A Debian rootfs from mmdebstrap, imported once per recipe as ceres-emulator/<name>:<hash>."""
     tag = f"{ROOTFS_REPOSITORY}/{name}:{digest(json.dumps(args).encode())}"
     try:
@@ -134,17 +140,20 @@ def ensure_systemd_image(client: docker.DockerClient) -> str:
 
 def build_context(base: str, role: str, version: str, hashed: str) -> bytes:
     entry = "meta.py" if role == "meta" else "db.py"
-    dockerfile = "\n".join([
-        f"FROM {base}",
-        "COPY emulator/ /opt/ceres-emulator/",
-        "COPY ceres-emulator-fault /usr/local/bin/ceres-emulator-fault",
-        f'LABEL {HASH_LABEL}="{hashed}" io.ceres-emulator.version="{version}" io.ceres-emulator.role="{role}"',
-        # The real images: /tini -- /entrypoint.sh -> exec <server> --config <path>.
-        f'ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/ceres-emulator/{entry}", "--config", "{config_paths(version)[role]}"]',
-        "",
-    ])
+    dockerfile = "\n".join(
+        [
+            f"FROM {base}",
+            "COPY emulator/ /opt/ceres-emulator/",
+            "COPY ceres-emulator-fault /usr/local/bin/ceres-emulator-fault",
+            f'LABEL {HASH_LABEL}="{hashed}" io.ceres-emulator.version="{version}" io.ceres-emulator.role="{role}"',
+            # The real images: /tini -- /entrypoint.sh -> exec <server> --config <path>.
+            f'ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/ceres-emulator/{entry}", "--config", "{config_paths(version)[role]}"]',
+            "",
+        ]
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+
         def add(name: str, data: bytes, mode: int = 0o644) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0

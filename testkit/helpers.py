@@ -118,7 +118,9 @@ def etcd_range(client_url: str, prefix: str, timeout_s: float = 10.0) -> dict[st
     fsync on a loaded machine holds up for seconds; the tests observe, they do not judge etcd."""
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     _status, answer = http_json(
-        f"{client_url}/v3/kv/range", {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())}, timeout_s
+        f"{client_url}/v3/kv/range",
+        {"key": _b64(prefix.encode()), "range_end": _b64(end.encode())},
+        timeout_s,
     )
     assert isinstance(answer, dict), answer
     return {

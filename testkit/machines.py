@@ -115,6 +115,8 @@ def _bridge(name: str, present: bool) -> None:
         subprocess.run(["ip", "link", "set", name, "up"], capture_output=True, check=True)
     else:
         subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DOCKERD_NAME = "ceres-dockerd"
 """The engines' dockerd runs under this name (a symlink to dockerd): `pgrep -x dockerd`, with which
@@ -141,12 +143,15 @@ def image_refs(versions: Iterable[str], prefix: str = IMAGE_PREFIX) -> list[str]
     refs: list[str] = []
     for version in versions:
         v2 = version.startswith("2")
-        refs += [f"{prefix}/{'horaemeta' if v2 else 'ceresmeta'}-server:{version}",
-                 f"{prefix}/{'horaedb' if v2 else 'ceresdb'}-server:{version}"]
+        refs += [
+            f"{prefix}/{'horaemeta' if v2 else 'ceresmeta'}-server:{version}",
+            f"{prefix}/{'horaedb' if v2 else 'ceresdb'}-server:{version}",
+        ]
     return sorted(set(refs))
 
 
 # --- processes, cgroups and mounts -----------------------------------------------------------------
+
 
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time in clock ticks) of `pid`, or None when there is no such process."""
@@ -203,7 +208,9 @@ def _remove_cgroups(groups: Iterable[Path]) -> list[str]:
     """rmdir each cgroup, its children first; what could not be removed."""
     left = []
     for group in groups:
-        for path in sorted((p for p in [group, *group.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)):
+        for path in sorted(
+            (p for p in [group, *group.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts)
+        ):
             try:
                 path.rmdir()
             except FileNotFoundError:
@@ -321,7 +328,11 @@ def reap_stale(base: Path = BASE) -> list[Path]:
                 _reap(directory, f"{CGROUP_PREFIX}{directory.name}-*")
                 removed.append(directory)
         for seed in (base / "images").glob("*"):
-            if seed.is_dir() and not seed.name.startswith(".") and time.time() - seed.stat().st_mtime > SEED_MAX_IDLE_S:
+            if (
+                seed.is_dir()
+                and not seed.name.startswith(".")
+                and time.time() - seed.stat().st_mtime > SEED_MAX_IDLE_S
+            ):
                 with _flock(seed.with_suffix(".lock"), fcntl.LOCK_EX, 0) as got:
                     if got and seed.is_dir() and time.time() - seed.stat().st_mtime > SEED_MAX_IDLE_S:
                         shutil.rmtree(seed)
@@ -353,8 +364,13 @@ def _flock(path: Path, kind: int, timeout_s: float) -> Iterator[bool]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _wait(check: Callable[[], bool], timeout_s: float, what: str,
-          abort: Callable[[], str | None] = lambda: None, interval_s: float = 0.02) -> float:
+def _wait(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    abort: Callable[[], str | None] = lambda: None,
+    interval_s: float = 0.02,
+) -> float:
     """Poll `check` until true; fail at the deadline, or at once when `abort` says why. Returns the
     time it took."""
     started = time.monotonic()
@@ -380,15 +396,20 @@ def _ping(path: Path, timeout_s: float = 1.0) -> bool:
                 answer += chunk
     except OSError:
         return False
-    return answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n", 1)[0] and answer.endswith(b"OK")
+    return (
+        answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n", 1)[0] and answer.endswith(b"OK")
+    )
 
 
 # --- one engine ------------------------------------------------------------------------------------
 
+
 class Engine:
     """One simulated machine's Docker Engine. Made by `Engines.start`."""
 
-    def __init__(self, root: Path, cgroup_parent: str, client_timeout_s: int = 30, binary: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, cgroup_parent: str, client_timeout_s: int = 30, binary: Path | None = None
+    ) -> None:
         self.name = root.name
         self.binary = binary or dockerd_binary()
         self.root = root
@@ -444,11 +465,24 @@ class Engine:
     # lifecycle
 
     def _command(self) -> list[str]:
-        return [str(self.binary), "--config-file", str(self.root / "daemon.json"), "--host", self.url,
-                "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
-                "--pidfile", str(self.pidfile), f"--cgroup-parent={self.cgroup_parent}",
-                "--label", f"io.ceres-supervisor.test.machine={self.name}", f"--bridge={bridge_name(self.root)}",
-                *DOCKERD_FLAGS]
+        return [
+            str(self.binary),
+            "--config-file",
+            str(self.root / "daemon.json"),
+            "--host",
+            self.url,
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            f"--cgroup-parent={self.cgroup_parent}",
+            "--label",
+            f"io.ceres-supervisor.test.machine={self.name}",
+            f"--bridge={bridge_name(self.root)}",
+            *DOCKERD_FLAGS,
+        ]
 
     def _launch(self) -> None:
         """Start dockerd, without waiting for it."""
@@ -462,8 +496,14 @@ class Engine:
         self.socket.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")} | {"PATH": PATH}
         with self.log.open("ab") as log:
-            self._process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self._process = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.frozen = False
         self._started_at = time.monotonic()
 
@@ -579,11 +619,17 @@ class Engine:
 
 # --- the pool --------------------------------------------------------------------------------------
 
+
 class Engines:
     """The engines of one test process (session-scoped); see the module's docstring."""
 
-    def __init__(self, main: docker.DockerClient, versions: Sequence[str] = ("1.2.2",),
-                 base: Path = BASE, client_timeout_s: int = 30) -> None:
+    def __init__(
+        self,
+        main: docker.DockerClient,
+        versions: Sequence[str] = ("1.2.2",),
+        base: Path = BASE,
+        client_timeout_s: int = 30,
+    ) -> None:
         self.main = main
         """The main engine: the stand-in images come from it (read only)."""
         self.versions = list(versions)
@@ -623,8 +669,14 @@ class Engines:
             for _ in range(n):
                 name = f"m{self._count}"
                 self._count += 1
-                made.append(Engine(self.root / name, f"/{CGROUP_PREFIX}{self.run}-{name}", self.client_timeout_s,
-                                   self.binary))
+                made.append(
+                    Engine(
+                        self.root / name,
+                        f"/{CGROUP_PREFIX}{self.run}-{name}",
+                        self.client_timeout_s,
+                        self.binary,
+                    )
+                )
             self.engines += made
         for _attempt in range(3):
             began = time.monotonic()
@@ -637,9 +689,13 @@ class Engines:
                 os.utime(seed)
                 for engine in made:
                     engine.data_root.mkdir(parents=True)
-                clones = [subprocess.Popen(["cp", "-a", "--link", str(seed / "overlay2"), str(e.data_root)])
-                          for e in made]
-                clones += [subprocess.Popen(["cp", "-a", str(seed / "image"), str(e.data_root)]) for e in made]
+                clones = [
+                    subprocess.Popen(["cp", "-a", "--link", str(seed / "overlay2"), str(e.data_root)])
+                    for e in made
+                ]
+                clones += [
+                    subprocess.Popen(["cp", "-a", str(seed / "image"), str(e.data_root)]) for e in made
+                ]
                 failed = [c.args for c in clones if c.wait() != 0]
                 if failed:
                     raise RuntimeError(f"copying the seed failed: {failed}")
@@ -696,10 +752,16 @@ class Engines:
     def _load(self, client: docker.DockerClient, refs: Sequence[str]) -> None:
         """`docker save refs` on the main engine streamed into `docker load` on `client`'s."""
         api = self.main.api
-        with api.get(f"{api.base_url}/v{api.api_version}/images/get", params={"names": list(refs)},
-                     stream=True, timeout=120) as saved:
+        with api.get(
+            f"{api.base_url}/v{api.api_version}/images/get",
+            params={"names": list(refs)},
+            stream=True,
+            timeout=120,
+        ) as saved:
             saved.raise_for_status()
-            load: Callable[[Iterator[bytes]], Iterator[object]] = client.api.load_image  # untyped in the stubs
+            load: Callable[[Iterator[bytes]], Iterator[object]] = (
+                client.api.load_image
+            )  # untyped in the stubs
             for line in load(saved.iter_content(1 << 20)):
                 if isinstance(line, dict) and line.get("error"):
                     raise RuntimeError(f"docker load: {line['error']}")

@@ -40,6 +40,7 @@ from testkit.helpers import free_ports
 T = TypeVar("T")
 State = Literal["flowing", "frozen", "cut", "closed"]
 
+
 def _loopback(host: str) -> str:
     host = "127.0.0.1" if host == "localhost" else host
     try:
@@ -189,8 +190,14 @@ class _Link:
 class Proxy:
     """Forwards 127.0.0.x:`port` to `target_host`:`target_port`; see the module's docstring."""
 
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1", port: int | None = None,
-                 name: str = "proxy") -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        name: str = "proxy",
+    ) -> None:
         self.target_host, self.target_port = _loopback(target_host), target_port
         self.host = _loopback(host)
         self.port = port if port is not None else free_ports(1)[0]
@@ -276,7 +283,8 @@ class Proxy:
     async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Link(self).client, self.host, self.port, reuse_address=True)
+                lambda: _Link(self).client, self.host, self.port, reuse_address=True
+            )
 
     async def _unlisten(self) -> None:
         if self._server is not None:

@@ -26,25 +26,54 @@ IMAGE_PREFIX = os.environ.get("CERES_TEST_IMAGE_PREFIX", "ceres-emulator")
 """The stand-in images' repository (another one only to try images being worked on)."""
 
 
-def cluster_toml(meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = "", image_prefix: str = IMAGE_PREFIX,
-                 cluster_name: str = "defaultCluster", state_dir: str = "/var/lib/ceres-supervisor") -> str:
+def cluster_toml(
+    meta: int = 1,
+    db: int = 2,
+    version: str = "1.2.2",
+    extra: str = "",
+    image_prefix: str = IMAGE_PREFIX,
+    cluster_name: str = "defaultCluster",
+    state_dir: str = "/var/lib/ceres-supervisor",
+) -> str:
     """A cluster on loopback addresses 127.0.0.1.. with free ports, on the stand-in images."""
     v2 = version.startswith("2")
     meta_image = f"{image_prefix}/{'horaemeta' if v2 else 'ceresmeta'}-server:{version}"
     db_image = f"{image_prefix}/{'horaedb' if v2 else 'ceresdb'}-server:{version}"
     ports = iter(free_ports(3 * meta + 4 * db))
     lines = [
-        "[cluster]", f'name = "{cluster_name}"', f'state_dir = "{state_dir}"', f'version = "{version}"',
-        f'flavor = "{"horaedb" if v2 else "ceresdb"}"', "",
-        "[meta]", f'image = "{meta_image}"', "",
-        "[ceresdb]", f'image = "{db_image}"', "shard_lock_ttl = 15", "",
+        "[cluster]",
+        f'name = "{cluster_name}"',
+        f'state_dir = "{state_dir}"',
+        f'version = "{version}"',
+        f'flavor = "{"horaedb" if v2 else "ceresdb"}"',
+        "",
+        "[meta]",
+        f'image = "{meta_image}"',
+        "",
+        "[ceresdb]",
+        f'image = "{db_image}"',
+        "shard_lock_ttl = 15",
+        "",
     ]
     for i in range(meta):
-        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "127.0.0.{i + 1}"',
-                  f"client_port = {next(ports)}", f"peer_port = {next(ports)}", f"http_port = {next(ports)}", ""]
+        lines += [
+            "[[meta.nodes]]",
+            f'name = "meta{i}"',
+            f'host = "127.0.0.{i + 1}"',
+            f"client_port = {next(ports)}",
+            f"peer_port = {next(ports)}",
+            f"http_port = {next(ports)}",
+            "",
+        ]
     for i in range(db):
-        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "127.0.0.{i + 1}"',
-                  f"grpc_port = {next(ports)}", f"http_port = {next(ports)}", f"mysql_port = {next(ports)}"]
+        lines += [
+            "[[ceresdb.nodes]]",
+            f'name = "db{i}"',
+            f'host = "127.0.0.{i + 1}"',
+            f"grpc_port = {next(ports)}",
+            f"http_port = {next(ports)}",
+            f"mysql_port = {next(ports)}",
+        ]
         pg = next(ports)
         if version >= "1.2.6" or v2:
             lines.append(f"postgresql_port = {pg}")
@@ -73,7 +102,10 @@ class StandIns:
         data_dir.mkdir(parents=True, exist_ok=True)
         image = spec.meta.image if node.role == "meta" else spec.ceresdb.image
         return self.client.containers.run(
-            image, detach=True, name=f"ceres-emutest-{self.run_id}-{name}", network_mode="host",
+            image,
+            detach=True,
+            name=f"ceres-emutest-{self.run_id}-{name}",
+            network_mode="host",
             environment={**node.env, **(env or {})},
             volumes={
                 str(config_dir / node.config_name): {"bind": node.config_mount, "mode": "ro"},
@@ -83,7 +115,9 @@ class StandIns:
         )
 
     def cleanup(self) -> None:
-        for container in self.client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={self.run_id}"}):
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"{TEST_LABEL}={self.run_id}"}
+        ):
             container.remove(force=True)
 
 
@@ -114,7 +148,9 @@ class FastTicks:
         if container_id in self.done:
             return
         try:
-            result = self.client.api.exec_create(container_id, ["ceres-emulator-fault", "tick", str(self.tick_s)])
+            result = self.client.api.exec_create(
+                container_id, ["ceres-emulator-fault", "tick", str(self.tick_s)]
+            )
             self.client.api.exec_start(result["Id"])
             if self.client.api.exec_inspect(result["Id"]).get("ExitCode") == 0:
                 self.done.add(container_id)
@@ -132,8 +168,11 @@ class FastTicks:
             return  # the stream closed (__exit__), or the engine went away with it
 
     def __enter__(self) -> FastTicks:
-        self.stream = self.client.events(decode=True, since=int(time.time()) - 1, filters={
-            "type": "container", "event": "start", "label": self.labels})
+        self.stream = self.client.events(
+            decode=True,
+            since=int(time.time()) - 1,
+            filters={"type": "container", "event": "start", "label": self.labels},
+        )
         self.thread.start()
         return self
 

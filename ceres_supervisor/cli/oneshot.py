@@ -21,6 +21,7 @@ from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.spec import nodes as spec_nodes
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Inflight, with_run
+from ceres_supervisor.observation.prober import Prober
 
 
 async def decide_locality(loaded: loading.Loaded, host: str | None) -> locality.Locality:
@@ -37,7 +38,7 @@ async def plan_once(
     connector = aiohttp.TCPConnector(force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
-            prober = probes.Prober(session, settings, lambda: None)
+            prober = Prober(session, settings, lambda: None)
             prober.nodes = {n.name: n for n in supervisor.desired.nodes}
             meta = supervisor.desired.meta
             answers = await asyncio.gather(
@@ -57,8 +58,10 @@ async def plan_once(
                 if node.is_local and (c := containers.get(node.name)) is not None and c.is_running
             ]
             answered = await asyncio.gather(  # at once: a hung node costs one timeout, not one each
-                *(probes.probe_ceresdb(session, node, settings.timeout_s, c.run_key, settings.shards_route)
-                  for node, c in running)
+                *(
+                    probes.probe_ceresdb(session, node, settings.timeout_s, c.run_key, settings.shards_route)
+                    for node, c in running
+                )
             )
             prober.probes.update({node.name: a for (node, _), a in zip(running, answered, strict=True)})
             chief = prober.nodes.get(prober.leader.member or "")

@@ -36,6 +36,7 @@ from ceres_supervisor.model.errors import DesiredStateError, SecretError
 from ceres_supervisor.model.spec import DesiredState, advertise_url
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
+from ceres_supervisor.observation.prober import Prober
 from ceres_supervisor.operations import backups, pauses, restarts
 from ceres_supervisor.surfaces import journal, metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
@@ -401,7 +402,7 @@ class Supervisor:
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
                 self._session = session
-                prober = probes.Prober(
+                prober = Prober(
                     session, self.loop.probe_settings(), self.wake, self.metrics.probe_duration.observe
                 )
                 self.loop.prober = prober

@@ -35,7 +35,7 @@ from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.backups import BackupStatus
 from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.spec import DesiredState
-from ceres_supervisor.observation import probes
+from ceres_supervisor.observation import prober
 from ceres_supervisor.observation.observer import Inflight, Observer
 from ceres_supervisor.operations import restarts
 from ceres_supervisor.surfaces import metrics, reports
@@ -92,7 +92,7 @@ class Loop:
             0, None, setting.desired, self.reload_result, setting.spec.supervisor.probe_interval, agent
         )
         self.last_plan: Plan | None = None
-        self.prober: probes.Prober | None = None
+        self.prober: prober.Prober | None = None
         self.ready = asyncio.Event()
         """Set after the first completed cycle (READY=1)."""
         self.wake_event = asyncio.Event()
@@ -119,9 +119,9 @@ class Loop:
         current = self.parts.store_sync.pauses.current
         return planning.Controls(current.nodes, current.all, self.parts.operations.restart_reasons())
 
-    def probe_settings(self) -> probes.ProbeSettings:
+    def probe_settings(self) -> prober.ProbeSettings:
         s = self.setting.spec
-        return probes.ProbeSettings(
+        return prober.ProbeSettings(
             s.supervisor.probe_interval,
             s.supervisor.probe_timeout,
             s.release.meta_health_path,

@@ -26,7 +26,7 @@ from ceres_supervisor.desired import identity
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.desired.locality import Locality
 from ceres_supervisor.model.observed import MetaMemberProbe, Observation, ObservedContainer, ProbeResult
-from ceres_supervisor.observation.probes import Prober
+from ceres_supervisor.observation.prober import Prober
 
 log = structlog.get_logger(__name__)
 

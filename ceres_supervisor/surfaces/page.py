@@ -185,7 +185,7 @@ def _facts(doc: Mapping[str, Any], now: datetime, local: Mapping[str, Any] | Non
                 f'<span class="muted">{_e(_ago(since, now))}</span>'
             )
         else:  # a host of the file whose supervisor was never seen
-            agents.append(f'{_e(agent.get("host"))} {NEVER_SEEN}')
+            agents.append(f"{_e(agent.get('host'))} {NEVER_SEEN}")
     for host in _never_seen(doc) if coord.get("ok") else []:  # without the store nobody can tell
         agents.append(f"{_e(host)} {NEVER_SEEN}")
     facts.append("agents: " + (", ".join(agents) or "-"))

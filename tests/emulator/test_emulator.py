@@ -91,18 +91,24 @@ def ensure_images(version: str) -> None:
 
 
 @pytest.fixture
-def standins(docker_client: docker.DockerClient, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StandIns]:
+def standins(
+    docker_client: docker.DockerClient, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StandIns]:
     runner = StandIns(docker_client, tmp_path)
     try:
         yield runner
     finally:
         if failed(request):  # the containers' logs (and etcd's) to read: tests/artifacts/<test>/
-            containers = docker_client.containers.list(all=True, filters={"label": f"{TEST_LABEL}={runner.run_id}"})
+            containers = docker_client.containers.list(
+                all=True, filters={"label": f"{TEST_LABEL}={runner.run_id}"}
+            )
             save_logs(request.node.name, containers, tmp_path.glob("data/*/etcd.log"))
         runner.cleanup()
 
 
-def load(standins: StandIns, meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = "") -> DesiredState:
+def load(
+    standins: StandIns, meta: int = 1, db: int = 2, version: str = "1.2.2", extra: str = ""
+) -> DesiredState:
     ensure_images(version)
     text = cluster_toml(meta=meta, db=db, version=version, extra=extra, image_prefix=IMAGE_PREFIX)
     return standins.load(text.replace("shard_lock_ttl = 15\n", f'shard_lock_ttl = 15\nlease = "{LEASE}"\n'))
@@ -216,7 +222,9 @@ def all_shards_locked(spec: DesiredState, timeout_s: float = 60) -> dict[int, st
         return locks if ok else None
 
     locks = wait_until(settled, timeout_s, "every shard locked by the node meta's topology names")
-    wait_until(lambda: cluster_view(spec)[1] == "Stable", 20, "the cluster view Stable")  # one tick after Prepare
+    wait_until(
+        lambda: cluster_view(spec)[1] == "Stable", 20, "the cluster view Stable"
+    )  # one tick after Prepare
     return locks
 
 
@@ -232,10 +240,13 @@ def cluster_view(spec: DesiredState, i: int = 0) -> tuple[int, str, list[tuple[i
 
 def busiest(spec: DesiredState, locks: dict[int, str]) -> int:
     """The CeresDB node holding the most shards (at least 4 of 8 with two nodes)."""
-    return max(range(len(spec.ceresdb.nodes)), key=lambda i: sum(h == endpoint(spec, i) for h in locks.values()))
+    return max(
+        range(len(spec.ceresdb.nodes)), key=lambda i: sum(h == endpoint(spec, i) for h in locks.values())
+    )
 
 
 # --- the cluster, and the scheduler's pace per version (reference 2.3, 2.5) -----------------------
+
 
 @pytest.mark.parametrize("meta_count", [1, 3])
 def test_cluster_forms(standins: StandIns, meta_count: int) -> None:
@@ -291,7 +302,8 @@ def test_first_assignment_uses_the_version_picker_and_pace(standins: StandIns, v
 
 @pytest.mark.parametrize("version", ["1.2.2", "1.2.7"])
 def test_restarted_at_once_a_node_waits_out_its_old_locks_then_reopens_at_the_version_pace(
-        standins: StandIns, version: str) -> None:
+    standins: StandIns, version: str
+) -> None:
     spec = load(standins, db=2, version=version)
     start_meta(standins, spec)
     containers = start_db(standins, spec)
@@ -356,7 +368,11 @@ def test_an_offline_assigned_node_stops_every_reopen_until_2_0_0(standins: Stand
     kill_main_process(other_c)
     other_c.wait(timeout=10)
     held = {endpoint(spec, first), endpoint(spec, other)}
-    wait_until(lambda: not set(shard_locks(client_url(spec), root=root(spec)).values()) & held, 25, "both nodes' locks to expire")
+    wait_until(
+        lambda: not set(shard_locks(client_url(spec), root=root(spec)).values()) & held,
+        25,
+        "both nodes' locks to expire",
+    )
     time.sleep(max(0.0, stopped_at + 11 - time.monotonic()))  # the stopped node is offline (10 s)
     other_c.start()
     mine = endpoint(spec, other)
@@ -375,8 +391,11 @@ def test_an_offline_assigned_node_stops_every_reopen_until_2_0_0(standins: Stand
         assert reopened() == [], "a shard reopened while an assigned node was offline"
         time.sleep(0.25)
     first_c.start()  # back online: the walk passes it, and reopening starts
-    wait_until(lambda: shard_locks(client_url(spec), root=root(spec)) or None, 15,
-               "a shard reopened once every assigned node is online")
+    wait_until(
+        lambda: shard_locks(client_url(spec), root=root(spec)) or None,
+        15,
+        "a shard reopened once every assigned node is online",
+    )
 
 
 def test_scheduler_rules_per_version() -> None:
@@ -387,7 +406,11 @@ def test_scheduler_rules_per_version() -> None:
     now = 100.0
     online, offline = 99.0, 80.0
 
-    def run(version: tuple[int, int, int], a: tuple[float, tuple[int, ...]], b: tuple[float, tuple[int, ...]] | None) -> object:
+    def run(
+        version: tuple[int, int, int],
+        a: tuple[float, tuple[int, ...]],
+        b: tuple[float, tuple[int, ...]] | None,
+    ) -> object:
         registered = {"A": scheduling.Registered(*a)}
         if b is not None:
             registered["B"] = scheduling.Registered(*b)
@@ -443,8 +466,10 @@ def test_health_route_and_error_envelope_follow_the_version(standins: StandIns) 
     assert "cluster not found" in body["msg"], body  # type: ignore[index]
 
 
-@pytest.mark.parametrize(("version", "health", "root_path"),
-                         [("1.2.7", "/api/v1/health", "/ceresdb"), ("2.0.0", "/api/v1/health", "/horaedb")])
+@pytest.mark.parametrize(
+    ("version", "health", "root_path"),
+    [("1.2.7", "/api/v1/health", "/ceresdb"), ("2.0.0", "/api/v1/health", "/horaedb")],
+)
 def test_later_versions(standins: StandIns, version: str, health: str, root_path: str) -> None:
     """1.2.7 reads `http-port` and serves /health; 2.0.0 is HoraeDB: /horaedb root, HORAEDB_SERVER_ADDR."""
     spec = load(standins, meta=1, db=2, version=version)
@@ -462,8 +487,11 @@ def test_later_versions(standins: StandIns, version: str, health: str, root_path
 
 # --- the meta leader key and forwarding (reference 2.4, 2.6) -------------------------------------
 
+
 @pytest.mark.parametrize(("version", "meta_count"), [("1.2.2", 3), ("1.2.7", 1), ("2.0.0", 1)])
-def test_leader_key_is_a_protobuf_member_under_a_lease(standins: StandIns, version: str, meta_count: int) -> None:
+def test_leader_key_is_a_protobuf_member_under_a_lease(
+    standins: StandIns, version: str, meta_count: int
+) -> None:
     spec = load(standins, meta=meta_count, db=1, version=version)
     start_meta(standins, spec)
     key = meta_leader_key(version, root(spec))
@@ -473,7 +501,9 @@ def test_leader_key_is_a_protobuf_member_under_a_lease(standins: StandIns, versi
     found = meta_leader(client_url(spec), key)
     assert found is not None
     (name, ident, leader_endpoint), _lease = found
-    i = next(j for j in range(meta_count) if client_url(spec, j) == leader_endpoint)  # first advertise-client-url
+    i = next(
+        j for j in range(meta_count) if client_url(spec, j) == leader_endpoint
+    )  # first advertise-client-url
     assert spec.meta.nodes[i].name == name
     member_id, etcd_leader = etcd_member_status(client_url(spec, i))
     assert ident == member_id == etcd_leader  # the etcd leader campaigns, with its etcd member id
@@ -485,14 +515,24 @@ def test_leader_key_is_a_protobuf_member_under_a_lease(standins: StandIns, versi
         n >>= 7
         if not n:
             break
-    assert value == (b"\x0a" + bytes([len(name)]) + name.encode() + b"\x10" + bytes(varint)
-                     + b"\x1a" + bytes([len(leader_endpoint)]) + leader_endpoint.encode())
+    assert value == (
+        b"\x0a"
+        + bytes([len(name)])
+        + name.encode()
+        + b"\x10"
+        + bytes(varint)
+        + b"\x1a"
+        + bytes([len(leader_endpoint)])
+        + leader_endpoint.encode()
+    )
     _status, ttl = http_json(f"{client_url(spec)}/v3/lease/timetolive", {"ID": str(lease)})
     assert int(ttl["grantedTTL"]) == 10 and 0 < int(ttl["TTL"]) <= 10, ttl  # type: ignore[index]  # lease-sec
 
 
 @pytest.mark.parametrize("version", ["1.2.2", "1.2.7"])
-def test_a_follower_sharing_the_machine_forwards_to_itself_until_the_caller_gives_up(standins: StandIns, version: str) -> None:
+def test_a_follower_sharing_the_machine_forwards_to_itself_until_the_caller_gives_up(
+    standins: StandIns, version: str
+) -> None:
     spec = load(standins, meta=3, db=1, version=version)
     containers = start_meta(standins, spec)
     leader = wait_leader(spec)
@@ -501,13 +541,19 @@ def test_a_follower_sharing_the_machine_forwards_to_itself_until_the_caller_give
         assert http_json(f"{meta_http(spec, i)}{health_path(version)}") == (200, {"status": "success"})
     status, body = http_json(f"{meta_http(spec, leader)}/api/v1/clusters")
     assert status == 200 and [c["Name"] for c in body["data"]] == ["defaultCluster"]  # type: ignore[index]
-    status, _ = http_json(f"{meta_http(spec, leader)}/api/v1/getNodeShards", {"clusterName": "defaultCluster"})
+    status, _ = http_json(
+        f"{meta_http(spec, leader)}/api/v1/getNodeShards", {"clusterName": "defaultCluster"}
+    )
     assert status == 200
     # <leader's advertise host>:<the follower's own port> is the follower itself: no answer, ever.
     with pytest.raises(TimeoutError):
         http_json(f"{meta_http(spec, follower)}/api/v1/clusters", timeout_s=3)
     with pytest.raises(TimeoutError):
-        http_json(f"{meta_http(spec, follower)}/api/v1/getNodeShards", {"clusterName": "defaultCluster"}, timeout_s=2)
+        http_json(
+            f"{meta_http(spec, follower)}/api/v1/getNodeShards",
+            {"clusterName": "defaultCluster"},
+            timeout_s=2,
+        )
     hops = b"receive http request handlerName=listClusters"
     follower_c = containers[follower]
     assert follower_c.logs().count(b"forwarded_to=") >= 3  # each hop logged, one a second
@@ -521,6 +567,7 @@ def test_a_follower_sharing_the_machine_forwards_to_itself_until_the_caller_give
 
 
 # --- fault and test hooks --------------------------------------------------------------------------
+
 
 def test_meta_fault_hooks_freeze_http_and_exit_code(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1)
@@ -581,7 +628,11 @@ def test_frozen_keepalives_expire_the_locks_while_http_answers(standins: StandIn
     containers = start_db(standins, spec)
     victim = busiest(spec, all_shards_locked(spec))
     emulator_hook(containers[spec.ceresdb.nodes[victim].name], "freeze-lease")
-    wait_until(lambda: endpoint(spec, victim) not in shard_locks(client_url(spec)).values(), 25, "the locks to expire")
+    wait_until(
+        lambda: endpoint(spec, victim) not in shard_locks(client_url(spec)).values(),
+        25,
+        "the locks to expire",
+    )
     assert http_json(f"{db_http(spec, victim)}/") == (200, {"status": "ok"})
     containers[spec.ceresdb.nodes[victim].name].reload()
     assert containers[spec.ceresdb.nodes[victim].name].status == "running"
@@ -594,7 +645,10 @@ def test_flush_memtable_answers_the_real_shape_and_is_recorded(standins: StandIn
     wait_until(lambda: http_json(f"{db_http(spec, 0)}/")[0] == 200, 20, "db0 answering")
     before = time.time()
     for _ in range(2):
-        assert http_json(f"{db_http(spec, 0)}/debug/flush_memtable", {}) == (200, {"success": [], "failed": []})
+        assert http_json(f"{db_http(spec, 0)}/debug/flush_memtable", {}) == (
+            200,
+            {"success": [], "failed": []},
+        )
     result = container.exec_run(["cat", "/run/ceres-emulator/flushes"])
     assert result.exit_code == 0 and isinstance(result.output, bytes), result.output
     stamps = [float(line.split()[0]) for line in result.output.decode().splitlines()]
@@ -603,6 +657,7 @@ def test_flush_memtable_answers_the_real_shape_and_is_recorded(standins: StandIn
 
 
 # --- startup and configuration ---------------------------------------------------------------------
+
 
 def test_ceresdb_started_before_meta_exits_1(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1)
@@ -632,8 +687,14 @@ def test_port_in_server_addr_registers_a_wrong_name_that_never_opens_a_shard(sta
     wait_until(lambda: shard_locks(client_url(spec)) == mine, 30, "db0's four shards locked")
     # Meta dials the wrong name to open the other four, and cannot.
     failed = b"procedure start failed procedureID="
-    wait_until(lambda: sum(f"node={wrong_name} ".encode() in line for line in meta.logs().splitlines() if failed in line) >= 2,
-               20, "meta's failed OpenShard procedures")
+    wait_until(
+        lambda: (
+            sum(f"node={wrong_name} ".encode() in line for line in meta.logs().splitlines() if failed in line)
+            >= 2
+        ),
+        20,
+        "meta's failed OpenShard procedures",
+    )
     # The topology is what nodes report open (db0's next heartbeat): the wrong name never enters it,
     # and the cluster stays in Prepare.
     wait_until(lambda: dict(node_shards(meta_http(spec))) == mine, 10, "db0's shards in meta's topology")
@@ -649,11 +710,19 @@ def test_three_meta_members_not_all_started_exit_0_after_the_timeout(standins: S
     assert b"fail to start etcd server" in container.logs()
 
 
-@pytest.mark.parametrize(("edit", "why"), [
-    pytest.param(lambda text: text + "\n[analytics]\nx = 1\n", "a misspelt top-level section", id="unknown-section"),
-    pytest.param(lambda text: text.replace('type = "RocksDB"', 'type = "Local"'), 'WAL type "Local" (only from 2.1.0)',
-                 id="wal-local"),
-])
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        pytest.param(
+            lambda text: text + "\n[analytics]\nx = 1\n", "a misspelt top-level section", id="unknown-section"
+        ),
+        pytest.param(
+            lambda text: text.replace('type = "RocksDB"', 'type = "Local"'),
+            'WAL type "Local" (only from 2.1.0)',
+            id="wal-local",
+        ),
+    ],
+)
 def test_config_errors_exit_101(standins: StandIns, edit: object, why: str) -> None:
     spec = load(standins, meta=1, db=1)
     node_config = standins.root / "config" / "db0" / "ceresdb.toml"
@@ -669,7 +738,7 @@ def test_config_errors_exit_101(standins: StandIns, edit: object, why: str) -> N
     assert b"Failed to parse config" in container.logs(stderr=True, stdout=False)
 
 
-FAKE_SERVERSCHEMA = '''
+FAKE_SERVERSCHEMA = """
 import os
 import random
 import re
@@ -692,19 +761,22 @@ def meta_schema(version):
 def check(document, schema):
     kind, _, path = os.environ.get("FAKE_VIOLATION", "").partition(":")
     return [Violation(path, kind, "fake " + kind, "x")] if kind else []
-'''
+"""
 
 
-@pytest.mark.parametrize(("role", "violation", "code"), [
-    ("db", "", 1),  # no violation: on to meta, which refuses the connection
-    ("db", "type:server.http_port", 101),
-    ("db", "missing:analytic.manifest.scan_timeout", 101),
-    ("db", "unknown:analytics", 101),
-    ("db", 'unknown:analytic."write_group_worker_num"', 1),  # unknown nested keys are ignored
-    ("meta", "type:lease-sec", 2),
-    ("meta", "unknown:no-such-key", 1),  # ignored: on to etcd, which this copy cannot start
-    ("db-without-module", "", 1),
-])
+@pytest.mark.parametrize(
+    ("role", "violation", "code"),
+    [
+        ("db", "", 1),  # no violation: on to meta, which refuses the connection
+        ("db", "type:server.http_port", 101),
+        ("db", "missing:analytic.manifest.scan_timeout", 101),
+        ("db", "unknown:analytics", 101),
+        ("db", 'unknown:analytic."write_group_worker_num"', 1),  # unknown nested keys are ignored
+        ("meta", "type:lease-sec", 2),
+        ("meta", "unknown:no-such-key", 1),  # ignored: on to etcd, which this copy cannot start
+        ("db-without-module", "", 1),
+    ],
+)
 def test_serverschema_seam(tmp_path: Path, role: str, violation: str, code: int) -> None:
     """The stand-ins parse with ceres_supervisor/desired/serverschema.py when the image carries it."""
     image = tmp_path / "image"
@@ -717,26 +789,45 @@ def test_serverschema_seam(tmp_path: Path, role: str, violation: str, code: int)
     if role == "meta":
         config.write_text(f'data-dir = "{tmp_path}/meta"\n')
     else:
-        config.write_text('[cluster_deployment]\nmode = "WithMeta"\n[cluster_deployment.meta_client]\n'
-                          f'cluster_name = "c"\nmeta_addr = "http://127.0.0.1:{closed_port}"\n'
-                          '[analytic.wal]\ntype = "RocksDB"\n')
+        config.write_text(
+            '[cluster_deployment]\nmode = "WithMeta"\n[cluster_deployment.meta_client]\n'
+            f'cluster_name = "c"\nmeta_addr = "http://127.0.0.1:{closed_port}"\n'
+            '[analytic.wal]\ntype = "RocksDB"\n'
+        )
     script = image / ("meta.py" if role == "meta" else "db.py")
     env = {"PATH": "/nonexistent", "FAKE_VIOLATION": violation}
-    result = subprocess.run([sys.executable, str(script), "--config", str(config)], env=env,
-                            capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, str(script), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == code, (result.stdout[-500:], result.stderr[-800:])
 
 
 def test_build_is_idempotent_and_images_start(docker_client: docker.DockerClient, standins: StandIns) -> None:
     time.monotonic()
-    result = subprocess.run([sys.executable, "testkit/emulator.py", "1.2.2"], capture_output=True, text=True, check=True,
-                            env={**os.environ, "CERES_EMULATOR_REPOSITORY": IMAGE_PREFIX})
+    result = subprocess.run(
+        [sys.executable, "testkit/emulator.py", "1.2.2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CERES_EMULATOR_REPOSITORY": IMAGE_PREFIX},
+    )
     assert "up to date" in result.stderr  # nothing rebuilt (how fast is not a test's business)
     image = docker_client.images.get(build.image_names("1.2.2")["db"])
     # ceres_supervisor/desired/serverschema.py rides along when it exists, and only then.
     has_schema = docker_client.containers.run(
-        image, entrypoint=["/usr/bin/python3", "-c", "import os; print(os.path.exists('/opt/ceres-emulator/serverschema.py'))"],
-        labels={TEST_LABEL: standins.run_id}, remove=True)
+        image,
+        entrypoint=[
+            "/usr/bin/python3",
+            "-c",
+            "import os; print(os.path.exists('/opt/ceres-emulator/serverschema.py'))",
+        ],
+        labels={TEST_LABEL: standins.run_id},
+        remove=True,
+    )
     assert has_schema.strip() == str(build.SERVERSCHEMA.is_file()).encode()
     spec = load(standins, meta=1, db=1)
     start_meta(standins, spec)
@@ -753,8 +844,14 @@ def test_grpc_port_answers_open_shard_one_shard_per_call(standins: StandIns) -> 
     wait_until(lambda: len(shard_locks(client_url(spec))) == 8, 60, "db0 holding every shard")
     key = f"/ceresdb/defaultCluster/shards/{99:020d}"
     _status, granted = http_json(f"{client_url(spec)}/v3/lease/grant", {"TTL": "60"})
-    http_json(f"{client_url(spec)}/v3/kv/put", {"key": base64.b64encode(key.encode()).decode(),
-                                                "value": base64.b64encode(b"\x0a\x01x").decode(), "lease": granted["ID"]})  # type: ignore[index]
+    http_json(
+        f"{client_url(spec)}/v3/kv/put",
+        {
+            "key": base64.b64encode(key.encode()).decode(),
+            "value": base64.b64encode(b"\x0a\x01x").decode(),
+            "lease": granted["ID"],
+        },
+    )  # type: ignore[index]
     node = spec.ceresdb.nodes[0]
 
     def open_shard(shard: int) -> bytes:
@@ -768,6 +865,7 @@ def test_grpc_port_answers_open_shard_one_shard_per_call(standins: StandIns) -> 
 
 # --- helpers of the failure tests -------------------------------------------------------------------
 
+
 def revoke(spec: DesiredState, leases: set[int], i: int = 0) -> None:
     """Revoke etcd leases: their keys go at once, as when their TTL runs out (without the wait)."""
     for lease in leases:
@@ -775,7 +873,9 @@ def revoke(spec: DesiredState, leases: set[int], i: int = 0) -> None:
 
 
 def leases_of(spec: DesiredState, holder: str, i: int = 0) -> set[int]:
-    return {lease for h, lease in shard_lock_leases(client_url(spec, i), root=root(spec)).values() if h == holder}
+    return {
+        lease for h, lease in shard_lock_leases(client_url(spec, i), root=root(spec)).values() if h == holder
+    }
 
 
 def log_count(container: Container, text: str) -> int:
@@ -785,7 +885,11 @@ def log_count(container: Container, text: str) -> int:
 def wait_passes(meta: Container, passes: int) -> None:
     """Until meta's scheduler has made `passes` more passes (it logs each one)."""
     start = log_count(meta, "scheduler manager invoke")
-    wait_until(lambda: log_count(meta, "scheduler manager invoke") >= start + passes, 30, f"{passes} scheduler passes")
+    wait_until(
+        lambda: log_count(meta, "scheduler manager invoke") >= start + passes,
+        30,
+        f"{passes} scheduler passes",
+    )
 
 
 def answering(spec: DesiredState, i: int) -> bool:
@@ -795,8 +899,14 @@ def answering(spec: DesiredState, i: int) -> bool:
         return False
 
 
-def restart_with_locks_gone(spec: DesiredState, containers: list[Container], free: set[int], meta: Container,
-                            i: int = 0, resume: bool = True) -> None:
+def restart_with_locks_gone(
+    spec: DesiredState,
+    containers: list[Container],
+    free: set[int],
+    meta: Container,
+    i: int = 0,
+    resume: bool = True,
+) -> None:
     """Kill the CeresDB containers, revoke the leases `free` (the old incarnations' locks that the test
     wants gone: as if their TTL had run out), start them again, and let meta's scheduler go once every
     one answers (a node answers after its first heartbeat went out): meta is held still (tick 3600)
@@ -809,7 +919,9 @@ def restart_with_locks_gone(spec: DesiredState, containers: list[Container], fre
     for container in containers:
         container.start()
     for container in containers:
-        index = next(j for j, n in enumerate(spec.ceresdb.nodes) if str(container.name).endswith(f"-{n.name}"))
+        index = next(
+            j for j, n in enumerate(spec.ceresdb.nodes) if str(container.name).endswith(f"-{n.name}")
+        )
         wait_until(lambda index=index: answering(spec, index), 20, f"{container.name} answering")  # type: ignore[misc]
     if resume:
         set_scheduler_tick([meta], TICK_S)
@@ -823,8 +935,15 @@ def debug_shards(spec: DesiredState, i: int) -> dict[int, str]:
     return {int(s["id"]): str(s["status"]) for s in body}
 
 
-def run_node(standins: StandIns, spec: DesiredState, name: str, image: str | None = None, env: dict[str, str] | None = None,
-             edit: Callable[[str], str] | None = None, suffix: str = "") -> Container:
+def run_node(
+    standins: StandIns,
+    spec: DesiredState,
+    name: str,
+    image: str | None = None,
+    env: dict[str, str] | None = None,
+    edit: Callable[[str], str] | None = None,
+    suffix: str = "",
+) -> Container:
     """Like StandIns.run, with another image, an edited config, or a second container on the node's
     files (`suffix` names it)."""
     node = next(n for n in rendering.render(spec) if n.name == name)
@@ -837,18 +956,26 @@ def run_node(standins: StandIns, spec: DesiredState, name: str, image: str | Non
     data_dir.mkdir(parents=True, exist_ok=True)
     default = spec.meta.image if node.role == "meta" else spec.ceresdb.image
     return standins.client.containers.run(
-        image or default, detach=True, name=f"ceres-emutest-{standins.run_id}-{name}{suffix}", network_mode="host",
+        image or default,
+        detach=True,
+        name=f"ceres-emutest-{standins.run_id}-{name}{suffix}",
+        network_mode="host",
         environment={**node.env, **(env or {})},
-        volumes={str(config): {"bind": node.config_mount, "mode": "ro"}, str(data_dir): {"bind": node.data_mount, "mode": "rw"}},
+        volumes={
+            str(config): {"bind": node.config_mount, "mode": "ro"},
+            str(data_dir): {"bind": node.data_mount, "mode": "rw"},
+        },
         labels={TEST_LABEL: standins.run_id},
     )
 
 
 # --- item 1: OpenShard fetches the shard's tables from meta -----------------------------------------
 
+
 @pytest.mark.parametrize("version", ["1.2.2", "1.2.5", "2.0.0"])
 def test_open_shard_fetches_tables_through_meta_addr_and_from_1_2_5_exits_1_when_it_cannot(
-        standins: StandIns, version: str) -> None:
+    standins: StandIns, version: str
+) -> None:
     """The member named in meta_addr stops while the leader reopens a node's shards: the node takes
     each lock, then cannot fetch the shard's tables. Up to 1.2.4 that is the call's error (the node
     runs on, the lock held); from 1.2.5 it retries (10 x 5 s, 2.0.0: backoff 1-5 s; scaled down here)
@@ -859,7 +986,11 @@ def test_open_shard_fetches_tables_through_meta_addr_and_from_1_2_5_exits_1_when
     follower = (leader + 1) % 3
     spec = with_meta_addr(standins, spec, follower)
     db0 = standins.run(spec, "db0")
-    wait_until(lambda: len(shard_locks(client_url(spec, leader), root=root(spec))) == 8, 60, "db0 holding every shard")
+    wait_until(
+        lambda: len(shard_locks(client_url(spec, leader), root=root(spec))) == 8,
+        60,
+        "db0 holding every shard",
+    )
     wait_until(lambda: cluster_view(spec, leader)[1] == "Stable", 20, "the cluster Stable")
     emulator_hook(db0, "retry-scale", "0.02")
     mine = endpoint(spec, 0)
@@ -867,24 +998,37 @@ def test_open_shard_fetches_tables_through_meta_addr_and_from_1_2_5_exits_1_when
     old = leases_of(spec, mine, leader)
     restart_with_locks_gone(spec, [db0], old, metas[leader], leader, resume=False)
     before = etcd_range(client_url(spec, leader), node_key)[node_key][0]
-    wait_until(lambda: etcd_range(client_url(spec, leader), node_key)[node_key][0] != before, 10, "db0's next heartbeat")
+    wait_until(
+        lambda: etcd_range(client_url(spec, leader), node_key)[node_key][0] != before,
+        10,
+        "db0's next heartbeat",
+    )
     kill_main_process(metas[follower])  # the member db0's meta_addr names
     set_scheduler_tick([metas[leader]], TICK_S)  # within 10 s of that heartbeat: db0 is online for meta
     if version >= "1.2.5":
         assert db0.wait(timeout=60)["StatusCode"] == 1
         logs = db0.logs()
         assert b"Open shard failed and we have to panic otherwise this shard wont be assigned again." in logs
-        assert max(logs.count(f"Open shard failed id={s} ".encode()) for s in range(8)) == 11  # 1 try + 10 retries
+        assert (
+            max(logs.count(f"Open shard failed id={s} ".encode()) for s in range(8)) == 11
+        )  # 1 try + 10 retries
         left = shard_lock_leases(client_url(spec, leader), root=root(spec))
-        assert left and {h for h, _ in left.values()} == {mine} and not {lease for _, lease in left.values()} & old, left
+        assert (
+            left
+            and {h for h, _ in left.values()} == {mine}
+            and not {lease for _, lease in left.values()} & old
+        ), left
     else:
         wait_until(lambda: log_count(db0, "fail to open shards in cluster") >= 2, 30, "db0's failed fetches")
         db0.reload()
         assert db0.status == "running"
-        assert set(shard_locks(client_url(spec, leader), root=root(spec)).values()) == {mine}  # the locks it took stay
+        assert set(shard_locks(client_url(spec, leader), root=root(spec)).values()) == {
+            mine
+        }  # the locks it took stay
 
 
 # --- item 2: the procedure manager --------------------------------------------------------------------
+
 
 def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: StandIns) -> None:
     """A and B restart together; A's first shard opens slowly (held), B's old locks still exist. From
@@ -907,8 +1051,16 @@ def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: 
     finished = log_count(a_c, f"Open shard finish shard_id={slow} ")
     started = log_count(a_c, f"Receive open shard request shard_id={slow} ")
     restart_with_locks_gone(spec, [a_c, b_c], leases_of(spec, endpoint(spec, a)), meta)
-    wait_until(lambda: log_count(a_c, f"Receive open shard request shard_id={slow} ") > started, 20, "A's slow open started")
-    wait_until(lambda: log_count(b_c, "Failed to execute txn of create lock") >= 1, 20, "B's opens failing on its old locks")
+    wait_until(
+        lambda: log_count(a_c, f"Receive open shard request shard_id={slow} ") > started,
+        20,
+        "A's slow open started",
+    )
+    wait_until(
+        lambda: log_count(b_c, "Failed to execute txn of create lock") >= 1,
+        20,
+        "B's opens failing on its old locks",
+    )
     revoke(spec, b_old)
 
     def b_locked() -> list[int]:
@@ -921,7 +1073,9 @@ def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: 
     assert debug_shards(spec, a)[slow] == "Opening"
     status, body = http_json(f"{meta_http(spec)}/debug/diagnose/defaultCluster/shards")
     assert status == 200 and body["data"] == {  # type: ignore[index]
-        "unregistered_shards": b_shards, "unready_shards": {str(slow): {"node_name": endpoint(spec, a), "status": "partialOpen"}}}, body
+        "unregistered_shards": b_shards,
+        "unready_shards": {str(slow): {"node_name": endpoint(spec, a), "status": "partialOpen"}},
+    }, body
     assert log_count(a_c, f"Open shard finish shard_id={slow} ") == finished  # A's open has not returned
     emulator_hook(a_c, "open-clear")
     wait_until(lambda: b_locked() == b_shards, 20, "B's shards reopened once A's open returned")
@@ -929,26 +1083,44 @@ def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: 
 
 # --- item 3: 2.0.0's enable_shard_lock_fast_reacquire ------------------------------------------------
 
+
 def test_2_0_0_fast_reacquire_reuses_the_predecessors_lease(standins: StandIns) -> None:
     extra = "[ceresdb.config.cluster_deployment.etcd_client]\nenable_shard_lock_fast_reacquire = true\n"
     spec = load(standins, meta=1, db=1, version="2.0.0", extra=extra)
     start_meta(standins, spec)
     db0 = standins.run(spec, "db0")
-    old = wait_until(lambda: (leases := shard_lock_leases(client_url(spec), root=root(spec))) and len(leases) == 8 and leases,
-                     60, "db0 holding every shard")
+    old = wait_until(
+        lambda: (
+            (leases := shard_lock_leases(client_url(spec), root=root(spec))) and len(leases) == 8 and leases
+        ),
+        60,
+        "db0 holding every shard",
+    )
     kill_main_process(db0)
     db0.wait(timeout=10)
     db0.start()
-    wait_until(lambda: answering(spec, 0) and set(debug_shards(spec, 0).values()) == {"Ready"} and len(debug_shards(spec, 0)) == 8,
-               30, "db0's shards open again")
+    wait_until(
+        lambda: (
+            answering(spec, 0)
+            and set(debug_shards(spec, 0).values()) == {"Ready"}
+            and len(debug_shards(spec, 0)) == 8
+        ),
+        30,
+        "db0's shards open again",
+    )
     assert log_count(db0, "Shard lock is acquired fast") == 8
-    assert shard_lock_leases(client_url(spec), root=root(spec)) == old  # the same lease ids: the predecessor's
+    assert (
+        shard_lock_leases(client_url(spec), root=root(spec)) == old
+    )  # the same lease ids: the predecessor's
 
 
 # --- item 4: a held lock is not a served shard -------------------------------------------------------
 
+
 @pytest.mark.parametrize("version", ["1.2.4", "1.2.5"])
-def test_a_failed_table_open_keeps_the_lock_and_only_from_1_2_5_is_retried(standins: StandIns, version: str) -> None:
+def test_a_failed_table_open_keeps_the_lock_and_only_from_1_2_5_is_retried(
+    standins: StandIns, version: str
+) -> None:
     spec = load(standins, meta=1, db=1, version=version)
     (meta,) = start_meta(standins, spec)
     db0 = standins.run(spec, "db0")
@@ -956,7 +1128,9 @@ def test_a_failed_table_open_keeps_the_lock_and_only_from_1_2_5_is_retried(stand
     emulator_hook(db0, "open-fail", "3")
     restart_with_locks_gone(spec, [db0], leases_of(spec, endpoint(spec, 0)), meta)
     wait_until(lambda: len(shard_locks(client_url(spec))) == 8, 30, "every lock taken again")
-    wait_until(lambda: log_count(db0, "Failed to open shard shard_id=3 ") >= 1, 20, "shard 3's tables failing")
+    wait_until(
+        lambda: log_count(db0, "Failed to open shard shard_id=3 ") >= 1, 20, "shard 3's tables failing"
+    )
     wait_passes(meta, 6)  # heartbeats (every 2 s here) report what the node holds
     requests = log_count(db0, "Receive open shard request shard_id=3 ")
     wait_passes(meta, 6)
@@ -975,6 +1149,7 @@ def test_a_failed_table_open_keeps_the_lock_and_only_from_1_2_5_is_retried(stand
 
 # --- item 5: the default schema, through meta's leader, at every start -------------------------------
 
+
 def test_ceresdb_start_creates_the_default_schema_through_the_meta_leader(standins: StandIns) -> None:
     spec = load(standins, meta=3, db=1)
     metas = start_meta(standins, spec)
@@ -989,7 +1164,9 @@ def test_ceresdb_start_creates_the_default_schema_through_the_meta_leader(standi
     kill_main_process(metas[leader])  # its leader key outlives it by up to lease-sec (10 s)
     metas[leader].wait(timeout=10)
     # Read once the survivors have elected an etcd leader (a read during the election fails).
-    found = wait_until(lambda: meta_leader(client_url(spec, follower), "/members/leader"), 15, "the leader key read")
+    found = wait_until(
+        lambda: meta_leader(client_url(spec, follower), "/members/leader"), 15, "the leader key read"
+    )
     assert found[0][2] == client_url(spec, leader), found  # still the dead leader's
     db0.start()  # AllocSchemaID reaches meta_addr, which forwards it to the dead leader
     assert db0.wait(timeout=30)["StatusCode"] == 1
@@ -997,6 +1174,7 @@ def test_ceresdb_start_creates_the_default_schema_through_the_meta_leader(standi
 
 
 # --- item 6: one process per data directory -----------------------------------------------------------
+
 
 def test_ceresdb_data_directory_is_locked_like_rocksdb_does(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1)
@@ -1018,8 +1196,10 @@ def test_ceresdb_data_directory_is_locked_like_rocksdb_does(standins: StandIns) 
 
 # --- item 7: stops ---------------------------------------------------------------------------------------
 
+
 def test_ceresdb_sigterm_during_startup_ends_it_by_the_signal_and_later_stops_wait_for_open_shard(
-        standins: StandIns) -> None:
+    standins: StandIns,
+) -> None:
     spec = load(standins, meta=1, db=1, version="1.2.7")
     (meta,) = start_meta(standins, spec)
     db0 = standins.run(spec, "db0")
@@ -1038,7 +1218,9 @@ def test_ceresdb_sigterm_during_startup_ends_it_by_the_signal_and_later_stops_wa
     restart_with_locks_gone(spec, [db0], leases_of(spec, endpoint(spec, 0)), meta, resume=False)
     opens = log_count(db0, "Receive open shard request shard_id=0 ")
     set_scheduler_tick([meta], TICK_S)
-    wait_until(lambda: log_count(db0, "Receive open shard request shard_id=0 ") > opens, 20, "shard 0 opening")
+    wait_until(
+        lambda: log_count(db0, "Receive open shard request shard_id=0 ") > opens, 20, "shard 0 opening"
+    )
     db0.stop(timeout=2)  # the gRPC shutdown waits for the OpenShard in flight, which never returns
     assert db0.wait(timeout=10)["StatusCode"] == 137
     assert b"Received signal, stopping server..." in db0.logs()
@@ -1056,12 +1238,15 @@ def test_meta_leader_revokes_its_lease_on_sigterm_and_exits_0(standins: StandIns
     metas[leader].stop(timeout=10)
     assert metas[leader].wait(timeout=10)["StatusCode"] == 0
     # Revoked, not left to expire: the lease is gone the moment the process is.
-    _status, ttl = http_json(f"{client_url(spec, other)}/v3/lease/timetolive", {"ID": str(lease)}, timeout_s=10)
+    _status, ttl = http_json(
+        f"{client_url(spec, other)}/v3/lease/timetolive", {"ID": str(lease)}, timeout_s=10
+    )
     assert int(ttl.get("TTL", -1)) == -1, ttl  # type: ignore[union-attr]
     assert b"got signal to exit" in metas[leader].logs()
 
 
 # --- item 8: flush_memtable is synchronous --------------------------------------------------------------
+
 
 def test_flush_memtable_answers_only_when_every_table_is_flushed(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1)
@@ -1079,14 +1264,22 @@ def test_flush_memtable_answers_only_when_every_table_is_flushed(standins: Stand
 
 # --- item 10: parsing ------------------------------------------------------------------------------------
 
-def run_meta_script(tmp_path: Path, config: Path, version: str = "1.2.7") -> subprocess.CompletedProcess[bytes]:
+
+def run_meta_script(
+    tmp_path: Path, config: Path, version: str = "1.2.7"
+) -> subprocess.CompletedProcess[bytes]:
     image = tmp_path / "image"
     if not image.exists():
         shutil.copytree(HERE / "image", image)
     (image / "VERSION").write_text(f"{version}\n")
     (image / "serverschema.py").unlink(missing_ok=True)
-    return subprocess.run([sys.executable, str(image / "meta.py"), "--config", str(config)],
-                          env={"PATH": "/nonexistent"}, capture_output=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, str(image / "meta.py"), "--config", str(config)],
+        env={"PATH": "/nonexistent"},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_meta_exits_2_when_its_config_file_cannot_be_read(tmp_path: Path) -> None:
@@ -1100,7 +1293,9 @@ def test_meta_keys_match_case_insensitively_like_go_toml_v2(tmp_path: Path) -> N
     config.write_text(f'STORAGE-ROOT-PATH = "/moved"\nNode-Name = "m9"\ndata-dir = "{tmp_path}/d"\n')
     result = run_meta_script(tmp_path, config)
     assert b"node-name=m9" in result.stdout and b"storage-root-path=/moved" in result.stdout, result.stdout
-    config.write_text(f'storage-root-path = "/first"\nSTORAGE-ROOT-PATH = "/second"\ndata-dir = "{tmp_path}/d"\n')
+    config.write_text(
+        f'storage-root-path = "/first"\nSTORAGE-ROOT-PATH = "/second"\ndata-dir = "{tmp_path}/d"\n'
+    )
     assert b"storage-root-path=/second" in run_meta_script(tmp_path, config).stdout  # the later key wins
 
 
@@ -1113,10 +1308,15 @@ def test_ceresdb_applies_empty_environment_overrides(standins: StandIns) -> None
     db0.remove(force=True)
     standins.run(spec, "db0", env={"CERESDB_SERVER_ADDR": ""})  # the node's name: ":<grpc_port>"
     port = spec.ceresdb.nodes[0].grpc_port
-    wait_until(lambda: set(shard_locks(client_url(spec)).values()) == {f":{port}"}, 60, "locks named by the empty address")
+    wait_until(
+        lambda: set(shard_locks(client_url(spec)).values()) == {f":{port}"},
+        60,
+        "locks named by the empty address",
+    )
 
 
 # --- stand-in needs of the other issues ------------------------------------------------------------------
+
 
 def test_meta_http500_hook_fails_routes_with_the_real_envelope(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1)
@@ -1124,8 +1324,11 @@ def test_meta_http500_hook_fails_routes_with_the_real_envelope(standins: StandIn
     shards_url, clusters_url = f"{meta_http(spec)}/api/v1/getNodeShards", f"{meta_http(spec)}/api/v1/clusters"
     emulator_hook(meta, "http500", "getNodeShards", "600")
     status, body = http_json(shards_url, {"clusterName": "defaultCluster"})
-    assert status == 500 and body == {"status": "error", "error": "(#500)get node shards, cause:<nil>",
-                                      "msg": "err: get cluster view: context deadline exceeded"}, body
+    assert status == 500 and body == {
+        "status": "error",
+        "error": "(#500)get node shards, cause:<nil>",
+        "msg": "err: get cluster view: context deadline exceeded",
+    }, body
     assert http_json(clusters_url)[0] == 200
     emulator_hook(meta, "http500", "clusters", "600")
     status, body = http_json(clusters_url)
@@ -1133,7 +1336,9 @@ def test_meta_http500_hook_fails_routes_with_the_real_envelope(standins: StandIn
     emulator_hook(meta, "http500", "clear")
     assert http_json(shards_url, {"clusterName": "defaultCluster"})[0] == 200
     emulator_hook(meta, "http500", "getNodeShards", "1")  # N seconds, then answered again
-    wait_until(lambda: http_json(shards_url, {"clusterName": "defaultCluster"})[0] == 200, 10, "the 500s to end")
+    wait_until(
+        lambda: http_json(shards_url, {"clusterName": "defaultCluster"})[0] == 200, 10, "the 500s to end"
+    )
 
 
 @pytest.mark.parametrize("version", ["1.2.7", "2.0.0"])
@@ -1145,10 +1350,26 @@ def test_meta_keeps_its_metadata_where_the_real_meta_does(standins: StandIns, ve
     r, c0 = root(spec), f"{0:020d}"
     keys = etcd_range(client_url(spec), "/")
     assert not [k for k in keys if k.startswith("/ceres-emulator")], "private keys left in etcd"
-    assert keys[f"{r}/ClusterID"][0] == b"20" and keys[f"{r}/defaultCluster/SchemaID"][0] == b"20"  # id-allocator-step
+    assert (
+        keys[f"{r}/ClusterID"][0] == b"20" and keys[f"{r}/defaultCluster/SchemaID"][0] == b"20"
+    )  # id-allocator-step
     cluster = metastore.Cluster.decode(keys[f"{r}/v1/cluster/info/{c0}"][0])
-    assert (cluster.id, cluster.name, cluster.min_node_count, cluster.shard_total) == (0, "defaultCluster", 1, 8)
-    assert len([k for k in keys if k.startswith(f"{r}/v1/cluster/{c0}/shard_view/") and k.endswith("/latest_version")]) == 8
+    assert (cluster.id, cluster.name, cluster.min_node_count, cluster.shard_total) == (
+        0,
+        "defaultCluster",
+        1,
+        8,
+    )
+    assert (
+        len(
+            [
+                k
+                for k in keys
+                if k.startswith(f"{r}/v1/cluster/{c0}/shard_view/") and k.endswith("/latest_version")
+            ]
+        )
+        == 8
+    )
     assert cluster_view(spec)[1:] == ("Stable", node_shards(meta_http(spec)))  # getNodeShards reads that view
     assert f"{r}/v1/cluster/{c0}/node/{endpoint(spec, 0)}" in keys
     procedures = [k for k in keys if k.startswith(f"{r}/v1/procedure/")]
@@ -1164,12 +1385,18 @@ def test_meta_keeps_its_metadata_where_the_real_meta_does(standins: StandIns, ve
     # killed: its leader key goes with it, so the new process need not wait for it to expire.)
     meta.stop(timeout=10)
     meta.start()
-    wait_until(lambda: http_json(f"{meta_http(spec)}/api/v1/clusters")[1]["data"][0]["CreatedAt"] == cluster.created_at,  # type: ignore[index]
-               30, "the stored cluster loaded")
+    wait_until(
+        lambda: (
+            http_json(f"{meta_http(spec)}/api/v1/clusters")[1]["data"][0]["CreatedAt"] == cluster.created_at
+        ),  # type: ignore[index]
+        30,
+        "the stored cluster loaded",
+    )
     assert etcd_range(client_url(spec), f"{r}/ClusterID")[f"{r}/ClusterID"][0] == b"20"
 
 
 # --- mixed versions ------------------------------------------------------------------------------------
+
 
 def respec(standins: StandIns, version: str) -> DesiredState:
     """The same cluster (names, hosts, ports) on the stand-ins of another version."""
@@ -1180,7 +1407,9 @@ def respec(standins: StandIns, version: str) -> DesiredState:
     names = build.image_names(old_version.group(1))
     new = build.image_names(version)
     text = text.replace(f'version = "{old_version.group(1)}"', f'version = "{version}"')
-    text = re.sub(r'flavor = "[a-z]+"', f'flavor = "{"horaedb" if version.startswith("2") else "ceresdb"}"', text)
+    text = re.sub(
+        r'flavor = "[a-z]+"', f'flavor = "{"horaedb" if version.startswith("2") else "ceresdb"}"', text
+    )
     text = text.replace(names["meta"], new["meta"]).replace(names["db"], new["db"])
     return standins.load(text)
 
@@ -1196,7 +1425,10 @@ def test_1_2_6_and_1_2_7_meta_members_never_agree_on_a_leader(standins: StandIns
     set_scheduler_tick(metas, TICK_S)
 
     def keys() -> dict[str, tuple[bytes, int]]:
-        return {**etcd_range(client_url(spec, 1), "/members/leader"), **etcd_range(client_url(spec, 1), "/ceresdb/members/leader")}
+        return {
+            **etcd_range(client_url(spec, 1), "/members/leader"),
+            **etcd_range(client_url(spec, 1), "/ceresdb/members/leader"),
+        }
 
     found = wait_until(keys, 60, "a meta leader key")
     assert len(found) == 1, found
@@ -1204,7 +1436,9 @@ def test_1_2_6_and_1_2_7_meta_members_never_agree_on_a_leader(standins: StandIns
     leader = next(i for i in range(3) if client_url(spec, i) == decode_member(value)[2])
     leader_is_old = key == "/members/leader"
     assert leader_is_old == (leader == 0)
-    wait_until(lambda: http_json(f"{meta_http(spec, leader)}/api/v1/clusters")[0] == 200, 30, "the leader serving")
+    wait_until(
+        lambda: http_json(f"{meta_http(spec, leader)}/api/v1/clusters")[0] == 200, 30, "the leader serving"
+    )
     strangers = [0] if not leader_is_old else [1, 2]  # the members reading the other key
     for i in strangers:
         status, body = http_json(f"{meta_http(spec, i)}/api/v1/clusters")
@@ -1218,9 +1452,14 @@ def test_a_1_x_ceresdb_is_refused_by_2_0_meta(standins: StandIns) -> None:
     spec = load(standins, meta=1, db=1, version="2.0.0")
     start_meta(standins, spec)
     old = respec(standins, "1.2.7")
-    db0 = run_node(standins, old, "db0", edit=lambda text: text.replace('root_path = "/ceresdb"', 'root_path = "/horaedb"'))
+    db0 = run_node(
+        standins,
+        old,
+        "db0",
+        edit=lambda text: text.replace('root_path = "/ceresdb"', 'root_path = "/horaedb"'),
+    )
     assert db0.wait(timeout=30)["StatusCode"] == 1
-    assert b'unknown service meta_service.CeresmetaRpcService' in db0.logs()
+    assert b"unknown service meta_service.CeresmetaRpcService" in db0.logs()
     assert b"Fail to create default schema" in db0.logs()
 
 
@@ -1249,17 +1488,36 @@ def test_a_2_0_node_finds_1_x_data_only_with_its_catalog_and_roots_kept(standins
     for container in (db2, meta2):
         container.stop(timeout=10)
     # Roots and catalog kept: the 1.x cluster, its topology and its locks' keys.
-    kept = run_node(standins, new, "meta0", suffix="-3",
-                    edit=lambda text: text.replace('storage-root-path = "/horaedb"', 'storage-root-path = "/ceresdb"'))
+    kept = run_node(
+        standins,
+        new,
+        "meta0",
+        suffix="-3",
+        edit=lambda text: text.replace('storage-root-path = "/horaedb"', 'storage-root-path = "/ceresdb"'),
+    )
     set_scheduler_tick([kept], TICK_S)
     wait_until(lambda: http_json(f"{meta_http(new)}/api/v1/clusters")[1]["data"], 30, "a cluster listed")  # type: ignore[index]
-    db3 = run_node(standins, new, "db0", suffix="-3", env={"HORAEDB_DEFAULT_CATALOG": "ceresdb"},
-                   edit=lambda text: text.replace('root_path = "/horaedb"', 'root_path = "/ceresdb"'))
-    wait_until(lambda: http_json(f"{meta_http(new)}/api/v1/clusters")[1]["data"][0]["CreatedAt"] == created,  # type: ignore[index]
-               30, "the 1.x cluster loaded")
+    db3 = run_node(
+        standins,
+        new,
+        "db0",
+        suffix="-3",
+        env={"HORAEDB_DEFAULT_CATALOG": "ceresdb"},
+        edit=lambda text: text.replace('root_path = "/horaedb"', 'root_path = "/ceresdb"'),
+    )
+    wait_until(
+        lambda: http_json(f"{meta_http(new)}/api/v1/clusters")[1]["data"][0]["CreatedAt"] == created,  # type: ignore[index]
+        30,
+        "the 1.x cluster loaded",
+    )
     revoke(new, old_leases)  # the 1.x node's locks, as their TTL would
-    wait_until(lambda: len(debug_shards(new, 0)) == 8 and set(debug_shards(new, 0).values()) == {"Ready"}, 60,
-               "the 2.0 node serving the 1.x shards")
+    wait_until(
+        lambda: len(debug_shards(new, 0)) == 8 and set(debug_shards(new, 0).values()) == {"Ready"},
+        60,
+        "the 2.0 node serving the 1.x shards",
+    )
     relocked = shard_lock_leases(client_url(new), root="/ceresdb")
-    assert {s: h for s, (h, _) in relocked.items()} == locks and not {lease for _, lease in relocked.values()} & old_leases
+    assert {s: h for s, (h, _) in relocked.items()} == locks and not {
+        lease for _, lease in relocked.values()
+    } & old_leases
     assert b"catalog=ceresdb" in db3.logs()

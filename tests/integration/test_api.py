@@ -40,7 +40,9 @@ def node(doc: object, name: str) -> dict[str, object]:
 def restarts_total(text: str, name: str) -> float:
     for family in text_string_to_metric_families(text):
         if family.name == "ceres_supervisor_restarts":
-            return sum(s.value for s in family.samples if s.labels.get("node") == name and s.name.endswith("_total"))
+            return sum(
+                s.value for s in family.samples if s.labels.get("node") == name and s.name.endswith("_total")
+            )
     return 0.0
 
 
@@ -70,7 +72,9 @@ class StatusPoller:
         self._thread.join(timeout=10)
 
 
-async def test_status_events_metrics_and_command_around_a_sigkill(make_cluster: Callable[..., Cluster]) -> None:
+async def test_status_events_metrics_and_command_around_a_sigkill(
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster()
     await cluster.start()
     await cluster.healthy(90)
@@ -78,9 +82,27 @@ async def test_status_events_metrics_and_command_around_a_sigkill(make_cluster: 
     assert status_code == 200
     db0 = node(doc, "db0")
     assert (db0["state"], db0["restarts"], db0["reason"], db0["last_exit"]) == ("healthy", 0, None, None)
-    assert set(db0) == {"name", "role", "host", "ports", "container_id", "image", "state", "reason", "health",
-                        "lease", "restarts", "last_exit", "next_restart_at", "started_at"}
-    assert node(doc, "meta0")["lease"] is None and set(node(doc, "meta0")["ports"]) == {"client", "peer", "http"}  # type: ignore[arg-type]
+    assert set(db0) == {
+        "name",
+        "role",
+        "host",
+        "ports",
+        "container_id",
+        "image",
+        "state",
+        "reason",
+        "health",
+        "lease",
+        "restarts",
+        "last_exit",
+        "next_restart_at",
+        "started_at",
+    }
+    assert node(doc, "meta0")["lease"] is None and set(node(doc, "meta0")["ports"]) == {
+        "client",
+        "peer",
+        "http",
+    }  # type: ignore[arg-type]
     _s, metrics_before, _ = await get_text(f"{cluster.api_url}/metrics")
     before = restarts_total(metrics_before, "db0")
 
@@ -142,30 +164,61 @@ async def test_metrics_parse_with_the_prometheus_parser(make_cluster: Callable[.
     status_code, text, _ = await get_text(f"{cluster.api_url}/metrics")
     assert status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"ceres_supervisor_node_state", "ceres_supervisor_restarts", "ceres_supervisor_probe_duration_seconds",
-            "ceres_supervisor_reconcile_duration_seconds", "ceres_supervisor_lease_held",
-            "ceres_supervisor_reload_success"} <= set(families)
-    healthy = {s.labels["node"] for s in families["ceres_supervisor_node_state"].samples
-               if s.labels["state"] == "healthy" and s.value == 1}
+    assert {
+        "ceres_supervisor_node_state",
+        "ceres_supervisor_restarts",
+        "ceres_supervisor_probe_duration_seconds",
+        "ceres_supervisor_reconcile_duration_seconds",
+        "ceres_supervisor_lease_held",
+        "ceres_supervisor_reload_success",
+    } <= set(families)
+    healthy = {
+        s.labels["node"]
+        for s in families["ceres_supervisor_node_state"].samples
+        if s.labels["state"] == "healthy" and s.value == 1
+    }
     assert healthy == {"meta0", "db0", "db1"}
-    assert {s.labels["node"]: s.value for s in families["ceres_supervisor_lease_held"].samples} == {"db0": 1, "db1": 1}
-    probe_count = next(s.value for s in families["ceres_supervisor_probe_duration_seconds"].samples
-                       if s.name.endswith("_count"))
+    assert {s.labels["node"]: s.value for s in families["ceres_supervisor_lease_held"].samples} == {
+        "db0": 1,
+        "db1": 1,
+    }
+    probe_count = next(
+        s.value
+        for s in families["ceres_supervisor_probe_duration_seconds"].samples
+        if s.name.endswith("_count")
+    )
     assert probe_count > 0
     # The signals an on-call alerts on, each labelled with its cluster and host.
     hosts = {n.host for n in cluster.spec.meta.nodes} | {n.host for n in cluster.spec.ceresdb.nodes}
-    for name in ("ceres_supervisor_build_info", "ceres_supervisor_docker_up", "ceres_supervisor_coordination_up",
-                 "ceres_supervisor_agent_up", "ceres_supervisor_meta_leader", "ceres_supervisor_cluster_state",
-                 "ceres_supervisor_spec_info", "ceres_supervisor_spec_hashes_differ", "ceres_supervisor_node_failures"):
+    for name in (
+        "ceres_supervisor_build_info",
+        "ceres_supervisor_docker_up",
+        "ceres_supervisor_coordination_up",
+        "ceres_supervisor_agent_up",
+        "ceres_supervisor_meta_leader",
+        "ceres_supervisor_cluster_state",
+        "ceres_supervisor_spec_info",
+        "ceres_supervisor_spec_hashes_differ",
+        "ceres_supervisor_node_failures",
+    ):
         assert families[name].samples, name
     for family in families.values():
         if family.name.startswith("ceres_supervisor_"):
             for sample in family.samples:
                 # host: the node's machine for a node's series, the agent's for its own (one machine here)
                 assert sample.labels.get("cluster") == cluster.name and sample.labels["host"] in hosts, sample
-    up = {f: [s.value for s in families[f].samples] for f in ("ceres_supervisor_docker_up", "ceres_supervisor_coordination_up",
-                                                             "ceres_supervisor_agent_up", "ceres_supervisor_meta_leader")}
-    assert all(values and set(values) == {1.0} for values in up.values()), up  # one agent covers both addresses
+    up = {
+        f: [s.value for s in families[f].samples]
+        for f in (
+            "ceres_supervisor_docker_up",
+            "ceres_supervisor_coordination_up",
+            "ceres_supervisor_agent_up",
+            "ceres_supervisor_meta_leader",
+        )
+    }
+    assert all(values and set(values) == {1.0} for values in up.values()), (
+        up
+    )  # one agent covers both addresses
 
 
 async def test_readyz_healthz_errors_and_limits(make_cluster: Callable[..., Cluster]) -> None:
@@ -189,7 +242,9 @@ async def test_readyz_healthz_errors_and_limits(make_cluster: Callable[..., Clus
     assert (await get(f"{cluster.api_url}/readyz"))[0] == 503
 
 
-async def test_non_loopback_listen_requires_the_token(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+async def test_non_loopback_listen_requires_the_token(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
     port = free_ports(1)[0]
@@ -204,7 +259,10 @@ async def test_non_loopback_listen_requires_the_token(make_cluster: Callable[...
     assert status_code == 200 and "s3cret" not in str(body)
     assert (await get(f"{url}/healthz"))[0] == 200  # liveness stays open for load balancers and systemd
     with contextlib.redirect_stdout(io.StringIO()):
-        assert await asyncio.to_thread(commands.main, ["status", "--url", url, "--token-file", str(token_file)]) == 0
+        assert (
+            await asyncio.to_thread(commands.main, ["status", "--url", url, "--token-file", str(token_file)])
+            == 0
+        )
         # token_file and listen read from the file
         assert await asyncio.to_thread(commands.main, ["status", "-c", str(cluster.path)]) == 0
         assert await asyncio.to_thread(commands.main, ["status", "--url", url]) == 4  # no token: refused
@@ -252,7 +310,9 @@ class PausableDockerProxy:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
 
-async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+async def test_status_answers_fast_while_docker_hangs(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
     async with PausableDockerProxy(tmp_path / "docker.sock") as proxy:
         cluster = make_cluster()
         supervisor = await cluster.start(docker_url=f"unix://{proxy.path}")
@@ -283,17 +343,21 @@ async def test_status_answers_fast_while_docker_hangs(make_cluster: Callable[...
         assert "no answer within" in doc["engine"]["error"]  # type: ignore[index]
         assert (await get(f"{cluster.api_url}/healthz"))[0] == 200
         proxy.open.set()
-        await eventually(lambda: supervisor.loop._cycle > stuck_cycle, 40, "the loop running again once Docker answers")
+        await eventually(
+            lambda: supervisor.loop._cycle > stuck_cycle, 40, "the loop running again once Docker answers"
+        )
         await eventually(lambda: engine_reported(True), 30, "the engine back in /v1/status")
 
 
-async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(make_cluster: Callable[..., Cluster],
-                                                                          tmp_path: Path) -> None:
+async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
     cluster = make_cluster()
     cluster.write()
     loaded = loading.load(cluster.path)
-    supervisor = app.Supervisor(loaded, await oneshot.decide_locality(loaded, None),
-                                docker_url=f"unix://{tmp_path}/no-docker.sock")
+    supervisor = app.Supervisor(
+        loaded, await oneshot.decide_locality(loaded, None), docker_url=f"unix://{tmp_path}/no-docker.sock"
+    )
     server = api.ApiServer(supervisor)
     await server.start()
     url = "http://" + supervisor.spec.supervisor.listen
@@ -307,7 +371,11 @@ async def test_no_docker_engine_at_start_is_reported_and_the_daemon_lives(make_c
         _c, doc, _ = await get(f"{url}/v1/status")
         assert doc["engine"]["ok"] is False and "unavailable" in doc["engine"]["error"]  # type: ignore[index]
         assert doc["cluster"]["state"] == "unknown"  # type: ignore[index]
-        assert {n["name"]: n["state"] for n in doc["nodes"]} == {"meta0": "pending", "db0": "pending", "db1": "pending"}  # type: ignore[index]
+        assert {n["name"]: n["state"] for n in doc["nodes"]} == {
+            "meta0": "pending",
+            "db0": "pending",
+            "db1": "pending",
+        }  # type: ignore[index]
         assert all(n["reason"].startswith("waiting for the Docker Engine") for n in doc["nodes"])  # type: ignore[index]
         with contextlib.redirect_stdout(io.StringIO()) as out:
             assert await asyncio.to_thread(commands.main, ["status", "--url", url]) == 1

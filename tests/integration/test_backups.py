@@ -43,7 +43,11 @@ KEYS = 200
 def run(*args: str) -> tuple[int, str, str]:
     """The CLI in a process of its own, as an operator runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "ceres_supervisor", *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "ceres_supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     return done.returncode, done.stdout, done.stderr
 
@@ -69,7 +73,10 @@ async def keyspace(client: etcd.Etcd, revision: int | None = None) -> dict[bytes
 
 async def put_keys(client: etcd.Etcd, prefix: bytes, count: int) -> None:
     for start in range(0, count, 100):
-        ops = [etcd.put_request(prefix + b"%05d" % i, b"value-%d" % i) for i in range(start, min(count, start + 100))]
+        ops = [
+            etcd.put_request(prefix + b"%05d" % i, b"value-%d" % i)
+            for i in range(start, min(count, start + 100))
+        ]
         await client.txn([], ops)
 
 
@@ -169,7 +176,9 @@ async def test_backup_and_restore_of_a_three_member_meta(
         (snapshot,) = out.glob("*.db")
         manifest = manifest_of(snapshot)
         assert str(snapshot) in said and manifest.members == ("meta0", "meta1", "meta2")
-        assert manifest.cluster == cluster.name and manifest.flavor == "ceresdb" and manifest.version == "1.2.7"
+        assert (
+            manifest.cluster == cluster.name and manifest.flavor == "ceresdb" and manifest.version == "1.2.7"
+        )
         expected = await keyspace(client, manifest.revision)
         assert sum(k.startswith(b"/backup-test/") for k in expected) == KEYS
         assert any(k.startswith(b"/ceresdb/") for k in expected), sorted(expected)[:20]
@@ -206,10 +215,16 @@ async def test_backup_and_restore_of_a_three_member_meta(
     # Each "machine" (loopback address, as `run --host`) restores its own member from the same backup.
     for m in meta:
         if m is meta[-1]:  # the last one as a script would, with --json
-            code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host, "--json")
+            code, said, err = await arun(
+                "restore", "-c", config, "--from", str(snapshot), "--host", m.host, "--json"
+            )
             done = json.loads(said)
-            assert code == 0 and [(r["node"], r["data_dir"]) for r in done["restored"]] == [(m.name, str(data / m.name))]
-            assert done["snapshot"] == str(snapshot) and {r["node"] for r in done["remote"]} == {o.name for o in meta} - {m.name}
+            assert code == 0 and [(r["node"], r["data_dir"]) for r in done["restored"]] == [
+                (m.name, str(data / m.name))
+            ]
+            assert done["snapshot"] == str(snapshot) and {r["node"] for r in done["remote"]} == {
+                o.name for o in meta
+            } - {m.name}
         else:
             code, said, err = await arun("restore", "-c", config, "--from", str(snapshot), "--host", m.host)
             assert code == 0, err

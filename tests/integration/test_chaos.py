@@ -54,8 +54,10 @@ class Monitor:
         self.data_dirs: set[Path] = set()
         self.errors: list[str] = []
         """An exception in a monitor thread: the run proves nothing, so the test fails."""
-        self.threads = [threading.Thread(target=self._guard(self._watch_state), daemon=True),
-                        threading.Thread(target=self._guard(self._watch_starts), daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._guard(self._watch_state), daemon=True),
+            threading.Thread(target=self._guard(self._watch_starts), daemon=True),
+        ]
 
     def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -64,6 +66,7 @@ class Monitor:
             except Exception as err:  # reported by the test, never swallowed
                 if not self.stop.is_set():
                     self.errors.append(f"{body.__name__}: {type(err).__name__}: {err}")
+
         return run
 
     def meta_ready(self) -> bool:
@@ -81,7 +84,8 @@ class Monitor:
             if self.meta_ready():
                 self.meta_ready_at.append(time.time())
             containers = self.client.containers.list(
-                all=True, filters={"label": f"io.ceres-supervisor.cluster={self.cluster.name}"})
+                all=True, filters={"label": f"io.ceres-supervisor.cluster={self.cluster.name}"}
+            )
             nodes = [c.labels.get("io.ceres-supervisor.node") for c in containers]
             duplicates = {n for n in nodes if nodes.count(n) > 1}
             if duplicates:
@@ -97,8 +101,15 @@ class Monitor:
 
     def _watch_starts(self) -> None:
         since = time.time()
-        for event in self.client.events(decode=True, since=since, filters={
-                "type": "container", "event": "start", "label": f"io.ceres-supervisor.cluster={self.cluster.name}"}):
+        for event in self.client.events(
+            decode=True,
+            since=since,
+            filters={
+                "type": "container",
+                "event": "start",
+                "label": f"io.ceres-supervisor.cluster={self.cluster.name}",
+            },
+        ):
             if self.stop.is_set():
                 return
             attributes = (event.get("Actor") or {}).get("Attributes") or {}
@@ -107,8 +118,10 @@ class Monitor:
             at = int(event.get("timeNano", 0)) / 1e9
             # The supervisor decides on what it saw a moment ago: meta ready within the last second.
             if not any(at - 3.0 <= t <= at + 0.5 for t in self.meta_ready_at[-500:]):
-                self.violations.append(f"{attributes.get('io.ceres-supervisor.node')} started at {at:.2f} "
-                                       "while meta was not ready")
+                self.violations.append(
+                    f"{attributes.get('io.ceres-supervisor.node')} started at {at:.2f} "
+                    "while meta was not ready"
+                )
 
     def __enter__(self) -> Monitor:
         for thread in self.threads:
@@ -123,8 +136,11 @@ class Monitor:
 def _spawn(cluster: Cluster, log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
-                                stdout=handle, stderr=handle)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
+            stdout=handle,
+            stderr=handle,
+        )
     finally:
         handle.close()
 
@@ -137,8 +153,16 @@ def _injected(actions: list[str]) -> int:
 
 @pytest.mark.timeout(CHAOS_S * 1.5 + RECOVERY_S + 180)
 async def test_chaos(make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient) -> None:
-    cluster = make_cluster(meta=1, db=2, supervisor={"backoff_initial": "500ms", "backoff_max": "4s",
-                                                      "crashloop_failures": 1000, "lease_grace": "5s"})
+    cluster = make_cluster(
+        meta=1,
+        db=2,
+        supervisor={
+            "backoff_initial": "500ms",
+            "backoff_max": "4s",
+            "crashloop_failures": 1000,
+            "lease_grace": "5s",
+        },
+    )
     cluster.write()
     log = cluster.root / "supervisor.log"
     url = "http://" + cluster.text.split('listen = "', 1)[1].split('"', 1)[0]
@@ -149,7 +173,9 @@ async def test_chaos(make_cluster: Callable[..., Cluster], docker_client: docker
     process = _spawn(cluster, log)
     actions: list[str] = []
     try:
-        await eventually(lambda: http_json(f"{url}/readyz")[0] == 200, 120, "cluster healthy before the chaos")
+        await eventually(
+            lambda: http_json(f"{url}/readyz")[0] == 200, 120, "cluster healthy before the chaos"
+        )
         with Monitor(cluster, cluster.text) as monitor, DockerEvents(docker_client, cluster.name) as events:
             deadline = time.monotonic() + CHAOS_S
             spawned = time.monotonic()
@@ -157,7 +183,8 @@ async def test_chaos(make_cluster: Callable[..., Cluster], docker_client: docker
             # made: a seed can leave nothing running for a while (everything paused or crashed, the
             # supervisor killed again and again), and those steps are idle.
             while time.monotonic() < deadline or (
-                    _injected(actions) < planned and time.monotonic() < deadline + CHAOS_S / 2):
+                _injected(actions) < planned and time.monotonic() < deadline + CHAOS_S / 2
+            ):
                 if process.poll() is not None and rng.random() < 0.7:
                     process, spawned = _spawn(cluster, log), time.monotonic()
                     actions.append("supervisor started")
@@ -170,21 +197,30 @@ async def test_chaos(make_cluster: Callable[..., Cluster], docker_client: docker
                 process = _spawn(cluster, log)
                 actions.append("supervisor started")
             try:
-                await eventually(lambda: http_json(f"{url}/readyz")[0] == 200, RECOVERY_S,
-                                 "the cluster healthy after the chaos", interval_s=0.5)
+                await eventually(
+                    lambda: http_json(f"{url}/readyz")[0] == 200,
+                    RECOVERY_S,
+                    "the cluster healthy after the chaos",
+                    interval_s=0.5,
+                )
             except AssertionError as err:
-                raise AssertionError(f"{err}\nactions: {actions[-15:]}\nstatus: {_status(url)}\nlog: "
-                                     f"{log.read_text()[-3000:]}") from None
+                raise AssertionError(
+                    f"{err}\nactions: {actions[-15:]}\nstatus: {_status(url)}\nlog: {log.read_text()[-3000:]}"
+                ) from None
             assert not monitor.errors, monitor.errors
             assert not monitor.violations, (monitor.violations, actions)
             assert monitor.meta_ready_at, "the monitor never saw meta ready"
             most, intervals = events.most_down_at_once("ceresdb")
             assert most <= 1, f"more CeresDB nodes down by choice at once than the budget: {intervals}"
-        counts = {kind: sum(a.startswith(kind) for a in actions)
-                  for kind in ("kill", "pause", "freeze", "supervisor", "missed", "idle")}
+        counts = {
+            kind: sum(a.startswith(kind) for a in actions)
+            for kind in ("kill", "pause", "freeze", "supervisor", "missed", "idle")
+        }
         injected = _injected(actions)
-        print(f"chaos: seed {seed}, {injected} faults over {CHAOS_S:.0f} s or more (planned at least {planned}): "
-              f"{counts}")
+        print(
+            f"chaos: seed {seed}, {injected} faults over {CHAOS_S:.0f} s or more (planned at least {planned}): "
+            f"{counts}"
+        )
         print(f"chaos: {actions}")
         assert injected >= planned, f"only {injected} of {planned} faults were injected: {actions}"
         assert counts["missed"] <= injected / 4, f"too many faults missed: {actions}"
@@ -205,17 +241,25 @@ def _status(url: str) -> object:
         return str(err)
 
 
-async def _one_fault(rng: random.Random, cluster: Cluster, client: docker.DockerClient,
-                     process: subprocess.Popen[bytes] | None, actions: list[str]) -> None:
+async def _one_fault(
+    rng: random.Random,
+    cluster: Cluster,
+    client: docker.DockerClient,
+    process: subprocess.Popen[bytes] | None,
+    actions: list[str],
+) -> None:
     """One fault among those possible now (`process`: the supervisor, when it may be killed); when
     none is (nothing runs, the supervisor just started or is down), the step is idle, said so."""
-    running = client.containers.list(filters={"label": f"io.ceres-supervisor.cluster={cluster.name}",
-                                              "status": "running"})
+    running = client.containers.list(
+        filters={"label": f"io.ceres-supervisor.cluster={cluster.name}", "status": "running"}
+    )
     kinds = ["kill", "pause", "freeze"] * bool(running) + ["supervisor"] * (process is not None)
     if not kinds:
         actions.append("idle: no container running, the supervisor not to be killed yet")
         return
-    kind = rng.choices(kinds, weights=[{"kill": 4, "pause": 2, "freeze": 2, "supervisor": 2}[k] for k in kinds])[0]
+    kind = rng.choices(
+        kinds, weights=[{"kill": 4, "pause": 2, "freeze": 2, "supervisor": 2}[k] for k in kinds]
+    )[0]
     if kind == "supervisor":
         assert process is not None
         process.send_signal(signal.SIGKILL)

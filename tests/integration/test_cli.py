@@ -25,8 +25,13 @@ SECRET = "s3cr3t-value-that-never-shows"
 
 def run(*args: str) -> tuple[int, str, str]:
     """The CLI in a process of its own (it runs its own event loop; the test's runs the daemon)."""
-    result = subprocess.run([sys.executable, "-m", "ceres_supervisor", *args], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ceres_supervisor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return result.returncode, result.stdout, result.stderr
 
 
@@ -35,29 +40,44 @@ async def arun(*args: str) -> tuple[int, str, str]:
 
 
 def test_version_names_python_and_the_docker_sdk() -> None:
-    result = subprocess.run([sys.executable, "-m", "ceres_supervisor", "--version"], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ceres_supervisor", "--version"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
-    assert result.stdout.startswith(f"ceres-supervisor {__version__} (Python 3.") and "Docker SDK 7." in result.stdout
+    assert (
+        result.stdout.startswith(f"ceres-supervisor {__version__} (Python 3.")
+        and "Docker SDK 7." in result.stdout
+    )
 
 
-async def test_every_command_and_its_exit_codes(make_cluster: Callable[..., Cluster], tmp_path: Path,
-                                               daemons: list[Daemon], docker_client: docker.DockerClient) -> None:
+async def test_every_command_and_its_exit_codes(
+    make_cluster: Callable[..., Cluster],
+    tmp_path: Path,
+    daemons: list[Daemon],
+    docker_client: docker.DockerClient,
+) -> None:
     token = tmp_path / "token"
     token.write_text("cli-token\n")
     port = free_ports(1)[0]
-    cluster = make_cluster(version="1.2.7", supervisor={"listen": f"0.0.0.0:{port}", "token_file": str(token)})
+    cluster = make_cluster(
+        version="1.2.7", supervisor={"listen": f"0.0.0.0:{port}", "token_file": str(token)}
+    )
     cluster.write()
     config = str(cluster.path)
     url = f"http://127.0.0.1:{port}"
     daemon = Daemon(cluster.path, tmp_path / "d.log").start()
     daemons.append(daemon)
-    await asyncio.to_thread(wait_until, lambda: run("status", "-c", config)[0] == 0, 150, "status exit 0 (healthy)")
+    await asyncio.to_thread(
+        wait_until, lambda: run("status", "-c", config)[0] == 0, 150, "status exit 0 (healthy)"
+    )
 
     # Exit 0 and the JSON judged on one answer: on a loaded machine the state may move between two.
     code, out, _err = await asyncio.to_thread(
-        wait_until, lambda: (answer := run("status", "-c", config, "--json"))[0] == 0 and answer, 60,
-        "status --json exit 0")
+        wait_until,
+        lambda: (answer := run("status", "-c", config, "--json"))[0] == 0 and answer,
+        60,
+        "status --json exit 0",
+    )
     doc = json.loads(out)
     assert doc["cluster"]["state"] == "healthy" and len(doc["nodes"]) == 3 and "agents" in doc, doc
     code, out, _err = await arun("status", "-c", config, "--local", "--json")
@@ -85,7 +105,9 @@ async def test_every_command_and_its_exit_codes(make_cluster: Callable[..., Clus
     # pause/resume: several nodes at once, or none when one is unknown (exit 5); a paused node
     # cannot be restarted (exit 6, conflict); every --json parses.
     code, _out, err = await arun("pause", "db0", "db9", "-c", config)
-    assert code == 5 and err.startswith("error: unknown node 'db9': nothing was changed; the nodes of the file:")
+    assert code == 5 and err.startswith(
+        "error: unknown node 'db9': nothing was changed; the nodes of the file:"
+    )
     code, out, _err = await arun("status", "-c", config, "--json")
     assert not json.loads(out)["paused"]["nodes"]
     code, out, _err = await arun("pause", "db0", "db1", "-c", config, "--json")
@@ -117,30 +139,41 @@ async def test_every_command_and_its_exit_codes(make_cluster: Callable[..., Clus
     assert code == 3 and err.count("\n") == 1 and "Docker Engine unavailable" in err, err
 
 
-async def test_the_api_on_a_unix_socket(make_cluster: Callable[..., Cluster], tmp_path: Path,
-                                        daemons: list[Daemon]) -> None:
+async def test_the_api_on_a_unix_socket(
+    make_cluster: Callable[..., Cluster], tmp_path: Path, daemons: list[Daemon]
+) -> None:
     """No Docker is needed to test the socket: the API answers while the engine is away."""
     sock = tmp_path / "run" / "api.sock"
     cluster = make_cluster(supervisor={"listen": f"unix:{sock}"})
     cluster.write()
-    daemon = Daemon(cluster.path, tmp_path / "d.log", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}).start()
+    daemon = Daemon(
+        cluster.path, tmp_path / "d.log", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    ).start()
     daemons.append(daemon)
     await asyncio.to_thread(wait_until, sock.exists, 30, "the socket")
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
     code, out, _err = await arun("status", "--socket", str(sock), "--local")
     assert code == 1 and "docker engine:" in out  # unknown: the engine cannot be observed
-    code, out, _err = await arun("status", "-c", str(cluster.path), "--local", "--json")  # listen read from the file
+    code, out, _err = await arun(
+        "status", "-c", str(cluster.path), "--local", "--json"
+    )  # listen read from the file
     assert code == 1 and json.loads(out)["cluster"]["state"] == "unknown"
     daemon.stop()
     assert not sock.exists() or (await arun("status", "--socket", str(sock)))[0] == 3
 
 
-async def test_a_secret_never_shows_on_any_surface(make_cluster: Callable[..., Cluster], tmp_path: Path,
-                                                   daemons: list[Daemon], docker_client: docker.DockerClient) -> None:
+async def test_a_secret_never_shows_on_any_surface(
+    make_cluster: Callable[..., Cluster],
+    tmp_path: Path,
+    daemons: list[Daemon],
+    docker_client: docker.DockerClient,
+) -> None:
     secret_file = tmp_path / "key"
     secret_file.write_text(SECRET + "\n")
-    store = (f'\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "id"\nkey_secret = {{ file = "{secret_file}" }}\n'
-             'endpoint = "http://oss.invalid"\nbucket = "b"\nprefix = "p"\n')
+    store = (
+        f'\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "id"\nkey_secret = {{ file = "{secret_file}" }}\n'
+        'endpoint = "http://oss.invalid"\nbucket = "b"\nprefix = "p"\n'
+    )
     cluster = make_cluster(extra=store)
     cluster.write()
     daemon = Daemon(cluster.path, tmp_path / "d.log").start()

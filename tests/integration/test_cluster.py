@@ -48,16 +48,45 @@ OWNER = {"meta0": 0, "meta1": 1, "meta2": 2, "db0": 0, "db1": 0, "db2": 1, "db3"
 def cluster_file(name: str, state: Path, ports: list[int]) -> str:
     free = iter(ports)
     settings = {**FAST, "agent_ttl": f"{AGENT_TTL_S}s", "max_unavailable": 1, "listen": "127.0.0.1:1"}
-    lines = ["[cluster]", f'name = "{name}"', f'state_dir = "{state}"', f'version = "{VERSION}"', "",
-             "[supervisor]"] + [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
-    lines += ["", "[meta]", f'image = "ceres-emulator/ceresmeta-server:{VERSION}"', "",
-              "[ceresdb]", f'image = "ceres-emulator/ceresdb-server:{VERSION}"', "shard_lock_ttl = 15", ""]
+    lines = [
+        "[cluster]",
+        f'name = "{name}"',
+        f'state_dir = "{state}"',
+        f'version = "{VERSION}"',
+        "",
+        "[supervisor]",
+    ] + [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()]
+    lines += [
+        "",
+        "[meta]",
+        f'image = "ceres-emulator/ceresmeta-server:{VERSION}"',
+        "",
+        "[ceresdb]",
+        f'image = "ceres-emulator/ceresdb-server:{VERSION}"',
+        "shard_lock_ttl = 15",
+        "",
+    ]
     for i, host in enumerate(HOSTS):
-        lines += ["[[meta.nodes]]", f'name = "meta{i}"', f'host = "{host}"', f"client_port = {next(free)}",
-                  f"peer_port = {next(free)}", f"http_port = {next(free)}", ""]
+        lines += [
+            "[[meta.nodes]]",
+            f'name = "meta{i}"',
+            f'host = "{host}"',
+            f"client_port = {next(free)}",
+            f"peer_port = {next(free)}",
+            f"http_port = {next(free)}",
+            "",
+        ]
     for i in range(6):
-        lines += ["[[ceresdb.nodes]]", f'name = "db{i}"', f'host = "{HOSTS[i // 2]}"', f"grpc_port = {next(free)}",
-                  f"http_port = {next(free)}", f"mysql_port = {next(free)}", f"postgresql_port = {next(free)}", ""]
+        lines += [
+            "[[ceresdb.nodes]]",
+            f'name = "db{i}"',
+            f'host = "{HOSTS[i // 2]}"',
+            f"grpc_port = {next(free)}",
+            f"http_port = {next(free)}",
+            f"mysql_port = {next(free)}",
+            f"postgresql_port = {next(free)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -103,7 +132,9 @@ class Machines:
 
     def wait_healthy(self, timeout_s: float = 180) -> None:
         try:
-            wait_until(self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.5)
+            wait_until(
+                self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.5
+            )
         except AssertionError as err:
             raise AssertionError(f"{err}; states per agent: {[self.states(i) for i in range(3)]}") from None
 
@@ -116,7 +147,9 @@ class Machines:
     def identities(self) -> dict[str, tuple[str, str]]:
         found = {}
         for engine in self.engines:
-            for c in engine.client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={self.name}"}):
+            for c in engine.client.containers.list(
+                all=True, filters={"label": f"io.ceres-supervisor.cluster={self.name}"}
+            ):
                 found[c.labels["io.ceres-supervisor.node"]] = (c.id, c.attrs["State"]["StartedAt"])
         return found
 
@@ -140,7 +173,9 @@ class Machines:
 
 
 @pytest.fixture(scope="module")
-def machines(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machines]:
+def machines(
+    docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Machines]:
     name = f"m{uuid.uuid4().hex[:8]}"
     root = tmp_path_factory.mktemp(name)
     ports = free_ports(3 * 3 + 6 * 4 + 3)
@@ -173,11 +208,16 @@ def test_every_agent_sees_all_nine_nodes_healthy_and_three_agents_up(machines: M
         assert {n["name"]: n["agent"] for n in doc["nodes"]} == {n: HOSTS[o] for n, o in OWNER.items()}  # type: ignore[index]
         assert doc["coordination"]["ok"] is True and doc["coordination"]["age_s"] <= AGENT_TTL_S  # type: ignore[index]
         assert {a["host"]: a["advertise"] for a in doc["agents"]} == {  # type: ignore[union-attr,index]
-            h: machines.agents[h].url for h in HOSTS}
+            h: machines.agents[h].url for h in HOSTS
+        }
     # Each agent owns exactly its machine's containers.
     for i, engine in enumerate(machines.engines):
-        owned = {c.labels["io.ceres-supervisor.node"]: c.labels["io.ceres-supervisor.host"] for c in
-                 engine.client.containers.list(filters={"label": f"io.ceres-supervisor.cluster={machines.name}"})}
+        owned = {
+            c.labels["io.ceres-supervisor.node"]: c.labels["io.ceres-supervisor.host"]
+            for c in engine.client.containers.list(
+                filters={"label": f"io.ceres-supervisor.cluster={machines.name}"}
+            )
+        }
         assert owned == {n: HOSTS[i] for n, o in OWNER.items() if o == i}
     # `status` prints the whole cluster, with the HOST column, from any machine.
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -217,7 +257,9 @@ def test_events_logs_and_describe_reach_a_node_on_another_agent(machines: Machin
     assert code == 0 and {json.loads(line)["agent"] for line in out.splitlines()} == set(HOSTS)
     code, out, err = cli("logs", "db4", "--url", url, "-n", "5", "--json")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and 1 <= len(lines) <= 5 and all(line["node"] == "db4" and line["at"] for line in lines), err
+    assert (
+        code == 0 and 1 <= len(lines) <= 5 and all(line["node"] == "db4" and line["at"] for line in lines)
+    ), err
     code, out, err = cli("describe", "db4", "--url", url, "--json")
     doc = json.loads(out)
     assert code == 0, err
@@ -226,16 +268,24 @@ def test_events_logs_and_describe_reach_a_node_on_another_agent(machines: Machin
     assert doc["config_path"] == str(machines.root / "state" / "config" / "db4" / "ceresdb.toml")
     assert doc["history"] and doc["logs"] is None  # healthy: no log lines needed
     code, out, _err = cli("describe", "db4", "--url", url)
-    assert code == 0 and out.startswith(f"node db4 (ceresdb) on {HOSTS[2]}, run by the supervisor on {HOSTS[2]}")
+    assert code == 0 and out.startswith(
+        f"node db4 (ceresdb) on {HOSTS[2]}, run by the supervisor on {HOSTS[2]}"
+    )
     # The supervisor set the container's log rotation.
     assert machines.container("db4").attrs["HostConfig"]["LogConfig"] == {
-        "Type": "json-file", "Config": {"max-size": "20m", "max-file": "5"}}
+        "Type": "json-file",
+        "Config": {"max-size": "20m", "max-file": "5"},
+    }
     # Every agent exports its own nodes, labelled with the cluster and their host; every agent up.
     samples = scrape(url)
     states = {labels["node"]: labels for labels, v in samples["ceres_supervisor_node_state"] if v == 1}
     assert set(states) == {"meta0", "db0", "db1"}
-    assert all(labels["cluster"] == machines.name and labels["host"] == HOSTS[0] for labels in states.values())
-    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]} == dict.fromkeys(HOSTS, 1.0)
+    assert all(
+        labels["cluster"] == machines.name and labels["host"] == HOSTS[0] for labels in states.values()
+    )
+    assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]} == dict.fromkeys(
+        HOSTS, 1.0
+    )
     assert [v for _labels, v in samples["ceres_supervisor_coordination_up"]] == [1.0]
     assert sum(v for _labels, v in samples["ceres_supervisor_meta_leader"]) == 1
 
@@ -276,39 +326,62 @@ def test_a_crash_on_host_2_is_restarted_by_agent_2_only(machines: Machines) -> N
         kill_main_process(machines.container("db2"))
         events.wait_for("db2 started again", 30, "db2")
         machines.wait_healthy()
-        wait_until(lambda: all(seen and seen[-1] == "healthy" and len(seen) > 1 for seen in watcher.seen.values()),
-                   30, f"agents 1 and 3 seeing db2 leave healthy and come back ({watcher.seen})")
+        wait_until(
+            lambda: all(seen and seen[-1] == "healthy" and len(seen) > 1 for seen in watcher.seen.values()),
+            30,
+            f"agents 1 and 3 seeing db2 leave healthy and come back ({watcher.seen})",
+        )
         assert {e.host for e in events.of("db2", ("start",))} == {HOSTS[1]}
     assert agent_events(machines.agent(1), "db2", "start")
-    assert not agent_events(machines.agent(0), "db2", "start") and not agent_events(machines.agent(2), "db2", "start")
+    assert not agent_events(machines.agent(0), "db2", "start") and not agent_events(
+        machines.agent(2), "db2", "start"
+    )
     for i in (0, 2):
         assert watcher.seen[i][0] == "healthy" and any(s != "healthy" for s in watcher.seen[i]), watcher.seen
     # Agent 2's metrics: the exit it did not cause, and the restart, on db2's host.
     samples = scrape(machines.agent(1).url)
-    exits = {labels["node"]: (labels["host"], v) for labels, v in samples["ceres_supervisor_node_last_exit_code"]}
+    exits = {
+        labels["node"]: (labels["host"], v) for labels, v in samples["ceres_supervisor_node_last_exit_code"]
+    }
     assert exits["db2"] == (HOSTS[1], 137.0), exits
-    died = [v for labels, v in samples["ceres_supervisor_restarts_total"]
-            if labels["node"] == "db2" and labels["reason"] == "died" and labels["cluster"] == machines.name]
+    died = [
+        v
+        for labels, v in samples["ceres_supervisor_restarts_total"]
+        if labels["node"] == "db2" and labels["reason"] == "died" and labels["cluster"] == machines.name
+    ]
     assert died and died[0] >= 1
 
 
 def test_two_failing_nodes_on_two_hosts_are_stopped_one_after_the_other(machines: Machines) -> None:
     def slot_held() -> list[tuple[str, float]]:
-        return [(labels["node"], v) for i in (0, 2) for labels, v in
-                scrape(machines.agent(i).url).get("ceres_supervisor_disruption_slot_held_seconds", [])]
+        return [
+            (labels["node"], v)
+            for i in (0, 2)
+            for labels, v in scrape(machines.agent(i).url).get(
+                "ceres_supervisor_disruption_slot_held_seconds", []
+            )
+        ]
 
     with machines.events() as events:
         machines.fault("db0", "freeze-http")  # host 1
         machines.fault("db4", "freeze-http")  # host 3, at the same moment
-        held = wait_until(slot_held, 180, "a disruption slot in the metrics while a node is stopped by choice", 0.2)
+        held = wait_until(
+            slot_held, 180, "a disruption slot in the metrics while a node is stopped by choice", 0.2
+        )
         assert {node for node, _ in held} <= {"db0", "db4"} and all(v >= 0 for _, v in held), held
-        wait_until(lambda: len(events.chosen_stops("db0")) == 1 and len(events.chosen_stops("db4")) == 1, 180,
-                   "both stopped by their agents")
+        wait_until(
+            lambda: len(events.chosen_stops("db0")) == 1 and len(events.chosen_stops("db4")) == 1,
+            180,
+            "both stopped by their agents",
+        )
         machines.wait_healthy()
         most, intervals = events.most_down_at_once("ceresdb")
     assert most == 1, intervals
     assert {e.host for e in events.chosen_stops()} == {HOSTS[0], HOSTS[2]}
-    failed = {labels["node"]: v for labels, v in scrape(machines.agent(0).url)["ceres_supervisor_probe_failures_total"]}
+    failed = {
+        labels["node"]: v
+        for labels, v in scrape(machines.agent(0).url)["ceres_supervisor_probe_failures_total"]
+    }
     assert failed.get("db0", 0) >= 3, failed  # failure_threshold failed probes before it was stopped
 
 
@@ -322,15 +395,26 @@ def test_a_frozen_docker_engine_makes_its_nodes_unknown_and_holds_the_budget(mac
     with machines.events() as events:
         engine.freeze()
         try:
-            wait_until(lambda: all(machines.states(i).get(n) == "unknown" for i in (0, 2) for n in mine),
-                       3 * AGENT_TTL_S, "agents 1 and 3 seeing machine 2's nodes unknown")
+            wait_until(
+                lambda: all(machines.states(i).get(n) == "unknown" for i in (0, 2) for n in mine),
+                3 * AGENT_TTL_S,
+                "agents 1 and 3 seeing machine 2's nodes unknown",
+            )
             machines.fault("db0", "freeze-http")
-            wait_until(lambda: "waiting for disruption budget" in machines.reason(0, "db0")
-                       and "db2 (unknown" in machines.reason(0, "db0"), 60, "db0 held back by machine 2's nodes")
+            wait_until(
+                lambda: (
+                    "waiting for disruption budget" in machines.reason(0, "db0")
+                    and "db2 (unknown" in machines.reason(0, "db0")
+                ),
+                60,
+                "db0 held back by machine 2's nodes",
+            )
             assert events.chosen_stops() == []
         finally:
             engine.thaw()
-        wait_until(lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once machine 2 answers again")
+        wait_until(
+            lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once machine 2 answers again"
+        )
         machines.wait_healthy()
         assert [(e.node, e.host) for e in events.chosen_stops()] == [("db0", HOSTS[0])]
 
@@ -346,16 +430,24 @@ def test_an_agent_cut_from_its_watch_member_keeps_every_pause(machines: Machines
     with machines.events() as events:
         watched.freeze()
         try:
-            code, answer = http_json(machines.agent(2).url + "/v1/nodes/db4/pause", {"who": "cli"}, timeout_s=30)
+            code, answer = http_json(
+                machines.agent(2).url + "/v1/nodes/db4/pause", {"who": "cli"}, timeout_s=30
+            )
             assert code == 200, answer
             machines.container("db4").pause()  # the operator's maintenance
-            wait_until(lambda: all(machines.states(i).get("db4") == "paused" for i in range(3)), 60,
-                       "db4 paused on every machine")
+            wait_until(
+                lambda: all(machines.states(i).get("db4") == "paused" for i in range(3)),
+                60,
+                "db4 paused on every machine",
+            )
             assert '"db4"' in pause_file.read_text()
         finally:
             watched.thaw()
-        wait_until(lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is True, 60,  # type: ignore[union-attr]
-                   "agent 3's view confirmed again")
+        wait_until(
+            lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is True,
+            60,  # type: ignore[union-attr]
+            "agent 3's view confirmed again",
+        )
         assert all(machines.states(i).get("db4") == "paused" for i in range(3))
         assert '"db4"' in pause_file.read_text()
         assert events.chosen_stops() == [] and not events.of("db4", ("start", "die"))
@@ -365,7 +457,9 @@ def test_an_agent_cut_from_its_watch_member_keeps_every_pause(machines: Machines
     machines.wait_healthy()
 
 
-def test_without_the_store_an_agent_stops_nothing_by_choice_and_still_restarts_crashes(machines: Machines) -> None:
+def test_without_the_store_an_agent_stops_nothing_by_choice_and_still_restarts_crashes(
+    machines: Machines,
+) -> None:
     """Agent 3 cut from every etcd member (its three proxies frozen), the cluster otherwise fine:
     its failing db4 waits ("coordination unavailable", the failsafe), its crashed db5 is restarted
     at once (the loop never waits on the store); once the store answers, db4 is stopped, once."""
@@ -373,11 +467,17 @@ def test_without_the_store_an_agent_stops_nothing_by_choice_and_still_restarts_c
         for proxy in machines.proxies:
             proxy.freeze()
         try:
-            wait_until(lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is False, 30,  # type: ignore[union-attr]
-                       "agent 3 without the store")
+            wait_until(
+                lambda: (machines.cluster(2) or {}).get("coordination", {}).get("ok") is False,
+                30,  # type: ignore[union-attr]
+                "agent 3 without the store",
+            )
             machines.fault("db4", "freeze-http")
-            wait_until(lambda: "coordination unavailable" in machines.reason(2, "db4"), 60,
-                       "db4 held back by the failsafe")
+            wait_until(
+                lambda: "coordination unavailable" in machines.reason(2, "db4"),
+                60,
+                "db4 held back by the failsafe",
+            )
             kill_main_process(machines.container("db5"))
             events.wait_for("db5 restarted while the store is away", 20, "db5")
             assert events.chosen_stops() == []
@@ -394,8 +494,9 @@ def test_a_rolling_restart_crosses_machines_and_a_second_one_is_refused(machines
     machines' through their agents' advertised addresses; a second one asked on agent 2 meanwhile
     is refused naming the first."""
     with machines.events() as events:
-        code, answer = http_json(machines.agent(0).url + "/v1/rolling-restart", {"role": "meta", "who": "cli"},
-                                 timeout_s=30)
+        code, answer = http_json(
+            machines.agent(0).url + "/v1/rolling-restart", {"role": "meta", "who": "cli"}, timeout_s=30
+        )
         assert code == 202, answer
         op = answer["operation"]  # type: ignore[index]
         code, refused = http_json(machines.agent(1).url + "/v1/rolling-restart", {"who": "cli"}, timeout_s=30)
@@ -431,9 +532,11 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
             return False
         nodes = {n["name"]: n for n in doc["nodes"]}  # type: ignore[index]
         down = {a["host"] for a in doc["agents"] if a["state"] == "down"}  # type: ignore[union-attr,index]
-        return HOSTS[1] in down and all(nodes[n]["state"] == "unknown" and
-                                        nodes[n]["reason"].startswith(f"supervisor on {HOSTS[1]} down since")
-                                        for n in mine)
+        return HOSTS[1] in down and all(
+            nodes[n]["state"] == "unknown"
+            and nodes[n]["reason"].startswith(f"supervisor on {HOSTS[1]} down since")
+            for n in mine
+        )
 
     wait_until(lambda: seen_down(0) and seen_down(2), AGENT_TTL_S + 10, "agents 1 and 3 seeing agent 2 down")
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -443,31 +546,48 @@ def test_a_killed_agent_is_seen_down_its_nodes_hold_the_budget_and_it_adopts_the
     # The lost machine on the other agents' metrics and tools: its agent down, its nodes unknown.
     samples = scrape(machines.agent(0).url)
     assert {labels["host"]: v for labels, v in samples["ceres_supervisor_agent_up"]}[HOSTS[1]] == 0
-    unknown = {labels["node"] for labels, v in samples["ceres_supervisor_node_state"]
-               if labels["state"] == "unknown" and v == 1}
-    assert unknown == set(mine) and all(labels["host"] == HOSTS[1] for labels, v in samples["ceres_supervisor_node_state"]
-                                        if labels["node"] in mine)
+    unknown = {
+        labels["node"]
+        for labels, v in samples["ceres_supervisor_node_state"]
+        if labels["state"] == "unknown" and v == 1
+    }
+    assert unknown == set(mine) and all(
+        labels["host"] == HOSTS[1]
+        for labels, v in samples["ceres_supervisor_node_state"]
+        if labels["node"] in mine
+    )
     code, out, _err = cli("describe", "db2", "--url", machines.agent(0).url, "--json")
     doc = json.loads(out)
     assert code == 0 and doc["state"] == "unknown" and doc["source"]["complete"] is False
     assert doc["source"]["error"].startswith(f"the supervisor on {HOSTS[1]} is down since"), doc["source"]
     code, _out, err = cli("logs", "db2", "--url", machines.agent(0).url)
-    assert code == 3 and err.startswith(f"error: cannot read the logs of db2: the supervisor on {HOSTS[1]} is down")
+    assert code == 3 and err.startswith(
+        f"error: cannot read the logs of db2: the supervisor on {HOSTS[1]} is down"
+    )
     code, _out, err = cli("events", "--url", machines.agent(0).url, "-n", "1")
     assert code == 0 and f"note: no events from {HOSTS[1]}: down since" in err
 
     with machines.events() as events:
         machines.fault("db0", "freeze-http")
-        wait_until(lambda: "waiting for disruption budget" in machines.reason(0, "db0")
-                   and "db2 (unknown" in machines.reason(0, "db0"), 60, "db0 held back by the budget while agent 2 is down")
+        wait_until(
+            lambda: (
+                "waiting for disruption budget" in machines.reason(0, "db0")
+                and "db2 (unknown" in machines.reason(0, "db0")
+            ),
+            60,
+            "db0 held back by the budget while agent 2 is down",
+        )
         assert events.chosen_stops() == []
         machines.start_agent(1, int(agent.listen.rsplit(":", 1)[1]))
-        wait_until(lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once agent 2 publishes again")
+        wait_until(
+            lambda: len(events.chosen_stops("db0")) == 1, 90, "db0 stopped once agent 2 publishes again"
+        )
         machines.wait_healthy()
         assert [(e.node, e.host) for e in events.chosen_stops()] == [("db0", HOSTS[0])]
     after = machines.identities()
-    assert {n: v for n, v in after.items() if n != "db0"} == {n: v for n, v in before.items() if n != "db0"}, \
-        "the returning agent restarted something"
+    assert {n: v for n, v in after.items() if n != "db0"} == {
+        n: v for n, v in before.items() if n != "db0"
+    }, "the returning agent restarted something"
 
 
 def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machines: Machines) -> None:
@@ -480,8 +600,12 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
         for i in (2, 0, 1):  # every agent, in any order
             code, body = http_json(machines.agent(i).url + "/v1/reload", {}, timeout_s=60)
             assert code == 200, body
-        wait_until(lambda: {e.node for e in events.of(actions=("destroy",))} == set(ALL), 600,
-                   "every node recreated", 1.0)
+        wait_until(
+            lambda: {e.node for e in events.of(actions=("destroy",))} == set(ALL),
+            600,
+            "every node recreated",
+            1.0,
+        )
         machines.wait_healthy(240)
         recreated = [e.node for e in events.of(actions=("destroy",))]
         most, intervals = events.most_down_at_once()
@@ -489,7 +613,9 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
     for i in range(3):
         samples = scrape(machines.agent(i).url)
         assert [v for _l, v in samples["ceres_supervisor_reload_success"]] == [1.0]
-        assert [labels["host"] for labels, _v in samples["ceres_supervisor_last_reload_timestamp_seconds"]] == [HOSTS[i]]
+        assert [
+            labels["host"] for labels, _v in samples["ceres_supervisor_last_reload_timestamp_seconds"]
+        ] == [HOSTS[i]]
         assert [v for _l, v in samples["ceres_supervisor_spec_hashes_differ"]] == [0.0]
     assert set(recreated[:3]) == {"meta0", "meta1", "meta2"}, f"meta first: {recreated}"
     assert most == 1, intervals

@@ -25,11 +25,21 @@ from testkit.standins import kill_main_process
 from .conftest import Cluster, eventually
 
 
-async def call(cluster: Cluster, method: str, path: str, body: object = None, token: str | None = None,
-               raw: bytes | None = None) -> tuple[int, Any]:
+async def call(
+    cluster: Cluster,
+    method: str,
+    path: str,
+    body: object = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(
-            method, cluster.api_url + path, json=body if raw is None else None, data=raw, headers=headers) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, cluster.api_url + path, json=body if raw is None else None, data=raw, headers=headers
+        ) as response,
+    ):
         return response.status, await response.json(content_type=None)
 
 
@@ -42,7 +52,8 @@ async def follow(cluster: Cluster, op_id: str, timeout_s: float) -> dict[str, An
 
 
 async def test_a_paused_node_stopped_by_hand_stays_stopped_across_a_supervisor_restart(
-        make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient) -> None:
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     cluster = make_cluster()
     await cluster.start()
     await cluster.healthy(90)
@@ -52,8 +63,11 @@ async def test_a_paused_node_stopped_by_hand_stays_stopped_across_a_supervisor_r
     db1 = await cluster.container("db1")
     with DockerEvents(docker_client, cluster.name) as events:
         await asyncio.to_thread(db1.stop)  # the operator, by hand
-        await eventually(lambda: "container stopped" in (cluster.view("db1").reason or ""), 10,  # type: ignore[union-attr]
-                         "the paused state saying the container is stopped")
+        await eventually(
+            lambda: "container stopped" in (cluster.view("db1").reason or ""),
+            10,  # type: ignore[union-attr]
+            "the paused state saying the container is stopped",
+        )
         await cluster.cycles(3)  # three chances to start it
         assert events.of("db1", ("start",)) == []
         await cluster.stop()
@@ -71,14 +85,17 @@ async def test_a_paused_node_stopped_by_hand_stays_stopped_across_a_supervisor_r
     assert ("db1", "resumed", "api") in kinds
 
 
-async def test_a_paused_cluster_restarts_nothing_until_resumed(make_cluster: Callable[..., Cluster],
-                                                               docker_client: docker.DockerClient) -> None:
+async def test_a_paused_cluster_restarts_nothing_until_resumed(
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     cluster = make_cluster()
     await cluster.start()
     await cluster.healthy(90)
     with contextlib.redirect_stdout(io.StringIO()):
         assert await asyncio.to_thread(commands.main, ["pause", "--all", "--url", cluster.api_url]) == 0
-    await eventually(lambda: all(cluster.state(n) == "paused" for n in ("meta0", "db0", "db1")), 10, "all paused")
+    await eventually(
+        lambda: all(cluster.state(n) == "paused" for n in ("meta0", "db0", "db1")), 10, "all paused"
+    )
     with DockerEvents(docker_client, cluster.name) as events:
         kill_main_process(await cluster.container("db0"))
         await eventually(lambda: events.of("db0", ("die",)), 10, "db0 died")
@@ -93,19 +110,27 @@ async def test_a_paused_cluster_restarts_nothing_until_resumed(make_cluster: Cal
 def restarts(text: str, node: str, reason: str) -> float:
     for family in text_string_to_metric_families(text):
         if family.name == "ceres_supervisor_restarts":
-            return sum(s.value for s in family.samples if s.name.endswith("_total")
-                       and s.labels.get("node") == node and s.labels.get("reason") == reason)
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total")
+                and s.labels.get("node") == node
+                and s.labels.get("reason") == reason
+            )
     return 0.0
 
 
 async def flushes(cluster: Cluster, node: str) -> list[str]:
     container = await cluster.container(node)
-    result = await asyncio.to_thread(container.exec_run, ["sh", "-c", "cat /run/ceres-emulator/flushes 2>/dev/null"])
+    result = await asyncio.to_thread(
+        container.exec_run, ["sh", "-c", "cat /run/ceres-emulator/flushes 2>/dev/null"]
+    )
     return result.output.decode().split()
 
 
 async def test_a_planned_restart_flushes_stops_once_starts_once_and_waits_for_the_shards(
-        make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient) -> None:
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     cluster = make_cluster(version="1.2.7")
     await cluster.start()
     await cluster.healthy(120)
@@ -130,13 +155,17 @@ async def test_a_planned_restart_flushes_stops_once_starts_once_and_waits_for_th
 
 
 async def test_a_rolling_restart_goes_followers_leader_ceresdb_one_at_a_time(
-        make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient) -> None:
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     cluster = make_cluster(meta=3, db=3, version="2.0.0")
     await cluster.start()
     await cluster.healthy(120)
     leader = cluster.supervisor.leader()  # type: ignore[union-attr]
     assert leader is not None
-    before = {c.labels["io.ceres-supervisor.node"]: c.attrs["State"]["StartedAt"] for c in await cluster.containers()}
+    before = {
+        c.labels["io.ceres-supervisor.node"]: c.attrs["State"]["StartedAt"]
+        for c in await cluster.containers()
+    }
     with DockerEvents(docker_client, cluster.name) as events:
         code, body = await call(cluster, "POST", "/v1/rolling-restart", {"who": "api"})
         assert code == 202
@@ -147,12 +176,16 @@ async def test_a_rolling_restart_goes_followers_leader_ceresdb_one_at_a_time(
     followers = sorted(m for m in ("meta0", "meta1", "meta2") if m != leader)
     assert sorted(order[:2]) == followers and order[2] == leader and order[3:] == ["db0", "db1", "db2"], order
     assert most == 1, intervals
-    after = {c.labels["io.ceres-supervisor.node"]: c.attrs["State"]["StartedAt"] for c in await cluster.containers()}
+    after = {
+        c.labels["io.ceres-supervisor.node"]: c.attrs["State"]["StartedAt"]
+        for c in await cluster.containers()
+    }
     assert all(after[n] != before[n] for n in before) and len(order) == 6
 
 
-async def test_a_planned_restart_waits_for_the_budget_and_says_so(make_cluster: Callable[..., Cluster],
-                                                                  docker_client: docker.DockerClient) -> None:
+async def test_a_planned_restart_waits_for_the_budget_and_says_so(
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     cluster = make_cluster(db=2, supervisor={"backoff_initial": "8s", "backoff_max": "8s"})
     await cluster.start()
     await cluster.healthy(90)
@@ -194,26 +227,42 @@ async def test_hostile_operator_requests(make_cluster: Callable[..., Cluster], t
     cluster = make_cluster(supervisor={"listen": f"0.0.0.0:{port}", "token_file": str(token_file)})
     await cluster.start()
     await cluster.healthy(90)
-    for method, path in (("POST", "/v1/nodes/db0/pause"), ("POST", "/v1/pause"), ("POST", "/v1/resume"),
-                         ("POST", "/v1/nodes/db0/restart"), ("POST", "/v1/rolling-restart"),
-                         ("GET", "/v1/operations/x"), ("POST", "/v1/operations/x/cancel"), ("POST", "/v1/reload"),
-                         ("GET", "/v1/events"), ("GET", "/v1/cluster"), ("GET", "/v1/status"), ("GET", "/metrics"),
-                         ("GET", "/readyz"), ("GET", "/")):
+    for method, path in (
+        ("POST", "/v1/nodes/db0/pause"),
+        ("POST", "/v1/pause"),
+        ("POST", "/v1/resume"),
+        ("POST", "/v1/nodes/db0/restart"),
+        ("POST", "/v1/rolling-restart"),
+        ("GET", "/v1/operations/x"),
+        ("POST", "/v1/operations/x/cancel"),
+        ("POST", "/v1/reload"),
+        ("GET", "/v1/events"),
+        ("GET", "/v1/cluster"),
+        ("GET", "/v1/status"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+        ("GET", "/"),
+    ):
         assert (await call(cluster, method, path))[0] == 401, (method, path)
         assert (await call(cluster, method, path, token="wrong"))[0] == 401, (method, path)
     code, body = await call(cluster, "POST", "/v1/nodes/nope/restart", token="op-token")
     assert code == 404 and body["known"] == ["meta0", "db0", "db1"]
     assert (await call(cluster, "POST", "/v1/nodes/db0/pause", token="op-token", raw=b"{not json"))[0] == 400
     assert (await call(cluster, "POST", "/v1/nodes/db0/pause", token="op-token", raw=b"[1]"))[0] == 400
-    assert (await call(cluster, "POST", "/v1/nodes/db0/pause", {"who": "mallory"}, token="op-token"))[0] == 400
+    assert (await call(cluster, "POST", "/v1/nodes/db0/pause", {"who": "mallory"}, token="op-token"))[
+        0
+    ] == 400
     assert (await call(cluster, "POST", "/v1/rolling-restart", {"role": "all"}, token="op-token"))[0] == 400
-    assert (await call(cluster, "POST", "/v1/nodes/db0/restart", token="op-token", raw=b"x" * (1 << 20)))[0] == 413
+    assert (await call(cluster, "POST", "/v1/nodes/db0/restart", token="op-token", raw=b"x" * (1 << 20)))[
+        0
+    ] == 413
     assert (await call(cluster, "GET", "/v1/operations/op-nope", token="op-token"))[0] == 404
     assert cluster.cluster_state() == "healthy" and cluster.task is not None and not cluster.task.done()
 
 
-async def test_a_slow_flush_is_bounded_inside_the_stop_s_deadline(make_cluster: Callable[..., Cluster],
-                                                                  docker_client: docker.DockerClient) -> None:
+async def test_a_slow_flush_is_bounded_inside_the_stop_s_deadline(
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
     """The real flush answers only when every table is flushed: one that takes a minute gets half of
     stop_timeout, is reported, and the restart goes on (stop, start, shards) instead of hanging."""
     cluster = make_cluster(supervisor={"stop_timeout": "4s"})

@@ -83,8 +83,9 @@ HoraeDB flavor. The rest of the suite is spread over them."""
 
 
 @pytest.mark.parametrize(("version", "meta_count"), [("1.2.2", 1), ("1.2.7", 3), ("2.0.0", 1)])
-async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: Callable[..., Cluster],
-                                                                 version: str, meta_count: int) -> None:
+async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(
+    make_cluster: Callable[..., Cluster], version: str, meta_count: int
+) -> None:
     cluster = make_cluster(meta=meta_count, db=2, version=version)
     spec = loading.load(cluster.write()).spec
     first_listed: list[float] = []
@@ -118,8 +119,9 @@ async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: C
         watcher.cancel()
     assert first_listed, "meta never listed the cluster"
     containers = await cluster.containers()
-    assert sorted(c.name for c in containers) == sorted(cluster.container_name(n) for n in
-                                                        [m.name for m in spec.meta.nodes] + ["db0", "db1"])
+    assert sorted(c.name for c in containers) == sorted(
+        cluster.container_name(n) for n in [m.name for m in spec.meta.nodes] + ["db0", "db1"]
+    )
     for node in ("db0", "db1"):
         c = await cluster.container(node)
         assert created_at(c) >= first_listed[0] - 0.05, f"{node} created before meta listed the cluster"
@@ -128,40 +130,59 @@ async def test_cold_start_starts_ceresdb_only_once_meta_is_ready(make_cluster: C
 
 
 @pytest.mark.parametrize("version", ["1.2.5"])
-async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(make_cluster: Callable[..., Cluster],
-                                                                    version: str) -> None:
+async def test_sigkill_of_a_ceresdb_container_is_seen_and_restarted(
+    make_cluster: Callable[..., Cluster], version: str
+) -> None:
     cluster = make_cluster(version=version)
     supervisor = await cluster.start()
     await cluster.healthy(90)
     await all_locked(cluster)
     mine = endpoint(cluster, "db0")
-    old_leases = {lease for holder, lease in shard_lock_leases(client_url(cluster), root=root(cluster), cluster=cluster.name).values() if holder == mine}
+    old_leases = {
+        lease
+        for holder, lease in shard_lock_leases(
+            client_url(cluster), root=root(cluster), cluster=cluster.name
+        ).values()
+        if holder == mine
+    }
     container = await cluster.container("db0")
     killed = time.time()
     kill_main_process(container)
     death = await eventually(
-        lambda: next((e for e in supervisor.events if e.node == "db0" and e.type == "die"), None), 5, "die event")
+        lambda: next((e for e in supervisor.events if e.node == "db0" and e.type == "die"), None),
+        5,
+        "die event",
+    )
     assert death.reason == "exit 137"
     assert death.at.timestamp() - killed < 1.0
     await eventually(lambda: cluster.record("db0").restarts == 1, 10, "db0 restarted once")
     await cluster.healthy(60)
     record = cluster.record("db0")
     assert record.last_exit is not None and record.last_exit.code == 137
-    assert any(e.node == "db0" and e.type == "died" and e.reason == "exit 137 (SIGKILL)" for e in supervisor.events)
+    assert any(
+        e.node == "db0" and e.type == "died" and e.reason == "exit 137 (SIGKILL)" for e in supervisor.events
+    )
     assert (await cluster.container("db0")).id == container.id  # started again, not recreated
 
     expected = sum(1 for holder in assignment(cluster).values() if holder == mine)
 
     def relocked() -> bool:
-        now = [lease for holder, lease in shard_lock_leases(client_url(cluster), root=root(cluster), cluster=cluster.name).values() if holder == mine]
+        now = [
+            lease
+            for holder, lease in shard_lock_leases(
+                client_url(cluster), root=root(cluster), cluster=cluster.name
+            ).values()
+            if holder == mine
+        ]
         return len(now) == expected and not set(now) & old_leases
 
     await eventually(lambda: asyncio.to_thread(relocked), 45, "db0's shards locked again under new leases")
 
 
 @pytest.mark.parametrize("version", ["2.0.0"])
-async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster: Callable[..., Cluster],
-                                                                    version: str) -> None:
+async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(
+    make_cluster: Callable[..., Cluster], version: str
+) -> None:
     cluster = make_cluster(version=version)
     supervisor = await cluster.start()
     await cluster.healthy(90)
@@ -173,7 +194,9 @@ async def test_sigkill_of_the_only_meta_blocks_ceresdb_and_recovers(make_cluster
     after = {n: started_at(await cluster.container(n)) for n in ("db0", "db1")}
     assert after == before, "a CeresDB node was restarted during the meta outage"
     assert all(cluster.record(n).restarts == 0 for n in ("db0", "db1"))
-    assert not [e for e in supervisor.events if e.node in ("db0", "db1") and e.type in ("unhealthy", "lease_lost")]
+    assert not [
+        e for e in supervisor.events if e.node in ("db0", "db1") and e.type in ("unhealthy", "lease_lost")
+    ]
 
 
 def clear_fault(container: object) -> None:
@@ -185,8 +208,9 @@ def clear_fault(container: object) -> None:
 
 
 @pytest.mark.parametrize("version", ["1.2.7"])
-async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_cluster: Callable[..., Cluster],
-                                                                      docker_client: object, version: str) -> None:
+async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(
+    make_cluster: Callable[..., Cluster], docker_client: object, version: str
+) -> None:
     """While meta is not ready a CeresDB node that fails its probes is blocked: never stopped. Once meta
     is back it is handled (it still fails: restarted once)."""
     cluster = make_cluster(version=version, supervisor={"backoff_initial": "2s", "backoff_max": "4s"})
@@ -194,12 +218,17 @@ async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_clust
     await cluster.healthy(90)
     meta0 = await cluster.container("meta0")
     with DockerEvents(docker_client, cluster.name) as events:  # type: ignore[arg-type]
-        await asyncio.to_thread(meta0.exec_run, ["ceres-emulator-fault", "exit", "0"])  # meta down, and again at each start
+        await asyncio.to_thread(
+            meta0.exec_run, ["ceres-emulator-fault", "exit", "0"]
+        )  # meta down, and again at each start
         await eventually(lambda: cluster.state("db1") == "blocked", 20, "db1 blocked while meta is down")
         db1 = await cluster.container("db1")
         await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "freeze-http"])
-        await eventually(lambda: "failed probes" in (cluster.view("db1").reason or ""), 20,  # type: ignore[union-attr]
-                         "db1 failing its probes while blocked")
+        await eventually(
+            lambda: "failed probes" in (cluster.view("db1").reason or ""),
+            20,  # type: ignore[union-attr]
+            "db1 failing its probes while blocked",
+        )
         assert cluster.state("db1") == "blocked"
         await cluster.cycles(3)  # three more chances to stop it: still none
         assert events.chosen_stops("db1") == [] and cluster.state("db1") == "blocked"
@@ -209,13 +238,21 @@ async def test_meta_down_blocks_ceresdb_even_when_it_fails_its_probes(make_clust
     assert len(events.chosen_stops("db1")) == 1 and events.chosen_stops("db0") == []
 
 
-async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster(supervisor={"backoff_initial": "500ms", "backoff_max": "2s", "crashloop_failures": 4})
+async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(
+        supervisor={"backoff_initial": "500ms", "backoff_max": "2s", "crashloop_failures": 4}
+    )
     supervisor = await cluster.start()
     await cluster.healthy(90)
-    others = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
+    others = {
+        n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")
+    }
     db1 = await cluster.container("db1")
-    await asyncio.to_thread(db1.exec_run, ["ceres-emulator-fault", "exit", "3"])  # every start exits 3 at once
+    await asyncio.to_thread(
+        db1.exec_run, ["ceres-emulator-fault", "exit", "3"]
+    )  # every start exits 3 at once
     await eventually(lambda: cluster.state("db1") == "crashloop", 30, "db1 marked crashloop")
     await eventually(lambda: cluster.record("db1").failures >= 6, 30, "six failures of db1")
     # The delay decided for each failure (the backoff rules): 0, 0.5, 1, then the crashloop (its 4th
@@ -232,7 +269,9 @@ async def test_a_node_that_exits_at_once_backs_off_and_is_marked_crashloop(make_
     for death, delay in zip(died, decided, strict=True):
         assert min(s for s in starts if s >= death.at.timestamp()) - death.at.timestamp() >= delay - 0.1
     assert all(e.reason == "exit 3" for e in supervisor.events if e.node == "db1" and e.type == "die")
-    now = {n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")}
+    now = {
+        n: (await cluster.container(n)).id + started_at(await cluster.container(n)) for n in ("meta0", "db0")
+    }
     assert now == others
     assert cluster.record("db0").restarts == 0
 
@@ -274,8 +313,9 @@ async def test_paused_container_is_unhealthy_then_restarted(make_cluster: Callab
 
 async def test_missing_image_is_reported_while_the_rest_runs(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
-    cluster.text = re.sub(r'(\[ceresdb\]\nimage = )"[^"]+"', r'\1"ceres-emulator/ceresdb-server:0.0.0-missing"',
-                          cluster.text)
+    cluster.text = re.sub(
+        r'(\[ceresdb\]\nimage = )"[^"]+"', r'\1"ceres-emulator/ceresdb-server:0.0.0-missing"', cluster.text
+    )
     await cluster.start()
     await eventually(lambda: cluster.state("meta0") == "healthy", 60, "meta0 healthy")
 
@@ -290,8 +330,9 @@ async def test_missing_image_is_reported_while_the_rest_runs(make_cluster: Calla
     assert cluster.task is not None and not cluster.task.done()
 
 
-async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(make_cluster: Callable[..., Cluster],
-                                                                              docker_client: object) -> None:
+async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(
+    make_cluster: Callable[..., Cluster], docker_client: object
+) -> None:
     cluster = make_cluster(version="2.0.0")
     await cluster.start()
     await cluster.healthy(90)
@@ -301,32 +342,68 @@ async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(ma
     image = cluster.spec.ceresdb.image
     sleeper = ["-c", "import time; time.sleep(600)"]
     foreign = await asyncio.to_thread(
-        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
-        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": f"{cluster.name}x",
-                "io.ceres-supervisor.node": "db0", "io.ceres-supervisor.role": "ceresdb"},
-        name=f"foreign-{cluster.name}")
+        docker_client.containers.run,
+        image,
+        sleeper,
+        entrypoint="python3",
+        detach=True,  # type: ignore[attr-defined]
+        labels={
+            "io.ceres-supervisor.managed": "true",
+            "io.ceres-supervisor.cluster": f"{cluster.name}x",
+            "io.ceres-supervisor.node": "db0",
+            "io.ceres-supervisor.role": "ceresdb",
+        },
+        name=f"foreign-{cluster.name}",
+    )
     await asyncio.to_thread(
-        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
-        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": cluster.name,
-                "io.ceres-supervisor.node": "ghost", "io.ceres-supervisor.role": "ceresdb"},
-        name=f"ceres-{cluster.name}-ghost")
+        docker_client.containers.run,
+        image,
+        sleeper,
+        entrypoint="python3",
+        detach=True,  # type: ignore[attr-defined]
+        labels={
+            "io.ceres-supervisor.managed": "true",
+            "io.ceres-supervisor.cluster": cluster.name,
+            "io.ceres-supervisor.node": "ghost",
+            "io.ceres-supervisor.role": "ceresdb",
+        },
+        name=f"ceres-{cluster.name}-ghost",
+    )
     elsewhere = await asyncio.to_thread(
-        docker_client.containers.run, image, sleeper, entrypoint="python3", detach=True,  # type: ignore[attr-defined]
-        labels={"io.ceres-supervisor.managed": "true", "io.ceres-supervisor.cluster": cluster.name,
-                "io.ceres-supervisor.node": "db9", "io.ceres-supervisor.role": "ceresdb",
-                "io.ceres-supervisor.host": "192.0.2.9"},
-        name=f"ceres-{cluster.name}-db9")
+        docker_client.containers.run,
+        image,
+        sleeper,
+        entrypoint="python3",
+        detach=True,  # type: ignore[attr-defined]
+        labels={
+            "io.ceres-supervisor.managed": "true",
+            "io.ceres-supervisor.cluster": cluster.name,
+            "io.ceres-supervisor.node": "db9",
+            "io.ceres-supervisor.role": "ceresdb",
+            "io.ceres-supervisor.host": "192.0.2.9",
+        },
+        name=f"ceres-{cluster.name}-db9",
+    )
     try:
         # db1's rendered config changes: only db1 is recreated.
-        cluster.text = cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "debug" } }')
+        cluster.text = cluster.text.replace(
+            'name = "db1"', 'name = "db1"\nconfig = { logger = { level = "debug" } }'
+        )
         await cluster.start()
-        await eventually(lambda: cluster.record("db1").run_key is not None and
-                         cluster.record("db1").run_key.split("@")[0] != before["db1"].id, 30, "db1 recreated")
+        await eventually(
+            lambda: (
+                cluster.record("db1").run_key is not None
+                and cluster.record("db1").run_key.split("@")[0] != before["db1"].id
+            ),
+            30,
+            "db1 recreated",
+        )
         await cluster.healthy(90)
         for node in ("meta0", "db0"):
             c = await cluster.container(node)
             assert (c.id, started_at(c)) == (before[node].id, started_at(before[node])), node
         assert (await cluster.container("db1")).id != before["db1"].id
+
         # A node removed from the file while the daemon was down is removed at its start (like a reload);
         # another cluster's container and another host's are never touched.
         async def ghost_gone() -> bool:
@@ -345,7 +422,9 @@ async def test_adoption_recreates_only_changed_nodes_and_never_touches_others(ma
 def _daemon(cluster: Cluster) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path), "--log-level", "debug"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -369,22 +448,27 @@ def _until_healthy_cycle(process: subprocess.Popen[str], timeout_s: float) -> No
 
 
 @pytest.mark.parametrize("version", ["1.2.2"])
-async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(make_cluster: Callable[..., Cluster],
-                                                                           version: str) -> None:
+async def test_supervisor_killed_mid_start_or_when_healthy_restarts_nothing(
+    make_cluster: Callable[..., Cluster], version: str
+) -> None:
     cluster = make_cluster(version=version)
     cluster.write()
     processes: list[subprocess.Popen[str]] = []
     try:
         first = _daemon(cluster)
         processes.append(first)
-        meta = await eventually(lambda: asyncio.to_thread(_get_or_none, cluster, "meta0"), 30, "meta0 created")
+        meta = await eventually(
+            lambda: asyncio.to_thread(_get_or_none, cluster, "meta0"), 30, "meta0 created"
+        )
         os.kill(first.pid, signal.SIGKILL)  # mid-start: meta exists, CeresDB not yet
         await asyncio.to_thread(first.wait, 10)
         second = _daemon(cluster)
         processes.append(second)
         await asyncio.to_thread(_until_healthy_cycle, second, 90)
         containers = await cluster.containers()
-        assert sorted(c.name for c in containers) == sorted(cluster.container_name(n) for n in ("meta0", "db0", "db1"))
+        assert sorted(c.name for c in containers) == sorted(
+            cluster.container_name(n) for n in ("meta0", "db0", "db1")
+        )
         assert (await cluster.container("meta0")).id == meta.id
         before = {c.name: (c.id, started_at(c)) for c in containers}
         os.kill(second.pid, signal.SIGKILL)  # healthy now
@@ -414,14 +498,21 @@ def _get_or_none(cluster: Cluster, node: str) -> object | None:
 async def test_invalid_file_exits_2_before_touching_anything(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     cluster.write("bogus = 1\n" + cluster.text)
-    result = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "ceres_supervisor", "run", "-c",
-                                                      str(cluster.path)], capture_output=True, text=True, timeout=30)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2, result.stderr
     assert "bogus: unknown key" in result.stderr
     assert await cluster.containers() == []
 
 
-async def test_after_a_die_event_the_engine_reports_the_container_exited(make_cluster: Callable[..., Cluster]) -> None:
+async def test_after_a_die_event_the_engine_reports_the_container_exited(
+    make_cluster: Callable[..., Cluster],
+) -> None:
     """Right after `die`, Docker's container list can still say "running" with the same Status text
     (e.g. "Up About a minute"), so a cache keyed on it would hide the crash until a later cycle.
     The event invalidates the entry and the engine inspects, which waits for dockerd's exit handling."""
@@ -436,8 +527,13 @@ async def test_after_a_die_event_the_engine_reports_the_container_exited(make_cl
             if container.status != "running":
                 await asyncio.to_thread(container.start)
                 cid = container.id
-                await eventually(lambda cid=cid: asyncio.to_thread(
-                    lambda: cluster.client.containers.get(cid).status == "running"), 10, "db1 running")
+                await eventually(
+                    lambda cid=cid: asyncio.to_thread(
+                        lambda: cluster.client.containers.get(cid).status == "running"
+                    ),
+                    10,
+                    "db1 running",
+                )
             engine.invalidate(container.id)  # the `start` event does this in the daemon
             listed = {c.node: c for c in await engine.list_containers()}
             assert listed["db1"].state == "running"
@@ -455,14 +551,20 @@ async def test_after_a_die_event_the_engine_reports_the_container_exited(make_cl
 def _wait_for_die(cluster: Cluster, container_id: str, killed_ns: int) -> None:
     """This kill's `die` (not an earlier one the whole-second `since` would replay)."""
     since = killed_ns // 1_000_000_000 - 1
-    for event in cluster.client.events(decode=True, since=since, until=since + 12,
-                                       filters={"type": "container", "event": "die", "id": container_id}):
+    for event in cluster.client.events(
+        decode=True,
+        since=since,
+        until=since + 12,
+        filters={"type": "container", "event": "die", "id": container_id},
+    ):
         if int(event.get("timeNano", 0)) >= killed_ns:
             return
     raise AssertionError("no die event")
 
 
-async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluster: Callable[..., Cluster]) -> None:
+async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(
+    make_cluster: Callable[..., Cluster],
+) -> None:
     """With a 30 s probe interval, only the `die` event can explain a restart within seconds.
 
     (Right after `die`, Docker's container list may still say "running"; the supervisor must
@@ -473,11 +575,15 @@ async def test_a_crash_is_restarted_from_the_event_not_the_next_tick(make_cluste
     for round_ in range(3):  # the stale-list race does not show every time
         kill_main_process(await cluster.container("db1"))
         # A deadline well under the 30 s probe interval: only a restart waiting for the next tick misses it.
-        await eventually(lambda r=round_: cluster.record("db1").restarts == r + 1, 10, f"restart {round_ + 1}")
+        await eventually(
+            lambda r=round_: cluster.record("db1").restarts == r + 1, 10, f"restart {round_ + 1}"
+        )
         await cluster.serving("db1", 60)
 
 
-async def test_a_port_taken_by_another_process_is_a_reason_not_a_crash(make_cluster: Callable[..., Cluster]) -> None:
+async def test_a_port_taken_by_another_process_is_a_reason_not_a_crash(
+    make_cluster: Callable[..., Cluster],
+) -> None:
     cluster = make_cluster()
     port = int(cluster.text.split('name = "db1"', 1)[1].split("http_port = ", 1)[1].split("\n", 1)[0])
     squatter = socket.socket()

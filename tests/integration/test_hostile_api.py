@@ -49,8 +49,11 @@ async def test_api_survives_hostile_requests(make_cluster: Callable[..., Cluster
     listen = cluster.text.split('listen = "', 1)[1].split('"', 1)[0]
     host, port = listen.split(":")[0], int(listen.split(":")[1])
     url = f"http://{listen}"
-    process = subprocess.Popen([sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         await eventually(lambda: http_json(f"{url}/healthz")[0] == 200, 30, "the API")
         await eventually(lambda: http_json(f"{url}/readyz")[0] == 200, 90, "the cluster healthy")
@@ -61,22 +64,35 @@ async def test_api_survives_hostile_requests(make_cluster: Callable[..., Cluster
             async with session.post(f"{url}/v1/reload", data=io.BytesIO(b"{" * (8 << 20))) as response:
                 assert response.status == 413
             # Malformed JSON: the reload route reads no body: the file is reloaded as usual.
-            async with session.post(f"{url}/v1/reload", data=b'{"a": [1, 2', headers={"Content-Type": "application/json"}) as response:
+            async with session.post(
+                f"{url}/v1/reload", data=b'{"a": [1, 2', headers={"Content-Type": "application/json"}
+            ) as response:
                 assert response.status == 200, await response.text()
             for method in ("PATCH", "PUT", "DELETE", "OPTIONS"):
                 async with session.request(method, f"{url}/v1/status") as response:
                     assert response.status == 405, method
                     assert (await response.json())["status"] == 405
-            for path, expected in (("/v1/../../etc/passwd", 404), ("/%00", 404), ("/v1/status/" + "a" * 2000, 404),
-                                   ("/v1/events?limit=-5", 200), ("/v1/events?limit=1000000000000", 200),
-                                   ("/v1/events?limit=x", 400), ("/metrics?x=" + "%" * 100, 200)):
+            for path, expected in (
+                ("/v1/../../etc/passwd", 404),
+                ("/%00", 404),
+                ("/v1/status/" + "a" * 2000, 404),
+                ("/v1/events?limit=-5", 200),
+                ("/v1/events?limit=1000000000000", 200),
+                ("/v1/events?limit=x", 400),
+                ("/metrics?x=" + "%" * 100, 200),
+            ):
                 async with session.get(url + path) as response:
                     assert response.status == expected, (path, response.status)
 
         # Raw protocol abuse: an unknown method, garbage, a huge request line, a header bomb.
-        for payload in (b"FOO /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x01\x02garbage\r\n\r\n",
-                        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-                        b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"y" * 4000) for i in range(300)) + b"\r\n"):
+        for payload in (
+            b"FOO /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\x00\x01\x02garbage\r\n\r\n",
+            b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"y" * 4000) for i in range(300))
+            + b"\r\n",
+        ):
             answer = await asyncio.to_thread(raw, host, port, payload)
             # aiohttp answers malformed HTTP itself (400, before any handler), or closes.
             assert answer == b"" or answer[:10] in (b"HTTP/1.1 4", b"HTTP/1.0 4"), answer[:100]
@@ -98,6 +114,7 @@ async def test_api_survives_hostile_requests(make_cluster: Callable[..., Cluster
 
         # A burst of concurrent status requests.
         async with aiohttp.ClientSession() as session:
+
             async def one() -> int:
                 async with session.get(f"{url}/v1/status") as response:
                     await response.read()

@@ -338,7 +338,10 @@ async def test_the_page_shows_a_lost_machine(
     daemons.append(second.start())
 
     async def whole() -> bool:
-        async with aiohttp.ClientSession() as session, session.get(cluster.api_url + "/v1/cluster") as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(cluster.api_url + "/v1/cluster") as response,
+        ):
             doc = await response.json()
         return doc["cluster"]["state"] == "healthy" and len(doc["agents"]) == 2
 

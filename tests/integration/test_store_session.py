@@ -25,7 +25,9 @@ CLUSTER = "storeSession"
 
 
 @pytest.fixture
-def store(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[tuple[str, docker.models.containers.Container]]:
+def store(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> Iterator[tuple[str, docker.models.containers.Container]]:
     """(the client URL, the container) of one meta stand-in, removed at the end."""
     standins = StandIns(docker_client, tmp_path)
     try:
@@ -37,7 +39,13 @@ def store(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[tuple[
 
 
 def node_doc(state: str) -> dict[str, object]:
-    return {"name": "db0", "role": "ceresdb", "state": state, "reason": None, "lease": {"held": True, "shards": [0]}}
+    return {
+        "name": "db0",
+        "role": "ceresdb",
+        "state": state,
+        "reason": None,
+        "lease": {"held": True, "shards": [0]},
+    }
 
 
 @dataclass
@@ -61,8 +69,12 @@ class Agent:
 async def agent(url: str, ttl_s: float) -> AsyncIterator[Agent]:
     """Connected, db0 published healthy and written; the session closed at the end."""
     seen: list[tuple[bool, str]] = []
-    coordinator = Coordinator(CLUSTER, Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"), ttl_s,
-                              lambda: seen.append((coordinator.available, coordinator.detail)))
+    coordinator = Coordinator(
+        CLUSTER,
+        Identity(host="127.0.0.1", version="test", listen="127.0.0.1:1"),
+        ttl_s,
+        lambda: seen.append((coordinator.available, coordinator.detail)),
+    )
 
     async def cycling() -> None:  # the daemon's loop, which the lease is tied to
         while True:
@@ -87,13 +99,16 @@ async def agent(url: str, ttl_s: float) -> AsyncIterator[Agent]:
 
 
 async def test_a_stall_shorter_than_the_lease_keeps_the_agent_available_and_loses_no_write(
-        store: tuple[str, docker.models.containers.Container]) -> None:
+    store: tuple[str, docker.models.containers.Container],
+) -> None:
     url, container = store
     async with agent(url, 30) as a:
         container.pause()  # every call now times out (2 s), as on a member that stopped answering
         try:
             a.coordinator.publish({"db0": node_doc("unhealthy")})
-            await eventually(lambda: a.coordinator.retries >= 1, 15, "a write that failed and will be tried again")
+            await eventually(
+                lambda: a.coordinator.retries >= 1, 15, "a write that failed and will be tried again"
+            )
         finally:
             container.unpause()
         doc = await eventually(lambda: a.record("db0", "unhealthy"), 15, "the write made during the stall")
@@ -102,7 +117,8 @@ async def test_a_stall_shorter_than_the_lease_keeps_the_agent_available_and_lose
 
 
 async def test_a_stall_longer_than_the_lease_allows_is_unavailable_then_the_records_come_back(
-        store: tuple[str, docker.models.containers.Container]) -> None:
+    store: tuple[str, docker.models.containers.Container],
+) -> None:
     url, container = store
     async with agent(url, 3) as a:
         container.pause()  # a 3 s lease kept alive every 1 s: no room to wait, the agent says so

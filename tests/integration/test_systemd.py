@@ -36,13 +36,24 @@ SOCKET = "/run/ceres-supervisor/api.sock"
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit = tmp_path / "ceres-supervisor.service"
     # The only machine-specific part is where the command is installed: point it at this venv.
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/ceres-supervisor", str(VENV_BIN / "ceres-supervisor")))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
+    unit.write_text(
+        UNIT.read_text().replace("/usr/local/bin/ceres-supervisor", str(VENV_BIN / "ceres-supervisor"))
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "ceres-supervisor.service" not in result.stderr, result.stderr
     text = UNIT.read_text()
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "WatchdogSec=",
-                 "TimeoutStopSec=", "EnvironmentFile=-/etc/default/ceres-supervisor", "RuntimeDirectory=ceres-supervisor"):
+    for line in (
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "WatchdogSec=",
+        "TimeoutStopSec=",
+        "EnvironmentFile=-/etc/default/ceres-supervisor",
+        "RuntimeDirectory=ceres-supervisor",
+    ):
         assert line in text
     assert "After=docker.service" in text and "Wants=docker.service" in text
     assert not any(line.startswith(("Requires=", "BindsTo=", "PartOf=")) for line in text.splitlines())
@@ -73,13 +84,19 @@ class NotifySocket:
         self.sock.close()
 
 
-async def test_sd_notify_messages_and_their_order(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+async def test_sd_notify_messages_and_their_order(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     cluster = make_cluster()
     cluster.write()
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
-    process = subprocess.Popen([sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(cluster.path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = "http://" + cluster.text.split('listen = "', 1)[1].split('"', 1)[0]
 
     async def seen(field_prefix: str, after: int = 0) -> int:
@@ -100,12 +117,16 @@ async def test_sd_notify_messages_and_their_order(make_cluster: Callable[..., Cl
         await seen("STATUS=")
 
         # A good reload: RELOADING=1 with MONOTONIC_USEC, then READY=1.
-        cluster.write(cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "warn" } }'))
+        cluster.write(
+            cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "warn" } }')
+        )
         before_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         mark = len(notify.fields())
         process.send_signal(signal.SIGHUP)
         reloading = await seen("RELOADING=1", mark)
-        message = next(m for m in notify.messages if "RELOADING=1" in m and notify.fields().index(m[0]) >= mark)
+        message = next(
+            m for m in notify.messages if "RELOADING=1" in m and notify.fields().index(m[0]) >= mark
+        )
         usec = int(next(f for f in message if f.startswith("MONOTONIC_USEC=")).split("=", 1)[1])
         assert before_usec <= usec <= time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         await seen("READY=1", reloading + 1)
@@ -146,9 +167,17 @@ def systemd_container(docker_client: docker.DockerClient) -> Iterator[tuple[obje
         "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
     }
     container = docker_client.containers.run(
-        image, ["/sbin/init"], detach=True, name=f"ceres-systemd-{base.name}", network_mode="host",
-        cap_add=["SYS_ADMIN"], security_opt=["seccomp=unconfined"], cgroupns="host",
-        tmpfs={"/run": "", "/run/lock": ""}, volumes=mounts, labels={TEST_LABEL: f"{SESSION}-{base.name}"},
+        image,
+        ["/sbin/init"],
+        detach=True,
+        name=f"ceres-systemd-{base.name}",
+        network_mode="host",
+        cap_add=["SYS_ADMIN"],
+        security_opt=["seccomp=unconfined"],
+        cgroupns="host",
+        tmpfs={"/run": "", "/run/lock": ""},
+        volumes=mounts,
+        labels={TEST_LABEL: f"{SESSION}-{base.name}"},
     )
     try:
         yield container, base
@@ -173,29 +202,42 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
 ) -> None:
     container, base = systemd_container
     # The API on a unix socket under the unit's RuntimeDirectory, and a secret from its EnvironmentFile.
-    store = ('\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "id"\nkey_secret = { env = "CERES_TEST_KEY" }\n'
-             'endpoint = "http://oss.invalid"\nbucket = "b"\nprefix = "p"\n')
+    store = (
+        '\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "id"\nkey_secret = { env = "CERES_TEST_KEY" }\n'
+        'endpoint = "http://oss.invalid"\nbucket = "b"\nprefix = "p"\n'
+    )
     cluster = make_cluster(state_root=base, supervisor={"listen": f"unix:{SOCKET}"}, extra=store)
     cluster.write()
-    await eventually(lambda: asyncio.to_thread(lambda: sh(container, "systemctl is-system-running")[1].strip()
-                                               in ("running", "degraded")), 60, "systemd up")
+    await eventually(
+        lambda: asyncio.to_thread(
+            lambda: sh(container, "systemctl is-system-running")[1].strip() in ("running", "degraded")
+        ),
+        60,
+        "systemd up",
+    )
     dropin = "[Service]\\nReadWritePaths=" + str(base) + "\\n"
     if str(PROJECT).startswith("/tmp/"):
         dropin += "PrivateTmp=no\\n"  # this checkout lives in /tmp, which PrivateTmp would hide
-    code, out = await asyncio.to_thread(sh, container, " && ".join([
-        f"ln -sf {VENV_BIN}/ceres-supervisor /usr/local/bin/ceres-supervisor",
-        f"mkdir -p /etc/ceres-supervisor && ln -sf {cluster.path} /etc/ceres-supervisor/cluster.toml",
-        f"cp {UNIT} /etc/systemd/system/ceres-supervisor.service",
-        # The engine runs on the host; inside, docker.service stands for it (Wants=docker.service).
-        "printf '[Unit]\\nDescription=the host Docker Engine, reached through its socket\\n[Service]\\n"
-        "Type=oneshot\\nRemainAfterExit=yes\\nExecStart=/usr/bin/test -S /var/run/docker.sock\\n'"
-        " > /etc/systemd/system/docker.service",
-        "printf 'CERES_TEST_KEY=s3cret-from-the-environment-file\\n' > /etc/default/ceres-supervisor",
-        "chmod 0600 /etc/default/ceres-supervisor",
-        "mkdir -p /etc/systemd/system/ceres-supervisor.service.d",
-        f"printf '{dropin}' > /etc/systemd/system/ceres-supervisor.service.d/test.conf",
-        "systemctl daemon-reload",
-    ]))
+    code, out = await asyncio.to_thread(
+        sh,
+        container,
+        " && ".join(
+            [
+                f"ln -sf {VENV_BIN}/ceres-supervisor /usr/local/bin/ceres-supervisor",
+                f"mkdir -p /etc/ceres-supervisor && ln -sf {cluster.path} /etc/ceres-supervisor/cluster.toml",
+                f"cp {UNIT} /etc/systemd/system/ceres-supervisor.service",
+                # The engine runs on the host; inside, docker.service stands for it (Wants=docker.service).
+                "printf '[Unit]\\nDescription=the host Docker Engine, reached through its socket\\n[Service]\\n"
+                "Type=oneshot\\nRemainAfterExit=yes\\nExecStart=/usr/bin/test -S /var/run/docker.sock\\n'"
+                " > /etc/systemd/system/docker.service",
+                "printf 'CERES_TEST_KEY=s3cret-from-the-environment-file\\n' > /etc/default/ceres-supervisor",
+                "chmod 0600 /etc/default/ceres-supervisor",
+                "mkdir -p /etc/systemd/system/ceres-supervisor.service.d",
+                f"printf '{dropin}' > /etc/systemd/system/ceres-supervisor.service.d/test.conf",
+                "systemctl daemon-reload",
+            ]
+        ),
+    )
     assert code == 0, out
 
     # systemctl start returns once READY=1: the API answers and the unit is active at that moment.
@@ -204,9 +246,13 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     assert sh(container, "systemctl is-active ceres-supervisor")[1].strip() == "active"
     assert sh(container, f"test -S {SOCKET}")[0] == 0
     assert api(container, "status --local")[0] in (0, 1)  # it answers on the socket
-    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "cluster healthy")
+    await eventually(
+        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "cluster healthy"
+    )
     rendered = base / cluster.name / "state" / "config" / "db0" / "ceresdb.toml"
-    assert "s3cret-from-the-environment-file" in rendered.read_text()  # the secret came from the EnvironmentFile
+    assert (
+        "s3cret-from-the-environment-file" in rendered.read_text()
+    )  # the secret came from the EnvironmentFile
     before = await identities(cluster)
 
     # A restart of docker.service (a package upgrade) does not restart the supervisor (Wants=, not Requires=).
@@ -216,7 +262,9 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     assert sh(container, "systemctl is-active ceres-supervisor")[1].strip() == "active"
 
     # systemctl reload applies a changed file: only db1 is recreated.
-    cluster.write(cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "warn" } }'))
+    cluster.write(
+        cluster.text.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "warn" } }')
+    )
     code, out = await asyncio.to_thread(sh, container, "systemctl reload ceres-supervisor")
     assert code == 0, out
 
@@ -225,7 +273,9 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return "db1" in now and now["db1"][0] != before["db1"][0]
 
     await eventually(db1_recreated, 60, "db1 recreated by the reload")
-    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "healthy again")
+    await eventually(
+        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "healthy again"
+    )
     after_reload = await identities(cluster)
     assert after_reload["meta0"] == before["meta0"] and after_reload["db0"] == before["db0"]
 
@@ -240,7 +290,9 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return new not in (pid, "0", "") and active == "active"
 
     await eventually(lambda: asyncio.to_thread(restarted), 60, "systemd restarting the supervisor")
-    await eventually(lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 60, "healthy after")
+    await eventually(
+        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 60, "healthy after"
+    )
     assert await identities(cluster) == after_reload
 
     # systemctl stop honours on_exit: "leave" keeps them, "stop" (applied by a reload) stops them.

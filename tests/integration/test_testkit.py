@@ -108,20 +108,27 @@ def answers(url: str) -> bool:
 
 # --- machines ----------------------------------------------------------------------------------------
 
+
 def test_an_engine_of_its_own_runs_a_stand_in_reached_on_loopback(
     machines: Callable[[int], list[Engine]], docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     m0, m1 = machines(2)
     assert m0.url == f"unix://{m0.socket}" and m0.url.startswith("unix:///")
-    main_images = {docker_client.images.get(ref).id for ref in (f"ceres-emulator/ceresmeta-server:{VERSION}",
-                                                               f"ceres-emulator/ceresdb-server:{VERSION}")}
+    main_images = {
+        docker_client.images.get(ref).id
+        for ref in (f"ceres-emulator/ceresmeta-server:{VERSION}", f"ceres-emulator/ceresdb-server:{VERSION}")
+    }
     for engine in (m0, m1):
         assert {image.id for image in engine.client.images.list()} == main_images
     ids = {m0.client.info()["ID"], m1.client.info()["ID"], docker_client.info()["ID"]}
     assert len(ids) == 3, "each engine is a machine of its own"
     assert len({m0.containerd_pid(), m1.containerd_pid()} - {None}) == 2
-    found = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False).stdout.split()
-    assert not {str(m0.pid), str(m1.pid)} & set(found), "`pgrep -x dockerd` (ensure-docker.sh) finds the main engine only"
+    found = subprocess.run(
+        ["pgrep", "-x", "dockerd"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert not {str(m0.pid), str(m1.pid)} & set(found), (
+        "`pgrep -x dockerd` (ensure-docker.sh) finds the main engine only"
+    )
 
     container, url = run_meta(m0, tmp_path)
     assert answers(url)
@@ -206,8 +213,18 @@ sys.stdin.read()
 
 def test_what_a_killed_run_left_is_reaped_by_the_next(docker_client: docker.DockerClient) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, VERSION, f"ceres-emulator/ceresdb-server:{VERSION}", json.dumps(SLEEPER)],
-        cwd=PROJECT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            VERSION,
+            f"ceres-emulator/ceresdb-server:{VERSION}",
+            json.dumps(SLEEPER),
+        ],
+        cwd=PROJECT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
     )
     assert child.stdout is not None and child.stdin is not None
     try:
@@ -238,8 +255,13 @@ def test_closing_a_pool_leaves_nothing(docker_client: docker.DockerClient) -> No
     (m0,) = pool.start(1)
     assert Path("/sys/class/net/docker0").exists()
     assert Path(f"/sys/class/net/{bridge_name(m0.root)}").exists()
-    m0.client.containers.run(f"ceres-emulator/ceresdb-server:{VERSION}", entrypoint=SLEEPER, network_mode="host",
-                             detach=True, labels={TEST_LABEL: "testkit"})
+    m0.client.containers.run(
+        f"ceres-emulator/ceresdb-server:{VERSION}",
+        entrypoint=SLEEPER,
+        network_mode="host",
+        detach=True,
+        labels={TEST_LABEL: "testkit"},
+    )
     m0.freeze()
     began = time.monotonic()
     pool.close()
@@ -253,6 +275,7 @@ def test_closing_a_pool_leaves_nothing(docker_client: docker.DockerClient) -> No
 
 
 # --- proxy -------------------------------------------------------------------------------------------
+
 
 class EchoHandler(socketserver.BaseRequestHandler):
     server: Echo

@@ -24,6 +24,7 @@ LEAKED_BY_THE_SDK = (
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", LEAKED_BY_THE_SDK)
     warnings.filterwarnings(  # the session's filters, active again at pytest_unconfigure
-        "ignore", message=r"Exception ignored in. <socket\.socket fd=\d+, family=1,",
+        "ignore",
+        message=r"Exception ignored in. <socket\.socket fd=\d+, family=1,",
         category=pytest.PytestUnraisableExceptionWarning,
     )

@@ -45,16 +45,22 @@ async def test_a_restarted_docker_engine_is_followed(make_cluster: Callable[...,
     await cluster.healthy(90)
     before = {c.labels["io.ceres-supervisor.node"]: c.id for c in await cluster.containers()}
     pid = dockerd_pid()
-    assert pid is not None, "no dockerd process: this scenario restarts the one scripts/ensure-docker.sh starts"
+    assert pid is not None, (
+        "no dockerd process: this scenario restarts the one scripts/ensure-docker.sh starts"
+    )
     os.kill(pid, signal.SIGTERM)
     await asyncio.to_thread(wait_until, lambda: dockerd_pid() is None, 60, "dockerd gone")
-    await eventually(lambda: cluster.cluster_state() == "unknown", 30, "the cluster state unknown while Docker is away")
+    await eventually(
+        lambda: cluster.cluster_state() == "unknown", 30, "the cluster state unknown while Docker is away"
+    )
     await asyncio.to_thread(subprocess.run, [str(PROJECT / "scripts" / "ensure-docker.sh")], check=True)
     await asyncio.to_thread(wait_until, engine_answers, 60, "dockerd answering again")
     await cluster.healthy(120)
     client = docker.from_env(timeout=30)
     try:
-        after = client.containers.list(all=True, filters={"label": f"io.ceres-supervisor.cluster={cluster.name}"})
+        after = client.containers.list(
+            all=True, filters={"label": f"io.ceres-supervisor.cluster={cluster.name}"}
+        )
         by_node: dict[str, list[str]] = {}
         for c in after:
             by_node.setdefault(c.labels["io.ceres-supervisor.node"], []).append(c.id)
@@ -66,4 +72,6 @@ async def test_a_restarted_docker_engine_is_followed(make_cluster: Callable[...,
     kinds = [(e.node, e.type) for e in supervisor.events]
     assert (None, "engine_restarted") in kinds
     assert {n for n, t in kinds if t == "engine_restarted" and n} == {"meta0", "db0", "db1"}
-    assert not [e for e in supervisor.events if e.type == "died"], "an engine restart is not the nodes' failure"
+    assert not [e for e in supervisor.events if e.type == "died"], (
+        "an engine restart is not the nodes' failure"
+    )

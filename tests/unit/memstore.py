@@ -104,8 +104,12 @@ class MemoryEtcd:
         result = c["result"]
         for kv in kvs:
             have = getattr(kv, field_name)
-            ok = {"EQUAL": have == wanted, "LESS": have < wanted, "GREATER": have > wanted,
-                  "NOT_EQUAL": have != wanted}[result]
+            ok = {
+                "EQUAL": have == wanted,
+                "LESS": have < wanted,
+                "GREATER": have > wanted,
+                "NOT_EQUAL": have != wanted,
+            }[result]
             if not ok:
                 return False
         return True
@@ -209,7 +213,9 @@ class MemoryClient:
         await self._enter("revoke")
         self.store.revoke(lease)
 
-    async def watch(self, prefix: bytes, start_revision: int, endpoint: str | None = None) -> AsyncIterator[WatchBatch]:
+    async def watch(
+        self, prefix: bytes, start_revision: int, endpoint: str | None = None
+    ) -> AsyncIterator[WatchBatch]:
         await self._enter("watch")
         member = endpoint or self.endpoint
         w = _Watch(prefix, prefix[:-1] + bytes([prefix[-1] + 1]), member)

@@ -54,8 +54,17 @@ def exported(tmp_path: Path) -> dict[str, tuple[str, set[str]]]:
         slots={"db0": {"host": "127.0.0.1", "reason": "planned", "since": "2026-11-28T00:00:00Z"}},
     )
     snap = Snapshot(
-        1, NOW, desired, ReloadResult(True, None, datetime(2026, 11, 28, tzinfo=UTC)), 5.0, "127.0.0.1",
-        healthy_observation(desired), replace(plan, views=views, records=records), records, None, store,
+        1,
+        NOW,
+        desired,
+        ReloadResult(True, None, datetime(2026, 11, 28, tzinfo=UTC)),
+        5.0,
+        "127.0.0.1",
+        healthy_observation(desired),
+        replace(plan, views=views, records=records),
+        records,
+        None,
+        store,
         Coordination(True, "ok", "http://127.0.0.1:2379", True),
     )
     registry = metrics.Metrics(lambda: snap)
@@ -102,7 +111,9 @@ def grouping_labels(expr: str) -> set[str]:
 
 def matched_labels(expr: str) -> set[str]:
     """The label names of every matcher in the expression (`{job=~"...", state!="x"}`)."""
-    return {m for group in re.findall(r"\{([^}]*)\}", expr) for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", group)}
+    return {
+        m for group in re.findall(r"\{([^}]*)\}", expr) for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", group)
+    }
 
 
 def family_of(name: str, families: dict[str, tuple[str, set[str]]]) -> str | None:

@@ -30,7 +30,9 @@ def promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.Completed
     found = shutil.which("promtool")
     if found is None:
         pytest.fail("no promtool on PATH: run scripts/ensure-promtool.sh (make test does)", pytrace=False)
-    return subprocess.run([found, *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [found, *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd, timeout=120
+    )
 
 
 def rules() -> list[dict[str, Any]]:
@@ -39,7 +41,9 @@ def rules() -> list[dict[str, Any]]:
 
 
 def unit_tests() -> list[dict[str, Any]]:
-    return [test for path in sorted(TESTS.glob("*.yml")) for test in yaml.safe_load(path.read_text())["tests"]]
+    return [
+        test for path in sorted(TESTS.glob("*.yml")) for test in yaml.safe_load(path.read_text())["tests"]
+    ]
 
 
 def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
@@ -69,9 +73,9 @@ def test_every_alert_says_what_is_wrong_and_what_to_do() -> None:
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description"}, rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
-        assert "ceres-supervisor" in annotations["description"] or "systemctl" in annotations["description"], (
-            f"{rule['alert']}: the description names no command to run"
-        )
+        assert (
+            "ceres-supervisor" in annotations["description"] or "systemctl" in annotations["description"]
+        ), f"{rule['alert']}: the description names no command to run"
 
 
 def test_every_series_a_rule_reads_is_exported_with_its_labels(tmp_path: Path) -> None:

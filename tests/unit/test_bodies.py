@@ -23,10 +23,17 @@ RECORDS = {f"db{i}": {"state": "healthy", "reason": "x" * 400} for i in range(20
 
 
 def range_answer() -> bytes:
-    kvs = [{"key": base64.b64encode(ROOT + name.encode()).decode(),
+    kvs = [
+        {
+            "key": base64.b64encode(ROOT + name.encode()).decode(),
             "value": base64.b64encode(json.dumps(doc).encode()).decode(),
-            "create_revision": "2", "mod_revision": "3", "version": "1", "lease": "0"}
-           for name, doc in RECORDS.items()]
+            "create_revision": "2",
+            "mod_revision": "3",
+            "version": "1",
+            "lease": "0",
+        }
+        for name, doc in RECORDS.items()
+    ]
     return json.dumps({"header": {"revision": "9"}, "kvs": kvs, "count": str(len(kvs))}).encode()
 
 
@@ -35,7 +42,7 @@ async def in_two_parts(request: web.Request, body: bytes, then_hold: bool = Fals
     await response.prepare(request)
     await response.write(body[: len(body) // 2])
     await asyncio.sleep(0.2)  # the second segment comes later: the fault under test, not a wait
-    await response.write(body[len(body) // 2:])
+    await response.write(body[len(body) // 2 :])
     if then_hold:  # a stream that stays open after its first line
         await asyncio.Event().wait()
     await response.write_eof()

@@ -51,7 +51,12 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
         ("db0", down(DB3, db1="reopening"), Budget(), ["db1 (reopening)"]),  # db0 holds its shards: strict
         ("db0", down(DB3, db1="unhealthy"), Budget(), ["db1 (unhealthy)"]),  # db0 itself holds its shards
         ("db0", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), None),
-        ("db4", down(DB3, db0="unhealthy"), Budget(peers={"db4": ("ceresdb", "unhealthy")}), ["db0 (unhealthy)"]),
+        (
+            "db4",
+            down(DB3, db0="unhealthy"),
+            Budget(peers={"db4": ("ceresdb", "unhealthy")}),
+            ["db0 (unhealthy)"],
+        ),
         # meta keeps the strict rule: a member that is down may still be in etcd's quorum
         ("meta0", down(META3, meta0="unhealthy", meta1="unhealthy"), Budget(), ["meta1 (unhealthy)"]),
         # roles are budgeted apart: a meta member down does not hold back a CeresDB stop

@@ -85,7 +85,9 @@ def daemon() -> Iterator[FakeDaemon]:
         runner_box.append(runner)
         ready.set()
 
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True
+    )
     thread.start()
     assert ready.wait(10), "the fake daemon did not start"
     try:
@@ -107,7 +109,10 @@ def test_every_command_has_examples_exit_codes_and_described_options() -> None:
         assert examples and all("ceres-supervisor " in e for e in examples), name
         assert "exit codes:\n" in text and "  64  " in text and "  70  " in text, name
         for action in parser._actions:
-            assert action.help and action.help is not argparse.SUPPRESS, (name, action.option_strings or action.dest)
+            assert action.help and action.help is not argparse.SUPPRESS, (
+                name,
+                action.option_strings or action.dest,
+            )
             for option in action.option_strings:
                 assert option in text, (name, option)
 
@@ -142,7 +147,10 @@ def test_the_top_help_tables_every_exit_code() -> None:
         (["pause", "--url", "http://127.0.0.1:1"], "name the nodes to pause, or give --all"),
         (["status", "--url", "http://"], "--url 'http://' is not the API's base URL"),
         (["status", "--url", "ftp://x:1"], "--url 'ftp://x:1' is not the API's base URL"),
-        (["events", "--url", "127.0.0.1:1", "--since", "last tuesday"], "--since 'last tuesday': give a duration ago"),
+        (
+            ["events", "--url", "127.0.0.1:1", "--since", "last tuesday"],
+            "--since 'last tuesday': give a duration ago",
+        ),
     ],
 )
 def test_a_usage_mistake_is_exit_64_in_one_line(argv: list[str], expected: str) -> None:
@@ -155,20 +163,41 @@ def test_a_usage_mistake_is_exit_64_in_one_line(argv: list[str], expected: str) 
 
 @pytest.mark.parametrize(
     "argv",
-    [["validate"], ["render", "-o", "out"], ["plan"], ["down"], ["run"], ["status"], ["reload"], ["events"],
-     ["logs", "db0"], ["describe", "db0"], ["pause", "db0"], ["restart", "db0"]],
+    [
+        ["validate"],
+        ["render", "-o", "out"],
+        ["plan"],
+        ["down"],
+        ["run"],
+        ["status"],
+        ["reload"],
+        ["events"],
+        ["logs", "db0"],
+        ["describe", "db0"],
+        ["pause", "db0"],
+        ["restart", "db0"],
+    ],
 )
 def test_a_missing_file_is_said_so(argv: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     code, _out, err = run(*argv, "-c", str(missing))
     assert code == exits.NO_FILE, (argv, code, err)
-    assert err == f"error: cannot read {missing}: no such file (give the desired-state file with -c FILE)\n" or (
-        err.startswith(f"error: cannot read {missing}: No such file or directory (give the desired-state file")), err
+    assert (
+        err == f"error: cannot read {missing}: no such file (give the desired-state file with -c FILE)\n"
+        or (
+            err.startswith(
+                f"error: cannot read {missing}: No such file or directory (give the desired-state file"
+            )
+        )
+    ), err
 
 
 def test_with_url_the_default_file_is_not_needed_but_a_named_token_file_is(tmp_path: Path) -> None:
     code, _out, err = run("status", "--url", "127.0.0.1:1")  # a bare host:port is http
-    assert code == exits.UNREACHABLE and err == "error: no ceres-supervisor answers at http://127.0.0.1:1: connection refused\n"
+    assert (
+        code == exits.UNREACHABLE
+        and err == "error: no ceres-supervisor answers at http://127.0.0.1:1: connection refused\n"
+    )
     code, _out, err = run("status", "--url", "http://127.0.0.1:1", "--token-file", str(tmp_path / "none"))
     assert code == exits.NO_FILE and "cannot read the token file" in err and "--token-file" in err
     code, _out, err = run("status", "--socket", str(tmp_path / "api.sock"))
@@ -200,8 +229,12 @@ def test_validate_render_and_version_json(tmp_path: Path) -> None:
     assert doc["problems"] == [{"path": "supervisor.probe_intervall", "message": "unknown key"}]
     code, out, _err = run("render", "-c", str(good), "-o", str(tmp_path / "out"), "--json")
     doc = json.loads(out)
-    assert code == 0 and sorted(Path(f).name for f in doc["files"]) == sorted(
-        ["ceresmeta.toml", "env", "ceresdb.toml", "env", "ceresdb.toml", "env"]) and doc["warnings"] == []
+    assert (
+        code == 0
+        and sorted(Path(f).name for f in doc["files"])
+        == sorted(["ceresmeta.toml", "env", "ceresdb.toml", "env", "ceresdb.toml", "env"])
+        and doc["warnings"] == []
+    )
     code, out, _err = run("version", "--json")
     assert code == 0 and set(json.loads(out)) == {"version", "python", "docker_sdk"}
 
@@ -215,27 +248,47 @@ def test_completion_nodes_lists_the_file_s_nodes(tmp_path: Path) -> None:
 
 # -- what the daemon's answers mean ---------------------------------------------------------------
 
-CLUSTER = {"cluster": {"name": "c", "state": "healthy", "spec_hashes": {"127.0.0.1": "h"}, "spec_agrees": True},
-           "coordination": {"ok": True, "detail": "ok", "endpoint": None, "unreadable": []},
-           "meta": {"leader": "meta0", "members": ["meta0"]}, "agents": [{"host": "127.0.0.1", "state": "up"}],
-           "nodes": [{"name": "meta0", "role": "meta", "host": "127.0.0.1", "state": "healthy", "reason": None}],
-           "disruptions": [], "paused": {"all": False, "nodes": []}}
-STATUS = {"cluster": {"name": "c", "state": "healthy", "spec_hash": "h"},
-          "reload": {"ok": True, "error": None, "at": None}, "engine": {"ok": True, "error": None}, "nodes": []}
+CLUSTER = {
+    "cluster": {"name": "c", "state": "healthy", "spec_hashes": {"127.0.0.1": "h"}, "spec_agrees": True},
+    "coordination": {"ok": True, "detail": "ok", "endpoint": None, "unreadable": []},
+    "meta": {"leader": "meta0", "members": ["meta0"]},
+    "agents": [{"host": "127.0.0.1", "state": "up"}],
+    "nodes": [{"name": "meta0", "role": "meta", "host": "127.0.0.1", "state": "healthy", "reason": None}],
+    "disruptions": [],
+    "paused": {"all": False, "nodes": []},
+}
+STATUS = {
+    "cluster": {"name": "c", "state": "healthy", "spec_hash": "h"},
+    "reload": {"ok": True, "error": None, "at": None},
+    "engine": {"ok": True, "error": None},
+    "nodes": [],
+}
 
 
 @pytest.mark.parametrize(
     ("answer", "code", "line"),
     [
-        ((500, {"error": "internal error", "status": 500}), exits.INTERNAL,
-         "the daemon at {url} failed (HTTP 500): internal error"),
-        ((401, {"error": "unauthorized", "status": 401}), exits.REFUSED,
-         "the daemon at {url} refused the token (HTTP 401): give it with --token-file FILE or the file's "
-         "supervisor.token_file"),
-        ((200, ["not", "an", "object"]), exits.INTERNAL, "the daemon at {url} answered HTTP 200 without a JSON object"),
+        (
+            (500, {"error": "internal error", "status": 500}),
+            exits.INTERNAL,
+            "the daemon at {url} failed (HTTP 500): internal error",
+        ),
+        (
+            (401, {"error": "unauthorized", "status": 401}),
+            exits.REFUSED,
+            "the daemon at {url} refused the token (HTTP 401): give it with --token-file FILE or the file's "
+            "supervisor.token_file",
+        ),
+        (
+            (200, ["not", "an", "object"]),
+            exits.INTERNAL,
+            "the daemon at {url} answered HTTP 200 without a JSON object",
+        ),
     ],
 )
-def test_status_exit_codes_say_what_the_answer_meant(daemon: FakeDaemon, answer: Answer, code: int, line: str) -> None:
+def test_status_exit_codes_say_what_the_answer_meant(
+    daemon: FakeDaemon, answer: Answer, code: int, line: str
+) -> None:
     daemon.answers["GET /v1/cluster"] = answer
     got, out, err = run("status", "--url", daemon.url)
     assert (got, out) == (code, "") and err == f"error: {line.format(url=daemon.url)}\n"
@@ -250,7 +303,10 @@ def test_status_healthy_unhealthy_and_with_the_store_away(daemon: FakeDaemon) ->
     degraded = {**CLUSTER, "cluster": {**CLUSTER["cluster"], "state": "degraded"}}  # type: ignore[dict-item]
     daemon.answers["GET /v1/cluster"] = (200, degraded)
     assert run("status", "--url", daemon.url)[0] == exits.NOT_OK
-    away = {**CLUSTER, "coordination": {"ok": False, "detail": "no quorum", "endpoint": None, "unreadable": []}}
+    away = {
+        **CLUSTER,
+        "coordination": {"ok": False, "detail": "no quorum", "endpoint": None, "unreadable": []},
+    }
     daemon.answers["GET /v1/cluster"] = (503, away)
     code, out, _err = run("status", "--url", daemon.url, "--json")
     assert code == exits.NOT_OK and json.loads(out) == away  # the same schema, whatever the store does
@@ -263,25 +319,60 @@ def test_status_healthy_unhealthy_and_with_the_store_away(daemon: FakeDaemon) ->
 @pytest.mark.parametrize(
     ("path", "argv", "answer", "code", "line"),
     [
-        ("POST /v1/pause", ["pause", "db0", "db9"],
-         (404, {"error": "unknown node 'db9': nothing was changed", "status": 404, "unknown": ["db9"],
-                "known": ["meta0", "db0"]}),
-         exits.UNKNOWN_NODE, "unknown node 'db9': nothing was changed; the nodes of the file: meta0, db0"),
-        ("POST /v1/nodes/db0/restart", ["restart", "db0"],
-         (409, {"error": "db0 is already being restarted", "status": 409, "operation": "op-1"}),
-         exits.CONFLICT, "db0 is already being restarted"),
-        ("GET /v1/nodes/db4/logs", ["logs", "db4"],
-         (502, {"error": "the supervisor on 127.0.0.3 (http://127.0.0.3:5480) does not answer: connection refused",
-                "status": 502}),
-         exits.UNREACHABLE, "the supervisor on 127.0.0.3 (http://127.0.0.3:5480) does not answer: connection refused"),
-        ("GET /v1/nodes/db4/describe", ["describe", "db4"], (500, "<html>oops</html>"), exits.INTERNAL,
-         "the daemon at {url} failed (HTTP 500): <html>oops</html>"),
-        ("POST /v1/reload", ["reload"], (422, {"ok": False, "error": "f.toml: invalid\n  x: unknown key", "at": None}),
-         exits.INVALID, None),
+        (
+            "POST /v1/pause",
+            ["pause", "db0", "db9"],
+            (
+                404,
+                {
+                    "error": "unknown node 'db9': nothing was changed",
+                    "status": 404,
+                    "unknown": ["db9"],
+                    "known": ["meta0", "db0"],
+                },
+            ),
+            exits.UNKNOWN_NODE,
+            "unknown node 'db9': nothing was changed; the nodes of the file: meta0, db0",
+        ),
+        (
+            "POST /v1/nodes/db0/restart",
+            ["restart", "db0"],
+            (409, {"error": "db0 is already being restarted", "status": 409, "operation": "op-1"}),
+            exits.CONFLICT,
+            "db0 is already being restarted",
+        ),
+        (
+            "GET /v1/nodes/db4/logs",
+            ["logs", "db4"],
+            (
+                502,
+                {
+                    "error": "the supervisor on 127.0.0.3 (http://127.0.0.3:5480) does not answer: connection refused",
+                    "status": 502,
+                },
+            ),
+            exits.UNREACHABLE,
+            "the supervisor on 127.0.0.3 (http://127.0.0.3:5480) does not answer: connection refused",
+        ),
+        (
+            "GET /v1/nodes/db4/describe",
+            ["describe", "db4"],
+            (500, "<html>oops</html>"),
+            exits.INTERNAL,
+            "the daemon at {url} failed (HTTP 500): <html>oops</html>",
+        ),
+        (
+            "POST /v1/reload",
+            ["reload"],
+            (422, {"ok": False, "error": "f.toml: invalid\n  x: unknown key", "at": None}),
+            exits.INVALID,
+            None,
+        ),
     ],
 )
-def test_every_refusal_has_its_exit_code(daemon: FakeDaemon, path: str, argv: list[str], answer: Answer, code: int,
-                                         line: str | None) -> None:
+def test_every_refusal_has_its_exit_code(
+    daemon: FakeDaemon, path: str, argv: list[str], answer: Answer, code: int, line: str | None
+) -> None:
     daemon.answers[path] = answer
     daemon.answers["GET /v1/status"] = (200, STATUS)
     got, _out, err = run(*argv, "--url", daemon.url)
@@ -293,8 +384,17 @@ def test_every_refusal_has_its_exit_code(daemon: FakeDaemon, path: str, argv: li
 
 
 def test_pause_of_several_nodes_is_one_request(daemon: FakeDaemon) -> None:
-    daemon.answers["POST /v1/pause"] = (200, {"ok": True, "nodes": ["db0", "db1"], "all": False, "paused": True,
-                                              "holds_on": "store and file", "who": "cli"})
+    daemon.answers["POST /v1/pause"] = (
+        200,
+        {
+            "ok": True,
+            "nodes": ["db0", "db1"],
+            "all": False,
+            "paused": True,
+            "holds_on": "store and file",
+            "who": "cli",
+        },
+    )
     code, out, _err = run("pause", "db1", "db0", "db1", "--url", daemon.url, "--json")
     assert code == 0 and json.loads(out)["nodes"] == ["db0", "db1"]
     assert daemon.seen == [("POST", "/v1/pause", {}, {"who": "cli", "nodes": ["db1", "db0"]})]
@@ -304,18 +404,38 @@ def test_a_long_reload_is_running_not_failed(daemon: FakeDaemon) -> None:
     daemon.answers["GET /v1/status"] = (200, STATUS)  # its reload.at never changes: still running
     daemon.answers["POST /v1/reload"] = (202, {"ok": None, "error": "reload still running", "at": None})
     code, out, err = run("reload", "--url", daemon.url, "--json", "--wait", "1.5")
-    assert code == exits.RUNNING and json.loads(out) == {"outcome": "running", "ok": None, "error": None, "at": None}
+    assert code == exits.RUNNING and json.loads(out) == {
+        "outcome": "running",
+        "ok": None,
+        "error": None,
+        "at": None,
+    }
     assert "still running" in err and "error" not in err
-    answers = iter([STATUS, STATUS, {**STATUS, "reload": {"ok": True, "error": None, "at": "2026-11-28T12:00:01Z"}}])
+    answers = iter(
+        [STATUS, STATUS, {**STATUS, "reload": {"ok": True, "error": None, "at": "2026-11-28T12:00:01Z"}}]
+    )
     daemon.answers["GET /v1/status"] = lambda _query: (200, next(answers))
     code, out, _err = run("reload", "--url", daemon.url, "--json", "--wait", "30")
-    assert code == 0 and json.loads(out) == {"outcome": "applied", "ok": True, "error": None,
-                                             "at": "2026-11-28T12:00:01Z"}
+    assert code == 0 and json.loads(out) == {
+        "outcome": "applied",
+        "ok": True,
+        "error": None,
+        "at": "2026-11-28T12:00:01Z",
+    }
 
 
 def test_restart_and_rolling_restart_json(daemon: FakeDaemon) -> None:
-    operation = {"id": "op-7", "kind": "restart", "who": "cli", "nodes": ["db0"], "current": None,
-                 "started_at": "t", "steps": [{"at": "t", "text": "stopped"}], "outcome": "ok", "error": None}
+    operation = {
+        "id": "op-7",
+        "kind": "restart",
+        "who": "cli",
+        "nodes": ["db0"],
+        "current": None,
+        "started_at": "t",
+        "steps": [{"at": "t", "text": "stopped"}],
+        "outcome": "ok",
+        "error": None,
+    }
     daemon.answers["POST /v1/nodes/db0/restart"] = (202, {"operation": "op-7"})
     daemon.answers["GET /v1/operations/op-7"] = (200, operation)
     code, out, _err = run("restart", "db0", "--url", daemon.url, "--json")
@@ -325,40 +445,89 @@ def test_restart_and_rolling_restart_json(daemon: FakeDaemon) -> None:
     daemon.answers["POST /v1/rolling-restart"] = (202, {"operation": "op-8", "nodes": ["meta0", "db0"]})
     code, out, _err = run("rolling-restart", "--url", daemon.url, "--json", "--no-wait")
     assert code == 0 and json.loads(out) == {"operation": "op-8", "nodes": ["meta0", "db0"]}
-    daemon.answers["GET /v1/operations/op-7"] = (200, {**operation, "outcome": "failed", "error": "db0 not healthy"})
+    daemon.answers["GET /v1/operations/op-7"] = (
+        200,
+        {**operation, "outcome": "failed", "error": "db0 not healthy"},
+    )
     code, out, err = run("restart", "db0", "--url", daemon.url)
     assert code == exits.NOT_OK and err == "error: db0 not healthy\n"
 
 
 def test_events_logs_and_describe_json(daemon: FakeDaemon) -> None:
-    event = {"at": "2026-11-28T12:00:00.000Z", "node": "db1", "type": "died", "reason": "exit 3",
-             "message": "died", "agent": "127.0.0.2"}
-    daemon.answers["GET /v1/cluster/events"] = (200, {"events": [event], "complete": False, "agents": [
-        {"host": "127.0.0.1", "ok": True, "error": None},
-        {"host": "127.0.0.3", "ok": False, "error": "down since 2026-11-28T11:00:00Z: its events stay on it"}]})
-    code, out, err = run("events", "--url", daemon.url, "--json", "--node", "db1", "--since", "2026-11-28T11:00:00Z")
+    event = {
+        "at": "2026-11-28T12:00:00.000Z",
+        "node": "db1",
+        "type": "died",
+        "reason": "exit 3",
+        "message": "died",
+        "agent": "127.0.0.2",
+    }
+    daemon.answers["GET /v1/cluster/events"] = (
+        200,
+        {
+            "events": [event],
+            "complete": False,
+            "agents": [
+                {"host": "127.0.0.1", "ok": True, "error": None},
+                {
+                    "host": "127.0.0.3",
+                    "ok": False,
+                    "error": "down since 2026-11-28T11:00:00Z: its events stay on it",
+                },
+            ],
+        },
+    )
+    code, out, err = run(
+        "events", "--url", daemon.url, "--json", "--node", "db1", "--since", "2026-11-28T11:00:00Z"
+    )
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == [event]
     assert err == "note: no events from 127.0.0.3: down since 2026-11-28T11:00:00Z: its events stay on it\n"
     assert daemon.seen[-1][2] == {"limit": "50", "node": "db1", "since": "2026-11-28T11:00:00.000Z"}
     code, out, _err = run("events", "--url", daemon.url)
     assert out == "2026-11-28T12:00:00.000Z  127.0.0.2  db1  died  exit 3: died\n"
-    daemon.answers["GET /v1/cluster/events"] = (200, {"events": [], "complete": False, "agents": [
-        {"host": "127.0.0.1", "ok": True, "error": None}]})
+    daemon.answers["GET /v1/cluster/events"] = (
+        200,
+        {"events": [], "complete": False, "agents": [{"host": "127.0.0.1", "ok": True, "error": None}]},
+    )
     code, out, err = run("events", "--url", daemon.url)
     assert (code, out) == (0, "") and err == (
-        "note: the coordination store cannot be read: these are one supervisor's events\n")
-    daemon.answers["GET /v1/nodes/db1/logs"] = (200, {"node": "db1", "agent": "127.0.0.2", "container_id": "c",
-                                                      "lines": [{"at": "2026-11-28T12:00:00.1Z", "text": "hello"}]})
+        "note: the coordination store cannot be read: these are one supervisor's events\n"
+    )
+    daemon.answers["GET /v1/nodes/db1/logs"] = (
+        200,
+        {
+            "node": "db1",
+            "agent": "127.0.0.2",
+            "container_id": "c",
+            "lines": [{"at": "2026-11-28T12:00:00.1Z", "text": "hello"}],
+        },
+    )
     code, out, _err = run("logs", "db1", "--url", daemon.url, "--json", "-n", "5")
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == [
-        {"at": "2026-11-28T12:00:00.1Z", "node": "db1", "text": "hello"}]
+        {"at": "2026-11-28T12:00:00.1Z", "node": "db1", "text": "hello"}
+    ]
     assert daemon.seen[-1][2] == {"lines": "5"}
     assert run("logs", "db1", "--url", daemon.url)[1] == "hello\n"
-    described = {"node": "db1", "role": "ceresdb", "host": "127.0.0.2", "agent": "127.0.0.2", "state": "crashloop",
-                 "reason": "exit 3", "status": {}, "config_path": "/x/config/db1/ceresdb.toml", "data_dir": "/x",
-                 "lease": None, "slot": None, "paused": {"node": False, "all": False}, "container": None,
-                 "history": [], "exits": [], "events": [], "logs": {"lines": [{"at": "t", "text": "boom"}], "error": None},
-                 "source": {"agent": "127.0.0.2", "complete": True, "error": None}}
+    described = {
+        "node": "db1",
+        "role": "ceresdb",
+        "host": "127.0.0.2",
+        "agent": "127.0.0.2",
+        "state": "crashloop",
+        "reason": "exit 3",
+        "status": {},
+        "config_path": "/x/config/db1/ceresdb.toml",
+        "data_dir": "/x",
+        "lease": None,
+        "slot": None,
+        "paused": {"node": False, "all": False},
+        "container": None,
+        "history": [],
+        "exits": [],
+        "events": [],
+        "logs": {"lines": [{"at": "t", "text": "boom"}], "error": None},
+        "source": {"agent": "127.0.0.2", "complete": True, "error": None},
+    }
     daemon.answers["GET /v1/nodes/db1/describe"] = (200, described)
     code, out, _err = run("describe", "db1", "--url", daemon.url, "--json")
     assert code == 0 and json.loads(out) == described
@@ -369,9 +538,21 @@ def test_events_logs_and_describe_json(daemon: FakeDaemon) -> None:
 def test_watch_until_ctrl_c_is_exit_130_with_one_document_a_line(daemon: FakeDaemon) -> None:
     daemon.answers["GET /v1/cluster"] = (200, CLUSTER)
     with subprocess.Popen(
-        [sys.executable, "-m", "ceres_supervisor", "status", "--url", daemon.url, "--watch", "--json",
-         "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ceres_supervisor",
+            "status",
+            "--url",
+            daemon.url,
+            "--watch",
+            "--json",
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     ) as process:
         try:
             assert process.stdout is not None
@@ -391,15 +572,31 @@ def test_run_json_logs_json_lines_even_for_its_warnings(tmp_path: Path) -> None:
     warning is a JSON line, the failure to bind one plain line, exit 1, nothing touched."""
     text = (ROOT / "etc" / "ceres-supervisor" / "examples" / "three-meta.toml").read_text()
     config = tmp_path / "cluster.toml"
-    config.write_text(text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path / "state"}"'))
+    config.write_text(
+        text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path / "state"}"')
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "ceres_supervisor", "run", "-c", str(config), "--json", "--listen",
-             f"127.0.0.1:{port}", "--docker-url", f"unix://{tmp_path}/no-docker.sock"],
-            capture_output=True, text=True, timeout=60, check=False,
+            [
+                sys.executable,
+                "-m",
+                "ceres_supervisor",
+                "run",
+                "-c",
+                str(config),
+                "--json",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--docker-url",
+                f"unix://{tmp_path}/no-docker.sock",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
     lines = done.stderr.splitlines()
     assert done.returncode == exits.NOT_OK, done.stderr

@@ -74,7 +74,10 @@ def test_records_and_their_removal_build_the_view() -> None:
     assert gone.agents == {} and "127.0.0.2" in gone.departed
     assert not gone.all_paused and gone.paused == frozenset()
     back = coordination.apply(
-        gone, ROOT, changes([kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode()))], []), 12
+        gone,
+        ROOT,
+        changes([kv("agents/127.0.0.2", json.loads(agent("127.0.0.2", ("db1",)).encode()))], []),
+        12,
     )
     assert "127.0.0.2" not in back.departed
 
@@ -118,9 +121,13 @@ def test_down_reason_of_a_published_node(doc: dict[str, object] | None, why: str
 def test_a_node_of_the_file_that_no_agent_publishes_counts_against_the_budget() -> None:
     """Its agent is gone (the chaos benchmark: db5 crashed while its agent was down, and another agent
     stopped db0 beside it): nobody knows that it serves, so it is down until published again."""
-    coordinator = Coordinator("defaultCluster", Identity(host="127.0.0.1", version="t", listen="x"), 5, lambda: None)
+    coordinator = Coordinator(
+        "defaultCluster", Identity(host="127.0.0.1", version="t", listen="x"), 5, lambda: None
+    )
     coordinator.connected, coordinator.confirmed_at = True, time.monotonic()
-    coordinator.view = coordination.apply(StoreView(), ROOT, changes([kv("nodes/db1", node_doc("db1"))], []), 3, reset=True)
+    coordinator.view = coordination.apply(
+        StoreView(), ROOT, changes([kv("nodes/db1", node_doc("db1"))], []), 3, reset=True
+    )
     roles = {"meta0": "meta", "db0": "ceresdb", "db1": "ceresdb", "db2": "ceresdb"}
     budget = coordinator.budget(1, True, roles, {"db0"}, "h1")
     unknown = coordination.UNPUBLISHED
@@ -143,10 +150,14 @@ def test_a_timestamp_alone_is_not_worth_a_write() -> None:
 def two_hosts(tmp_path: Path) -> containers.DesiredCluster:
     path = tmp_path / "c.toml"
     path.write_text(TWO_HOSTS)
-    return containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1")
+    return containers.build(
+        loading.load(path).spec, lambda _ref: "", is_local=lambda host: host == "127.0.0.1"
+    )
 
 
-def test_cluster_document_merges_local_published_and_unknown_nodes(two_hosts: containers.DesiredCluster) -> None:
+def test_cluster_document_merges_local_published_and_unknown_nodes(
+    two_hosts: containers.DesiredCluster,
+) -> None:
     local = {"meta0": {"name": "meta0", "state": "healthy"}, "db0": {"name": "db0", "state": "healthy"}}
     store = coordination.apply(
         StoreView(),

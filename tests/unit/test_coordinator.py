@@ -27,7 +27,13 @@ ROLES = {"db0": "ceresdb", "db1": "ceresdb"}
 
 
 def doc(name: str, state: str = "healthy") -> dict[str, Any]:
-    return {"name": name, "role": "ceresdb", "state": state, "reason": None, "lease": {"held": True, "shards": [0]}}
+    return {
+        "name": name,
+        "role": "ceresdb",
+        "state": state,
+        "reason": None,
+        "lease": {"held": True, "shards": [0]},
+    }
 
 
 async def until(predicate: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
@@ -189,8 +195,16 @@ def change(deleted: bool, name: str, value: object = None) -> tuple[bool, KeyVal
     [
         ([change(False, "nodes/db3", doc("db3")), change(True, "nodes/db3")], False, None),
         ([change(True, "nodes/db3"), change(False, "nodes/db3", doc("db3"))], True, None),
-        ([change(False, "paused/db3", {"paused": True}), change(False, "paused/db3", {"paused": False})], False, False),
-        ([change(False, "paused/db3", {"paused": False}), change(False, "paused/db3", {"paused": True})], False, True),
+        (
+            [change(False, "paused/db3", {"paused": True}), change(False, "paused/db3", {"paused": False})],
+            False,
+            False,
+        ),
+        (
+            [change(False, "paused/db3", {"paused": False}), change(False, "paused/db3", {"paused": True})],
+            False,
+            True,
+        ),
     ],
 )
 def test_a_watch_batch_is_applied_in_revision_order(
@@ -201,7 +215,9 @@ def test_a_watch_batch_is_applied_in_revision_order(
     assert view.pauses.get("db3") == paused
 
 
-async def test_a_stalled_watch_makes_the_view_unavailable_and_moves_to_another_member(store: MemoryEtcd) -> None:
+async def test_a_stalled_watch_makes_the_view_unavailable_and_moves_to_another_member(
+    store: MemoryEtcd,
+) -> None:
     a = Agent(store, "a", ("db0",), ttl_s=2.0)
     b = Agent(store, "b", ("db1",), ttl_s=2.0)
     await a.start()
@@ -221,7 +237,9 @@ async def test_a_stalled_watch_makes_the_view_unavailable_and_moves_to_another_m
     await until(lambda: a.coordinator.available, "a fresh view again")
     assert a.coordinator._watch_endpoint != watched
     b.coordinator.publish({"db1": doc("db1", "unhealthy")})
-    await until(lambda: a.coordinator.view.nodes.get("db1", {}).get("state") == "unhealthy", "b's change seen")
+    await until(
+        lambda: a.coordinator.view.nodes.get("db1", {}).get("state") == "unhealthy", "b's change seen"
+    )
     watcher.cancel()
     await a.stop()
     await b.stop()
@@ -233,9 +251,13 @@ async def test_the_lease_is_renewed_only_while_the_loop_makes_progress(store: Me
     key = ROOT + b"agents/a"
     await until(lambda: published(store, "db0"), "published")
     a.hang()  # the loop completes no more cycles
-    await until(lambda: not store.has(key) and not published(store, "db0"), "the records expired with the lease")
+    await until(
+        lambda: not store.has(key) and not published(store, "db0"), "the records expired with the lease"
+    )
     a.cycle()
-    await until(lambda: store.has(key) and published(store, "db0") and a.coordinator.available, "back with the loop")
+    await until(
+        lambda: store.has(key) and published(store, "db0") and a.coordinator.available, "back with the loop"
+    )
     await a.stop()
 
 

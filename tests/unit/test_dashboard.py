@@ -80,7 +80,9 @@ def test_every_series_on_the_dashboard_is_exported(exported: dict[str, tuple[str
         labels = set().union(*(exported[f][1] for f in families.values() if f)) | SCRAPE_LABELS
         if any(n.endswith("_bucket") for n in names):
             labels.add("le")
-        wanted = grouping_labels(expr) | matched_labels(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        wanted = (
+            grouping_labels(expr) | matched_labels(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+        )
         assert wanted <= labels, f"{title}: labels {sorted(wanted - labels)} are on none of {sorted(names)}"
         used |= {f for f in families.values() if f}
     asked = {
@@ -127,7 +129,9 @@ def test_prometheus_parses_every_query(tmp_path: Path) -> None:
     path.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(rules))
     found = shutil.which("promtool")
     assert found is not None, "no promtool on PATH: run scripts/ensure-promtool.sh (make test does)"
-    checked = subprocess.run([found, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    checked = subprocess.run(
+        [found, "check", "rules", str(path)], capture_output=True, text=True, check=False
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 

@@ -14,8 +14,14 @@ from ceres_supervisor.cli import exits
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-OUTSIDE = re.compile("|".join(map(re.escape, ["../" + "shared", "shared/" + "reference", "reference" + "/", "SP" + "EC",
-                                              "STYLE" + ".md"])))
+OUTSIDE = re.compile(
+    "|".join(
+        map(
+            re.escape,
+            ["../" + "shared", "shared/" + "reference", "reference" + "/", "SP" + "EC", "STYLE" + ".md"],
+        )
+    )
+)
 """What pointed at the team's notes outside the repository (a clone does not have them); spelt in
 pieces so that this line does not match itself."""
 PATHS = re.compile(r"`((?:etc|scripts|systemd|docs|bench|tests|testkit|ceres_supervisor)/[^`\s]*)`")
@@ -23,7 +29,9 @@ FIGURE = re.compile(r"\d+(?:\.\d+)? ?(?:ms|s|%|MiB|MB|min)\b")
 
 
 def tracked(pattern: str = "*") -> list[Path]:
-    names = subprocess.run(["git", "ls-files", "-z", "--", pattern], cwd=ROOT, capture_output=True, check=True)
+    names = subprocess.run(
+        ["git", "ls-files", "-z", "--", pattern], cwd=ROOT, capture_output=True, check=True
+    )
     return [ROOT / name for name in names.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
 
 
@@ -54,7 +62,9 @@ def test_every_link_resolves_in_the_repository(markdown: Path) -> None:
     for path in PATHS.findall(text):
         if "<" in path or "*" in path or "..." in path:
             continue  # a pattern (config/<node>/), not a file
-        assert (ROOT / path.rstrip("/")).exists(), f"{markdown.name} names `{path}`, which is not in the repository"
+        assert (ROOT / path.rstrip("/")).exists(), (
+            f"{markdown.name} names `{path}`, which is not in the repository"
+        )
 
 
 def test_nothing_points_at_files_outside_the_repository() -> None:
@@ -64,8 +74,11 @@ def test_nothing_points_at_files_outside_the_repository() -> None:
             text = path.read_text()
         except UnicodeDecodeError:
             continue  # images
-        found += [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
-                  if OUTSIDE.search(line)]
+        found += [
+            f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+            for n, line in enumerate(text.splitlines(), 1)
+            if OUTSIDE.search(line)
+        ]
     assert not found, "\n".join(found)
 
 
@@ -82,4 +95,6 @@ def test_the_figures_readme_quotes_are_those_of_bench_results() -> None:
     assert len(quoting) >= 2
     for paragraph in quoting:
         for figure in FIGURE.findall(paragraph):
-            assert figure in results, f"README quotes {figure!r}, which bench/RESULTS.md does not say: {paragraph!r}"
+            assert figure in results, (
+                f"README quotes {figure!r}, which bench/RESULTS.md does not say: {paragraph!r}"
+            )

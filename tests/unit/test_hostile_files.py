@@ -23,19 +23,82 @@ BASE_DOC: dict[str, Any] = tomllib.loads(BASE)
 
 # Only values TOML can hold (no None): every generated document is fed, none is skipped.
 scalars = st.one_of(
-    st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False), st.text(max_size=30),
-    st.sampled_from(["5s", "500ms", "10m", "15s", "0s", "-1s", "1.5h", "s", "127.0.0.1:8831", "::1", "localhost",
-                     "unix:/x", "0.0.0.0:5480", "RocksDB", "Kafka", "S3", "horaedb", "2.0.0", "1.2.7", "v1.2.2"]),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "5s",
+            "500ms",
+            "10m",
+            "15s",
+            "0s",
+            "-1s",
+            "1.5h",
+            "s",
+            "127.0.0.1:8831",
+            "::1",
+            "localhost",
+            "unix:/x",
+            "0.0.0.0:5480",
+            "RocksDB",
+            "Kafka",
+            "S3",
+            "horaedb",
+            "2.0.0",
+            "1.2.7",
+            "v1.2.2",
+        ]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    st.fixed_dictionaries({"env": st.text(max_size=10)}), st.fixed_dictionaries({"file": st.text(max_size=20)}),
-), max_leaves=8)
-KEYS = ["cluster", "supervisor", "meta", "ceresdb", "nodes", "name", "host", "grpc_port", "http_port", "mysql_port",
-        "client_port", "peer_port", "lease", "shard_lock_ttl", "wal", "object_store", "type", "config", "version",
-        "flavor", "listen", "token_file", "probe_interval", "kafka", "client", "boost_broker", "boost_brokers",
-        "postgresql_port", "image", "topology", "state_dir", "on_exit", "data_dir", "key_id", "region"]
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        st.fixed_dictionaries({"env": st.text(max_size=10)}),
+        st.fixed_dictionaries({"file": st.text(max_size=20)}),
+    ),
+    max_leaves=8,
+)
+KEYS = [
+    "cluster",
+    "supervisor",
+    "meta",
+    "ceresdb",
+    "nodes",
+    "name",
+    "host",
+    "grpc_port",
+    "http_port",
+    "mysql_port",
+    "client_port",
+    "peer_port",
+    "lease",
+    "shard_lock_ttl",
+    "wal",
+    "object_store",
+    "type",
+    "config",
+    "version",
+    "flavor",
+    "listen",
+    "token_file",
+    "probe_interval",
+    "kafka",
+    "client",
+    "boost_broker",
+    "boost_brokers",
+    "postgresql_port",
+    "image",
+    "topology",
+    "state_dir",
+    "on_exit",
+    "data_dir",
+    "key_id",
+    "region",
+]
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -94,8 +157,10 @@ def check(text: str | bytes) -> None:
                 lines = err.splitlines()
                 assert lines and "invalid desired state" in lines[0], err
                 # every problem line names a key path, or is about the file as a whole
-                assert all(line.startswith("  ") and (": " in line or "TOML" in line or "file" in line)
-                           for line in lines[1:]), err
+                assert all(
+                    line.startswith("  ") and (": " in line or "TOML" in line or "file" in line)
+                    for line in lines[1:]
+                ), err
                 assert not (root / "out").exists()
             elif command == "render":
                 for rendered in (root / "out").rglob("*.toml"):

@@ -41,7 +41,9 @@ class Logs:
     broken: bool = False
     asked: list[tuple[str, int, float | None]] = field(default_factory=list)
 
-    async def logs(self, container_id: str, lines: int, since_s: float | None = None) -> list[tuple[str, str]]:
+    async def logs(
+        self, container_id: str, lines: int, since_s: float | None = None
+    ) -> list[tuple[str, str]]:
         self.asked.append((container_id, lines, since_s))
         if self.broken:
             raise EngineError("Docker Engine unavailable: no socket at /run/docker.sock")
@@ -124,16 +126,30 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     two_desired = desired_cluster(tmp_path / "two", TWO_HOSTS, is_local=lambda host: host == "127.0.0.2")
     one_obs, two_obs = healthy_observation(one_desired), healthy_observation(two_desired)
     two = Agent(
-        Snapshot(1, NOW, two_desired, ReloadResult(True, None, None), 5.0, "127.0.0.2", two_obs,
-                 plan_of({"meta0": NodeState.REMOTE, "db0": NodeState.REMOTE,
-                          "db1": (NodeState.CRASHLOOP, "exit 3")}), {}, None,
-                 coordination=Coordination(True, "ok", None, True)),
+        Snapshot(
+            1,
+            NOW,
+            two_desired,
+            ReloadResult(True, None, None),
+            5.0,
+            "127.0.0.2",
+            two_obs,
+            plan_of(
+                {"meta0": NodeState.REMOTE, "db0": NodeState.REMOTE, "db1": (NodeState.CRASHLOOP, "exit 3")}
+            ),
+            {},
+            None,
+            coordination=Coordination(True, "ok", None, True),
+        ),
         journal.Journal(None),
         Logs({"id-db1": [(f"2026-11-28T12:0{i}:00.000000001Z", f"db1 line {i}") for i in range(30)]}),
     )
-    for e in (event(1, "db1", "state", None, "healthy (first seen by this supervisor)"),
-              event(3, "db1", "die", "exit 3", "container die"), event(4, "db1", "crashloop", "exit 3"),
-              event(5, "db1", "state", "exit 3", "backoff -> crashloop")):
+    for e in (
+        event(1, "db1", "state", None, "healthy (first seen by this supervisor)"),
+        event(3, "db1", "die", "exit 3", "container die"),
+        event(4, "db1", "crashloop", "exit 3"),
+        event(5, "db1", "state", "exit 3", "backoff -> crashloop"),
+    ):
         two.events.append(e)
     server_two = TestServer(application(two, TOKEN))
     await server_two.start_server()
@@ -141,17 +157,41 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
         "127.0.0.1": agent("127.0.0.1", 1, ("meta0", "db0"), one_desired.spec_hash),
         "127.0.0.2": agent("127.0.0.2", server_two.port or 0, ("db1",), two_desired.spec_hash),
     }
-    store = StoreView(agents=records, nodes={"db1": {"name": "db1", "role": "ceresdb", "state": "crashloop",
-                                                     "reason": "exit 3", "host": "127.0.0.2"}},
-                      slots={"db1": {"host": "127.0.0.2", "reason": "unhealthy", "since": "2026-11-28T12:04:00Z"}})
+    store = StoreView(
+        agents=records,
+        nodes={
+            "db1": {
+                "name": "db1",
+                "role": "ceresdb",
+                "state": "crashloop",
+                "reason": "exit 3",
+                "host": "127.0.0.2",
+            }
+        },
+        slots={"db1": {"host": "127.0.0.2", "reason": "unhealthy", "since": "2026-11-28T12:04:00Z"}},
+    )
     one = Agent(
-        Snapshot(1, NOW, one_desired, ReloadResult(True, None, None), 5.0, "127.0.0.1", one_obs,
-                 plan_of({"meta0": NodeState.HEALTHY, "db0": NodeState.HEALTHY, "db1": NodeState.REMOTE}),
-                 {}, None, store, Coordination(True, "ok", "http://127.0.0.1:2379", True)),
+        Snapshot(
+            1,
+            NOW,
+            one_desired,
+            ReloadResult(True, None, None),
+            5.0,
+            "127.0.0.1",
+            one_obs,
+            plan_of({"meta0": NodeState.HEALTHY, "db0": NodeState.HEALTHY, "db1": NodeState.REMOTE}),
+            {},
+            None,
+            store,
+            Coordination(True, "ok", "http://127.0.0.1:2379", True),
+        ),
         journal.Journal(None),
         Logs({"id-db0": [("2026-11-28T12:00:00.5Z", "db0 says hello")]}),
     )
-    for e in (event(0, None, "reloaded", None, "spec x"), event(2, "db0", "state", None, "healthy (first seen)")):
+    for e in (
+        event(0, None, "reloaded", None, "spec x"),
+        event(2, "db0", "state", None, "healthy (first seen)"),
+    ):
         one.events.append(e)
     two.snapshot = replace(two.snapshot, store=store)
     client = TestClient(TestServer(application(one, TOKEN)))
@@ -167,14 +207,24 @@ async def test_events_come_from_every_agent_in_time_order(pair: Pair) -> None:
     code, doc = await pair.get("/v1/cluster/events")
     assert code == 200 and doc["complete"] is True
     assert [(e["agent"], e["node"], e["type"]) for e in doc["events"]] == [
-        ("127.0.0.1", None, "reloaded"), ("127.0.0.2", "db1", "state"), ("127.0.0.1", "db0", "state"),
-        ("127.0.0.2", "db1", "die"), ("127.0.0.2", "db1", "crashloop"), ("127.0.0.2", "db1", "state")]
+        ("127.0.0.1", None, "reloaded"),
+        ("127.0.0.2", "db1", "state"),
+        ("127.0.0.1", "db0", "state"),
+        ("127.0.0.2", "db1", "die"),
+        ("127.0.0.2", "db1", "crashloop"),
+        ("127.0.0.2", "db1", "state"),
+    ]
     assert set(doc["events"][0]) == {"at", "node", "type", "reason", "message", "agent"}
-    assert doc["agents"] == [{"host": "127.0.0.1", "ok": True, "error": None},
-                             {"host": "127.0.0.2", "ok": True, "error": None}]
+    assert doc["agents"] == [
+        {"host": "127.0.0.1", "ok": True, "error": None},
+        {"host": "127.0.0.2", "ok": True, "error": None},
+    ]
     code, doc = await pair.get("/v1/cluster/events?node=db1&since=2026-11-28T12:03:00Z")
-    assert [(e["type"], e["reason"]) for e in doc["events"]] == [("die", "exit 3"), ("crashloop", "exit 3"),
-                                                                 ("state", "exit 3")]
+    assert [(e["type"], e["reason"]) for e in doc["events"]] == [
+        ("die", "exit 3"),
+        ("crashloop", "exit 3"),
+        ("state", "exit 3"),
+    ]
     code, doc = await pair.get("/v1/cluster/events?limit=2")
     assert [e["type"] for e in doc["events"]] == ["crashloop", "state"]
     code, doc = await pair.get("/v1/cluster/events?scope=local")
@@ -192,7 +242,9 @@ async def test_events_say_which_agent_did_not_answer(pair: Pair) -> None:
 
 async def test_bad_queries_are_refused_with_a_plain_reason(pair: Pair) -> None:
     assert await pair.get("/v1/cluster/events?since=yesterday") == (
-        400, {"error": "since must be an RFC 3339 time, like 2026-11-28T12:00:00Z", "status": 400})
+        400,
+        {"error": "since must be an RFC 3339 time, like 2026-11-28T12:00:00Z", "status": 400},
+    )
     assert (await pair.get("/v1/cluster/events?limit=x"))[0] == 400
     code, doc = await pair.get("/v1/cluster/events?node=db9")
     assert code == 404 and doc["known"] == ["meta0", "db0", "db1"]
@@ -210,8 +262,12 @@ async def test_every_route_needs_the_token_and_it_goes_along_to_the_other_agent(
 
 async def test_logs_are_read_where_the_node_runs(pair: Pair) -> None:
     code, doc = await pair.get("/v1/nodes/db0/logs")
-    assert code == 200 and doc == {"node": "db0", "agent": "127.0.0.1", "container_id": "id-db0",
-                                   "lines": [{"at": "2026-11-28T12:00:00.5Z", "text": "db0 says hello"}]}
+    assert code == 200 and doc == {
+        "node": "db0",
+        "agent": "127.0.0.1",
+        "container_id": "id-db0",
+        "lines": [{"at": "2026-11-28T12:00:00.5Z", "text": "db0 says hello"}],
+    }
     code, doc = await pair.get("/v1/nodes/db1/logs?lines=3&since=2026-11-28T12:05:00Z")
     assert code == 200 and doc["agent"] == "127.0.0.2" and doc["container_id"] == "id-db1"
     assert [line["text"] for line in doc["lines"]] == ["db1 line 27", "db1 line 28", "db1 line 29"]
@@ -226,28 +282,58 @@ async def test_logs_say_why_they_cannot_be_read(pair: Pair) -> None:
     code, doc = await pair.get("/v1/nodes/db1/logs")
     assert code == 502 and doc["error"].startswith("the supervisor on 127.0.0.2 (http://127.0.0.1:")
     assert "does not answer" in doc["error"] and doc["agent"] == "127.0.0.2"
-    gone = replace(pair.one.snapshot.store, agents={"127.0.0.1": pair.one.snapshot.store.agents["127.0.0.1"]},
-                   departed={"127.0.0.2": (pair.one.snapshot.store.agents["127.0.0.2"], "2026-11-28T12:06:00Z")})
+    gone = replace(
+        pair.one.snapshot.store,
+        agents={"127.0.0.1": pair.one.snapshot.store.agents["127.0.0.1"]},
+        departed={"127.0.0.2": (pair.one.snapshot.store.agents["127.0.0.2"], "2026-11-28T12:06:00Z")},
+    )
     pair.one.snapshot = replace(pair.one.snapshot, store=gone)
     code, doc = await pair.get("/v1/nodes/db1/logs")
     assert code == 503 and doc["error"] == (
-        "cannot read the logs of db1: the supervisor on 127.0.0.2 is down since 2026-11-28T12:06:00Z")
+        "cannot read the logs of db1: the supervisor on 127.0.0.2 is down since 2026-11-28T12:06:00Z"
+    )
 
 
 async def test_describe_a_crashlooping_node_of_another_agent(pair: Pair) -> None:
     code, doc = await pair.get("/v1/nodes/db1/describe")
     assert code == 200, doc
-    assert (doc["node"], doc["agent"], doc["state"], doc["reason"]) == ("db1", "127.0.0.2", "crashloop", "exit 3")
+    assert (doc["node"], doc["agent"], doc["state"], doc["reason"]) == (
+        "db1",
+        "127.0.0.2",
+        "crashloop",
+        "exit 3",
+    )
     assert doc["source"] == {"agent": "127.0.0.2", "complete": True, "error": None}
     assert doc["config_path"].endswith("/config/db1/ceresdb.toml") and doc["data_dir"].endswith("/data/db1")
     assert doc["container"]["id"] == "id-db1" and doc["container"]["spec_current"] is True
-    assert [h["message"] for h in doc["history"]] == ["healthy (first seen by this supervisor)", "backoff -> crashloop"]
+    assert [h["message"] for h in doc["history"]] == [
+        "healthy (first seen by this supervisor)",
+        "backoff -> crashloop",
+    ]
     assert [(x["type"], x["reason"]) for x in doc["exits"]] == [("die", "exit 3")]
     assert [line["text"] for line in doc["logs"]["lines"]] == [f"db1 line {i}" for i in range(10, 30)]
     assert doc["slot"] == {"host": "127.0.0.2", "reason": "unhealthy", "since": "2026-11-28T12:04:00Z"}
     assert doc["paused"] == {"node": False, "all": False}
-    assert set(doc) == {"node", "role", "host", "agent", "state", "reason", "status", "config_path", "data_dir",
-                        "lease", "slot", "paused", "container", "history", "exits", "events", "logs", "source"}
+    assert set(doc) == {
+        "node",
+        "role",
+        "host",
+        "agent",
+        "state",
+        "reason",
+        "status",
+        "config_path",
+        "data_dir",
+        "lease",
+        "slot",
+        "paused",
+        "container",
+        "history",
+        "exits",
+        "events",
+        "logs",
+        "source",
+    }
 
 
 async def test_describe_a_healthy_node_here_has_no_logs(pair: Pair) -> None:
@@ -289,15 +375,24 @@ def test_an_agent_url_from_what_it_publishes() -> None:
     assert agent_url(record("nonsense")) is None
 
 
-
 def test_the_cluster_document_of_the_seams_is_the_api_s(tmp_path: Path) -> None:
     """surfaces/seams builds /v1/cluster for the metrics and the routes: the same document as the
     API's own (a drift here would show other nodes on /metrics than on /v1/cluster)."""
     desired = desired_cluster(tmp_path, TWO_HOSTS, is_local=lambda host: host == "127.0.0.1")
-    snap = Snapshot(1, NOW, desired, ReloadResult(True, None, None), 5.0, "127.0.0.1", healthy_observation(desired),
-                    plan_of({"meta0": NodeState.HEALTHY, "db0": NodeState.HEALTHY, "db1": NodeState.REMOTE}), {},
-                    None, StoreView(agents={"127.0.0.1": agent("127.0.0.1", 1, ("meta0", "db0"), desired.spec_hash)}),
-                    Coordination(True, "ok", "http://127.0.0.1:2379", True, 42, "http://127.0.0.2:2379"))
+    snap = Snapshot(
+        1,
+        NOW,
+        desired,
+        ReloadResult(True, None, None),
+        5.0,
+        "127.0.0.1",
+        healthy_observation(desired),
+        plan_of({"meta0": NodeState.HEALTHY, "db0": NodeState.HEALTHY, "db1": NodeState.REMOTE}),
+        {},
+        None,
+        StoreView(agents={"127.0.0.1": agent("127.0.0.1", 1, ("meta0", "db0"), desired.spec_hash)}),
+        Coordination(True, "ok", "http://127.0.0.1:2379", True, 42, "http://127.0.0.2:2379"),
+    )
 
     @dataclass
     class Holder:

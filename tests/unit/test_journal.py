@@ -51,8 +51,18 @@ def test_the_journal_stays_bounded_on_disk_and_keeps_the_newest(tmp_path: Path) 
 def test_a_torn_or_foreign_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     good = json.dumps(journal.document(event(1)))
-    path.write_text("\n".join([good, "not json", "[1, 2]", '{"at": "yesterday", "type": "x", "message": "m"}',
-                               good[: len(good) // 2]]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                good,
+                "not json",
+                "[1, 2]",
+                '{"at": "yesterday", "type": "x", "message": "m"}',
+                good[: len(good) // 2],
+            ]
+        )
+        + "\n"
+    )
     assert list(journal.Journal.open(str(tmp_path))) == [event(1)]
 
 
@@ -91,8 +101,10 @@ def test_state_changes_of_this_agents_nodes_are_recorded_once(tmp_path: Path) ->
     kept.published(Snap(cluster, None), T0)  # no plan yet: nothing to say
     kept.published(Snap(cluster, plan_of(healthy)), T0)
     kept.published(Snap(cluster, plan_of(healthy)), T0 + timedelta(seconds=1))
-    kept.published(Snap(cluster, plan_of({**healthy, "db0": (NodeState.BACKOFF, "exit 137 (SIGKILL)")})),
-                   T0 + timedelta(seconds=2))
+    kept.published(
+        Snap(cluster, plan_of({**healthy, "db0": (NodeState.BACKOFF, "exit 137 (SIGKILL)")})),
+        T0 + timedelta(seconds=2),
+    )
     kept.published(Snap(cluster, plan_of(healthy)), T0 + timedelta(seconds=3))
     states = [(e.node, e.reason, e.message) for e in kept if e.type == journal.STATE]
     assert states == [

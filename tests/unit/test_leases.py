@@ -90,12 +90,15 @@ def test_unknown_readings_neither_reset_nor_advance_any_clock(view: LeaseView | 
 
 def test_a_run_not_read_yet_is_reopening_never_held_or_healthy() -> None:
     """A reading taken before this run started says nothing of its shards: the node has restarted,
-    so it is waiting for them (SPEC: a lock granted before the start is never held), not unknown
+    so it is waiting for them (a lock granted before the start is never held), not unknown
     and healthy; no clock moves."""
     memory = Memory(reopen_since=50.0, progress=1, lost_since=90.0)
     j = judge(reading(5, ALL_MINE), memory, run_seen_at=10.0)
     assert (j.state, j.detail, j.restart) == (
-        "reopening", "waiting for a shard-lock reading since the container started", False)
+        "reopening",
+        "waiting for a shard-lock reading since the container started",
+        False,
+    )
     assert j.memory == memory
 
 

@@ -375,31 +375,55 @@ def test_the_on_call_signals_in_the_header() -> None:
     )
     local = {
         "engine": {"ok": False, "error": "Docker Engine unavailable: no socket at /run/docker.sock"},
-        "reload": {"ok": False, "error": "cluster.toml: invalid desired state (1 problem)\n  x: unknown key",
-                   "at": "2026-11-28T11:50:00Z"},
+        "reload": {
+            "ok": False,
+            "error": "cluster.toml: invalid desired state (1 problem)\n  x: unknown key",
+            "at": "2026-11-28T11:50:00Z",
+        },
     }
     text = page.render(doc, [], NOW, local)
     facts = re.sub(r"<[^>]+>", "", text.split('<ul class="facts">', 1)[1].split("</ul>", 1)[0])
     assert "nodes: 1 healthy, 1 backoff, 2 unknown" in facts
     assert "Docker Engine unreachable: Docker Engine unavailable: no socket at /run/docker.sock" in facts
-    assert "last reload FAILED at 2026-11-28T11:50:00Z: cluster.toml: invalid desired state (1 problem) / x: unknown key" in facts
+    assert (
+        "last reload FAILED at 2026-11-28T11:50:00Z: cluster.toml: invalid desired state (1 problem) / x: unknown key"
+        in facts
+    )
     assert "no meta leader" in facts
     assert "127.0.0.2 down since 2026-11-28T11:58:10Z" in facts
     assert "127.0.0.3 down never seen: no supervisor runs for it" in facts
-    healthy_local = {"engine": {"ok": True, "error": None}, "reload": {"ok": True, "error": None, "at": "2026-11-28T11:00:00Z"}}
+    healthy_local = {
+        "engine": {"ok": True, "error": None},
+        "reload": {"ok": True, "error": None, "at": "2026-11-28T11:00:00Z"},
+    }
     text = page.render(healthy(), [], NOW, healthy_local)
     assert "Docker Engine: reachable" in text and "last reload: applied at 2026-11-28T11:00:00Z" in text
     assert 'class="alert"' not in text
 
     # Without the store nobody can tell whether 127.0.0.3's supervisor ever ran: no claim.
-    doc["coordination"] = {"ok": False, "detail": "no etcd member answers", "endpoint": None, "unreadable": []}
+    doc["coordination"] = {
+        "ok": False,
+        "detail": "no etcd member answers",
+        "endpoint": None,
+        "unreadable": [],
+    }
     assert "never seen" not in page.render(doc, [], NOW)
 
 
 def test_an_agent_row_never_seen() -> None:
     """The cluster document lists every host of the file; one whose supervisor never ran has no time."""
     doc = healthy()
-    doc["agents"].append({"host": "127.0.0.9", "state": "down", "heartbeat_at": None, "listen": None,
-                          "advertise": None, "since": None})
-    facts = re.sub(r"<[^>]+>", "", page.render(doc, [], NOW).split('<ul class="facts">', 1)[1].split("</ul>", 1)[0])
+    doc["agents"].append(
+        {
+            "host": "127.0.0.9",
+            "state": "down",
+            "heartbeat_at": None,
+            "listen": None,
+            "advertise": None,
+            "since": None,
+        }
+    )
+    facts = re.sub(
+        r"<[^>]+>", "", page.render(doc, [], NOW).split('<ul class="facts">', 1)[1].split("</ul>", 1)[0]
+    )
     assert "127.0.0.9 down never seen: no supervisor runs for it" in facts and "since -" not in facts

@@ -77,7 +77,9 @@ class Node:
     def __init__(self, store: MemoryEtcd, host: str, state_dir: Path) -> None:
         self.coordinator = Coordinator("c", Identity(host, "t", f"{host}:1"), 2.0, lambda: None)
         self.client = MemoryClient(store, host)
-        self.sync = StoreSync(self.coordinator, self.coordinator.identity, PauseBook.open(str(state_dir)), lambda: None)
+        self.sync = StoreSync(
+            self.coordinator, self.coordinator.identity, PauseBook.open(str(state_dir)), lambda: None
+        )
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -86,7 +88,9 @@ class Node:
                 self.coordinator.progress(None)
                 await asyncio.sleep(0.1)
 
-        self.tasks = [asyncio.create_task(t) for t in (self.coordinator.run(self.client), self.sync.run(), cycling())]
+        self.tasks = [
+            asyncio.create_task(t) for t in (self.coordinator.run(self.client), self.sync.run(), cycling())
+        ]
         await until(lambda: self.coordinator.available, "connected")
 
     async def stop(self) -> None:
@@ -120,7 +124,11 @@ async def test_a_pause_reaches_every_machine_and_a_resume_too(two: tuple[MemoryE
     await until(lambda: b.sync.pauses.current.nodes == {"db0"}, "b's book has the pause")
     assert await b.sync.pause(frozenset({"db0"}), False, False) == "every machine"
     await until(lambda: a.sync.pauses.current.nodes == frozenset(), "a's book has the resume")
-    assert record(store, "paused/db0") == {"paused": False, "since": record(store, "paused/db0")["since"], "by": "b"}  # type: ignore[index]
+    assert record(store, "paused/db0") == {
+        "paused": False,
+        "since": record(store, "paused/db0")["since"],
+        "by": "b",
+    }  # type: ignore[index]
 
 
 async def test_a_pause_asked_while_the_store_is_away_is_kept_and_pushed_later(
@@ -129,7 +137,10 @@ async def test_a_pause_asked_while_the_store_is_away_is_kept_and_pushed_later(
     store, a, b = two
     store.frozen.update(store.endpoints)  # no member answers
     await until(lambda: not a.coordinator.connected, "a sees the store gone")
-    assert await a.sync.pause(frozenset({"db1"}), True, False) == "this machine now; the store when it answers again"
+    assert (
+        await a.sync.pause(frozenset({"db1"}), True, False)
+        == "this machine now; the store when it answers again"
+    )
     assert a.sync.pauses.current.nodes == {"db1"} and a.sync.pauses.pending
     store.frozen.clear()
     await until(lambda: not a.sync.pauses.pending, "pushed once the store is back")
@@ -146,7 +157,10 @@ async def test_a_store_that_comes_back_empty_keeps_the_pauses_and_gets_them_back
     for key in [k for k in store.kvs if k.startswith(ROOT + b"paused")]:  # meta's etcd re-initialised
         store.revision += 1
         store._delete(key)
-    await until(lambda: record(store, "paused/db0") is not None and record(store, "paused") is not None, "written back")
+    await until(
+        lambda: record(store, "paused/db0") is not None and record(store, "paused") is not None,
+        "written back",
+    )
     assert a.sync.pauses.current == b.sync.pauses.current == Pauses(True, frozenset({"db0"}))
 
 

@@ -330,7 +330,9 @@ def test_failed_create_counts_as_a_failure(cluster: containers.DesiredCluster) -
     assert p.records["db0"].failures == 2
 
 
-def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(cluster: containers.DesiredCluster) -> None:
+def test_a_failed_stop_counts_nothing_more_and_the_next_crash_counts(
+    cluster: containers.DesiredCluster,
+) -> None:
     cs, probes, records = failing(cluster, "db0")
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == [("stop", "db0")] and p.records["db0"].failures == 1
@@ -456,8 +458,9 @@ def test_start_timeout_restarts_a_node_that_never_became_healthy(cluster: contai
     cs, probes = running(cluster)
     probes["db0"] = probe(cs[1], ok=False)
     records = healthy_records(cs)
-    records["db0"] = NodeRecord(run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1,
-                                probe_failures=2)  # it failed every probe since it started
+    records["db0"] = NodeRecord(
+        run_key=cs[1].run_key, run_seen_at=NOW - 121, last_probe_at=NOW - 1, probe_failures=2
+    )  # it failed every probe since it started
     p = plan(cluster, observation(cluster, cs, probes=probes), records)
     assert actions(p) == [("stop", "db0")]
     assert p.notes[0].type == "start_timeout"
@@ -480,7 +483,11 @@ def test_a_container_found_running_is_timed_from_its_start_and_judged_by_its_pro
     assert p.records["db0"].run_seen_at < NOW - 120
     assert p.notes[0].type == "start_timeout" and "not healthy within 120s" in p.notes[0].reason
     recent = replace(db0, started_at=WALL - timedelta(seconds=10))
-    p = plan(cluster, observation(cluster, [cs[0], recent, cs[2]], probes={**probes, "db0": probe(recent, False)}), {})
+    p = plan(
+        cluster,
+        observation(cluster, [cs[0], recent, cs[2]], probes={**probes, "db0": probe(recent, False)}),
+        {},
+    )
     assert p.records["db0"].run_seen_at == NOW - 10  # 110 s of its start window left
     assert p.views["db0"].state is NodeState.STARTING and p.next_wake_at == NOW + 110
 
@@ -534,7 +541,9 @@ def test_a_lost_lease_is_reopening_then_lost_then_restarted(tmp_path: Path) -> N
     assert p.notes[0].type == "lease_lost" and p.notes[0].reason.startswith("lease lost for 5s: shards 0,3")
 
 
-def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(cluster: containers.DesiredCluster) -> None:
+def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(
+    cluster: containers.DesiredCluster,
+) -> None:
     cs, probes = running(cluster)
     broken = LeaseView(NOW, WALL, error="cannot read shard locks: meta0: timed out")
     p = plan(cluster, observation(cluster, cs, probes=probes, leases=broken), healthy_records(cs))
@@ -612,7 +621,9 @@ def test_nodes_down_themselves_that_never_became_healthy_are_stopped_one_at_a_ti
     assert p.views["db1"].reason.endswith("waiting for disruption budget: db0 (stopping)")  # type: ignore[union-attr]
 
 
-def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(big: containers.DesiredCluster) -> None:
+def test_failing_nodes_that_meta_assigns_no_shards_are_down_themselves(
+    big: containers.DesiredCluster,
+) -> None:
     """Meta moved every shard to db0; db1 and db2 fail their probes; another machine's db9 fails
     too. They serve nothing, so they are down themselves, as the other agents judge their published
     records: db1 goes first, db2 and db9 wait for it. (Judged as holding shards, db2 and db9 and
@@ -716,7 +727,9 @@ def test_changed_running_nodes_are_recreated_one_at_a_time_meta_first(
     assert "waiting its turn" in (p.views["db0"].reason or "")
 
 
-def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(cluster: containers.DesiredCluster) -> None:
+def test_changed_ceresdb_waits_while_another_recreate_is_in_flight(
+    cluster: containers.DesiredCluster,
+) -> None:
     cs, _probes = running(cluster)
     changed = [cs[0], replace(cs[1], spec_hash="old"), replace(cs[2], spec_hash="old")]
     p = plan(
@@ -752,8 +765,12 @@ def test_changed_ceresdb_waits_for_a_meta_member_another_agent_has_still_to_recr
     changed = [replace(c, spec_hash="old") if c.node == "db0" else c for c in local]
     observed = observation(cl, changed, probes={c.node: probe(c) for c in changed})
     peers = {"meta1": ("meta", None)}
-    waiting = plan(cl, observed, healthy_records(changed),
-                   budget=Budget(coordinated=True, peers=peers, outdated=frozenset({"meta1"})))
+    waiting = plan(
+        cl,
+        observed,
+        healthy_records(changed),
+        budget=Budget(coordinated=True, peers=peers, outdated=frozenset({"meta1"})),
+    )
     assert actions(waiting) == []
     assert "meta first (meta1 not recreated yet)" in (waiting.views["db0"].reason or "")
     going = plan(cl, observed, healthy_records(changed), budget=Budget(coordinated=True, peers=peers))
@@ -813,7 +830,13 @@ def test_a_paused_node_is_never_touched(cluster: containers.DesiredCluster) -> N
 
 def orphan(node: str = "db9", state: str = "running", role: str = "ceresdb") -> ObservedContainer:
     return ObservedContainer(
-        id=f"id-{node}", name=f"ceres-x-{node}", node=node, role=role, spec_hash="old", state=state, image="img"
+        id=f"id-{node}",
+        name=f"ceres-x-{node}",
+        node=node,
+        role=role,
+        spec_hash="old",
+        state=state,
+        image="img",
     )
 
 
@@ -821,7 +844,9 @@ def with_orphans(obs: Observation, *orphans: ObservedContainer) -> Observation:
     return replace(obs, orphans=orphans)
 
 
-def test_a_running_node_taken_out_of_the_file_is_removed_within_the_budget(big: containers.DesiredCluster) -> None:
+def test_a_running_node_taken_out_of_the_file_is_removed_within_the_budget(
+    big: containers.DesiredCluster,
+) -> None:
     cs, probes = running(big)
     records = healthy_records(cs)
     p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), records)
@@ -838,7 +863,9 @@ def test_a_removal_waits_for_the_budget_and_the_failsafe(big: containers.Desired
     assert "waiting for disruption budget: db1 (reopening)" in p.retiring["db9"]
     cs, probes = running(big)
     failsafe = Budget(coordinated=True, available=False)
-    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan()), healthy_records(cs), budget=failsafe)
+    p = plan(
+        big, with_orphans(observation(big, cs, probes=probes), orphan()), healthy_records(cs), budget=failsafe
+    )
     assert not p.actions and "coordination unavailable" in p.retiring["db9"]
 
 
@@ -848,13 +875,22 @@ def test_a_paused_node_or_an_older_file_removes_nothing(big: containers.DesiredC
     obs = with_orphans(observation(big, cs, probes=probes), orphan(), orphan("db8", state="exited"))
     paused = plan(big, obs, records, controls=Controls(frozenset({"db9", "db8"})))
     assert not paused.actions and set(paused.retiring) == {"db9", "db8"}
-    older = plan(big, obs, records, budget=Budget(files_differ="127.0.0.2 runs generation 4, this file is generation 3"))
+    older = plan(
+        big,
+        obs,
+        records,
+        budget=Budget(files_differ="127.0.0.2 runs generation 4, this file is generation 3"),
+    )
     assert not older.actions and "generation 4" in older.retiring["db8"]
 
 
-def test_a_stopped_node_taken_out_of_the_file_is_removed_without_a_slot(big: containers.DesiredCluster) -> None:
+def test_a_stopped_node_taken_out_of_the_file_is_removed_without_a_slot(
+    big: containers.DesiredCluster,
+) -> None:
     cs, probes = running(big)
-    p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan(state="exited")), healthy_records(cs))
+    p = plan(
+        big, with_orphans(observation(big, cs, probes=probes), orphan(state="exited")), healthy_records(cs)
+    )
     assert [(a.kind, a.node, a.by_choice) for a in p.actions] == [("remove", "db9", False)]
 
 

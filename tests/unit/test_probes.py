@@ -52,8 +52,14 @@ def test_a_cluster_without_topology_assigns_nothing(data: object) -> None:
         (200, {"status": "success"}, "without data.NodeShards"),
         (200, {"status": "success", "data": {"NodeShards": {"0": 1}}}, "without data.NodeShards"),
         (200, {"status": "success", "data": {"NodeShards": [{"ShardInfo": {"ID": "0"}}]}}, "malformed entry"),
-        (200, {"status": "success", "data": {"NodeShards": [{"ShardInfo": {"ID": True},
-                                                            "ShardNode": {"NodeName": "h:1"}}]}}, "malformed"),
+        (
+            200,
+            {
+                "status": "success",
+                "data": {"NodeShards": [{"ShardInfo": {"ID": True}, "ShardNode": {"NodeName": "h:1"}}]},
+            },
+            "malformed",
+        ),
     ],
 )
 def test_anything_but_a_well_formed_success_is_an_error_of_the_reading(
@@ -66,13 +72,18 @@ def test_anything_but_a_well_formed_success_is_an_error_of_the_reading(
 def lock_range() -> bytes:
     """etcd's gateway answer with one shard lock naming h:8831 (protobuf ShardLockValue)."""
     value = b"\x0a" + bytes([len(b"127.0.0.1:8831")]) + b"127.0.0.1:8831"
-    kv = {"key": base64.b64encode(b"/ceresdb/defaultCluster/shards/00000000000000000000").decode(),
-          "value": base64.b64encode(value).decode(), "lease": "7"}
+    kv = {
+        "key": base64.b64encode(b"/ceresdb/defaultCluster/shards/00000000000000000000").decode(),
+        "value": base64.b64encode(value).decode(),
+        "lease": "7",
+    }
     return json.dumps({"header": {"revision": "5"}, "kvs": [kv]}).encode()
 
 
 @pytest.fixture
-async def meta(unused_tcp_port_factory: Callable[[], int]) -> AsyncIterator[tuple[list[int], list[tuple[int, object]]]]:
+async def meta(
+    unused_tcp_port_factory: Callable[[], int],
+) -> AsyncIterator[tuple[list[int], list[tuple[int, object]]]]:
     """One meta member on loopback: etcd's range on its client port, getNodeShards on its HTTP port
     answering whatever the test puts in `answers` (status, body)."""
     answers: list[tuple[int, object]] = []
@@ -102,8 +113,10 @@ async def test_a_500_from_get_node_shards_is_an_error_not_an_empty_assignment(
     tmp_path: Path, meta: tuple[list[int], list[tuple[int, object]]]
 ) -> None:
     (client, http, peer), answers = meta
-    text = BASE.replace('name = "meta0"\nhost = "127.0.0.1"',
-                        f'name = "meta0"\nhost = "127.0.0.1"\nclient_port = {client}\nhttp_port = {http}\npeer_port = {peer}')
+    text = BASE.replace(
+        'name = "meta0"\nhost = "127.0.0.1"',
+        f'name = "meta0"\nhost = "127.0.0.1"\nclient_port = {client}\nhttp_port = {http}\npeer_port = {peer}',
+    )
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     desired = containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda _h: True)
@@ -121,8 +134,10 @@ async def test_a_500_from_get_node_shards_is_an_error_not_an_empty_assignment(
 
 
 def test_debug_shards_maps_each_shard_to_its_status() -> None:
-    body = [{"id": 3, "role": "Leader", "version": 1, "status": "Opening"},
-            {"id": 0, "role": "Leader", "version": 4, "status": "Ready"}]
+    body = [
+        {"id": 3, "role": "Leader", "version": 1, "status": "Opening"},
+        {"id": 0, "role": "Leader", "version": 4, "status": "Ready"},
+    ]
     assert probes.debug_shards(200, body) == {3: "Opening", 0: "Ready"}
     with pytest.raises(ReadingError):
         probes.debug_shards(404, {"code": 404, "message": "NOT_FOUND"})

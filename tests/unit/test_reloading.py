@@ -32,9 +32,16 @@ def spec(tmp_path: Path, text: str, name: str) -> DesiredState:
     ("change", "key"),
     [
         (lambda t: t.replace("[cluster]\n", '[cluster]\nname = "other"\n'), "cluster.name"),
-        (lambda t: t.replace('state_dir = "/var/lib/ceres-supervisor"', 'state_dir = "/srv/x"'), "cluster.state_dir"),
-        (lambda t: t.replace("[cluster]\n", '[cluster]\nflavor = "horaedb"\nversion = "2.0.0"\n').replace(
-            "mysql_port = 3308", "mysql_port = 3308\npostgresql_port = 5434"), "cluster.flavor"),
+        (
+            lambda t: t.replace('state_dir = "/var/lib/ceres-supervisor"', 'state_dir = "/srv/x"'),
+            "cluster.state_dir",
+        ),
+        (
+            lambda t: t.replace("[cluster]\n", '[cluster]\nflavor = "horaedb"\nversion = "2.0.0"\n').replace(
+                "mysql_port = 3308", "mysql_port = 3308\npostgresql_port = 5434"
+            ),
+            "cluster.flavor",
+        ),
         (lambda t: t.replace('name = "meta2"', 'name = "meta9"'), "meta.nodes"),
         (lambda t: t.replace("client_port = 2399", "client_port = 2499"), "meta.nodes"),
         (lambda t: t.replace("peer_port = 2400", "peer_port = 2500"), "meta.nodes"),

@@ -40,7 +40,9 @@ def parsed(node: rendering.RenderedNode) -> dict[str, Any]:
     return tomllib.loads(rendering.to_toml(rendering.materialize(node.document, secrets.resolve)))
 
 
-def by_role(spec: DesiredState) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[rendering.RenderedNode]]:
+def by_role(
+    spec: DesiredState,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[rendering.RenderedNode]]:
     nodes = rendering.render(spec)
     return (
         [parsed(n) for n in nodes if n.role == "meta"],
@@ -52,7 +54,9 @@ def by_role(spec: DesiredState) -> tuple[list[dict[str, Any]], list[dict[str, An
 def test_node_address_and_server_addr_env_have_no_port(tmp_path: Path) -> None:
     spec = spec_of(Path(THREE_META).read_text(), tmp_path)
     _meta, dbs, nodes = by_role(spec)
-    for doc, node, declared in zip(dbs, [n for n in nodes if n.role == "ceresdb"], spec.ceresdb.nodes, strict=True):
+    for doc, node, declared in zip(
+        dbs, [n for n in nodes if n.role == "ceresdb"], spec.ceresdb.nodes, strict=True
+    ):
         assert doc["node"]["addr"] == declared.host
         assert ":" not in doc["node"]["addr"]
         assert node.env == {"CERESDB_SERVER_ADDR": declared.host}
@@ -77,9 +81,12 @@ def test_etcd_client_lists_every_meta_node_and_meta_addr_is_the_client_port(tmp_
 
 
 def test_meta_addr_prefers_a_meta_node_on_the_same_machine(tmp_path: Path) -> None:
-    text = BASE.replace('[[ceresdb.nodes]]\nname = "db0"',
-                        '[[meta.nodes]]\nname = "m1"\nhost = "10.9.0.1"\n[[meta.nodes]]\nname = "m2"\n'
-                        'host = "10.9.0.2"\n\n[[ceresdb.nodes]]\nname = "db0"', 1)
+    text = BASE.replace(
+        '[[ceresdb.nodes]]\nname = "db0"',
+        '[[meta.nodes]]\nname = "m1"\nhost = "10.9.0.1"\n[[meta.nodes]]\nname = "m2"\n'
+        'host = "10.9.0.2"\n\n[[ceresdb.nodes]]\nname = "db0"',
+        1,
+    )
     text = text.replace('name = "db0"\nhost = "127.0.0.1"', 'name = "db0"\nhost = "10.9.0.2"')
     spec = spec_of(text, tmp_path)
     node0 = rendering.render_ceresdb(spec, spec.ceresdb.nodes[0])
@@ -94,8 +101,13 @@ def test_meta_addr_override(tmp_path: Path) -> None:
     assert {d["cluster_deployment"]["meta_client"]["meta_addr"] for d in dbs} == {"http://meta.example:2379"}
 
 
-REMOVED = ["background_thread_num", "write_group_worker_num", "write_group_command_channel_cap",
-           "compaction_config", "deploy_mode"]
+REMOVED = [
+    "background_thread_num",
+    "write_group_worker_num",
+    "write_group_command_channel_cap",
+    "compaction_config",
+    "deploy_mode",
+]
 
 
 def _all_keys(doc: dict[str, Any]) -> set[str]:
@@ -115,8 +127,12 @@ def test_removed_keys_are_never_rendered(tmp_path: Path, version: str) -> None:
         assert set(doc) <= versions.DB_TOP_LEVEL_KEYS
         # What the seed meant, under the names the server reads.
         assert doc["analytic"]["compaction"]["schedule_interval"] == "30m"
-        assert set(doc["analytic"]["manifest"]) == {"scan_batch_size", "snapshot_every_n_updates",
-                                                    "scan_timeout", "store_timeout"}
+        assert set(doc["analytic"]["manifest"]) == {
+            "scan_batch_size",
+            "snapshot_every_n_updates",
+            "scan_timeout",
+            "store_timeout",
+        }
 
 
 def test_node_count_is_derived_and_initial_cluster_is_shared(tmp_path: Path) -> None:
@@ -136,12 +152,15 @@ def test_node_count_is_derived_and_initial_cluster_is_shared(tmp_path: Path) -> 
         assert doc["log"] == {"level": "info"} and doc["etcd-log"] == {"level": "info"}
 
 
-@pytest.mark.parametrize(("version", "key", "health"), [
-    ("1.2.2", "default-http-port", "/api/v1/healthCheck"),
-    ("1.2.6", "default-http-port", "/api/v1/healthCheck"),
-    ("1.2.7", "http-port", "/api/v1/health"),
-    ("2.0.0", "http-port", "/api/v1/health"),
-])
+@pytest.mark.parametrize(
+    ("version", "key", "health"),
+    [
+        ("1.2.2", "default-http-port", "/api/v1/healthCheck"),
+        ("1.2.6", "default-http-port", "/api/v1/healthCheck"),
+        ("1.2.7", "http-port", "/api/v1/health"),
+        ("2.0.0", "http-port", "/api/v1/health"),
+    ],
+)
 def test_meta_http_port_key_switches_at_1_2_7(tmp_path: Path, version: str, key: str, health: str) -> None:
     flavor = "horaedb" if version.startswith("2") else "ceresdb"
     spec = spec_of(versioned(version, flavor), tmp_path)
@@ -152,7 +171,9 @@ def test_meta_http_port_key_switches_at_1_2_7(tmp_path: Path, version: str, key:
     assert spec.release.meta_health_path == health
 
 
-@pytest.mark.parametrize(("version", "has_pg"), [("1.2.2", False), ("1.2.4", False), ("1.2.6", True), ("1.2.7", True)])
+@pytest.mark.parametrize(
+    ("version", "has_pg"), [("1.2.2", False), ("1.2.4", False), ("1.2.6", True), ("1.2.7", True)]
+)
 def test_postgresql_port_from_1_2_6(tmp_path: Path, version: str, has_pg: bool) -> None:
     _m, dbs, _ = by_role(spec_of(versioned(version), tmp_path))
     assert ("postgresql_port" in dbs[0]["server"]) is has_pg
@@ -164,14 +185,22 @@ def test_postgresql_ports_must_differ_on_one_machine(tmp_path: Path) -> None:
         spec_of(BASE.replace("[cluster]\n", '[cluster]\nversion = "1.2.6"\n'), tmp_path)
 
 
-@pytest.mark.parametrize(("version", "key", "value"), [
-    ("1.2.2", "boost_broker", '"k:9092"'),
-    ("1.2.4", "boost_brokers", '["k:9092", "k2:9092"]'),
-])
+@pytest.mark.parametrize(
+    ("version", "key", "value"),
+    [
+        ("1.2.2", "boost_broker", '"k:9092"'),
+        ("1.2.4", "boost_brokers", '["k:9092", "k2:9092"]'),
+    ],
+)
 def test_kafka_broker_key_by_version(tmp_path: Path, version: str, key: str, value: str) -> None:
-    text = versioned(version) + f'\n[ceresdb.wal]\ntype = "Kafka"\n[ceresdb.wal.kafka.client]\n{key} = {value}\n'
+    text = (
+        versioned(version) + f'\n[ceresdb.wal]\ntype = "Kafka"\n[ceresdb.wal.kafka.client]\n{key} = {value}\n'
+    )
     _m, dbs, _ = by_role(spec_of(text, tmp_path))
-    assert dbs[0]["analytic"]["wal"] == {"type": "Kafka", "kafka": {"client": {key: tomllib.loads(f"v={value}")["v"]}}}
+    assert dbs[0]["analytic"]["wal"] == {
+        "type": "Kafka",
+        "kafka": {"client": {key: tomllib.loads(f"v={value}")["v"]}},
+    }
 
 
 def test_s3_from_1_2_4(tmp_path: Path) -> None:
@@ -181,7 +210,11 @@ def test_s3_from_1_2_4(tmp_path: Path) -> None:
     )
     _m, dbs, _ = by_role(spec_of(text, tmp_path))
     store = dbs[0]["analytic"]["storage"]["object_store"]
-    assert store["type"] == "S3" and store["region"] == "r" and store["retry"] == {"max_retries": 3, "retry_timeout": "5s"}
+    assert (
+        store["type"] == "S3"
+        and store["region"] == "r"
+        and store["retry"] == {"max_retries": 3, "retry_timeout": "5s"}
+    )
     assert "data_dir" not in store
 
 
@@ -212,19 +245,32 @@ def test_default_images_follow_the_version(tmp_path: Path) -> None:
 def test_config_tables_merge_global_then_node(tmp_path: Path) -> None:
     text = BASE.replace('name = "db1"', 'name = "db1"\nconfig = { logger = { level = "debug" } }') + (
         '\n[ceresdb.config.logger]\nlevel = "warn"\n[ceresdb.config.analytic.compaction]\nmax_ongoing_tasks = 2\n'
-        '\n[meta.config]\netcd-start-timeout-ms = 30000\n'
+        "\n[meta.config]\netcd-start-timeout-ms = 30000\n"
     )
     metas, dbs, _ = by_role(spec_of(text, tmp_path))
     assert [d["logger"]["level"] for d in dbs] == ["warn", "debug"]
-    assert dbs[0]["analytic"]["compaction"] == {"schedule_channel_len": 16, "schedule_interval": "30m",
-                                                "max_ongoing_tasks": 2, "memory_limit": "4G"}
+    assert dbs[0]["analytic"]["compaction"] == {
+        "schedule_channel_len": 16,
+        "schedule_interval": "30m",
+        "max_ongoing_tasks": 2,
+        "memory_limit": "4G",
+    }
     assert metas[0]["etcd-start-timeout-ms"] == 30000
 
 
-@pytest.mark.parametrize("example", sorted(Path("etc/ceres-supervisor/examples").glob("*.toml"))
-                         + [Path("etc/ceres-supervisor/cluster.toml")], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "example",
+    sorted(Path("etc/ceres-supervisor/examples").glob("*.toml"))
+    + [Path("etc/ceres-supervisor/cluster.toml")],
+    ids=lambda p: p.name,
+)
 def test_every_example_validates_and_renders(tmp_path: Path, monkeypatch, capsys, example: Path) -> None:
-    for name in ("CERES_OBKV_PASSWORD", "CERES_OBKV_SYS_PASSWORD", "CERES_OSS_KEY_ID", "CERES_OSS_KEY_SECRET"):
+    for name in (
+        "CERES_OBKV_PASSWORD",
+        "CERES_OBKV_SYS_PASSWORD",
+        "CERES_OSS_KEY_ID",
+        "CERES_OSS_KEY_SECRET",
+    ):
         monkeypatch.setenv(name, f"value-of-{name}")
     text = example.read_text()
     for secret in ("oss-key-id", "oss-key-secret"):  # the file-secret example's files
@@ -249,8 +295,10 @@ def test_every_example_validates_and_renders(tmp_path: Path, monkeypatch, capsys
 
 def test_file_with_a_secret_is_0600_and_holds_the_value(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CERES_TEST_KEY", "the-key")
-    obkv = ('\n[ceresdb.wal]\ntype = "Obkv"\n[ceresdb.wal.obkv]\nfull_user_name = "u"\nparam_url = "p"\n'
-            'password = { env = "CERES_TEST_KEY" }\n[ceresdb.wal.obkv.client]\nsys_user_name = "s"\nsys_password = "x"\n')
+    obkv = (
+        '\n[ceresdb.wal]\ntype = "Obkv"\n[ceresdb.wal.obkv]\nfull_user_name = "u"\nparam_url = "p"\n'
+        'password = { env = "CERES_TEST_KEY" }\n[ceresdb.wal.obkv.client]\nsys_user_name = "s"\nsys_password = "x"\n'
+    )
     spec = spec_of(BASE + obkv, tmp_path)
     metas_and_dbs = rendering.render(spec)
     meta, db = metas_and_dbs[0], metas_and_dbs[1]
@@ -271,16 +319,25 @@ def test_atomic_write_replaces_and_leaves_no_temporary(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["f.toml"]
 
 
-@pytest.mark.parametrize(("text", "seconds", "back"), [
-    ("500ms", 0.5, "500ms"), ("5s", 5, "5s"), ("10m", 600, "10m"), ("1h", 3600, "1h"), ("1.5s", 1.5, "1500ms"),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds", "back"),
+    [
+        ("500ms", 0.5, "500ms"),
+        ("5s", 5, "5s"),
+        ("10m", 600, "10m"),
+        ("1h", 3600, "1h"),
+        ("1.5s", 1.5, "1500ms"),
+    ],
+)
 def test_durations_round_trip(text: str, seconds: float, back: str) -> None:
     assert durations.parse_duration(text) == seconds
     assert durations.format_duration(seconds) == back
 
 
 @pytest.mark.parametrize(("version", "rendered"), [("1.2.7", False), ("2.0.0", True)])
-def test_fast_reacquire_is_rendered_off_where_the_key_exists(tmp_path: Path, version: str, rendered: bool) -> None:
+def test_fast_reacquire_is_rendered_off_where_the_key_exists(
+    tmp_path: Path, version: str, rendered: bool
+) -> None:
     flavor = "horaedb" if version.startswith("2") else "ceresdb"
     _m, dbs, _ = by_role(spec_of(versioned(version, flavor), tmp_path))
     etcd_client = dbs[0]["cluster_deployment"]["etcd_client"]

@@ -10,24 +10,52 @@ from datetime import UTC, datetime
 from ceres_supervisor.cli import tables
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
-LONG = ("unhealthy: 3 failed probes: GET /: cannot connect (Connection refused) and a lot more text that "
-        "would never fit on one line of a terminal")
+LONG = (
+    "unhealthy: 3 failed probes: GET /: cannot connect (Connection refused) and a lot more text that "
+    "would never fit on one line of a terminal"
+)
 
 
-def node(name: str, role: str, state: str, reason: str | None, started: str | None = "2026-11-26T10:49:30Z",
-         held: bool | None = True, host: str = "127.0.0.1") -> dict[str, object]:
-    ports = {"client": 2379, "peer": 2380, "http": 8080} if role == "meta" else {"grpc": 8831, "http": 5440, "mysql": 3307}
-    return {"name": name, "role": role, "host": host, "agent": host, "ports": ports, "state": state, "reason": reason,
-            "health": {"ok": state == "healthy", "detail": None, "checked_at": None},
-            "lease": None if role == "meta" else {"held": held, "shards": [0, 2, 4, 6] if held else [], "detail": None},
-            "restarts": 3, "started_at": started, "container_id": "0b1c2d3e4f5a6b7c8d9e",
-            "last_exit": {"code": 137, "oom": False, "at": "2026-11-26T11:00:00Z"}}
+def node(
+    name: str,
+    role: str,
+    state: str,
+    reason: str | None,
+    started: str | None = "2026-11-26T10:49:30Z",
+    held: bool | None = True,
+    host: str = "127.0.0.1",
+) -> dict[str, object]:
+    ports = (
+        {"client": 2379, "peer": 2380, "http": 8080}
+        if role == "meta"
+        else {"grpc": 8831, "http": 5440, "mysql": 3307}
+    )
+    return {
+        "name": name,
+        "role": role,
+        "host": host,
+        "agent": host,
+        "ports": ports,
+        "state": state,
+        "reason": reason,
+        "health": {"ok": state == "healthy", "detail": None, "checked_at": None},
+        "lease": None
+        if role == "meta"
+        else {"held": held, "shards": [0, 2, 4, 6] if held else [], "detail": None},
+        "restarts": 3,
+        "started_at": started,
+        "container_id": "0b1c2d3e4f5a6b7c8d9e",
+        "last_exit": {"code": 137, "oom": False, "at": "2026-11-26T11:00:00Z"},
+    }
 
 
 DOC = {
     "cluster": {"name": "defaultCluster", "state": "degraded", "spec_hash": "603b3a56883a679c"},
-    "reload": {"ok": False, "error": "cluster.toml: invalid desired state (1 problem)\n  ceresdb.lease: must be under 15s",
-               "at": "2026-11-26T11:59:00Z"},
+    "reload": {
+        "ok": False,
+        "error": "cluster.toml: invalid desired state (1 problem)\n  ceresdb.lease: must be under 15s",
+        "at": "2026-11-26T11:59:00Z",
+    },
     "nodes": [
         node("meta0", "meta", "healthy", None),
         node("db0", "ceresdb", "backoff", LONG, started=None, held=None),
@@ -43,10 +71,20 @@ def test_at_80_columns_every_line_fits_and_no_reason_is_cut() -> None:
     assert "reload FAILED" in lines[1]
     header = next(line for line in lines if line.startswith("NAME"))
     # The reasons do not all fit a column: each goes under its node, whole.
-    assert header.split() == ["NAME", "ROLE", "HOST", "PORTS", "STATE", "HEALTH", "LEASE", "RESTARTS", "UPTIME"]
+    assert header.split() == [
+        "NAME",
+        "ROLE",
+        "HOST",
+        "PORTS",
+        "STATE",
+        "HEALTH",
+        "LEASE",
+        "RESTARTS",
+        "UPTIME",
+    ]
     db0 = lines.index(next(line for line in lines if line.startswith("db0")))
     under = []
-    for line in lines[db0 + 1:]:
+    for line in lines[db0 + 1 :]:
         if not line.startswith("    "):
             break
         under.append(line.strip())
@@ -69,15 +107,24 @@ def test_piped_output_is_never_cut_to_80_columns() -> None:
 
 
 def test_no_reason_column_while_no_node_has_one() -> None:
-    healthy = {**DOC, "nodes": [node("meta0", "meta", "healthy", None), node("db0", "ceresdb", "healthy", None)]}
-    header = next(line for line in tables.table(healthy, width=None, now=NOW).splitlines() if line.startswith("NAME"))
+    healthy = {
+        **DOC,
+        "nodes": [node("meta0", "meta", "healthy", None), node("db0", "ceresdb", "healthy", None)],
+    }
+    header = next(
+        line for line in tables.table(healthy, width=None, now=NOW).splitlines() if line.startswith("NAME")
+    )
     assert "REASON" not in header
 
 
 def test_wide_output_adds_the_agent_last_exit_and_container() -> None:
     lines = tables.table(DOC, width=None, now=NOW, wide=True).splitlines()
     header = next(line for line in lines if line.startswith("NAME"))
-    assert [c for c in ("AGENT", "LAST EXIT", "CONTAINER") if c in header] == ["AGENT", "LAST EXIT", "CONTAINER"]
+    assert [c for c in ("AGENT", "LAST EXIT", "CONTAINER") if c in header] == [
+        "AGENT",
+        "LAST EXIT",
+        "CONTAINER",
+    ]
     db0 = next(line for line in lines if line.startswith("db0"))
     assert " 137 " in db0 and "0b1c2d3e4f5a " in db0 and db0.endswith(LONG)
 
@@ -87,13 +134,25 @@ def test_a_lost_machine_and_hostile_text() -> None:
         "cluster": {"name": "c", "state": "unknown", "spec_hashes": {"127.0.0.1": "a", "127.0.0.2": "a"}},
         "coordination": {"ok": True},
         "meta": {"leader": "meta0"},
-        "agents": [{"host": "127.0.0.1", "state": "up"},
-                   {"host": "127.0.0.2", "state": "down", "since": "2026-11-26T11:58:00Z"},
-                   {"host": "127.0.0.3", "state": "down", "since": None, "heartbeat_at": None}],
-        "nodes": [node("meta0", "meta", "healthy", None),
-                  node("db1", "ceresdb", "unknown", "supervisor on 127.0.0.2 down since 2026-11-26T11:58:00Z\x1b[2J",
-                       host="127.0.0.2", held=None)],
-        "disruptions": [{"node": "db0", "host": "127.0.0.1", "reason": "planned", "since": "2026-11-26T11:50:00Z"}],
+        "agents": [
+            {"host": "127.0.0.1", "state": "up"},
+            {"host": "127.0.0.2", "state": "down", "since": "2026-11-26T11:58:00Z"},
+            {"host": "127.0.0.3", "state": "down", "since": None, "heartbeat_at": None},
+        ],
+        "nodes": [
+            node("meta0", "meta", "healthy", None),
+            node(
+                "db1",
+                "ceresdb",
+                "unknown",
+                "supervisor on 127.0.0.2 down since 2026-11-26T11:58:00Z\x1b[2J",
+                host="127.0.0.2",
+                held=None,
+            ),
+        ],
+        "disruptions": [
+            {"node": "db0", "host": "127.0.0.1", "reason": "planned", "since": "2026-11-26T11:50:00Z"}
+        ],
     }
     text = tables.table(doc, width=None, now=NOW)
     assert "agent 127.0.0.2 DOWN since 2026-11-26T11:58:00Z" in text

@@ -58,6 +58,7 @@ def parse_duration(text: str) -> float:
 
 # --- test hooks (reached only through `docker exec ... ceres-emulator-fault`) ---------------------
 
+
 def read_fault() -> str:
     try:
         return FAULT_FILE.read_text().strip()
@@ -192,17 +193,19 @@ def rpc_call(port: int, request: dict[str, object], timeout_s: float) -> dict[st
             conn.sendall(json.dumps(request).encode() + b"\n")
             line = conn.makefile("rb").readline(MAX_BODY)
     except TimeoutError:
-        raise RpcError("status: Cancelled, message: \"Timeout expired\"") from None
+        raise RpcError('status: Cancelled, message: "Timeout expired"') from None
     except OSError as err:
-        raise RpcError(f"status: Unavailable, message: \"error trying to connect: {err.strerror or err}\"") from None
+        raise RpcError(
+            f'status: Unavailable, message: "error trying to connect: {err.strerror or err}"'
+        ) from None
     if not line:
-        raise RpcError("status: Unavailable, message: \"connection closed before message completed\"")
+        raise RpcError('status: Unavailable, message: "connection closed before message completed"')
     try:
         answer = json.loads(line)
     except ValueError:
-        raise RpcError(f"status: Internal, message: \"undecodable answer {line[:100]!r}\"") from None
+        raise RpcError(f'status: Internal, message: "undecodable answer {line[:100]!r}"') from None
     if not isinstance(answer, dict):
-        raise RpcError("status: Internal, message: \"undecodable answer\"")
+        raise RpcError('status: Internal, message: "undecodable answer"')
     return answer
 
 
@@ -247,6 +250,7 @@ def serve_rpc(port: int, handle: Callable[[dict[str, object]], dict[str, object]
 
 # --- HTTP -------------------------------------------------------------------------------------------
 
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Reads the body up front (so a held connection can tell a client that hung up), and honours
     `freeze-http` on every method and route: the request is read, then never answered until the
@@ -270,8 +274,12 @@ class JsonHandler(BaseHTTPRequestHandler):
                 return False
         return True
 
-    def hold(self, keep_holding: Callable[[], bool], cap_s: float | None = None,
-             every_second: Callable[[int], None] | None = None) -> str:
+    def hold(
+        self,
+        keep_holding: Callable[[], bool],
+        cap_s: float | None = None,
+        every_second: Callable[[int], None] | None = None,
+    ) -> str:
         """Keep the connection open without answering while `keep_holding()`: returns "released",
         "disconnected" (the client hung up) or "cap". One wakeup a second."""
         started = time.monotonic()
@@ -344,8 +352,10 @@ def is_local_host(host: str) -> bool:
 
 # --- the seam for ceres_supervisor/desired/serverschema.py (copied into the image when it exists) ----------
 
-def schema_violations(document: dict[str, object], role: str, version: tuple[int, int, int],
-                      component: str) -> list[tuple[list[str], str, str]] | None:
+
+def schema_violations(
+    document: dict[str, object], role: str, version: tuple[int, int, int], component: str
+) -> list[tuple[list[str], str, str]] | None:
     """[(path segments, kind, message)] from `serverschema.check`, or None when the module is absent
     (or unusable): then the stand-in parses as it always did."""
     try:
@@ -366,8 +376,10 @@ def schema_violations(document: dict[str, object], role: str, version: tuple[int
     if schema is None:
         log(component, "serverschema has no schema for this version; built-in parsing only")
         return None
-    return [(path_segments(getattr(v, "path", "")), str(getattr(v, "kind", "")), str(getattr(v, "message", v)))
-            for v in serverschema.check(document, schema)]
+    return [
+        (path_segments(getattr(v, "path", "")), str(getattr(v, "kind", "")), str(getattr(v, "message", v)))
+        for v in serverschema.check(document, schema)
+    ]
 
 
 def path_segments(path: object) -> list[str]:
@@ -383,9 +395,9 @@ def path_segments(path: object) -> list[str]:
             while end < len(text) and text[end] != '"':
                 end += 2 if text[end] == "\\" else 1
             try:
-                current += json.loads(text[i:end + 1])
+                current += json.loads(text[i : end + 1])
             except ValueError:
-                current += text[i:end + 1]
+                current += text[i : end + 1]
             i = end + 1
             continue
         if char == ".":

@@ -29,8 +29,17 @@ import shards as shardlib
 
 FLAVOR, VERSION = common.release()
 V2 = VERSION >= (2, 0, 0)
-TOP_LEVEL = {"node", "server", "runtime", "logger", "tracing", "query_engine", "limiter",
-             "cluster_deployment", "analytic"}
+TOP_LEVEL = {
+    "node",
+    "server",
+    "runtime",
+    "logger",
+    "tracing",
+    "query_engine",
+    "limiter",
+    "cluster_deployment",
+    "analytic",
+}
 WAL_TYPES = ("RocksDB", "Obkv", "Kafka")
 """`type = "Local"` arrives only in 2.1.0 (HDB v2.1.0:src/wal/src/config.rs:72)."""
 RPC_SERVICE = "meta_service.MetaRpcService" if V2 else "meta_service.CeresmetaRpcService"
@@ -173,14 +182,18 @@ def open_wals(config: Config) -> None:
             path.mkdir(parents=True, exist_ok=True)
             handle = open(path / "LOCK", "a+b")  # noqa: SIM115  (held for the life of the process)
         except OSError as err:
-            _panic(f"Failed to setup analytic engine: OpenWal {{ source: Open {{ wal_path: \"{path}\", source: "
-                   f"Error {{ message: \"IO error: While open a file for lock: {path}/LOCK: {err.strerror}\" }} }} }}")
+            _panic(
+                f'Failed to setup analytic engine: OpenWal {{ source: Open {{ wal_path: "{path}", source: '
+                f'Error {{ message: "IO error: While open a file for lock: {path}/LOCK: {err.strerror}" }} }} }}'
+            )
             return
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            _panic(f"Failed to setup analytic engine: OpenWal {{ source: Open {{ wal_path: \"{path}\", source: "
-                   f"Error {{ message: \"IO error: While lock file: {path}/LOCK: {err.strerror}\" }} }} }}")
+            _panic(
+                f'Failed to setup analytic engine: OpenWal {{ source: Open {{ wal_path: "{path}", source: '
+                f'Error {{ message: "IO error: While lock file: {path}/LOCK: {err.strerror}" }} }} }}'
+            )
         WAL_LOCKS.append(handle)
         write_rocksdb_files(path)
     slow = common.read_seconds("start-slow")
@@ -199,10 +212,13 @@ def write_rocksdb_files(path: Path) -> None:
         (path / "MANIFEST-000001").write_bytes(b"")
         (path / "CURRENT").write_text("MANIFEST-000001\n")
     with (path / "LOG").open("a") as log:
-        log.write(f"{time.strftime('%Y/%m/%d-%H:%M:%S')} RocksDB version: 6.x, DB SUMMARY, DB Session ID: {uuid.uuid4().hex}\n")
+        log.write(
+            f"{time.strftime('%Y/%m/%d-%H:%M:%S')} RocksDB version: 6.x, DB SUMMARY, DB Session ID: {uuid.uuid4().hex}\n"
+        )
 
 
 # --- HTTP ------------------------------------------------------------------------------------------
+
 
 def record_flush() -> None:
     """Evidence for tests that a flush happened (before a stop, say): one line per call."""
@@ -252,6 +268,7 @@ def make_http_handler(shards: shardlib.Shards | None) -> type[common.JsonHandler
 
 # --- gRPC (MetaEventService) -----------------------------------------------------------------------
 
+
 class GrpcPort(socketserver.StreamRequestHandler):
     """Stands in for MetaEventService on grpc_port: meta sends `OPEN {"shard": {...}}`, one shard per
     call, and the node answers one JSON line `{"code": 0}` or `{"code": 500, "error": "..."}`."""
@@ -293,7 +310,9 @@ class Quiet(socketserver.BaseRequestHandler):
         return
 
 
-def serve_tcp(bind: str, port: int, handler: type[socketserver.BaseRequestHandler]) -> socketserver.ThreadingTCPServer:
+def serve_tcp(
+    bind: str, port: int, handler: type[socketserver.BaseRequestHandler]
+) -> socketserver.ThreadingTCPServer:
     socketserver.ThreadingTCPServer.allow_reuse_address = True
     server = socketserver.ThreadingTCPServer((bind, port), handler)
     server.daemon_threads = True
@@ -307,8 +326,15 @@ def heartbeat_loop(config: Config, meta: Meta, shards: shardlib.Shards) -> None:
     cluster/src/cluster_impl.rs:105-143). The first one goes at once, when the cluster starts."""
     while True:
         try:
-            meta.call("NodeHeartbeat", node={"endpoint": config.endpoint, "zone": "", "binary_version": "",
-                                             "shard_infos": shards.heartbeat_infos()})
+            meta.call(
+                "NodeHeartbeat",
+                node={
+                    "endpoint": config.endpoint,
+                    "zone": "",
+                    "binary_version": "",
+                    "shard_infos": shards.heartbeat_infos(),
+                },
+            )
             time.sleep(config.lease_s * 2 / 3)
         except Exception as err:  # whatever a heartbeat fails with, the loop goes on
             _log("Send heartbeat to meta failed", err=err)
@@ -316,6 +342,7 @@ def heartbeat_loop(config: Config, meta: Meta, shards: shardlib.Shards) -> None:
 
 
 # --- start and stop --------------------------------------------------------------------------------
+
 
 def die_by_signal(signum: int, _frame: object) -> None:
     """No handler is installed before the server has started: the signal's default action ends
@@ -336,27 +363,44 @@ def start_server(config: Config) -> tuple[shardlib.Shards | None, list[socketser
             _panic(f"fail to build meta client: {err}")
         # ClusterImpl::try_new (HDB v1.2.2:cluster/src/cluster_impl.rs:62-103): `.unwrap()`.
         if config.lock_ttl < MIN_SHARD_LOCK_TTL_S:
-            _panic(f"called `Result::unwrap()` on an `Err` value: InvalidArguments {{ msg: \"shard_lock_lease_ttl_sec should "
-                   f"be greater than {MIN_SHARD_LOCK_TTL_S}\" }}")
+            _panic(
+                f'called `Result::unwrap()` on an `Err` value: InvalidArguments {{ msg: "shard_lock_lease_ttl_sec should '
+                f'be greater than {MIN_SHARD_LOCK_TTL_S}" }}'
+            )
         if not config.root_path.startswith("/"):
-            _panic("called `Result::unwrap()` on an `Err` value: InvalidArguments { msg: \"root_path is required to start with /\" }")
+            _panic(
+                'called `Result::unwrap()` on an `Err` value: InvalidArguments { msg: "root_path is required to start with /" }'
+            )
         if not config.cluster_name:
-            _panic("called `Result::unwrap()` on an `Err` value: InvalidArguments { msg: \"cluster_name is required non-empty\" }")
+            _panic(
+                'called `Result::unwrap()` on an `Err` value: InvalidArguments { msg: "cluster_name is required non-empty" }'
+            )
         meta = Meta(config)
-        shards = shardlib.Shards(config.endpoint, config.root_path, config.cluster_name, config.lock_ttl, config.etcd_addrs,
-                                 config.fast_reacquire, meta.call)
+        shards = shardlib.Shards(
+            config.endpoint,
+            config.root_path,
+            config.cluster_name,
+            config.lock_ttl,
+            config.etcd_addrs,
+            config.fast_reacquire,
+            meta.call,
+        )
     open_wals(config)
     servers: list[socketserver.ThreadingTCPServer] = []
     if meta is not None and shards is not None:
         # server.start(): the cluster (its heartbeat loop), then the default schema, then the services.
-        threading.Thread(target=heartbeat_loop, args=(config, meta, shards), name="heartbeat", daemon=True).start()
+        threading.Thread(
+            target=heartbeat_loop, args=(config, meta, shards), name="heartbeat", daemon=True
+        ).start()
         threading.Thread(target=shards.keepalive_loop, name="keepalive", daemon=True).start()
         _log("Server start, create default schema if not exist", catalog=config.default_catalog)
         try:
             meta.call("AllocSchemaID", name="public")
         except shardlib.MetaError as err:
-            _panic(f"Fail to create default schema: CreateSchemaWithCause {{ catalog: \"{config.default_catalog}\", "
-                   f"schema: \"public\", source: {err} }}")
+            _panic(
+                f'Fail to create default schema: CreateSchemaWithCause {{ catalog: "{config.default_catalog}", '
+                f'schema: "public", source: {err} }}'
+            )
     GrpcPort.shards = shards
     try:
         servers.append(serve_tcp(config.bind_addr, config.grpc_port, GrpcPort))

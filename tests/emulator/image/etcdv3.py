@@ -44,7 +44,9 @@ class Client:
 
     def call(self, path: str, body: dict[str, object]) -> dict[str, object]:
         request = urllib.request.Request(
-            f"{self.endpoint}{path}", data=json.dumps(body).encode(), method="POST",
+            f"{self.endpoint}{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -85,7 +87,12 @@ class Client:
         header = answer.get("header") or {}
         assert isinstance(kvs, list) and isinstance(header, dict)
         rows = [
-            (_unb64(kv.get("key")), _unb64(kv.get("value")), int(kv.get("mod_revision", 0)), int(kv.get("lease", 0)))
+            (
+                _unb64(kv.get("key")),
+                _unb64(kv.get("value")),
+                int(kv.get("mod_revision", 0)),
+                int(kv.get("lease", 0)),
+            )
             for kv in kvs
         ]
         return rows, int(header.get("revision", 0))
@@ -104,10 +111,15 @@ class Client:
         put: dict[str, object] = {"key": _b64(key), "value": _b64(value)}
         if lease:
             put["lease"] = str(lease)
-        answer = self.call("/v3/kv/txn", {
-            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-            "success": [{"request_put": put}],
-        })
+        answer = self.call(
+            "/v3/kv/txn",
+            {
+                "compare": [
+                    {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}
+                ],
+                "success": [{"request_put": put}],
+            },
+        )
         return bool(answer.get("succeeded"))
 
     def txn(self, compare: list[dict[str, object]], success: list[dict[str, object]]) -> bool:
@@ -143,6 +155,7 @@ class Client:
 
 
 # --- the two protobuf values the supervisor reads from etcd -----------------------------------------
+
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -214,7 +227,7 @@ def decode_member(data: bytes) -> tuple[str, int, str]:
             length = varint()
             if i + length > len(data):
                 raise ValueError("truncated field")
-            fields[number], i = data[i:i + length], i + length
+            fields[number], i = data[i : i + length], i + length
         else:
             raise ValueError(f"unexpected wire type {wire}")
     name, ident, endpoint = fields.get(1, b""), fields.get(2, 0), fields.get(3, b"")

@@ -79,6 +79,7 @@ def rpc_error(code: int, message: str) -> dict[str, object]:
 
 # --- the server -----------------------------------------------------------------------------------
 
+
 class Meta:
     def __init__(self, config: dict[str, object]) -> None:
         self.config = config
@@ -93,7 +94,9 @@ class Meta:
         # Member.Endpoint: the first advertise-client-url (META v1.2.7:server/server.go:173).
         self.endpoint = str(config["advertise-client-urls"]).split(",")[0]
         self.lease_sec = int(str(config["lease-sec"]))
-        self.batch_size = int(str(config.get("procedure-executing-batch-size", scheduling.DEFAULT_BATCH_SIZE)))
+        self.batch_size = int(
+            str(config.get("procedure-executing-batch-size", scheduling.DEFAULT_BATCH_SIZE))
+        )
         self.id_step = int(str(config["id-allocator-step"]))
         self.etcd = etcdv3.Client(self.client_url, timeout_s=2.0)
         # `<storage-root-path>/members/leader` from 1.2.7; the root is passed as "" before
@@ -130,20 +133,39 @@ class Meta:
         os.makedirs(self.data_dir, exist_ok=True)
         c = self.config
         args = [
-            "etcd", "--name", self.name,
-            "--data-dir", f"{self.data_dir}/etcd", "--wal-dir", f"{self.data_dir}/wal",
-            "--listen-client-urls", str(c["client-urls"]),
-            "--advertise-client-urls", str(c["advertise-client-urls"]),
-            "--listen-peer-urls", str(c["peer-urls"]),
-            "--initial-advertise-peer-urls", str(c["advertise-peer-urls"]),
-            "--initial-cluster", str(c["initial-cluster"]),
-            "--initial-cluster-state", str(c["initial-cluster-state"]),
-            "--initial-cluster-token", str(c["initial-cluster-token"]),
-            "--heartbeat-interval", str(c["tick-interval-ms"]),
-            "--election-timeout", str(c["election-timeout-ms"]),
-            "--enable-pprof", "--logger", "zap", "--log-level", self._etcd_level(),
+            "etcd",
+            "--name",
+            self.name,
+            "--data-dir",
+            f"{self.data_dir}/etcd",
+            "--wal-dir",
+            f"{self.data_dir}/wal",
+            "--listen-client-urls",
+            str(c["client-urls"]),
+            "--advertise-client-urls",
+            str(c["advertise-client-urls"]),
+            "--listen-peer-urls",
+            str(c["peer-urls"]),
+            "--initial-advertise-peer-urls",
+            str(c["advertise-peer-urls"]),
+            "--initial-cluster",
+            str(c["initial-cluster"]),
+            "--initial-cluster-state",
+            str(c["initial-cluster-state"]),
+            "--initial-cluster-token",
+            str(c["initial-cluster-token"]),
+            "--heartbeat-interval",
+            str(c["tick-interval-ms"]),
+            "--election-timeout",
+            str(c["election-timeout-ms"]),
+            "--enable-pprof",
+            "--logger",
+            "zap",
+            "--log-level",
+            self._etcd_level(),
             # The real server writes etcd's log to <data-dir>/etcd.log, not stdout.
-            "--log-outputs", f"{self.data_dir}/etcd.log",
+            "--log-outputs",
+            f"{self.data_dir}/etcd.log",
         ]
         # etcd reads ETCD_* variables itself; give it a clean environment.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -274,21 +296,38 @@ class Meta:
             if loaded is None:
                 return
         cluster, view, shard_versions, schemas = loaded
-        manager = procedures.Manager(persist=not V2, current_version=self.view_version,
-                                     shard_version=lambda s: self.shard_versions.get(s, 0),
-                                     save=self.save_procedure, log=_log)
+        manager = procedures.Manager(
+            persist=not V2,
+            current_version=self.view_version,
+            shard_version=lambda s: self.shard_versions.get(s, 0),
+            save=self.save_procedure,
+            log=_log,
+        )
         with self.lock:
             if self.leader_lease == 0 or self.term != term:
                 return  # stepped down meanwhile
-            self.cluster, self.view, self.shard_versions, self.schemas = cluster, view, shard_versions, schemas
-            self.schema_ids = metastore.Allocator(self.etcd, self.keys.schema_id_allocator(cluster.name), self.id_step)
-            procedure_key = self.keys.schema_id_allocator(cluster.name)[:-len(b"SchemaID")] + b"ProcedureID" if V2 else b"procedure"
+            self.cluster, self.view, self.shard_versions, self.schemas = (
+                cluster,
+                view,
+                shard_versions,
+                schemas,
+            )
+            self.schema_ids = metastore.Allocator(
+                self.etcd, self.keys.schema_id_allocator(cluster.name), self.id_step
+            )
+            procedure_key = (
+                self.keys.schema_id_allocator(cluster.name)[: -len(b"SchemaID")] + b"ProcedureID"
+                if V2
+                else b"procedure"
+            )
             self.procedure_ids = metastore.Allocator(self.etcd, procedure_key, PROCEDURE_ID_STEP)
             self.procedures = manager
             self.wake.notify_all()
         manager.start()
 
-    def load_cluster(self) -> tuple[metastore.Cluster, scheduling.View, dict[int, int], dict[str, int]] | None:
+    def load_cluster(
+        self,
+    ) -> tuple[metastore.Cluster, scheduling.View, dict[int, int], dict[str, int]] | None:
         """ListClusters, then the cluster's latest view, shard views and schemas."""
         cluster = None
         for _key, value, _rev, _lease in self.etcd.range_prefix(self.keys.cluster_prefix()):
@@ -322,34 +361,56 @@ class Meta:
         655-676)."""
         now = metastore.now_ms()
         cluster = metastore.Cluster(
-            id=self.cluster_ids.alloc(), name=self.cluster_name,
+            id=self.cluster_ids.alloc(),
+            name=self.cluster_name,
             # Frozen at creation: later config changes do not reach it.
             min_node_count=int(str(self.config["default-cluster-node-count"])),
             shard_total=int(str(self.config["default-cluster-shard-total"])),
-            topology_type=str(self.config["topology-type"]), enable_schedule=bool(self.config["enable-schedule"]),
+            topology_type=str(self.config["topology-type"]),
+            enable_schedule=bool(self.config["enable-schedule"]),
             procedure_executing_batch_size=self.batch_size if VERSION >= (1, 2, 4) else 0,
-            created_at=now, modified_at=now)
+            created_at=now,
+            modified_at=now,
+        )
         key = self.keys.cluster(cluster.id)
         if not self.etcd.txn([etcdv3.key_missing(key)], [etcdv3.op_put(key, cluster.encode())]):
             return
         views = []
         compares = []
         for shard in range(cluster.shard_total):
-            view_key, latest_key = self.keys.shard_view(cluster.id, shard, 0), self.keys.shard_view_latest(cluster.id, shard)
+            view_key, latest_key = (
+                self.keys.shard_view(cluster.id, shard, 0),
+                self.keys.shard_view_latest(cluster.id, shard),
+            )
             compares += [etcdv3.key_missing(view_key), etcdv3.key_missing(latest_key)]
-            views += [etcdv3.op_put(view_key, metastore.encode_shard_view(shard, 0, now)),
-                      etcdv3.op_put(latest_key, metastore.fmt_id(0).encode())]
+            views += [
+                etcdv3.op_put(view_key, metastore.encode_shard_view(shard, 0, now)),
+                etcdv3.op_put(latest_key, metastore.fmt_id(0).encode()),
+            ]
         self.etcd.txn(compares, views)
         self.put_view(cluster.id, scheduling.View(), now)
-        _log("created default cluster", cluster=self.cluster_name, cluster_id=cluster.id, min_node_count=cluster.min_node_count)
+        _log(
+            "created default cluster",
+            cluster=self.cluster_name,
+            cluster_id=cluster.id,
+            min_node_count=cluster.min_node_count,
+        )
 
     def put_view(self, cluster_id: int, view: scheduling.View, created_at: int | None = None) -> None:
         """CreateClusterView / UpdateClusterView: the new version's key, then latest_version."""
-        value = metastore.encode_cluster_view(cluster_id, view.version, view.state, list(view.shard_nodes),
-                                              created_at or metastore.now_ms())
+        value = metastore.encode_cluster_view(
+            cluster_id, view.version, view.state, list(view.shard_nodes), created_at or metastore.now_ms()
+        )
         with self.store_lock:
-            self.etcd.txn([], [etcdv3.op_put(self.keys.cluster_view(cluster_id, view.version), value),
-                               etcdv3.op_put(self.keys.cluster_view_latest(cluster_id), metastore.fmt_id(view.version).encode())])
+            self.etcd.txn(
+                [],
+                [
+                    etcdv3.op_put(self.keys.cluster_view(cluster_id, view.version), value),
+                    etcdv3.op_put(
+                        self.keys.cluster_view_latest(cluster_id), metastore.fmt_id(view.version).encode()
+                    ),
+                ],
+            )
 
     def view_version(self) -> int:
         with self.lock:
@@ -357,18 +418,24 @@ class Meta:
 
     def save_procedure(self, procedure_id: int, shard: int, node: str, fsm_state: str, state: str) -> None:
         cluster_id = 0  # EtcdStorageImpl.clusterID is never set up to 1.2.7 (storage_impl.go:29-34)
-        self.etcd.put(self.keys.procedure(cluster_id, procedure_id),
-                      metastore.procedure_record(procedure_id, shard, node, fsm_state, state))
+        self.etcd.put(
+            self.keys.procedure(cluster_id, procedure_id),
+            metastore.procedure_record(procedure_id, shard, node, fsm_state, state),
+        )
 
     # -- the RPC service (CeresmetaRpcService; META v1.2.2:server/service/grpc/service.go, forward.go) --
     def handle_rpc(self, request: dict[str, object]) -> dict[str, object]:
         if request.get("service") != RPC_SERVICE:
-            return rpc_error(12, f'status: Unimplemented, message: "unknown service {request.get("service")}"')
+            return rpc_error(
+                12, f'status: Unimplemented, message: "unknown service {request.get("service")}"'
+            )
         method = str(request.get("method", ""))
         with self.lock:
             leader = self.cached_leader
         if leader is None:
-            return rpc_error(500, f"grpc {method}: get forwarded ceresmeta client: get forwarded addr: no leader found")
+            return rpc_error(
+                500, f"grpc {method}: get forwarded ceresmeta client: get forwarded addr: no leader found"
+            )
         if not self.is_local(leader):
             # Followers forward every call to the leader's endpoint (its client URL: the gRPC port).
             try:
@@ -378,7 +445,9 @@ class Meta:
         with self.lock:
             cluster = self.cluster
         if cluster is None or request.get("cluster") != cluster.name:
-            return rpc_error(404, f"grpc {method}: (#404)cluster not found, cause:cluster name:{request.get('cluster')}")
+            return rpc_error(
+                404, f"grpc {method}: (#404)cluster not found, cause:cluster name:{request.get('cluster')}"
+            )
         if method == "NodeHeartbeat":
             return self.node_heartbeat(cluster, request)
         if method == "AllocSchemaID":
@@ -387,9 +456,16 @@ class Meta:
             ids = [int(i) for i in request.get("shard_ids", [])]  # type: ignore[union-attr]
             with self.lock:
                 versions = dict(self.shard_versions)
-            return {"code": 0, "tables_by_shard": {
-                str(i): {"shard_info": {"id": i, "role": "Leader", "version": versions.get(i, 0)}, "tables": []}
-                for i in ids}}
+            return {
+                "code": 0,
+                "tables_by_shard": {
+                    str(i): {
+                        "shard_info": {"id": i, "role": "Leader", "version": versions.get(i, 0)},
+                        "tables": [],
+                    }
+                    for i in ids
+                },
+            }
         return rpc_error(12, f'status: Unimplemented, message: "unknown method {method}"')
 
     def node_heartbeat(self, cluster: metastore.Cluster, request: dict[str, object]) -> dict[str, object]:
@@ -402,16 +478,28 @@ class Meta:
         assert isinstance(infos, list)
         ids = [int(i["id"]) for i in infos]
         # A missing status means Ready; PartialOpen is meaningful from 1.2.5.
-        partial = tuple(int(i["id"]) for i in infos if i.get("status") == "PartialOpen") if VERSION >= (1, 2, 5) else ()
-        self.etcd.put(self.keys.node(cluster.id, endpoint),
-                      metastore.encode_node(endpoint, metastore.now_ms(), str(node.get("zone", "")),
-                                            str(node.get("binary_version", ""))))
+        partial = (
+            tuple(int(i["id"]) for i in infos if i.get("status") == "PartialOpen")
+            if VERSION >= (1, 2, 5)
+            else ()
+        )
+        self.etcd.put(
+            self.keys.node(cluster.id, endpoint),
+            metastore.encode_node(
+                endpoint, metastore.now_ms(), str(node.get("zone", "")), str(node.get("binary_version", ""))
+            ),
+        )
         with self.lock:
             if self.view is None or self.cluster is not cluster:
                 return rpc_error(404, "grpc NodeHeartbeat: (#404)cluster not found")
-            changed = scheduling.register_node(self.view, self.registered, endpoint, ids, cluster.min_node_count,
-                                               time.monotonic(), partial)
-            snapshot = scheduling.View(self.view.state, self.view.version, list(self.view.shard_nodes)) if changed else None
+            changed = scheduling.register_node(
+                self.view, self.registered, endpoint, ids, cluster.min_node_count, time.monotonic(), partial
+            )
+            snapshot = (
+                scheduling.View(self.view.state, self.view.version, list(self.view.shard_nodes))
+                if changed
+                else None
+            )
         if snapshot is not None:
             self.put_view(cluster.id, snapshot)
         return {"code": 0}
@@ -425,8 +513,10 @@ class Meta:
         assert allocator is not None
         schema_id = allocator.alloc()
         key = self.keys.schema(cluster.id, schema_id)
-        self.etcd.txn([etcdv3.key_missing(key)],
-                      [etcdv3.op_put(key, metastore.encode_schema(schema_id, cluster.id, name, metastore.now_ms()))])
+        self.etcd.txn(
+            [etcdv3.key_missing(key)],
+            [etcdv3.op_put(key, metastore.encode_schema(schema_id, cluster.id, name, metastore.now_ms()))],
+        )
         with self.lock:
             self.schemas.setdefault(name, schema_id)
         _log("[AllocSchemaID]", schemaName=name, clusterName=cluster.name, schemaID=schema_id)
@@ -474,17 +564,24 @@ class Meta:
                 return  # v1.2.7 manager/scheduler_manager.go:158-160
             if scheduling.prepare_finished(self.view, cluster.shard_total):
                 self.view.state, self.view.version = scheduling.STABLE, self.view.version + 1
-                snapshot: scheduling.View | None = scheduling.View(self.view.state, self.view.version, list(self.view.shard_nodes))
+                snapshot: scheduling.View | None = scheduling.View(
+                    self.view.state, self.view.version, list(self.view.shard_nodes)
+                )
                 passes: list[scheduling.Pass] = []
             else:
                 snapshot = None
                 now = time.monotonic()
                 registered = dict(self.registered)
-                passes = [scheduling.static_schedule(VERSION, self.view, cluster.shard_total, registered, now, self.rng,
-                                                     self.batch_size)]
+                passes = [
+                    scheduling.static_schedule(
+                        VERSION, self.view, cluster.shard_total, registered, now, self.rng, self.batch_size
+                    )
+                ]
                 order = list(registered)
                 self.rng.shuffle(order)  # RegisteredNodes comes from a Go map
-                passes.append(scheduling.reopen_schedule(VERSION, self.view, registered, now, order, self.batch_size))
+                passes.append(
+                    scheduling.reopen_schedule(VERSION, self.view, registered, now, order, self.batch_size)
+                )
             cluster_version = self.view.version
         if snapshot is not None:
             _log("try to update cluster state to stable", version=snapshot.version)
@@ -509,8 +606,12 @@ class Meta:
         by_node: dict[str, list[int]] = {}
         for _sub, shard, node in opens:
             by_node.setdefault(node, []).append(shard)
-        _log("scheduler submit new procedure", ProcedureID=procedure_id, Reason=result.reason,
-             shards=";".join(f"{n}={ids}" for n, ids in by_node.items()))
+        _log(
+            "scheduler submit new procedure",
+            ProcedureID=procedure_id,
+            Reason=result.reason,
+            shards=";".join(f"{n}={ids}" for n, ids in by_node.items()),
+        )
         manager.submit(procedure)
 
     # -- what the HTTP API reads (metahttp.py) --
@@ -551,8 +652,10 @@ class Meta:
                 if shard in node.partial:
                     unready[str(shard)] = {"node_name": name, "status": "partialOpen"}
                 reported.add(shard)
-        return {"unregistered_shards": [s for s in range(self.cluster.shard_total) if s not in reported],
-                "unready_shards": unready}
+        return {
+            "unregistered_shards": [s for s in range(self.cluster.shard_total) if s not in reported],
+            "unready_shards": unready,
+        }
 
     # -- stop --
     def shutdown(self, signum: int) -> None:
@@ -572,9 +675,16 @@ class Meta:
 
 
 def main() -> None:
-    path = sys.argv[sys.argv.index("--config") + 1] if "--config" in sys.argv else "/etc/ceresmeta/ceresmeta.toml"
+    path = (
+        sys.argv[sys.argv.index("--config") + 1]
+        if "--config" in sys.argv
+        else "/etc/ceresmeta/ceresmeta.toml"
+    )
     config = metaconfig.load(path)
-    _log("server start with config", **{k: config[k] for k in ("node-name", "client-urls", "storage-root-path", HTTP_PORT_KEY)})
+    _log(
+        "server start with config",
+        **{k: config[k] for k in ("node-name", "client-urls", "storage-root-path", HTTP_PORT_KEY)},
+    )
     meta = Meta(config)
     common.HOOKS = common.Hooks("meta")
     common.HOOKS.listeners.append(meta.notify)  # a new tick takes effect at once
@@ -596,7 +706,6 @@ def main() -> None:
         meta.kill_etcd()
         sys.exit(0)
     _log("etcd ready; server running")
-
 
     try:
         server = ThreadingHTTPServer(("0.0.0.0", meta.http_port), metahttp.make_handler(meta))

@@ -21,7 +21,9 @@ import scheduling
 
 FLAVOR, VERSION = common.release()
 V2 = VERSION >= (2, 0, 0)
-HTTP_PORT_KEY, HTTP_PORT_ENV = ("default-http-port", "DEFAULT_HTTP_PORT") if VERSION < (1, 2, 7) else ("http-port", "HTTP_PORT")
+HTTP_PORT_KEY, HTTP_PORT_ENV = (
+    ("default-http-port", "DEFAULT_HTTP_PORT") if VERSION < (1, 2, 7) else ("http-port", "HTTP_PORT")
+)
 
 
 def panic(message: str) -> None:
@@ -67,14 +69,19 @@ def load(path: str) -> dict[str, object]:
         HTTP_PORT_KEY: (HTTP_PORT_ENV, 8080),
     }
     if VERSION >= (1, 2, 4):  # META v1.2.4:server/config/config.go:57,133
-        keys["procedure-executing-batch-size"] = ("PROCEDURE_EXECUTING_BATCH_SIZE", scheduling.DEFAULT_BATCH_SIZE)
+        keys["procedure-executing-batch-size"] = (
+            "PROCEDURE_EXECUTING_BATCH_SIZE",
+            scheduling.DEFAULT_BATCH_SIZE,
+        )
     document: dict[str, object] = {}
     try:
         with open(path, "rb") as handle:
             document = tomllib.load(handle)
     except OSError as err:
-        panic(f"fail to parse config from toml file, err:read config file, configFile:{path}: "
-              f"open {path}: {(err.strerror or str(err)).lower()}")
+        panic(
+            f"fail to parse config from toml file, err:read config file, configFile:{path}: "
+            f"open {path}: {(err.strerror or str(err)).lower()}"
+        )
     except tomllib.TOMLDecodeError as err:
         panic(f"fail to parse config from toml file, err:unmarshal toml config, configFile:{path}: {err}")
     # The seam for ceres_supervisor/desired/serverschema.py: go-toml fails on a wrong type, never on an
@@ -84,7 +91,9 @@ def load(path: str) -> dict[str, object]:
             panic(f"toml: {'.'.join(segments)}: {message}")
     for struct_env in ("LOG", "ETCD_LOG", "FLOW_LIMITER"):
         if os.environ.get(struct_env):
-            panic(f"fail to parse config from environment variable, err:env: parse error on field of type struct: {struct_env}")
+            panic(
+                f"fail to parse config from environment variable, err:env: parse error on field of type struct: {struct_env}"
+            )
     config: dict[str, object] = {}
     for key, (env, default) in keys.items():
         value = lookup(document, key)
@@ -98,9 +107,17 @@ def load(path: str) -> dict[str, object]:
         if env in os.environ:  # the environment overrides the file, no prefix
             raw = os.environ[env]
             try:
-                value = (raw.lower() in ("1", "true")) if isinstance(default, bool) else int(raw) if isinstance(default, int) else raw
+                value = (
+                    (raw.lower() in ("1", "true"))
+                    if isinstance(default, bool)
+                    else int(raw)
+                    if isinstance(default, int)
+                    else raw
+                )
             except ValueError:
-                panic(f"fail to parse config from environment variable, err:env: parse error on field {env}: {raw!r}")
+                panic(
+                    f"fail to parse config from environment variable, err:env: parse error on field {env}: {raw!r}"
+                )
         config[key] = value
     if not config["initial-cluster"]:
         config["initial-cluster"] = f"{config['node-name']}=http://0.0.0.0:2380"

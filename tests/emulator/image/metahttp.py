@@ -67,7 +67,9 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
             path = self.path.split("?", 1)[0]
             if path == "/api/v1/getNodeShards":
                 self.received("getNodeShards")
-                if not self.failing("getNodeShards", "get node shards", f"{MSG_PREFIX}get cluster view: {ETCD_TIMEOUT}"):
+                if not self.failing(
+                    "getNodeShards", "get node shards", f"{MSG_PREFIX}get cluster view: {ETCD_TIMEOUT}"
+                ):
                     self.forwarded(self.get_node_shards)
             else:
                 self.not_found()
@@ -86,8 +88,14 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
         def received(self, handler_name: str, **extra: object) -> None:
             """printRequestInsmt: every API request is logged at INFO (META v1.2.2:
             server/service/http/api.go:83-94)."""
-            _log("receive http request", handlerName=handler_name, client_host=f"{self.client_address[0]}:{self.client_address[1]}",
-                 method=self.command, body=self.body.decode(errors="replace"), **extra)
+            _log(
+                "receive http request",
+                handlerName=handler_name,
+                client_host=f"{self.client_address[0]}:{self.client_address[1]}",
+                method=self.command,
+                body=self.body.decode(errors="replace"),
+                **extra,
+            )
 
         def not_found(self) -> None:
             self.send_raw(404, b"404 page not found\n", "text/plain; charset=utf-8")
@@ -100,25 +108,45 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
 
         def diagnose_shards(self, name: str) -> None:
             with meta.lock:
-                answer = meta.diagnose_shards() if meta.cluster is not None and name == meta.cluster_name else None
+                answer = (
+                    meta.diagnose_shards() if meta.cluster is not None and name == meta.cluster_name else None
+                )
             if answer is None:
-                self.send_json(500, error_envelope(500, "get cluster",
-                                                   f"clusterName: {name}, err: (#404)cluster not found, cause:cluster name:{name}"))
+                self.send_json(
+                    500,
+                    error_envelope(
+                        500,
+                        "get cluster",
+                        f"clusterName: {name}, err: (#404)cluster not found, cause:cluster name:{name}",
+                    ),
+                )
                 return
             self.send_json(200, {"status": "success", "data": answer})
 
         def get_node_shards(self) -> None:
             try:
                 body = json.loads(self.body or b"")
-                name = next((v for k, v in body.items() if k.lower() == "clustername"), "") if isinstance(body, dict) else ""
+                name = (
+                    next((v for k, v in body.items() if k.lower() == "clustername"), "")
+                    if isinstance(body, dict)
+                    else ""
+                )
             except ValueError as err:
                 self.send_json(400, error_envelope(400, "parse request params", f"{MSG_PREFIX}{err}"))
                 return
             with meta.lock:
-                answer = meta.node_shards() if meta.cluster is not None and name == meta.cluster_name else None
+                answer = (
+                    meta.node_shards() if meta.cluster is not None and name == meta.cluster_name else None
+                )
             if answer is None:
-                self.send_json(500, error_envelope(500, "get node shards",
-                                                   f"{MSG_PREFIX}get cluster: (#404)cluster not found, cause:cluster name:{name}"))
+                self.send_json(
+                    500,
+                    error_envelope(
+                        500,
+                        "get node shards",
+                        f"{MSG_PREFIX}get cluster: (#404)cluster not found, cause:cluster name:{name}",
+                    ),
+                )
                 return
             self.send_json(200, {"status": "success", "data": answer})
 
@@ -128,7 +156,12 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
                 leader = meta.cached_leader
             if leader is None:
                 _log("forward to leader failed", error="get forwarded addr: no leader found")
-                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}get forwarded addr: no leader found"))
+                self.send_json(
+                    500,
+                    error_envelope(
+                        500, "forward to leader", f"{MSG_PREFIX}get forwarded addr: no leader found"
+                    ),
+                )
                 return
             if meta.is_local(leader):
                 answer()
@@ -136,7 +169,9 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
             try:
                 addr = format_http_addr(leader.endpoint, meta.http_port)
             except ValueError as err:
-                self.send_json(500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}format http addr: {err}"))
+                self.send_json(
+                    500, error_envelope(500, "forward to leader", f"{MSG_PREFIX}format http addr: {err}")
+                )
                 return
             host, port = addr.rsplit(":", 1)
             if meta.http_serving and int(port) == meta.http_port and common.is_local_host(host):
@@ -148,24 +183,37 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
             """The leader's host with this member's port is this member (it binds 0.0.0.0): the real
             server sends the request to itself, again and again, each hop logged at INFO, until the
             caller gives up. Emulated: the request is held, one hop logged a second."""
+
             def hop(n: int) -> None:
                 self.received(self.path.rsplit("/", 1)[-1], forwarded_to=addr, hop=n + 1)
 
             outcome = self.hold(lambda: True, cap_s=SELF_FORWARD_CAP_S, every_second=hop)
             if outcome == "cap":
-                self.send_json(500, error_envelope(500, "forward to leader",
-                                                   f'{MSG_PREFIX}{self.command} "http://{addr}{self.path}": dial tcp {addr}: socket: too many open files'))
+                self.send_json(
+                    500,
+                    error_envelope(
+                        500,
+                        "forward to leader",
+                        f'{MSG_PREFIX}{self.command} "http://{addr}{self.path}": dial tcp {addr}: socket: too many open files',
+                    ),
+                )
             else:
                 self.close_connection = True
 
         def proxy(self, addr: str) -> None:
             request = urllib.request.Request(
-                f"http://{addr}{self.path}", data=self.body if self.command == "POST" else None, method=self.command,
+                f"http://{addr}{self.path}",
+                data=self.body if self.command == "POST" else None,
+                method=self.command,
                 headers={k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")},
             )
             try:
                 with urllib.request.urlopen(request, timeout=SELF_FORWARD_CAP_S) as response:
-                    status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
+                    status, raw, ctype = (
+                        response.status,
+                        response.read(),
+                        response.headers.get("Content-Type", ""),
+                    )
             except urllib.error.HTTPError as err:
                 status, raw, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
             except OSError as err:
@@ -175,4 +223,3 @@ def make_handler(meta: Any) -> type[common.JsonHandler]:
             self.send_raw(status, raw, ctype or "application/json")
 
     return Handler
-

@@ -84,7 +84,7 @@ def decode(data: bytes) -> dict[int, list[int | bytes]]:
             fields.setdefault(number, []).append(varint())
         elif wire == 2:
             length = varint()
-            fields.setdefault(number, []).append(data[i:i + length])
+            fields.setdefault(number, []).append(data[i : i + length])
             i += length
         else:
             raise ValueError(f"unexpected wire type {wire}")
@@ -122,20 +122,40 @@ class Cluster:
     modified_at: int = 0
 
     def encode(self) -> bytes:
-        return encode([(1, self.id), (2, self.name), (3, self.min_node_count), (5, self.shard_total),
-                       (6, self.created_at), (8, self.modified_at), (9, self.enable_schedule),
-                       (10, TOPOLOGY_PB.get(self.topology_type, 1)), (11, self.procedure_executing_batch_size)])
+        return encode(
+            [
+                (1, self.id),
+                (2, self.name),
+                (3, self.min_node_count),
+                (5, self.shard_total),
+                (6, self.created_at),
+                (8, self.modified_at),
+                (9, self.enable_schedule),
+                (10, TOPOLOGY_PB.get(self.topology_type, 1)),
+                (11, self.procedure_executing_batch_size),
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Cluster:
         f = decode(data)
         topology = {v: k for k, v in TOPOLOGY_PB.items()}.get(_int(f, 10), "static")
-        return cls(_int(f, 1), _str(f, 2), _int(f, 3), _int(f, 5), topology, bool(_int(f, 9)), _int(f, 11),
-                   _int(f, 6), _int(f, 8))
+        return cls(
+            _int(f, 1),
+            _str(f, 2),
+            _int(f, 3),
+            _int(f, 5),
+            topology,
+            bool(_int(f, 9)),
+            _int(f, 11),
+            _int(f, 6),
+            _int(f, 8),
+        )
 
 
-def encode_cluster_view(cluster_id: int, version: int, state: str, shard_nodes: list[tuple[int, str]],
-                        created_at: int) -> bytes:
+def encode_cluster_view(
+    cluster_id: int, version: int, state: str, shard_nodes: list[tuple[int, str]], created_at: int
+) -> bytes:
     nodes = [encode([(1, shard), (3, node)]) for shard, node in shard_nodes]  # shard_role LEADER = 0
     return encode([(1, cluster_id), (2, version), (3, STATE_PB[state]), (4, nodes), (6, created_at)])
 
@@ -235,8 +255,12 @@ class Allocator:
             if not self.initialized:
                 found = self.etcd.get(self.key)
                 if found is None:
-                    if not self.etcd.txn([etcdv3.key_missing(self.key)], [etcdv3.op_put(self.key, str(self.step).encode())]):
-                        raise etcdv3.EtcdError(f"txn put end id failed, key is exist, key:{self.key.decode()}")
+                    if not self.etcd.txn(
+                        [etcdv3.key_missing(self.key)], [etcdv3.op_put(self.key, str(self.step).encode())]
+                    ):
+                        raise etcdv3.EtcdError(
+                            f"txn put end id failed, key is exist, key:{self.key.decode()}"
+                        )
                     self.base, self.end = 0, self.step
                 else:
                     self._rebase(int(found[0]))
@@ -249,8 +273,10 @@ class Allocator:
 
     def _rebase(self, current_end: int) -> None:
         new_end = current_end + self.step
-        if not self.etcd.txn([etcdv3.value_equals(self.key, str(current_end).encode())],
-                             [etcdv3.op_put(self.key, str(new_end).encode())]):
+        if not self.etcd.txn(
+            [etcdv3.value_equals(self.key, str(current_end).encode())],
+            [etcdv3.op_put(self.key, str(new_end).encode())],
+        ):
             raise etcdv3.EtcdError(f"txn put end id failed, endEquals failed, key:{self.key.decode()}")
         self.base, self.end = current_end, new_end
 
@@ -264,10 +290,21 @@ def procedure_record(procedure_id: int, shard: int, new_leader: str, fsm_state: 
     2), State, RawData} whose RawData (base64, Go's []byte) is the JSON rawData (META v1.2.2:server/
     coordinator/procedure/storage_impl.go:38-50,114-121; operation/transferleader/transfer_leader.go:
     57-66,302-330)."""
-    raw = json.dumps({"ID": procedure_id, "FsmState": fsm_state, "State": state, "ShardID": shard,
-                      "OldLeaderNodeName": "", "NewLeaderNodeName": new_leader}, separators=(",", ":"))
-    return json.dumps({"ID": procedure_id, "Typ": 2, "State": state,
-                       "RawData": base64.b64encode(raw.encode()).decode()}, separators=(",", ":")).encode()
+    raw = json.dumps(
+        {
+            "ID": procedure_id,
+            "FsmState": fsm_state,
+            "State": state,
+            "ShardID": shard,
+            "OldLeaderNodeName": "",
+            "NewLeaderNodeName": new_leader,
+        },
+        separators=(",", ":"),
+    )
+    return json.dumps(
+        {"ID": procedure_id, "Typ": 2, "State": state, "RawData": base64.b64encode(raw.encode()).decode()},
+        separators=(",", ":"),
+    ).encode()
 
 
 @dataclass

@@ -84,8 +84,11 @@ class Manager:
     def submit(self, procedure: Procedure) -> bool:
         with self.lock:
             if len(self.waiting) >= QUEUE_LEN:
-                self.log("scheduler submit new procedure failed", ProcedureID=procedure.id,
-                         error=f"queue max length is {QUEUE_LEN}")
+                self.log(
+                    "scheduler submit new procedure failed",
+                    ProcedureID=procedure.id,
+                    error=f"queue max length is {QUEUE_LEN}",
+                )
                 return False
             procedure.seq, procedure.ready_at = next(self.counter), time.monotonic()
             self.waiting.append(procedure)
@@ -99,7 +102,9 @@ class Manager:
                 if not self.running:
                     return
                 now = time.monotonic()
-                ready = sorted((p for p in self.waiting if p.ready_at <= now), key=lambda p: (p.ready_at, p.seq))
+                ready = sorted(
+                    (p for p in self.waiting if p.ready_at <= now), key=lambda p: (p.ready_at, p.seq)
+                )
                 started = []
                 for procedure in ready:
                     self.waiting.remove(procedure)
@@ -119,7 +124,10 @@ class Manager:
         self.log("procedure start", procedureID=procedure.id)
         try:
             if procedure.batch:
-                threads = [threading.Thread(target=self._transfer_leader, args=sub, daemon=True) for sub in procedure.opens]
+                threads = [
+                    threading.Thread(target=self._transfer_leader, args=sub, daemon=True)
+                    for sub in procedure.opens
+                ]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -139,8 +147,13 @@ class Manager:
         self.log("try to open shard", procedureID=sub_id, shardID=shard, newLeader=node)
         error = open_shard(node, shard, self.shard_version(shard) + 1)
         if error is not None:
-            self.log("procedure start failed", procedureID=sub_id, shard_id=shard, node=node,
-                     error=f"transferLeader procedure open new leader: open shard: {error}")
+            self.log(
+                "procedure start failed",
+                procedureID=sub_id,
+                shard_id=shard,
+                node=node,
+                error=f"transferLeader procedure open new leader: open shard: {error}",
+            )
             return
         self.log("open shard finish", procedureID=sub_id, shardID=shard, newLeader=node)
         self._save(sub_id, shard, node, "StateOpenNewLeader", "running")
@@ -162,8 +175,11 @@ def open_shard(endpoint: str, shard: int, version: int) -> str | None:
     host, sep, port = endpoint.rpartition(":")
     if not sep or ":" in host or not port.isdigit():
         return f"invalid endpoint {endpoint!r}"
-    request = {"service": "meta_event.MetaEventService", "method": "OpenShard",
-               "shard": {"id": shard, "role": "Leader", "version": version}}
+    request = {
+        "service": "meta_event.MetaEventService",
+        "method": "OpenShard",
+        "shard": {"id": shard, "role": "Leader", "version": version},
+    }
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=DIAL_TIMEOUT_S) as conn:
             conn.sendall(b"OPEN " + json.dumps(request).encode() + b"\n")

@@ -26,6 +26,7 @@ EMPTY, PREPARE, STABLE = "Empty", "Prepare", "Stable"
 # --- the cluster view (META v1.2.2:server/cluster/metadata/cluster_metadata.go RegisterNode,
 #     topology_manager.go UpdateClusterViewByNode / IsPrepareFinished) ------------------------------
 
+
 @dataclass
 class View:
     """storage.ClusterView: state, version (+1 on every update) and ShardNodes in topology order."""
@@ -35,7 +36,11 @@ class View:
     shard_nodes: list[tuple[int, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
-        return {"State": self.state, "Version": self.version, "ShardNodes": [list(sn) for sn in self.shard_nodes]}
+        return {
+            "State": self.state,
+            "Version": self.version,
+            "ShardNodes": [list(sn) for sn in self.shard_nodes],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> View:
@@ -58,8 +63,15 @@ class Registered:
         return now > self.last_touch + NODE_EXPIRY_S
 
 
-def register_node(view: View, registered: dict[str, Registered], name: str, shards: list[int],
-                  min_node_count: int, now: float, partial: tuple[int, ...] = ()) -> bool:
+def register_node(
+    view: View,
+    registered: dict[str, Registered],
+    name: str,
+    shards: list[int],
+    min_node_count: int,
+    now: float,
+    partial: tuple[int, ...] = (),
+) -> bool:
     """One heartbeat (RegisterNode). Mutates `view` and `registered`; True if the view changed.
 
     - Empty -> Prepare once the cache *already* holds MinNodeCount nodes (checked before this node
@@ -87,6 +99,7 @@ def prepare_finished(view: View, shard_total: int) -> bool:
 
 
 # --- node pickers ------------------------------------------------------------------------------
+
 
 def crc32_ring_owner(nodes: list[str], shard: int, replicas: int = 50) -> str | None:
     """1.2.2's ConsistentHashNodePicker: groupcache's ring, crc32 IEEE, 50 replicas per node,
@@ -128,15 +141,15 @@ def murmur3_sum64(data: bytes, seed: int = 0) -> int:
     h1 = h2 = seed
     nblocks = len(data) // 16
     for i in range(nblocks):
-        k1 = int.from_bytes(data[16 * i:16 * i + 8], "little")
-        k2 = int.from_bytes(data[16 * i + 8:16 * i + 16], "little")
+        k1 = int.from_bytes(data[16 * i : 16 * i + 8], "little")
+        k2 = int.from_bytes(data[16 * i + 8 : 16 * i + 16], "little")
         k1 = (_rotl((k1 * c1) & _M64, 31) * c2) & _M64
         h1 ^= k1
         h1 = ((_rotl(h1, 27) + h2) * 5 + 0x52DCE729) & _M64
         k2 = (_rotl((k2 * c2) & _M64, 33) * c1) & _M64
         h2 ^= k2
         h2 = ((_rotl(h2, 31) + h1) * 5 + 0x38495AB5) & _M64
-    tail = data[16 * nblocks:]
+    tail = data[16 * nblocks :]
     if len(tail) > 8:
         k2 = int.from_bytes(tail[8:], "little")
         h2 ^= (_rotl((k2 * c2) & _M64, 33) * c1) & _M64
@@ -228,6 +241,7 @@ def owners_for(version: Version, members: list[str], shard_total: int) -> dict[i
 
 # --- the static-topology scheduler, one pass ------------------------------------------------------
 
+
 @dataclass
 class Pass:
     opens: list[tuple[int, str]]
@@ -236,8 +250,15 @@ class Pass:
     reason: str = ""
 
 
-def static_schedule(version: Version, view: View, shard_total: int, registered: dict[str, Registered],
-                    now: float, rng: random.Random, batch_size: int = DEFAULT_BATCH_SIZE) -> Pass:
+def static_schedule(
+    version: Version,
+    view: View,
+    shard_total: int,
+    registered: dict[str, Registered],
+    now: float,
+    rng: random.Random,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Pass:
     """One tick of the static scheduler.
 
     Prepare: the unassigned shards in Go map order (random). 1.2.2 opens ONE shard per tick on the
@@ -263,7 +284,12 @@ def static_schedule(version: Version, view: View, shard_total: int, registered: 
         if not unassigned:
             return Pass([])
         if not alive:
-            return Pass([], "at least one online nodes is required" if version < (1, 2, 5) else "no alive node in cluster")
+            return Pass(
+                [],
+                "at least one online nodes is required"
+                if version < (1, 2, 5)
+                else "no alive node in cluster",
+            )
         if version < (1, 2, 5):
             picks = []
             for shard in unassigned if batched else unassigned[:1]:
@@ -293,8 +319,14 @@ def static_schedule(version: Version, view: View, shard_total: int, registered: 
     return Pass([])
 
 
-def reopen_schedule(version: Version, view: View, registered: dict[str, Registered], now: float,
-                    order: list[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Pass:
+def reopen_schedule(
+    version: Version,
+    view: View,
+    registered: dict[str, Registered],
+    now: float,
+    order: list[str],
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Pass:
     """The reopen scheduler (from 1.2.5, static and dynamic topology): in Stable, every shard an online
     node reported PartialOpen is opened again on that node, in one batch (META v1.2.5:server/
     coordinator/scheduler/reopen_shard_scheduler.go:30-87; v1.2.7 reopen/scheduler.go:51-108). The

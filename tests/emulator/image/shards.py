@@ -82,8 +82,16 @@ def retry_sleeps() -> list[float]:
 
 
 class Shards:
-    def __init__(self, endpoint: str, root_path: str, cluster: str, lock_ttl: int, etcd_addrs: list[str],
-                 fast_reacquire: bool, meta_call: Callable[..., dict[str, object]]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        root_path: str,
+        cluster: str,
+        lock_ttl: int,
+        etcd_addrs: list[str],
+        fast_reacquire: bool,
+        meta_call: Callable[..., dict[str, object]],
+    ) -> None:
         self.endpoint, self.root_path, self.cluster, self.lock_ttl = endpoint, root_path, cluster, lock_ttl
         self.fast_reacquire = fast_reacquire
         self.meta_call = meta_call
@@ -92,7 +100,9 @@ class Shards:
         self.set: dict[int, Shard] = {}
         self.tables_open: set[int] = set()
         self.operators: dict[int, threading.Lock] = {}
-        self.rpc_timeout_s = max(1.0, lock_ttl / 6)  # etcd_client rpc_timeout (HDB v2.0.0 cluster/src/config.rs:101-103)
+        self.rpc_timeout_s = max(
+            1.0, lock_ttl / 6
+        )  # etcd_client rpc_timeout (HDB v2.0.0 cluster/src/config.rs:101-103)
         self.etcd = [etcdv3.Client(a, timeout_s=self.rpc_timeout_s) for a in etcd_addrs]
 
     def key(self, shard: int) -> bytes:
@@ -214,15 +224,29 @@ class Shards:
             wait_open_hook(shard.id)
             if open_fault(shard.id).get("fail"):
                 cost = int((time.monotonic() - started) * 1000)
-                _log("Open shard finish", shard_id=shard.id, cost_ms=cost, success_count=0, missing_table_count=0,
-                     open_table_errs="[Failed to open table]")
-                return (f"failed to open shard, cause: Failed to open shard, some tables open failed, shard id:{shard.id}, "
-                        "missing_table_count:0, open_err_count:1")
+                _log(
+                    "Open shard finish",
+                    shard_id=shard.id,
+                    cost_ms=cost,
+                    success_count=0,
+                    missing_table_count=0,
+                    open_table_errs="[Failed to open table]",
+                )
+                return (
+                    f"failed to open shard, cause: Failed to open shard, some tables open failed, shard id:{shard.id}, "
+                    "missing_table_count:0, open_err_count:1"
+                )
             with self.lock:
                 if shard.id in self.set:
                     self.tables_open.add(shard.id)
-        _log("Open shard finish", shard_id=shard.id, cost_ms=int((time.monotonic() - started) * 1000), success_count=0,
-             missing_table_count=0, open_table_errs="[]")
+        _log(
+            "Open shard finish",
+            shard_id=shard.id,
+            cost_ms=int((time.monotonic() - started) * 1000),
+            success_count=0,
+            missing_table_count=0,
+            open_table_errs="[]",
+        )
         return None
 
     # -- the shard lock --
@@ -242,7 +266,9 @@ class Shards:
             try:
                 lease = int(str(self.call("grant", self.lock_ttl)))
             except etcdv3.EtcdError as err:
-                return f"fail to acquire shard lock, cause: Failed to grant lease, shard_id:{shard}, err:{err}"
+                return (
+                    f"fail to acquire shard lock, cause: Failed to grant lease, shard_id:{shard}, err:{err}"
+                )
             try:
                 created = self.call("create_if_absent", self.key(shard), value, lease)
             except etcdv3.EtcdError as err:
