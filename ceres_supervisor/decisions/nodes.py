@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from ceres_supervisor.decisions import backoff, leases
 from ceres_supervisor.decisions.backoff import Policy
@@ -31,6 +32,21 @@ from ceres_supervisor.decisions.plans import (
 from ceres_supervisor.desired.containers import DesiredCluster, DesiredNode
 from ceres_supervisor.model import versions
 from ceres_supervisor.model.observed import Observation, ObservedContainer
+
+LEADER_FRESH_S: Final = 1.0
+"""A CeresDB start needs a reading of meta's leader at most this old. The real server creates its
+schema through the leader while it starts and exits 1 when that fails (docs/real-servers.md), so a
+start is never decided on a reading from before the last election."""
+
+
+def leader_freshness(observed: Observation, now: float) -> str | None:
+    """Why the leader reading is too old to start CeresDB on, or None when it is fresh."""
+    if observed.leader is None:
+        return "waiting for a reading of meta's leader"
+    age = now - observed.leader.at
+    if age > LEADER_FRESH_S:
+        return f"waiting for a fresh reading of meta's leader (the last is {age:.1f}s old)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,16 @@ class Cycle:
     lease_context: dict[str, leases.Context] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
     wakes: list[float] = field(default_factory=list)
+    awaiting_leader: bool = False
+    """A CeresDB start waits for a fresh reading of meta's leader (the leader is read fast)."""
+
+    def stale_leader(self, node: DesiredNode) -> str | None:
+        """Why a start of `node` waits for a fresher leader reading; None for meta and when fresh."""
+        if node.role != "ceresdb":
+            return None
+        why = leader_freshness(self.observed, self.now)
+        self.awaiting_leader = self.awaiting_leader or why is not None
+        return why
 
     def fail(self, node: str, rec: NodeRecord, reason: str, kind: str) -> NodeRecord:
         """Count a failure: backoff delay, crashloop flag, an event note."""
@@ -144,6 +170,8 @@ def evaluate(
             return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
         if waiting:
             return NodeView(wait_state, rec.reason, rec.next_restart_at), rec, None
+        if (stale := cycle.stale_leader(node)) is not None:
+            return NodeView(NodeState.STARTING, stale), rec, None
         reason = "not created yet" if rec.run_key is None else "container missing"
         if rec.run_key is not None:
             rec = replace(rec, restarts=rec.restarts + 1)
@@ -156,6 +184,8 @@ def evaluate(
         if not c.is_running:
             if blocked:
                 return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
+            if (stale := cycle.stale_leader(node)) is not None:
+                return NodeView(NodeState.STARTING, join(reason, stale)), rec, None
             return (
                 NodeView(NodeState.STARTING, reason),
                 rec,
@@ -181,6 +211,8 @@ def evaluate(
         return NodeView(NodeState.BLOCKED, join(cycle.meta_detail, rec.reason or "stopped")), rec, None
     if waiting:
         return NodeView(wait_state, rec.reason, rec.next_restart_at), rec, None
+    if (stale := cycle.stale_leader(node)) is not None:
+        return NodeView(NodeState.STARTING, join(rec.reason or "stopped", stale)), rec, None
     if not first_sight or rec.failures:
         rec = replace(rec, restarts=rec.restarts + 1)
     rec = replace(rec, next_restart_at=None)

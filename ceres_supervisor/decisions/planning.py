@@ -125,6 +125,7 @@ def plan(
         notes=tuple(cycle.notes),
         releasable=releasable,
         retiring=retiring,
+        awaiting_leader=cycle.awaiting_leader,
     )
 
 

@@ -160,6 +160,8 @@ class Plan:
     """Nodes healthy with their shards again: a disruption slot they hold can be released."""
     retiring: Mapping[str, str] = field(default_factory=dict)
     """Containers of nodes no longer in the file whose removal waits -> why."""
+    awaiting_leader: bool = False
+    """A CeresDB start waits for a fresh reading of meta's leader: read it fast."""
 
 
 # --- pure helpers -------------------------------------------------------------------------------

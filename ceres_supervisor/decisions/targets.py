@@ -28,7 +28,7 @@ def probe_targets(
     and the shard locks; fast while starting, while meta is not ready, while shards are awaited."""
     waiting = any(v.state in (NodeState.LEASE_LOST, NodeState.REOPENING) for v in plan.views.values())
     targets = [
-        Target("leader", "leader", fast=not plan.meta_ready),
+        Target("leader", "leader", fast=not plan.meta_ready or plan.awaiting_leader),
         Target("leases", "leases", fast=waiting),
     ]
     for node in desired.nodes:

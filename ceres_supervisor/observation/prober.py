@@ -15,6 +15,7 @@ from typing import Final
 import aiohttp
 import structlog
 
+from ceres_supervisor.decisions.nodes import LEADER_FRESH_S
 from ceres_supervisor.decisions.targets import Target
 from ceres_supervisor.desired.containers import DesiredNode
 from ceres_supervisor.model.observed import LeaseView, MetaLeader, MetaMemberProbe, ProbeResult
@@ -133,7 +134,9 @@ class Prober:
         if target.kind == "leader":
             leader = await read_leader(self.session, self.members(), s.leader_key, s.cluster, s.timeout_s)
             last, self.leader = self.leader, leader
-            return last is None or (last.member, last.lists_cluster) != (leader.member, leader.lists_cluster)
+            if last is None or leader.at - last.at > LEADER_FRESH_S:
+                return True  # a start may be waiting for a fresh reading
+            return (last.member, last.lists_cluster) != (leader.member, leader.lists_cluster)
         if target.kind == "leases":
             chief = self.nodes.get(self.leader.member) if self.leader and self.leader.member else None
             view = await read_leases(self.session, self.members(), chief, s.root, s.cluster, s.timeout_s)

@@ -10,7 +10,9 @@ import pytest
 
 from ceres_supervisor.decisions import planning
 from ceres_supervisor.decisions.backoff import Count
+from ceres_supervisor.decisions.nodes import LEADER_FRESH_S
 from ceres_supervisor.decisions.planning import Budget, Controls, NodeRecord, NodeState, Policy
+from ceres_supervisor.decisions.targets import probe_targets
 from ceres_supervisor.desired import containers, loading
 from ceres_supervisor.model.observed import (
     LeaseView,
@@ -114,10 +116,11 @@ def observation(
     busy: dict[str, str] | None = None,
     failed: dict[str, tuple[str, str]] | None = None,
     restarted: frozenset[str] = frozenset(),
+    leader_at: float = NOW,
 ) -> Observation:
     alive = ProbeResult(meta_ready, "GET /api/v1/healthCheck 200", NOW, WALL)
     members = {m.name: MetaMemberProbe(alive, meta_ready) for m in cluster.meta}
-    leader = MetaLeader(NOW, cluster.meta[0].name if meta_ready else None, meta_ready, "")
+    leader = MetaLeader(leader_at, cluster.meta[0].name if meta_ready else None, meta_ready, "")
     return Observation(
         at=NOW,
         wall=WALL,
@@ -208,6 +211,32 @@ def test_meta_is_ready_only_when_the_leader_lists_the_cluster(cluster: container
         assert p.views["db0"].state is NodeState.BLOCKED and p.views["db0"].reason == detail
 
 
+def test_ceresdb_starts_wait_for_a_fresh_leader_reading(cluster: containers.DesiredCluster) -> None:
+    """A CeresDB node creates its schema through meta's leader while it starts and exits 1 when
+    that fails: no create, start or recreate of a stopped node on a reading older than a second."""
+    meta = container(cluster, "meta0")
+    old = observation(cluster, [meta], probes={"meta0": probe(meta)})
+    later = NOW + LEADER_FRESH_S + 0.5
+    p = plan(cluster, old, now=later)
+    assert actions(p) == [] and p.awaiting_leader
+    assert p.views["db0"].reason == "waiting for a fresh reading of meta's leader (the last is 1.5s old)"
+    assert [t.fast for t in probe_targets(cluster, p, old.containers) if t.kind == "leader"] == [True]
+
+    fresh = observation(cluster, [meta], probes={"meta0": probe(meta)}, leader_at=later)
+    p = plan(cluster, fresh, now=later)
+    assert actions(p) == [("create", "db0"), ("create", "db1")] and not p.awaiting_leader
+
+    stopped = [
+        meta,
+        container(cluster, "db0", "exited", exit_code=0),
+        container(cluster, "db1", "exited", spec_hash="old"),
+    ]
+    p = plan(cluster, replace(old, containers={c.node: c for c in stopped}), now=later)
+    assert actions(p) == [] and {p.views["db0"].state, p.views["db1"].state} == {NodeState.STARTING}
+    p = plan(cluster, replace(fresh, containers={c.node: c for c in stopped}), now=later)
+    assert actions(p) == [("start", "db0"), ("recreate", "db1")]
+
+
 def test_all_meta_members_start_together(big: containers.DesiredCluster) -> None:
     p = plan(big, observation(big, [], meta_ready=False))
     assert actions(p) == [("create", "meta0"), ("create", "meta1"), ("create", "meta2")]
@@ -261,7 +290,8 @@ def test_second_failure_waits_with_backoff_then_starts(cluster: containers.Desir
     assert p.views["db0"].state is NodeState.BACKOFF
     assert p.views["db0"].next_restart_at == pytest.approx(NOW + 1.1)
     assert p.next_wake_at == pytest.approx(NOW + 1.1)
-    later = plan(cluster, observation(cluster, [cs[0], dead, cs[2]], probes=probes), p.records, now=NOW + 1.2)
+    again = observation(cluster, [cs[0], dead, cs[2]], probes=probes, leader_at=NOW + 1.2)
+    later = plan(cluster, again, p.records, now=NOW + 1.2)
     assert actions(later) == [("start", "db0")]
     assert later.records["db0"].failures == 2  # the same exit is not counted twice
 
