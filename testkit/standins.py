@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,11 @@ from docker.models.containers import Container
 
 from ceres_supervisor.desired import files, loading, rendering, secrets
 from ceres_supervisor.model.spec import DesiredState
+from testkit.emulator import REPOSITORY
 from testkit.helpers import SESSION, TEST_LABEL, free_ports
 
-IMAGE_PREFIX = os.environ.get("CERES_TEST_IMAGE_PREFIX", "ceres-emulator")
+IMAGE_PREFIX = REPOSITORY
+"""Where the stand-in images are: `ceres-emulator`, or `CERES_EMULATOR_REPOSITORY` (testkit/emulator.py)."""
 """The stand-in images' repository (another one only to try images being worked on)."""
 
 
@@ -94,10 +97,21 @@ class StandIns:
         path.write_text(text)
         return loading.load(path).spec
 
-    def run(self, spec: DesiredState, name: str, env: dict[str, str] | None = None) -> Container:
+    def run(
+        self,
+        spec: DesiredState,
+        name: str,
+        env: dict[str, str] | None = None,
+        edit: Callable[[str], str] | None = None,
+    ) -> Container:
+        """Run node `name` as the supervisor would; `edit` changes its rendered config first (a
+        setting the supervisor never renders, to show what the server does with it)."""
         node = next(n for n in rendering.render(spec) if n.name == name)
         config_dir = self.root / "config" / name
         files.write_node(config_dir, node, secrets.resolve)
+        if edit is not None:
+            config = config_dir / node.config_name
+            config.write_text(edit(config.read_text()))
         data_dir = self.root / "data" / name
         data_dir.mkdir(parents=True, exist_ok=True)
         image = spec.meta.image if node.role == "meta" else spec.ceresdb.image

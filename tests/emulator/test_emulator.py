@@ -1084,11 +1084,17 @@ def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: 
 # --- item 3: 2.0.0's enable_shard_lock_fast_reacquire ------------------------------------------------
 
 
+def turn_on_fast_reacquire(config: str) -> str:
+    assert "enable_shard_lock_fast_reacquire = false" in config
+    return config.replace("enable_shard_lock_fast_reacquire = false", "enable_shard_lock_fast_reacquire = true")
+
+
 def test_2_0_0_fast_reacquire_reuses_the_predecessors_lease(standins: StandIns) -> None:
-    extra = "[ceresdb.config.cluster_deployment.etcd_client]\nenable_shard_lock_fast_reacquire = true\n"
-    spec = load(standins, meta=1, db=1, version="2.0.0", extra=extra)
+    """The supervisor renders the setting false and refuses it in `config` tables (README); this is
+    what the server does with it turned on."""
+    spec = load(standins, meta=1, db=1, version="2.0.0")
     start_meta(standins, spec)
-    db0 = standins.run(spec, "db0")
+    db0 = standins.run(spec, "db0", edit=turn_on_fast_reacquire)
     old = wait_until(
         lambda: (
             (leases := shard_lock_leases(client_url(spec), root=root(spec))) and len(leases) == 8 and leases

@@ -32,7 +32,7 @@ from testkit.dockerevents import DockerEvents
 from testkit.helpers import free_ports, http_json, wait_until
 from testkit.machines import Engine, Engines
 from testkit.proxy import Proxy
-from testkit.standins import FastTicks, emulator_hook, kill_main_process
+from testkit.standins import IMAGE_PREFIX, FastTicks, emulator_hook, kill_main_process
 
 from .conftest import FAST, Daemon
 
@@ -59,10 +59,10 @@ def cluster_file(name: str, state: Path, ports: list[int]) -> str:
     lines += [
         "",
         "[meta]",
-        f'image = "ceres-emulator/ceresmeta-server:{VERSION}"',
+        f'image = "{IMAGE_PREFIX}/ceresmeta-server:{VERSION}"',
         "",
         "[ceresdb]",
-        f'image = "ceres-emulator/ceresdb-server:{VERSION}"',
+        f'image = "{IMAGE_PREFIX}/ceresdb-server:{VERSION}"',
         "shard_lock_ttl = 15",
         "",
     ]

@@ -12,6 +12,7 @@ import aiohttp
 
 from ceres_supervisor.surfaces import snapshot
 from testkit.dockerevents import DockerEvents
+from testkit.standins import IMAGE_PREFIX
 
 from .conftest import Cluster, eventually
 
@@ -67,13 +68,13 @@ async def test_changed_meta_image_recreates_members_one_at_a_time(
     await cluster.start()
     await cluster.healthy(120)
     before = await identities(cluster)
-    image = await asyncio.to_thread(docker_client.images.get, "ceres-emulator/ceresmeta-server:1.2.7")  # type: ignore[attr-defined]
-    await asyncio.to_thread(image.tag, "ceres-emulator/ceresmeta-server", "1.2.7-retagged")
+    image = await asyncio.to_thread(docker_client.images.get, f"{IMAGE_PREFIX}/ceresmeta-server:1.2.7")  # type: ignore[attr-defined]
+    await asyncio.to_thread(image.tag, f"{IMAGE_PREFIX}/ceresmeta-server", "1.2.7-retagged")
     try:
         cluster.write(
             cluster.text.replace(
-                'image = "ceres-emulator/ceresmeta-server:1.2.7"',
-                'image = "ceres-emulator/ceresmeta-server:1.2.7-retagged"',
+                f'image = "{IMAGE_PREFIX}/ceresmeta-server:1.2.7"',
+                f'image = "{IMAGE_PREFIX}/ceresmeta-server:1.2.7-retagged"',
             )
         )
         metas = ("meta0", "meta1", "meta2")
@@ -93,7 +94,9 @@ async def test_changed_meta_image_recreates_members_one_at_a_time(
         recreates = [e.node for e in cluster.supervisor.events if e.type == "recreate"]  # type: ignore[union-attr]
         assert sorted(recreates) == list(metas)
     finally:
-        await asyncio.to_thread(docker_client.images.remove, "ceres-emulator/ceresmeta-server:1.2.7-retagged")  # type: ignore[attr-defined]
+        await asyncio.to_thread(
+            docker_client.images.remove, f"{IMAGE_PREFIX}/ceresmeta-server:1.2.7-retagged"
+        )  # type: ignore[attr-defined]
 
 
 BROKEN = [

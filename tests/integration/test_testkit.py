@@ -36,7 +36,7 @@ from testkit.machines import (
     reap_stale,
 )
 from testkit.proxy import Proxy
-from testkit.standins import StandIns, cluster_toml
+from testkit.standins import IMAGE_PREFIX, StandIns, cluster_toml
 
 from ..conftest import failed
 
@@ -116,7 +116,7 @@ def test_an_engine_of_its_own_runs_a_stand_in_reached_on_loopback(
     assert m0.url == f"unix://{m0.socket}" and m0.url.startswith("unix:///")
     main_images = {
         docker_client.images.get(ref).id
-        for ref in (f"ceres-emulator/ceresmeta-server:{VERSION}", f"ceres-emulator/ceresdb-server:{VERSION}")
+        for ref in (f"{IMAGE_PREFIX}/ceresmeta-server:{VERSION}", f"{IMAGE_PREFIX}/ceresdb-server:{VERSION}")
     }
     for engine in (m0, m1):
         assert {image.id for image in engine.client.images.list()} == main_images
@@ -218,7 +218,7 @@ def test_what_a_killed_run_left_is_reaped_by_the_next(docker_client: docker.Dock
             "-c",
             CHILD,
             VERSION,
-            f"ceres-emulator/ceresdb-server:{VERSION}",
+            f"{IMAGE_PREFIX}/ceresdb-server:{VERSION}",
             json.dumps(SLEEPER),
         ],
         cwd=PROJECT,
@@ -256,7 +256,7 @@ def test_closing_a_pool_leaves_nothing(docker_client: docker.DockerClient) -> No
     assert Path("/sys/class/net/docker0").exists()
     assert Path(f"/sys/class/net/{bridge_name(m0.root)}").exists()
     m0.client.containers.run(
-        f"ceres-emulator/ceresdb-server:{VERSION}",
+        f"{IMAGE_PREFIX}/ceresdb-server:{VERSION}",
         entrypoint=SLEEPER,
         network_mode="host",
         detach=True,
