@@ -42,6 +42,15 @@ class Slots(Protocol):
 Flush = Callable[[DesiredNode], Awaitable[str]]
 """`POST /debug/flush_memtable` on a CeresDB node before a planned stop; returns what it said."""
 
+IsUp = Callable[[DesiredNode], Awaitable[bool]]
+"""One health probe of a node: does it answer now?"""
+
+STOPS = ("remove", "stop", "recreate", "restart")
+"""Actions that begin by stopping the node's container."""
+
+UP_POLL_S = 0.5
+"""How often a stop of a node that is still starting asks whether it is up yet."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -51,6 +60,8 @@ class Outcome:
     duration_s: float
     step: str | None = None
     """The step that failed: "slot", "stop", "remove", "create", "start" (None when ok)."""
+    detail: str | None = None
+    """How the stop went when that is worth saying (a node stopped while it was still starting)."""
 
 
 def port_in_use(port: int) -> bool:
@@ -92,12 +103,14 @@ class Executor:
         slots: Slots | None = None,
         flush: Flush | None = None,
         on_step: Callable[[str, str], None] = lambda _node, _text: None,
+        is_up: IsUp | None = None,
     ) -> None:
         self.engine = engine
         self.stop_timeout_s = stop_timeout_s
         self.on_done = on_done
         self.slots = slots
         self.flush = flush
+        self.is_up = is_up
         self.on_step = on_step
         """Told each step of a planned restart (the operation shows them)."""
         self.busy: dict[str, str] = {}
@@ -132,8 +145,9 @@ class Executor:
         started = time.monotonic()
         error: str | None = None
         steps: list[str] = []
+        detail: str | None = None
         try:
-            await self.apply(action, node, steps.append)
+            detail = await self.apply(action, node, steps.append)
         except SlotRefused as err:
             error = str(err)
         except EngineImageMissing:
@@ -154,7 +168,7 @@ class Executor:
             if not self.busy:
                 self._idle.set()
         step = steps[-1] if error is not None and steps else None
-        outcome = Outcome(action, error is None, error, time.monotonic() - started, step)
+        outcome = Outcome(action, error is None, error, time.monotonic() - started, step, detail)
         if error is None:
             log.info(
                 "action_done",
@@ -162,6 +176,7 @@ class Executor:
                 action=action.kind,
                 reason=action.reason,
                 duration_s=round(outcome.duration_s, 3),
+                detail=detail,
             )
         elif step == "slot":
             log.info("action_waits", node=action.node, action=action.kind, detail=error)
@@ -169,59 +184,111 @@ class Executor:
             log.error("action_failed", node=action.node, action=action.kind, step=step, error=error)
         self.on_done(outcome)
 
+    async def data_dir_free(self, node: DesiredNode) -> None:
+        """No start beside a running container that writes to the node's data directory: the
+        container being replaced has exited (a stop returns once it has), and nothing else holds it."""
+        users = await self.engine.data_users(str(node.data_dir))
+        if users:
+            raise PreflightError(
+                f"data directory {node.data_dir} is in use by running container {', '.join(users)}: "
+                "not started beside it"
+            )
+
     def _owner(self) -> identity.Owner:
         if self.owner is None:
             raise RuntimeError("no file submitted yet: whose data directories is unknown")
         return self.owner
 
-    async def apply(self, action: Action, node: DesiredNode | None, step: Callable[[str], None]) -> None:
-        """Carry `action` out; `step` is told each step before it runs (to name what failed)."""
+    async def apply(
+        self, action: Action, node: DesiredNode | None, step: Callable[[str], None]
+    ) -> str | None:
+        """Carry `action` out; `step` is told each step before it runs (to name what failed).
+        Returns how a stop of a node still starting went (None otherwise)."""
         if action.by_choice and self.slots is not None:
             step("slot")
             role = action.role or (node.role if node is not None else "")
             await self.slots.acquire(action.node, role, action.reason)
-        stop_s = self.stop_timeout_s
+        deadline = time.monotonic() + self.stop_timeout_s
+        how: str | None = None
+        if action.kind in STOPS:
+            assert action.container_id is not None
+            killed = False
+            if action.while_starting and node is not None and node.role == "ceresdb":
+                step("stop")
+                killed, how = await self._stop_while_starting(action.container_id, node, deadline)
+            if not killed:
+                await self._stop(action, action.container_id, node, deadline, step)
+        if action.kind in ("stop", "remove"):
+            if action.kind == "remove":
+                step("remove")  # a node taken out of the file keeps its data directory
+                await self.engine.remove(action.container_id or "")
+            return how
+        assert node is not None
+        if action.kind == "restart":
+            step("start")
+            self.on_step(action.node, "starting")
+            await asyncio.to_thread(prepare, node, self._owner())
+            await self.data_dir_free(node)
+            await self.engine.start(action.container_id or "")
+            return how
+        if action.kind == "recreate":
+            step("remove")
+            await self.engine.remove(action.container_id or "")
+        step("create" if action.kind != "start" else "start")
+        await asyncio.to_thread(prepare, node, self._owner())
+        preflight(node)
+        await self.data_dir_free(node)
+        if action.kind == "start":
+            assert action.container_id is not None
+            await self.engine.start(action.container_id)
+        else:
+            await self.engine.create_and_start(node.container)
+        return how
+
+    async def _stop(
+        self,
+        action: Action,
+        container_id: str,
+        node: DesiredNode | None,
+        deadline: float,
+        step: Callable[[str], None],
+    ) -> None:
+        """SIGTERM, then SIGKILL at `deadline`; a planned restart of CeresDB flushes first, within
+        half of stop_timeout and inside the same deadline (a flush of many tables can take long:
+        the server flushes them one after the other)."""
         if (
             action.kind == "restart"
             and self.flush is not None
             and node is not None
             and node.role == "ceresdb"
         ):
-            # The flush has its own bound (half of stop_timeout) and counts inside the stop's: a
-            # flush of many tables can take long (the server flushes them one after the other).
             step("flush")
-            began = time.monotonic()
             said = await self.flush(node)
-            stop_s = max(1.0, self.stop_timeout_s - (time.monotonic() - began))
             self.on_step(action.node, f"flush_memtable: {said}")
-        if action.kind in ("remove", "stop", "recreate", "restart"):
-            assert action.container_id is not None
-            step("stop")
-            if action.kind == "restart":
-                self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {stop_s:.0f}s)")
-            await self.engine.stop(action.container_id, stop_s)
-            if action.kind == "stop":
-                return
-            if action.kind == "restart":
-                assert node is not None
-                step("start")
-                self.on_step(action.node, "starting")
-                await asyncio.to_thread(prepare, node, self._owner())
-                await self.engine.start(action.container_id)
-                return
-            step("remove")  # a node taken out of the file keeps its data directory
-            await self.engine.remove(action.container_id)
-            if action.kind == "remove":
-                return
-        assert node is not None
-        step("create" if action.kind != "start" else "start")
-        await asyncio.to_thread(prepare, node, self._owner())
-        preflight(node)
-        if action.kind == "start":
-            assert action.container_id is not None
-            await self.engine.start(action.container_id)
-        else:
-            await self.engine.create_and_start(node.container)
+        step("stop")
+        stop_s = max(1.0, deadline - time.monotonic())
+        if action.kind == "restart":
+            self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {stop_s:.0f}s)")
+        await self.engine.stop(container_id, stop_s)
+
+    async def _stop_while_starting(
+        self, container_id: str, node: DesiredNode, deadline: float
+    ) -> tuple[bool, str]:
+        """A CeresDB node that has not come up: the real server takes SIGTERM only once it has
+        started (before, the signal ends it mid-start). Wait for it to be up until the stop's
+        deadline, then stop it the usual way; if it is not up by then, SIGKILL."""
+        began = time.monotonic()
+        self.on_step(
+            node.name, f"still starting: waiting for it to come up (SIGKILL after {self.stop_timeout_s:g}s)"
+        )
+        while self.is_up is not None and time.monotonic() < deadline:
+            if await self.is_up(node):
+                return False, f"it came up after {time.monotonic() - began:.1f}s of waiting, then SIGTERM"
+            await asyncio.sleep(min(UP_POLL_S, max(0.0, deadline - time.monotonic())))
+        how = f"still starting after {self.stop_timeout_s:g}s: SIGKILL"
+        self.on_step(node.name, how)
+        await self.engine.kill(container_id)
+        return True, how
 
 
 async def stop_cluster(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any, Final, TypeVar
 
 import docker
@@ -276,6 +277,26 @@ class Engine:
 
         return await self._call(f"inspect image {image}", check, observe=True)
 
+    async def data_users(self, path: str) -> list[str]:
+        """Running containers of this engine, managed or not, that mount `path` writable (or a
+        directory inside it, or one that holds it): a server started beside them would share its
+        data directory with another process, which the real servers refuse (RocksDB's and etcd's
+        lock files) or, worse, do not."""
+        target = PurePosixPath(path)
+
+        def find() -> list[str]:
+            users = []
+            for summary in self._api().containers(filters={"status": ["running", "paused", "restarting"]}):
+                for mount in summary.get("Mounts") or []:
+                    source = PurePosixPath(str(mount.get("Source") or "/nowhere/"))
+                    shared = source == target or target in source.parents or source in target.parents
+                    if shared and mount.get("RW", True):
+                        users.append(str((summary.get("Names") or [summary["Id"][:12]])[0]).lstrip("/"))
+                        break
+            return sorted(users)
+
+        return await self._call("list containers using a directory", find, self.list_timeout_s, observe=True)
+
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         def tail() -> str:
             raw = self._api().logs(container_id, stdout=True, stderr=True, tail=lines)
@@ -353,6 +374,23 @@ class Engine:
                 lambda: self._stop_now(container_id, timeout_s),
                 timeout_s=timeout_s + CALL_TIMEOUT_S,
             )
+        finally:
+            self.invalidate(container_id)
+
+    async def kill(self, container_id: str) -> None:
+        """SIGKILL at once; returns when the container has exited."""
+
+        def kill() -> None:
+            api = self._api()
+            try:
+                api.kill(container_id, signal="SIGKILL")
+            except docker.errors.APIError as err:
+                if err.status_code != 409:  # 409: not running any more, which is what we want
+                    raise
+            api.wait(container_id, timeout=int(CALL_TIMEOUT_S), condition="not-running")
+
+        try:
+            await self._call("kill container", kill, timeout_s=2 * CALL_TIMEOUT_S)
         finally:
             self.invalidate(container_id)
 

@@ -120,6 +120,7 @@ class Supervisor:
             self._on_outcome,
             flush=self._flush,
             on_step=self.operations.step,
+            is_up=self._is_up,
         )
         self.store_sync = storesync.StoreSync(self.coordinator, self.identity, self.pauses, self.wake)
         parts = Parts(
@@ -241,6 +242,13 @@ class Supervisor:
         except probes.ProbeErrors as err:
             log.warning("flush_failed", node=node.name, error=str(err))
             return f"failed ({type(err).__name__}: {err}); stopping anyway"
+
+    async def _is_up(self, node: desired_mod.DesiredNode) -> bool:
+        """Does the node answer its health route now (a stop of a node still starting waits)?"""
+        if self._session is None:
+            return False
+        result = await probes.probe_ceresdb(self._session, node, self.spec.supervisor.probe_timeout)
+        return result.ok
 
     # -- what operations and the API need (restarts.Host, api.Daemon) ------------------------------
 

@@ -234,7 +234,8 @@ class Loop:
         if action.kind == "restart":
             p.operations.finished(action.node, None if outcome.ok else outcome.error)
         if outcome.ok:
-            p.record_event(action.node, action.kind, action.reason, f"{action.kind} done")
+            done = f"{action.kind} done" + (f" ({outcome.detail})" if outcome.detail else "")
+            p.record_event(action.node, action.kind, action.reason, done)
         elif outcome.step == "slot":
             self.failed[action.node] = ("slot", outcome.error or "waiting for disruption budget")
         else:

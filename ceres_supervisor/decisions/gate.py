@@ -2,7 +2,8 @@
 
 A node counts against the budget by `down_reason`; a recreate of a running container also waits
 for `rolling_gate` (one change in flight, agents on one file, meta first, everyone else healthy);
-`grant` turns a granted want into the node's new view and record (a failure counted once per run).
+`grant` turns a granted want into the node's new view and record (a failure counted once per run)
+and the action to take (a stop of a CeresDB node that has not come up says so).
 `retire` decides the removal of containers whose node is no longer in the file: through the same
 budget and failsafe as any stop by choice, never while the node is paused, and never while the
 agents' files differ (an agent with an older file would remove what a newer one added).
@@ -62,20 +63,23 @@ def rolling_gate(
 
 def grant(
     cycle: Cycle, node: DesiredNode, view: NodeView, rec: NodeRecord, want: Want
-) -> tuple[NodeView, NodeRecord]:
+) -> tuple[NodeView, NodeRecord, Action]:
     action = want.action
     rec = replace(rec, budget_wait=None)
     if not action.by_choice:
-        return view, rec
+        return view, rec, action
     if want.failure is not None and rec.stop_counted_for != rec.run_key:
         # The run goes on until the stop happens: a stop that must wait for its slot leaves the
         # node judged as it is (unhealthy, holding its shards), not as a fresh start that would
         # count against every other node's budget. healthy_since is cleared at the exit.
         counted = cycle.fail(node.name, rec, action.reason, want.failure)
         rec = replace(counted, stop_counted_for=rec.run_key, healthy_since=rec.healthy_since)
+    if node.role == "ceresdb" and rec.healthy_since is None and action.container_id is not None:
+        action = replace(action, while_starting=True)
     return (
         NodeView(want.state, action.reason, rec.next_restart_at, lease=view.lease),
         replace(rec, expected_exit=action.container_id),
+        action,
     )
 
 

@@ -103,8 +103,8 @@ def plan(
                 replace(rec, budget_wait=held_back),
             )
         else:
-            view, rec = grant(cycle, node, view, rec, want)
-            actions.append(want.action)
+            view, rec, action = grant(cycle, node, view, rec, want)
+            actions.append(action)
             rolling = rolling or want.rolling
             if want.action.by_choice:
                 down[node.name] = (node.role, "stopping")

@@ -103,6 +103,9 @@ class Action:
     """A stop of a running container the supervisor decided: it needs a disruption slot."""
     role: str = ""
     """The node's role when it is not in the file (a container to remove): its slot needs it."""
+    while_starting: bool = False
+    """A stop of a node that has not come up in this run: it waits for the node to be up (until
+    stop_timeout, then SIGKILL) instead of a SIGTERM the server would take in the middle of its start."""
 
 
 @dataclass(frozen=True)

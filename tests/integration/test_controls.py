@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ceres_supervisor.cli import commands
 from testkit.dockerevents import DockerEvents
 from testkit.helpers import free_ports
-from testkit.standins import kill_main_process
+from testkit.standins import emulator_hook, kill_main_process
 
 from .conftest import Cluster, eventually
 
@@ -279,3 +279,65 @@ async def test_a_slow_flush_is_bounded_inside_the_stop_s_deadline(
         assert len(events.chosen_stops("db0")) == 1 and events.of("db0", ("start",))
     steps = [s["text"] for s in doc["steps"]]
     assert any("flush_memtable: failed" in s and "stopping anyway" in s for s in steps), steps
+
+
+async def test_a_planned_stop_of_a_node_still_starting_waits_for_it_or_kills_it(
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
+    """The real CeresDB takes SIGTERM only once it has started; before, the signal ends it in the
+    middle of its start. A planned restart of a node still recovering its WAL waits for it to come
+    up (then SIGTERM) until stop_timeout; a node still not up by then is killed (SIGKILL, no SIGTERM
+    first). Each way is said in the operation's steps and the event, and read from Docker's events."""
+    cluster = make_cluster(db=1, supervisor={"stop_timeout": "6s"})
+    await cluster.start()
+    await cluster.healthy(120)
+
+    async def restart_while_starting(came_up: bool) -> tuple[dict[str, Any], DockerEvents]:
+        db0 = await cluster.container("db0")
+        await asyncio.to_thread(emulator_hook, db0, "start-slow", "600")
+        recoveries = (await asyncio.to_thread(db0.logs)).count(b"recovering wal")
+        await asyncio.to_thread(
+            kill_main_process, db0
+        )  # a crash: started again at once, into a long WAL recovery
+        await eventually(
+            lambda: asyncio.to_thread(lambda: db0.logs().count(b"recovering wal") > recoveries),
+            30,
+            "db0 recovering its WAL",
+        )
+        with DockerEvents(docker_client, cluster.name) as events:
+            code, body = await call(cluster, "POST", "/v1/nodes/db0/restart")
+            assert code == 202, body
+
+            async def step(text: str) -> bool:
+                _code, doc = await call(cluster, "GET", f"/v1/operations/{body['operation']}")
+                return any(text in s["text"] for s in doc["steps"])
+
+            await eventually(
+                lambda: step("still starting: waiting for it to come up"), 30, "the stop waiting"
+            )
+            if came_up:
+                await asyncio.to_thread(emulator_hook, db0, "start-slow", "0")
+            else:
+                await eventually(lambda: events.chosen_stops("db0"), 30, "db0 killed")
+                await eventually(
+                    lambda: asyncio.to_thread(lambda: db0.logs().count(b"recovering wal") > recoveries + 1),
+                    30,
+                    "db0 started again, recovering its WAL",
+                )
+                await asyncio.to_thread(emulator_hook, db0, "start-slow", "0")
+            doc = await follow(cluster, body["operation"], 120)
+        assert doc["outcome"] == "ok", json.dumps(doc, indent=1)
+        return doc, events
+
+    doc, events = await restart_while_starting(came_up=True)
+    (stop,) = events.chosen_stops("db0")
+    assert stop.signal == "15", "a node that came up is stopped with SIGTERM"
+    assert [e.exit_code for e in events.of("db0", ("die",))] == ["0"]
+    assert any("it came up after" in str(e.message) for e in cluster.supervisor.events), "the event says so"  # type: ignore[union-attr]
+
+    doc, events = await restart_while_starting(came_up=False)
+    (stop,) = events.chosen_stops("db0")
+    assert stop.signal == "9", "a node still starting after stop_timeout is killed, no SIGTERM first"
+    assert [e.exit_code for e in events.of("db0", ("die",))] == ["137"]
+    steps = [s["text"] for s in doc["steps"]]
+    assert "db0: still starting after 6s: SIGKILL" in steps, steps

@@ -4,6 +4,7 @@ the daemon's own troubles (a hung engine call, a reload that breaks, a stop unde
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import time
@@ -20,12 +21,13 @@ from ceres_supervisor.adapters.engine import Engine, EngineTimeout
 from ceres_supervisor.daemon import shutdown
 from testkit.dockerevents import DockerEvents
 from testkit.helpers import http_json
+from testkit.standins import IMAGE_PREFIX
 
 from .conftest import Cluster, Daemon, eventually
 from .test_api import PausableDockerProxy
 from .test_reload import identities
 
-IMAGE = "ceres-emulator/ceresdb-server:1.2.7"
+IMAGE = f"{IMAGE_PREFIX}/ceresdb-server:1.2.7"
 IGNORES_SIGTERM = [
     "-c",
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)",
@@ -105,7 +107,7 @@ async def test_a_hung_docker_call_is_never_run_behind_the_caller(
     so nothing the supervisor reported as failed happens later. Observation has its own path."""
     async with PausableDockerProxy(tmp_path / "docker.sock") as proxy:
         engine = Engine("t-hung", base_url=f"unix://{proxy.path}", workers=1)
-        image = "ceres-emulator/ceresdb-server:1.2.7"
+        image = IMAGE
         sleeper = await asyncio.to_thread(
             docker_client.containers.create,
             image,
@@ -389,3 +391,46 @@ async def test_a_restart_interrupted_by_the_daemon_s_stop_is_completed(
         starts = events.of("db0", ("start",))
     container = await cluster.container("db0")
     assert container.status == "running" and starts, (container.status, starts)
+
+
+async def test_a_node_never_starts_beside_a_container_writing_to_its_data_directory(
+    make_cluster: Callable[..., Cluster], docker_client: docker.DockerClient
+) -> None:
+    """The real servers lock their data directory (RocksDB's LOCK, etcd's) and a second process on
+    it exits 1, or worse. A running container that mounts db0's directory writable (a replacement
+    left behind, another node pointed at it) keeps db0 from starting, named in the reason; once it
+    has gone, db0 starts."""
+    cluster = make_cluster(db=1)
+    await cluster.start()
+    await cluster.healthy(90)
+    wal = cluster.root / "state" / "data" / "db0" / "wal"
+    squatter = await asyncio.to_thread(
+        docker_client.containers.run,
+        IMAGE,
+        IGNORES_SIGTERM,
+        entrypoint="python3",
+        detach=True,
+        name=f"{cluster.name}-squatter",
+        network_mode="host",
+        volumes={str(wal): {"bind": "/squat", "mode": "rw"}},
+        labels={"io.ceres-supervisor.test": "safety"},
+    )
+    try:
+        db0 = await cluster.container("db0")
+        await asyncio.to_thread(db0.kill)
+        await eventually(
+            lambda: (
+                f"in use by running container {cluster.name}-squatter" in (cluster.record("db0").reason or "")
+            ),
+            30,
+            "db0's start refused, the squatter named",
+        )
+        await asyncio.to_thread(db0.reload)
+        assert db0.status == "exited", "db0 was started beside the squatter"
+        await asyncio.to_thread(squatter.remove, force=True)
+        await eventually(
+            lambda: cluster.state("db0") == "healthy", 60, "db0 started once the squatter is gone"
+        )
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            await asyncio.to_thread(squatter.remove, force=True)

@@ -676,6 +676,28 @@ def test_a_crash_is_restarted_whatever_the_budget(big: containers.DesiredCluster
     assert ("stop", "db1") not in actions(p) and ("stop", "db2") not in actions(p)
 
 
+def test_a_stop_by_choice_of_a_ceresdb_node_not_up_yet_says_it_is_still_starting(
+    cluster: containers.DesiredCluster,
+) -> None:
+    """The executor waits for such a node to come up (or SIGKILLs it): the real server takes
+    SIGTERM only once started. A node that came up is stopped the usual way; meta always is."""
+    cs, probes = running(cluster)
+    records = healthy_records(cs)
+    records["db1"] = NodeRecord(run_key=cs[2].run_key, run_seen_at=NOW - 1)  # started a second ago
+    restart = Controls(restarts={"db0": "planned restart (op-1)", "db1": "planned restart (op-2)"})
+    probes.pop("db1")
+    p = plan(cluster, observation(cluster, cs, probes=probes), records, controls=restart, budget=Budget(2))
+    assert {a.node: a.while_starting for a in p.actions} == {"db0": False, "db1": True}
+    meta = {"meta0": NodeRecord(run_key=cs[0].run_key, run_seen_at=NOW - 1)}
+    p = plan(
+        cluster,
+        observation(cluster, cs, probes={}),
+        meta,
+        controls=Controls(restarts={"meta0": "planned restart (op-3)"}),
+    )
+    assert [(a.kind, a.node, a.while_starting) for a in p.actions] == [("restart", "meta0", False)]
+
+
 def test_a_node_without_its_shards_holds_back_a_planned_restart(big: containers.DesiredCluster) -> None:
     cs, probes = running(big)
     records = healthy_records(cs)
