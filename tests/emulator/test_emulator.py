@@ -1086,7 +1086,9 @@ def test_from_1_2_4_a_batch_holds_its_shards_until_every_open_returns(standins: 
 
 def turn_on_fast_reacquire(config: str) -> str:
     assert "enable_shard_lock_fast_reacquire = false" in config
-    return config.replace("enable_shard_lock_fast_reacquire = false", "enable_shard_lock_fast_reacquire = true")
+    return config.replace(
+        "enable_shard_lock_fast_reacquire = false", "enable_shard_lock_fast_reacquire = true"
+    )
 
 
 def test_2_0_0_fast_reacquire_reuses_the_predecessors_lease(standins: StandIns) -> None:
