@@ -34,7 +34,7 @@ import report
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ceres_supervisor.adapters.engine import parse_time  # noqa: E402
+from ceres_supervisor.adapters.dockerread import parse_time  # noqa: E402
 from ceres_supervisor.desired import files, loading, rendering, secrets  # noqa: E402
 from ceres_supervisor.model.spec import SupervisorSection  # noqa: E402
 from testkit import emulator as build  # noqa: E402

@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import itertools
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, TypeVar
 
@@ -31,13 +28,10 @@ import docker.errors
 import requests.exceptions
 import structlog
 
+from ceres_supervisor.adapters.dockerread import EngineEvent, event_from, observed_from
 from ceres_supervisor.desired.containers import (
     LABEL_CLUSTER,
-    LABEL_HASH,
-    LABEL_HOST,
     LABEL_MANAGED,
-    LABEL_NODE,
-    LABEL_ROLE,
     ContainerSpec,
 )
 from ceres_supervisor.model.errors import CeresError
@@ -53,7 +47,6 @@ LIST_TIMEOUT_S: Final = 10.0
 """Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
 LOGS_TIMEOUT_S: Final = 10.0
 """Reading a container's logs for an operator (`logs`, `describe`)."""
-EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
 
 
 class EngineError(CeresError):
@@ -80,20 +73,6 @@ class EngineConflict(EngineError):
     """The name is taken or the container is in a state that forbids the call."""
 
 
-@dataclass(frozen=True)
-class EngineEvent:
-    action: str
-    container_id: str
-    node: str
-    exit_code: int | None
-    at_ns: int
-    """Docker's timeNano of the event."""
-    received_ns: int
-    """time.time_ns() when the supervisor received it."""
-    host: str = ""
-    """The container's `io.ceres-supervisor.host` label."""
-
-
 def _translate(err: Exception, what: str) -> EngineError:
     if isinstance(err, docker.errors.ImageNotFound):
         return EngineImageMissing(f"{what}: image not present on this host ({err.explanation})")
@@ -108,38 +87,6 @@ def _translate(err: Exception, what: str) -> EngineError:
     if isinstance(err, requests.exceptions.ConnectionError | docker.errors.DockerException):
         return EngineUnavailable(f"{what}: Docker Engine unavailable ({err})")
     return EngineError(f"{what}: {err}")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """Docker's RFC 3339 times carry nanoseconds; Python takes at most microseconds."""
-    if not text or text.startswith("0001-"):
-        return None
-    main, dot, rest = text.replace("Z", "+00:00").partition(".")
-    if dot:
-        digits = "".join(itertools.takewhile(str.isdigit, rest))
-        main = f"{main}.{digits[:6]}{rest[len(digits) :]}"
-    return datetime.fromisoformat(main)
-
-
-def _observed(attrs: dict[str, Any]) -> ObservedContainer:
-    labels = attrs.get("Config", {}).get("Labels") or {}
-    state = attrs.get("State") or {}
-    running = bool(state.get("Running"))
-    return ObservedContainer(
-        id=attrs["Id"],
-        name=attrs.get("Name", "").lstrip("/"),
-        node=labels.get(LABEL_NODE, ""),
-        role=labels.get(LABEL_ROLE, ""),
-        spec_hash=labels.get(LABEL_HASH, ""),
-        state=str(state.get("Status", "unknown")),
-        image=attrs.get("Config", {}).get("Image", ""),
-        exit_code=None if running else state.get("ExitCode"),
-        oom_killed=bool(state.get("OOMKilled")),
-        started_at=parse_time(state.get("StartedAt")),
-        finished_at=None if running else parse_time(state.get("FinishedAt")),
-        error=str(state.get("Error") or ""),
-        host=labels.get(LABEL_HOST, ""),
-    )
 
 
 class Engine:
@@ -253,7 +200,7 @@ class Engine:
                 cached = self._inspected.get(cid)
                 if cached is None or cached[0] != state or cid in stale:
                     try:
-                        cached = (state, _observed(api.inspect_container(cid)))
+                        cached = (state, observed_from(api.inspect_container(cid)))
                     except docker.errors.NotFound:
                         continue
                     self._inspected[cid] = cached
@@ -453,7 +400,7 @@ class Engine:
                 for raw in self._events_stream:
                     if self._events_stop.is_set():
                         break
-                    event = self._event(raw)
+                    event = event_from(raw)
                     if event is not None:
                         since = event.at_ns // 1_000_000_000
                         loop.call_soon_threadsafe(deliver, event)
@@ -470,23 +417,6 @@ class Engine:
                     since = int(time.time()) - 1
             if not self._events_stop.wait(delay_s):
                 delay_s = min(delay_s * 2, 5.0)
-
-    @staticmethod
-    def _event(raw: dict[str, Any]) -> EngineEvent | None:
-        action = str(raw.get("Action") or raw.get("status") or "").split(":")[0]
-        if action not in EVENT_ACTIONS:
-            return None
-        attributes = (raw.get("Actor") or {}).get("Attributes") or {}
-        code = attributes.get("exitCode")
-        return EngineEvent(
-            action=action,
-            container_id=str(raw.get("id") or (raw.get("Actor") or {}).get("ID", "")),
-            node=str(attributes.get(LABEL_NODE, "")),
-            exit_code=int(code) if code is not None and str(code).lstrip("-").isdigit() else None,
-            at_ns=int(raw.get("timeNano") or 0),
-            received_ns=time.time_ns(),
-            host=str(attributes.get(LABEL_HOST, "")),
-        )
 
     def stop_events(self) -> None:
         self._events_stop.set()

@@ -23,7 +23,8 @@ import structlog
 from ceres_supervisor import __version__
 from ceres_supervisor.actions import executor
 from ceres_supervisor.adapters import etcd, logs, systemd
-from ceres_supervisor.adapters.engine import Engine, EngineEvent
+from ceres_supervisor.adapters.dockerread import EngineEvent
+from ceres_supervisor.adapters.engine import Engine
 from ceres_supervisor.cluster import coordinator
 from ceres_supervisor.daemon import reloading, shutdown, storesync
 from ceres_supervisor.daemon.loop import Loop, Parts, Setting

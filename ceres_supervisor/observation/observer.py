@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from ceres_supervisor.adapters.engine import Engine, EngineError, EngineEvent
+from ceres_supervisor.adapters.dockerread import EngineEvent
+from ceres_supervisor.adapters.engine import Engine, EngineError
 from ceres_supervisor.desired import identity
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.desired.locality import Locality

@@ -19,7 +19,8 @@ import aiohttp
 import docker
 import pytest
 
-from ceres_supervisor.adapters.engine import Engine, parse_time
+from ceres_supervisor.adapters.dockerread import parse_time
+from ceres_supervisor.adapters.engine import Engine
 from ceres_supervisor.desired import loading
 from testkit.dockerevents import DockerEvents
 from testkit.helpers import meta_leader, meta_leader_key, node_shards, shard_lock_leases, shard_locks
