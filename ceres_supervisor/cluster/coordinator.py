@@ -367,8 +367,14 @@ class Coordinator:
             wake = next_beat
             if self._awaiting:
                 wake = min(wake, self._awaiting[0][1] + self.ttl_s * 2 / 3 + 0.05)
+            delay = max(0.0, wake - time.monotonic())
+            if self._withheld is not None:
+                # No renewal, so no record is written: a change waits for the next beat. (Waiting on
+                # `_dirty`, set and never cleared here, would return at once without yielding.)
+                await asyncio.sleep(delay)
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wake - time.monotonic())):
+                async with asyncio.timeout(delay):
                     await self._dirty.wait()
 
     async def _write_nodes(self, client: etcd.Store) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -269,6 +270,31 @@ async def test_a_docker_engine_lost_for_long_stops_the_renewals(store: MemoryEtc
     await until(lambda: not store.has(key), "renewals withheld after 3 TTLs", timeout_s=15)
     a.cycle()
     await until(lambda: store.has(key), "renewed again once Docker answers")
+    await a.stop()
+
+
+async def test_withheld_renewals_never_block_the_event_loop(store: MemoryEtcd) -> None:
+    """Renewals withheld (Docker lost) and a node record changed: the record waits for a renewal,
+    and the session must keep yielding. It once spun on its `dirty` event, set and never cleared,
+    which starved the whole event loop (the API, the observation) and grew the timer heap without
+    bound. A guard thread ends the session after 5 s, so a spin fails the test instead of hanging it."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    await a.start()
+    a.cycle(engine_error="docker engine not answering")
+    await until(lambda: not store.has(ROOT + b"agents/a"), "renewals withheld after 3 TTLs", timeout_s=15)
+    guard = threading.Timer(5.0, lambda: setattr(a.coordinator, "_closing", True))
+    guard.start()
+    try:
+        a.coordinator.publish({"db0": doc("db0", "unknown")})  # a change that cannot be written now
+        for _ in range(20):
+            await asyncio.sleep(
+                0.01
+            )  # each a turn of the event loop that a spinning session never gives back
+        assert not a.coordinator._closing, "the session blocked the event loop until the guard stopped it"
+    finally:
+        guard.cancel()
+    a.cycle()
+    await until(lambda: store.has(ROOT + b"agents/a") and published(store, "db0"), "written once renewed")
     await a.stop()
 
 
