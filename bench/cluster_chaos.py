@@ -178,11 +178,15 @@ class Chaos:
         if self.operator is not None and now >= self.operator[2]:
             node, paused, _ = self.operator
             other = self.rng.choice([h for h in cluster.HOSTS if h != self.m.hosts[node]])
-            code, _body = common.http_post(
+            code, body = common.http_post(
                 f"{self.m.agents[other].url}/v1/nodes/{node}/resume", {"who": "cli"}
             )
+            if code != 200:  # as an operator would: again at the next step, maybe through another agent
+                self.missed["resume"] += 1
+                self.say(f"operator could not resume {node} through {other}: HTTP {code} {body[:120]!r}")
+                return
             self.pauses.append((node, paused, time.time()))
-            self.say(f"operator resumed {node} through {other} (HTTP {code})")
+            self.say(f"operator resumed {node} through {other}")
             self.operator = None
 
     def _machine_fault(self, kind: str) -> None:
@@ -291,7 +295,16 @@ class Chaos:
         while time.monotonic() < deadline:
             self.step()
             time.sleep(self.rng.uniform(3, 8))
-        self._end_due(float("inf"))  # every fault ended: the agent back, Docker thawed, the pause resumed
+        self.end_all()
+
+    def end_all(self) -> None:
+        """Every fault ended: the agent back, Docker thawed, the pause resumed (a resume that is not
+        answered is asked again, as an operator would, for up to a minute)."""
+        for _ in range(20):
+            self._end_due(float("inf"))
+            if self.operator is None:
+                return
+            time.sleep(3)
 
 
 def main(seconds: int, seed: int) -> None:
@@ -310,7 +323,7 @@ def main(seconds: int, seed: int) -> None:
             try:
                 chaos.run(seconds)
             finally:
-                chaos._end_due(float("inf"))
+                chaos.end_all()
             ended = time.monotonic()
             try:
                 # Healthy as the agents see it is not enough: a pause made just before the end is
