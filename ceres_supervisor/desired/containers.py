@@ -122,11 +122,14 @@ def build(
             Mount(str(data_dir), node.data_mount, read_only=False),
         )
         ports = refs[node.name].ports
-        # The hash covers what a running container cannot change without being recreated.
+        # The hash covers what a running container cannot change without being recreated: not the
+        # keys meta reads only when it creates the cluster (a node added in dynamic topology).
+        lasting = {k: v for k, v in node.document.items() if k not in rendering.CREATION_ONLY}
+        hashed = rendering.to_toml(rendering.materialize(lasting, resolve)).encode()
         spec_hash = _hash(
             {
                 "image": image,
-                "config": hashlib.sha256(text).hexdigest(),
+                "config": hashlib.sha256(hashed).hexdigest(),
                 "env": node.env,
                 "mounts": [m.__dict__ for m in mounts],
                 "ports": ports,

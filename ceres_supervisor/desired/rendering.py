@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import tomli_w
 from pydantic import BaseModel
@@ -75,6 +75,11 @@ def _replace_secrets(value: Any, replace: Callable[[SecretRef], Any]) -> Any:
     if isinstance(value, list):
         return [_replace_secrets(v, replace) for v in value]
     return value
+
+
+CREATION_ONLY: Final = frozenset({"default-cluster-node-count", "default-cluster-shard-total"})
+"""Meta keys read only when meta creates the cluster (frozen into it at first start): a change
+never reaches a running cluster, so it is no reason to recreate a running member."""
 
 
 def materialize(document: Document, resolve: Callable[[SecretRef], str]) -> Document:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ceres_supervisor.cli import commands
-from ceres_supervisor.desired import files, loading, rendering, secrets
+from ceres_supervisor.desired import containers, files, loading, rendering, secrets
 from ceres_supervisor.model import durations, versions
 from ceres_supervisor.model.spec import DesiredState
 
@@ -150,6 +150,20 @@ def test_node_count_is_derived_and_initial_cluster_is_shared(tmp_path: Path) -> 
         assert doc["topology-type"] == "static"
         assert doc["storage-root-path"] == "/ceresdb"
         assert doc["log"] == {"level": "info"} and doc["etcd-log"] == {"level": "info"}
+
+
+def test_a_ceresdb_node_added_in_dynamic_topology_does_not_recreate_meta(tmp_path: Path) -> None:
+    """`default-cluster-node-count` (and the shard total) are read only when meta creates the
+    cluster: the file meta would read changes, the running member's spec hash does not."""
+    text = BASE.replace("[[meta.nodes]]\n", '[meta]\ntopology = "dynamic"\n\n[[meta.nodes]]\n', 1)
+    one = text[: text.index('[[ceresdb.nodes]]\nname = "db1"')]
+    desired = [containers.build(spec_of(t, tmp_path), secrets.resolve, lambda _h: True) for t in (text, one)]
+    metas = [next(n for n in d.nodes if n.name == "meta0") for d in desired]
+    assert metas[0].config_text != metas[1].config_text
+    assert metas[0].spec_hash == metas[1].spec_hash
+    with_log = text.replace("[meta]\n", '[meta]\nconfig = { etcd-log = { level = "debug" } }\n', 1)
+    changed = containers.build(spec_of(with_log, tmp_path), secrets.resolve, lambda _h: True)
+    assert next(n for n in changed.nodes if n.name == "meta0").spec_hash != metas[0].spec_hash
 
 
 @pytest.mark.parametrize(
