@@ -225,10 +225,11 @@ class Engine:
         return await self._call(f"inspect image {image}", check, observe=True)
 
     async def data_users(self, path: str) -> list[str]:
-        """Running containers of this engine, managed or not, that mount `path` writable (or a
-        directory inside it, or one that holds it): a server started beside them would share its
-        data directory with another process, which the real servers refuse (RocksDB's and etcd's
-        lock files) or, worse, do not."""
+        """Running containers of this engine, managed or not, that mount `path` writable, or a
+        directory inside it: a server started beside them would share its data directory with
+        another process, which the real servers refuse (RocksDB's and etcd's lock files) or, worse,
+        do not. A container that mounts a directory holding it (the supervisor's own, in a
+        container, with its state directory) is not counted: it is no server on this data."""
         target = PurePosixPath(path)
 
         def find() -> list[str]:
@@ -236,7 +237,7 @@ class Engine:
             for summary in self._api().containers(filters={"status": ["running", "paused", "restarting"]}):
                 for mount in summary.get("Mounts") or []:
                     source = PurePosixPath(str(mount.get("Source") or "/nowhere/"))
-                    shared = source == target or target in source.parents or source in target.parents
+                    shared = source == target or target in source.parents
                     if shared and mount.get("RW", True):
                         users.append(str((summary.get("Names") or [summary["Id"][:12]])[0]).lstrip("/"))
                         break

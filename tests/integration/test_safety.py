@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import docker
 import pytest
+from docker.models.containers import Container
 
 from ceres_supervisor.actions import executor
 from ceres_supervisor.adapters.engine import Engine, EngineTimeout
@@ -399,23 +400,38 @@ async def test_a_node_never_starts_beside_a_container_writing_to_its_data_direct
     """The real servers lock their data directory (RocksDB's LOCK, etcd's) and a second process on
     it exits 1, or worse. A running container that mounts db0's directory writable (a replacement
     left behind, another node pointed at it) keeps db0 from starting, named in the reason; once it
-    has gone, db0 starts."""
+    has gone, db0 starts, beside a container that mounts the whole state directory (the
+    supervisor's own, say), which writes to no node's data."""
     cluster = make_cluster(db=1)
     await cluster.start()
     await cluster.healthy(90)
     wal = cluster.root / "state" / "data" / "db0" / "wal"
-    squatter = await asyncio.to_thread(
-        docker_client.containers.run,
-        IMAGE,
-        IGNORES_SIGTERM,
-        entrypoint="python3",
-        detach=True,
-        name=f"{cluster.name}-squatter",
-        network_mode="host",
-        volumes={str(wal): {"bind": "/squat", "mode": "rw"}},
-        labels={"io.ceres-supervisor.test": "safety"},
-    )
+    started: list[Container] = []
     try:
+        bystander = await asyncio.to_thread(
+            docker_client.containers.run,
+            IMAGE,
+            IGNORES_SIGTERM,
+            entrypoint="python3",
+            detach=True,
+            name=f"{cluster.name}-bystander",
+            network_mode="host",
+            volumes={str(cluster.root / "state"): {"bind": "/state", "mode": "rw"}},
+            labels={"io.ceres-supervisor.test": "safety"},
+        )
+        started.append(bystander)
+        squatter = await asyncio.to_thread(
+            docker_client.containers.run,
+            IMAGE,
+            IGNORES_SIGTERM,
+            entrypoint="python3",
+            detach=True,
+            name=f"{cluster.name}-squatter",
+            network_mode="host",
+            volumes={str(wal): {"bind": "/squat", "mode": "rw"}},
+            labels={"io.ceres-supervisor.test": "safety"},
+        )
+        started.append(squatter)
         db0 = await cluster.container("db0")
         await asyncio.to_thread(db0.kill)
         await eventually(
@@ -431,6 +447,9 @@ async def test_a_node_never_starts_beside_a_container_writing_to_its_data_direct
         await eventually(
             lambda: cluster.state("db0") == "healthy", 60, "db0 started once the squatter is gone"
         )
+        await asyncio.to_thread(bystander.reload)
+        assert bystander.status == "running"
     finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            await asyncio.to_thread(squatter.remove, force=True)
+        for container in started:
+            with contextlib.suppress(docker.errors.NotFound):
+                await asyncio.to_thread(container.remove, force=True)

@@ -197,6 +197,18 @@ def api(container: object, command: str) -> tuple[int, str]:
     return result.exit_code, result.output.decode(errors="replace")
 
 
+async def healthy(container: object, timeout_s: float, what: str) -> None:
+    """`status --local` exits 0; on a timeout the error holds what status and the journal said."""
+    try:
+        await eventually(
+            lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), timeout_s, what
+        )
+    except AssertionError as err:
+        status = api(container, "status --local")[1]
+        journal = sh(container, "journalctl -u ceres-supervisor --no-pager -o cat | tail -30")[1]
+        raise AssertionError(f"{err}\nstatus:\n{status}\njournal:\n{journal}") from None
+
+
 async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     make_cluster: Callable[..., Cluster], systemd_container: tuple[object, Path]
 ) -> None:
@@ -246,9 +258,7 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
     assert sh(container, "systemctl is-active ceres-supervisor")[1].strip() == "active"
     assert sh(container, f"test -S {SOCKET}")[0] == 0
     assert api(container, "status --local")[0] in (0, 1)  # it answers on the socket
-    await eventually(
-        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "cluster healthy"
-    )
+    await healthy(container, 90, "cluster healthy")
     rendered = base / cluster.name / "state" / "config" / "db0" / "ceresdb.toml"
     assert (
         "s3cret-from-the-environment-file" in rendered.read_text()
@@ -273,9 +283,7 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return "db1" in now and now["db1"][0] != before["db1"][0]
 
     await eventually(db1_recreated, 60, "db1 recreated by the reload")
-    await eventually(
-        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 90, "healthy again"
-    )
+    await healthy(container, 90, "healthy again")
     after_reload = await identities(cluster)
     assert after_reload["meta0"] == before["meta0"] and after_reload["db0"] == before["db0"]
 
@@ -290,9 +298,7 @@ async def test_real_systemd_runs_reloads_restarts_and_stops_the_daemon(
         return new not in (pid, "0", "") and active == "active"
 
     await eventually(lambda: asyncio.to_thread(restarted), 60, "systemd restarting the supervisor")
-    await eventually(
-        lambda: asyncio.to_thread(lambda: api(container, "status --local")[0] == 0), 60, "healthy after"
-    )
+    await healthy(container, 60, "healthy after")
     assert await identities(cluster) == after_reload
 
     # systemctl stop honours on_exit: "leave" keeps them, "stop" (applied by a reload) stops them.
