@@ -1,7 +1,7 @@
 """Chaos: random crashes, pauses and frozen leases of nodes, and of the supervisor itself.
 
-CI runs a short form (CERES_CHAOS_SECONDS, default 60 s of chaos, longer until the planned faults were made,
-at most 90 s; under 3 minutes with recovery); `make chaos` runs it long.
+CI runs a short form (CERES_CHAOS_SECONDS, default 40 s of chaos, longer until the planned faults were made,
+up to half as long again; under 3 minutes with recovery); `make chaos` runs it long.
 A monitor thread checks, throughout and with its own eyes (Docker, etcd, HTTP, the filesystem):
 - never two containers for one node;
 - no CeresDB container started while meta was not ready (judged from the monitor's own readiness
@@ -35,7 +35,7 @@ from testkit.standins import kill_main_process
 
 from .conftest import Cluster, eventually
 
-CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "60"))
+CHAOS_S = float(os.environ.get("CERES_CHAOS_SECONDS", "40"))
 RECOVERY_S = 120.0
 
 

@@ -124,9 +124,9 @@ async def test_a_stall_longer_than_the_lease_allows_is_unavailable_then_the_reco
         container.pause()  # a 3 s lease kept alive every 1 s: no room to wait, the agent says so
         try:
             await eventually(lambda: not a.coordinator.available, 15, "the session declared unavailable")
+            detail = a.coordinator.detail  # read while it lasts: once etcd answers it reconnects at once
         finally:
             container.unpause()
-        detail = a.coordinator.detail
         assert any(why in detail for why in ("timed out", "expired", "did not bring back")), detail
         await eventually(lambda: a.coordinator.available, 30, "the session back")
         await eventually(lambda: a.record("db0", "healthy"), 15, "the node record written again")
