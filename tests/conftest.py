@@ -11,13 +11,32 @@ import pytest
 from testkit import emulator as build
 from testkit.helpers import SESSION, TEST_LABEL
 
+LONGEST_FIRST = (
+    "integration/test_cluster.py",  # one group of ~4 min on one worker: three machines, then each fault
+    "integration/test_upgrades.py",
+    "integration/test_chaos.py",
+    "integration/test_testkit.py",
+    "integration/test_backups.py",
+    "integration/test_cli.py",
+    "emulator/test_emulator.py",
+)
+"""Modules whose tests (or groups) take longest, started first so that no worker ends the run alone
+on one of them; the rest follow in collection order. Measured with `--durations` (README)."""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Integration and emulator tests carry the `docker` marker; unit tests run first."""
+    """Integration and emulator tests carry the `docker` marker; unit tests run first, then the
+    longest Docker-backed modules."""
     for item in items:
         if "/integration/" in str(item.path) or "/emulator/" in str(item.path):
             item.add_marker(pytest.mark.docker)
-    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
+
+    def rank(item: pytest.Item) -> tuple[bool, int]:
+        path = item.path.as_posix()
+        first = next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
+        return item.get_closest_marker("docker") is not None, first
+
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
