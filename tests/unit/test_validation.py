@@ -108,6 +108,14 @@ INVALID = [
     ("Aliyun missing bucket", BASE + '\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "a"\nkey_secret = "b"\n'
      'endpoint = "e"\nprefix = "p"\n', "ceresdb.object_store.bucket: required for type = \"Aliyun\""),
     ("Kafka wal without kafka table", BASE + '\n[ceresdb.wal]\ntype = "Kafka"\n', "ceresdb.wal.kafka: required"),
+    # Keeping a 1.x cluster's roots and catalog: only where the real server can (HoraeDB from 2.0.0).
+    ("keep_ceresdb_data on 1.x", BASE.replace("[cluster]\n", "[cluster]\nkeep_ceresdb_data = true\n"),
+     "cluster.keep_ceresdb_data: only for HoraeDB from 2.0.0 (flavor horaedb)"),
+    ("root path in meta config", BASE + '\n[meta.config]\nstorage-root-path = "/ceresdb"\n',
+     "meta.config.storage-root-path: is set by the supervisor from cluster.flavor and cluster.keep_ceresdb_data"),
+    ("root path in CeresDB config", BASE + '\n[ceresdb.config.cluster_deployment.etcd_client]\nroot_path = "/x"\n',
+     "ceresdb.config.cluster_deployment.etcd_client.root_path: is set by the supervisor"),
+    ("pull of another kind", BASE + '\n[supervisor]\npull = "always"\n', "supervisor.pull"),
 ]
 
 
