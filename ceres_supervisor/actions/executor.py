@@ -64,11 +64,13 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def prepare(node: DesiredNode, owner: identity.Owner) -> None:
+def prepare(node: DesiredNode, owner: identity.Owner, as_is: bool = False) -> None:
     """Write the node's config atomically (0600 with a secret) and make its data directory, marked
-    for it; refuse a directory marked for another node or cluster (PreflightError)."""
-    mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
-    files.write_atomic(node.config_path, node.config_text, mode)
+    for it; refuse a directory marked for another node or cluster (PreflightError). `as_is`: the
+    container runs an older release, whose config file stays as it was (only the marker is checked)."""
+    if not as_is:
+        mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
+        files.write_atomic(node.config_path, node.config_text, mode)
     try:
         done = identity.ensure(node.data_dir, owner, node.name)
     except identity.IdentityError as err:
@@ -140,8 +142,10 @@ class Executor:
             assert node is not None
             error = (
                 f"image {node.container.image} is not present on this host "
-                "(ceres-supervisor does not pull images: docker pull or docker load it)"
+                '(docker pull or docker load it, or set supervisor.pull = "missing")'
             )
+            if action.kind == "recreate":
+                error += "; nothing was stopped"
         except (EngineError, PreflightError) as err:
             error = str(err)
         except OSError as err:
@@ -176,23 +180,23 @@ class Executor:
 
     async def apply(self, action: Action, node: DesiredNode | None, step: Callable[[str], None]) -> None:
         """Carry `action` out; `step` is told each step before it runs (to name what failed)."""
+        if action.kind in ("create", "recreate") and node is not None:
+            # Before anything stops: a recreate whose image is missing would leave the node gone.
+            step("image")
+            if not await self.engine.image_exists(node.container.image):
+                raise EngineImageMissing(f"image {node.container.image} is not present on this host")
         if action.by_choice and self.slots is not None:
             step("slot")
             role = action.role or (node.role if node is not None else "")
             await self.slots.acquire(action.node, role, action.reason)
-        if (
-            action.kind == "restart"
-            and self.flush is not None
-            and node is not None
-            and node.role == "ceresdb"
-        ):
+        if action.flush and self.flush is not None and node is not None and node.role == "ceresdb":
             step("flush")
             said = await self.flush(node)
             self.on_step(action.node, f"flush_memtable: {said}")
         if action.kind in ("remove", "stop", "recreate", "restart"):
             assert action.container_id is not None
             step("stop")
-            if action.kind == "restart":
+            if action.kind in ("restart", "recreate"):
                 self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {self.stop_timeout_s:g}s)")
             await self.engine.stop(action.container_id, self.stop_timeout_s)
             if action.kind == "stop":
@@ -201,16 +205,18 @@ class Executor:
                 assert node is not None
                 step("start")
                 self.on_step(action.node, "starting")
-                await asyncio.to_thread(prepare, node, self._owner())
+                await asyncio.to_thread(prepare, node, self._owner(), action.as_is)
                 await self.engine.start(action.container_id)
                 return
+            if action.kind == "recreate":
+                self.on_step(action.node, "stopped; removing it and creating it anew")
             step("remove")  # a node taken out of the file keeps its data directory
             await self.engine.remove(action.container_id)
             if action.kind == "remove":
                 return
         assert node is not None
         step("create" if action.kind != "start" else "start")
-        await asyncio.to_thread(prepare, node, self._owner())
+        await asyncio.to_thread(prepare, node, self._owner(), action.as_is)
         preflight(node)
         if action.kind == "start":
             assert action.container_id is not None

@@ -35,17 +35,21 @@ from ceres_supervisor.desired.containers import (
     LABEL_HOST,
     LABEL_MANAGED,
     LABEL_NODE,
+    LABEL_RELEASE,
     LABEL_ROLE,
     LABEL_SPEC_HASH,
     ContainerSpec,
 )
 from ceres_supervisor.model.errors import CeresError
 from ceres_supervisor.model.observed import ObservedContainer
+from ceres_supervisor.model.versions import release_of_image
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+PULL_TIMEOUT_S: Final = 900.0
+"""Budget for pulling one image (hundreds of MB from a registry)."""
 CALL_TIMEOUT_S: Final = 30.0
 """Budget for one ordinary Docker call (list, inspect, create, start)."""
 LIST_TIMEOUT_S: Final = 10.0
@@ -122,6 +126,11 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
     labels = attrs.get("Config", {}).get("Labels") or {}
     state = attrs.get("State") or {}
     running = bool(state.get("Running"))
+    image = attrs.get("Config", {}).get("Image", "")
+    release = labels.get(LABEL_RELEASE) or ""
+    if not release:  # made before containers carried the label: what the image's tag says
+        told = release_of_image(image)
+        release = told.label() if told is not None else ""
     return ObservedContainer(
         id=attrs["Id"],
         name=attrs.get("Name", "").lstrip("/"),
@@ -129,13 +138,14 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         role=labels.get(LABEL_ROLE, ""),
         spec_hash=labels.get(LABEL_SPEC_HASH, ""),
         state=str(state.get("Status", "unknown")),
-        image=attrs.get("Config", {}).get("Image", ""),
+        image=image,
         exit_code=None if running else state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         started_at=parse_time(state.get("StartedAt")),
         finished_at=None if running else parse_time(state.get("FinishedAt")),
         error=str(state.get("Error") or ""),
         host=labels.get(LABEL_HOST, ""),
+        release=release,
     )
 
 
@@ -273,6 +283,16 @@ class Engine:
             return True
 
         return await self._call(f"inspect image {image}", check, observe=True)
+
+    async def pull(self, image: str) -> None:
+        """`docker pull image` (the registry's errors arrive in the stream: raised as EngineError)."""
+
+        def pull() -> None:
+            for line in self._api().pull(image, stream=True, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise EngineError(f"pull {image}: {line['error']}")
+
+        await self._call(f"pull {image}", pull, timeout_s=PULL_TIMEOUT_S)
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         def tail() -> str:

@@ -37,6 +37,7 @@ SIGNIFICANT: Final = (
     "started_at",
     "last_exit",
     "next_restart_at",
+    "available",
 )
 """What makes a node's record worth writing again (a probe's timestamp alone does not)."""
 
@@ -239,6 +240,11 @@ def down_reason(doc: Mapping[str, Any] | None) -> str | None:
         return str(state)
     if held is False:
         return "without its shards"
+    if doc.get("available") is False:
+        # Healthy, yet its agent does not count it as serving: a CeresDB node whose shard locks were
+        # not read since it (re)started (a recreated node answers `GET /` long before its shards are
+        # back), a meta member whose etcd is not healthy. Agents before this field say nothing.
+        return "lease unknown" if doc.get("role") == "ceresdb" else "etcd not healthy"
     return None
 
 
