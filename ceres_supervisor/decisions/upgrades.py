@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ceres_supervisor.model.versions import V1_2_7, Release, version_text
+from ceres_supervisor.model.versions import V1_2_7, Release, parse_release, version_text
 
 Mode = Literal["rolling", "together"]
 
@@ -250,3 +250,104 @@ def going_back(upgrade: Upgrade) -> str:
         f"to go back, set cluster.version back to {back} in the file on every machine and reload: "
         "the same path, in the same order (a node that is down goes first)"
     )
+
+
+# --- the preflight: does every machine have the file's images? ----------------------------------
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """One agent's check of its own Docker Engine for the images of its nodes, for one file (SPEC 9:
+    before an upgrade stops anything). Published in its `agents/<host>` record."""
+
+    spec_hash: str
+    images: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+    errors: Mapping[str, str] = field(default_factory=dict)
+    """image -> why it could not be checked or pulled."""
+    checked_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def document(self) -> dict[str, object]:
+        return {
+            "spec_hash": self.spec_hash,
+            "images": list(self.images),
+            "missing": list(self.missing),
+            "errors": dict(self.errors),
+            "checked_at": self.checked_at,
+        }
+
+    @classmethod
+    def parse(cls, doc: object) -> Preflight | None:
+        """A published preflight, or None when it is not one (an older agent publishes none)."""
+        if not isinstance(doc, dict):
+            return None
+        spec_hash, images, missing = doc.get("spec_hash"), doc.get("images"), doc.get("missing")
+        errors = doc.get("errors") or {}
+        lists = (images, missing)
+        if not isinstance(spec_hash, str) or not all(
+            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists
+        ):
+            return None
+        if not isinstance(errors, dict) or not all(isinstance(v, str) for v in errors.values()):
+            return None
+        assert isinstance(images, list) and isinstance(missing, list)
+        return cls(spec_hash, tuple(images), tuple(missing), dict(errors), str(doc.get("checked_at") or ""))
+
+    def says(self) -> str:
+        """`lacks img (pull failed: ...)`, for a person."""
+        parts = [
+            f"{image} ({self.errors[image]})" if image in self.errors else image for image in self.missing
+        ]
+        return "lacks " + ", ".join(parts)
+
+
+def images_missing(spec_hash: str, checks: Mapping[str, Preflight | None]) -> str | None:
+    """Which machine lacks which image of the file `spec_hash`, from every agent's check (host ->
+    its preflight, None when it published none); None when no check that is known says so."""
+    said = [
+        f"{host} {check.says()}"
+        for host, check in sorted(checks.items())
+        if check is not None and check.spec_hash == spec_hash and not check.ok
+    ]
+    return "; ".join(said) or None
+
+
+def images_confirmed(spec_hash: str, checks: Mapping[str, Preflight | None]) -> tuple[bool, str]:
+    """(every machine has said it has every image of `spec_hash`, what is still awaited or missing)."""
+    missing = images_missing(spec_hash, checks)
+    if missing is not None:
+        return False, missing
+    waiting = sorted(host for host, check in checks.items() if check is None or check.spec_hash != spec_hash)
+    if waiting:
+        return False, f"waiting for {', '.join(waiting)} to check its images"
+    return True, "every machine has the images"
+
+
+# --- probing meta as it runs, not as the file says -----------------------------------------------
+
+
+def probed_as(target: Release, running: Mapping[str, str], meta: Sequence[str]) -> tuple[dict[str, str], str]:
+    """(meta member -> its health route, when its container runs another release than the file's;
+    the leader key to read). In an upgrade meta runs the release it ran until its step is done, and
+    1.2.6 -> 1.2.7 moves both: the leader key is the one of the release every member runs (the
+    file's when they differ, in the middle of an all-together step)."""
+    releases = {}
+    for name in meta:
+        found = parse_release(running.get(name, ""))
+        if found is not None:
+            # A 1.x release keeps /ceresdb; a 2.x one on 1.x data keeps it too (the file's setting).
+            releases[name] = Release(found.flavor, found.version, target.keeps_ceresdb_data)
+    paths = {
+        name: r.meta_health_path
+        for name, r in releases.items()
+        if not r.same_servers(target) and r.meta_health_path != target.meta_health_path
+    }
+    distinct = {(r.flavor, r.version) for r in releases.values()}
+    leader = target.meta_leader_key
+    if len(distinct) == 1 and len(releases) == len(meta):
+        leader = next(iter(releases.values())).meta_leader_key
+    return paths, leader

@@ -20,8 +20,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -350,6 +350,12 @@ class ProbeSettings:
     cluster: str
     root: str
     leader_key: bytes
+    health_paths: Mapping[str, str] = field(default_factory=dict)
+    """Meta members whose container runs another release than the file's (an upgrade under way)
+    -> the health route of that release (`/api/v1/healthCheck` up to 1.2.6, `/api/v1/health` from 1.2.7)."""
+
+    def health_path_of(self, member: str) -> str:
+        return self.health_paths.get(member, self.health_path)
 
 
 class Prober:
@@ -466,7 +472,9 @@ class Prober:
             previous = self.probes.get(target.key)
             self.probes[target.key] = result
             return previous is None or previous.ok != result.ok
-        member = await probe_member(self.session, node, s.health_path, s.timeout_s, target.run_id)
+        member = await probe_member(
+            self.session, node, s.health_path_of(node.name), s.timeout_s, target.run_id
+        )
         if not self._current(target):
             return False
         self.on_latency(member.alive.latency_s)

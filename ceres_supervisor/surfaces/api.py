@@ -24,7 +24,14 @@ import structlog
 from aiohttp import web
 
 from ceres_supervisor.model.spec import DesiredState, parse_listen
-from ceres_supervisor.surfaces import cluster_document, control_routes, page, reports, status_document
+from ceres_supervisor.surfaces import (
+    cluster_document,
+    control_routes,
+    page,
+    reports,
+    status_document,
+    upgrade_routes,
+)
 from ceres_supervisor.surfaces.metrics import Metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
@@ -50,7 +57,7 @@ def read_token(path: str) -> str:
     return token
 
 
-class Daemon(control_routes.Daemon, Protocol):
+class Daemon(control_routes.Daemon, upgrade_routes.Daemon, Protocol):
     """What the API asks of the daemon: its last snapshot and a few requests. The daemon
     implements it; the API never reaches further (it reads, the loop acts)."""
 
@@ -236,6 +243,7 @@ class Api:
         app.router.add_post("/v1/reload", self.v1_reload)
         app.router.add_get("/metrics", self.metrics)
         control_routes.Routes(self.supervisor).add_to(app)
+        upgrade_routes.Routes(self.supervisor).add_to(app)
         return app
 
 
