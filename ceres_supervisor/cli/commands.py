@@ -25,6 +25,7 @@ from ceres_supervisor.actions import executor
 from ceres_supervisor.adapters import logs
 from ceres_supervisor.adapters.engine import Engine, EngineError
 from ceres_supervisor.cli import backups, client, completion, oneshot
+from ceres_supervisor.cli import upgrades as upgrade_cli
 from ceres_supervisor.daemon import app
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
 from ceres_supervisor.desired.locality import LocalityError
@@ -153,13 +154,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(col.ljust(w) for col, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
-    if _daemon_answers(args.config) is not None:
+    daemon = _daemon_answers(args.config)
+    if daemon is not None:
         print("A daemon is running for this cluster: this is what `ceres-supervisor reload` would do.")
     for orphan in observation.orphans:
         print(f"remove: container {orphan.name} (node {orphan.node!r} is not in the file; data kept)")
     if any(v.state == "blocked" for v in result.views.values()):
         print("CeresDB nodes start once meta is ready (the next cycles of `run`).")
-    return EXIT_OK
+    remote = None
+    if daemon is not None and any(not n.is_local for n in desired_cluster.nodes):
+        try:
+            remote = upgrade_cli.remote_releases(_call(_api_of(args), "GET", "/v1/upgrade")[1])
+        except client.Unreachable:
+            remote = None
+    upgrade = upgrade_cli.assess(desired_cluster, observation, result, remote)
+    missing = None
+    if upgrade.pending:
+        try:
+            missing = asyncio.run(upgrade_cli.missing_images(desired_cluster, args.docker_url))
+        except EngineError:
+            missing = None
+    return upgrade_cli.print_plan(upgrade, missing, spec.supervisor.start_timeout)
+
+
+def _api_of(args: argparse.Namespace) -> argparse.Namespace:
+    """The API arguments of a command that only has the file (`plan`)."""
+    return argparse.Namespace(url=None, socket=None, config=args.config, token_file=None)
 
 
 def _daemon_answers(config: str) -> str | None:
@@ -361,6 +381,10 @@ def cmd_rolling_restart(args: argparse.Namespace) -> int:
     return cmd_restart(args)
 
 
+def cmd_upgrade_status(args: argparse.Namespace) -> int:
+    return upgrade_cli.cmd_status(args, _call, client.Unreachable)
+
+
 def cmd_completion(_args: argparse.Namespace) -> int:
     print(completion.bash_script(build_parser()))
     return EXIT_OK
@@ -478,6 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
     rolling.set_defaults(handler=cmd_rolling_restart)
 
     backups.add_parsers(sub, _host_arg)
+
+    upgrade = sub.add_parser(
+        "upgrade",
+        help="the upgrade under way (a changed version in the file): `upgrade status` says which nodes are "
+        "done, the next step, a halt and how to go back (exit 0 none pending, 1 in progress or waiting, "
+        "5 halted or refused)",
+    )
+    upgrade.add_argument("what", choices=("status",), help="status: the upgrade as the daemon sees it")
+    _api_args(upgrade)
+    upgrade.add_argument("--json", action="store_true", help="print the document as the API gave it")
+    upgrade.set_defaults(handler=cmd_upgrade_status)
 
     completion_cmd = sub.add_parser("completion", help="print a shell completion script (bash)")
     completion_cmd.add_argument("shell", choices=("bash",))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ceres_supervisor.cli import upgrades as upgrade_cli
 from ceres_supervisor.decisions import upgrades
 from ceres_supervisor.decisions.upgrades import Member
 from ceres_supervisor.model.versions import Release, parse_release, release_of_image
@@ -153,3 +154,117 @@ def test_the_release_an_image_reference_says(image: str, expected: str | None) -
 @pytest.mark.parametrize("text", ["ceresdb", "mysql 1.2.4", "ceresdb 1.2", "", "horaedb v2.0.0 x"])
 def test_a_release_label_that_is_not_one(text: str) -> None:
     assert parse_release(text) is None
+
+
+# --- what `plan` and `upgrade status` print ----------------------------------------------------------
+
+
+def printed(upgrade: upgrades.Upgrade, missing: list[str] | None = None) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = upgrade_cli.print_plan(upgrade, missing if missing is not None else [], 120, lines.append)
+    return code, lines
+
+
+def test_plan_prints_the_steps_in_order_with_how_and_why() -> None:
+    code, lines = printed(upgrades.assess(rel("1.2.5"), members(ALL_124), "meta0"))
+    assert code == 0
+    assert lines[0] == "upgrade ceresdb 1.2.4 -> ceresdb 1.2.5, in 6 steps, in this order:"
+    order = [line.split()[1] for line in lines[1:7]]
+    assert order == ["meta1", "meta2", "meta0", "db0", "db1", "db2"]
+    assert all("one at a time" in line for line in lines[1:7])
+    assert "(deduction)" in lines[1]
+    text = "\n".join(lines)
+    assert "meta downtime: none expected" in text and "going back: to go back, set cluster.version back" in text
+
+
+def test_plan_says_meta_goes_together_and_its_downtime() -> None:
+    code, lines = printed(upgrades.assess(rel("1.2.7"), members(dict.fromkeys(ALL_124, "1.2.6")), "meta0"),
+                          missing=["ceres-emulator/ceresdb-server:1.2.7"])
+    text = "\n".join(lines)
+    assert code == 0
+    assert "1. meta0, meta1, meta2  meta     all together   the leader key moves at 1.2.7" in text
+    assert "meta downtime: meta is down from the stop of its members" in text
+    assert "images: this machine lacks ceres-emulator/ceresdb-server:1.2.7: nothing stops anywhere" in text
+
+
+def test_plan_refuses_an_impossible_pair_naming_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    code, lines = printed(upgrades.assess(rel("1.2.7"), members(dict.fromkeys(ALL_124, "2.0.0")), "meta0"))
+    assert code == 2 and lines == []
+    assert "error: cluster.version: upgrade refused: horaedb 2.0.0 -> ceresdb 1.2.7: no way back" in capsys.readouterr().err
+
+
+def test_plan_without_an_upgrade_prints_nothing() -> None:
+    assert printed(upgrades.assess(rel("1.2.4"), members(ALL_124), "meta0")) == (0, [])
+
+
+STATUS = {"upgrade": {
+    "state": "halted", "target": "ceresdb 1.2.5", "from": ["ceresdb 1.2.4"], "pending": True,
+    "nodes": [{"name": "meta0", "release": "ceresdb 1.2.5", "done": True},
+              {"name": "db0", "release": "ceresdb 1.2.5", "done": True},
+              {"name": "db1", "release": "ceresdb 1.2.4", "done": False}],
+    "steps": [{"role": "ceresdb", "nodes": ["db1"], "together": False, "why": "x"}],
+    "halted": "db0 not healthy within 30s (unhealthy: ...)",
+    "going_back": "to go back, set cluster.version back to ceresdb 1.2.4 ...",
+    "preflight": {"ok": True, "detail": "every machine has the images"},
+    "operation": {"id": "op-1-1"}, "note": "",
+}}
+
+
+def test_upgrade_status_says_what_is_done_where_it_stopped_and_how_to_go_back() -> None:
+    text = upgrade_cli.status_text(STATUS)
+    assert text.splitlines()[0] == "upgrade ceresdb 1.2.4 -> ceresdb 1.2.5: halted"
+    assert "done: meta0, db0 (2 of 3 nodes)" in text
+    assert "halted: db0 not healthy within 30s" in text and "going back: to go back" in text
+    assert "db1  ceresdb 1.2.4  no" in text
+    assert upgrade_cli.exit_code(STATUS) == 5
+
+
+@pytest.mark.parametrize(("state", "code"), [("none", 0), ("done", 0), ("waiting", 1), ("running", 1),
+                                             ("refused", 5), ("halted", 5)])
+def test_upgrade_status_exit_codes(state: str, code: int) -> None:
+    assert upgrade_cli.exit_code({"upgrade": {**STATUS["upgrade"], "state": state}}) == code
+
+
+def test_releases_of_another_machine_come_from_a_daemon_s_document() -> None:
+    assert upgrade_cli.remote_releases(STATUS) == {"meta0": "ceresdb 1.2.5", "db0": "ceresdb 1.2.5",
+                                                   "db1": "ceresdb 1.2.4"}
+    assert upgrade_cli.remote_releases({"upgrade": None}) is None
+
+
+# --- the preflight and meta as it runs ---------------------------------------------------------------
+
+IMG = "ceres-emulator/ceresdb-server:1.2.5"
+
+
+@pytest.mark.parametrize(("checks", "confirmed", "said"), [
+    ({"a": upgrades.Preflight("h", (IMG,)), "b": upgrades.Preflight("h", (IMG,))}, True, "every machine has the images"),
+    ({"a": upgrades.Preflight("h", (IMG,)), "b": upgrades.Preflight("h", (IMG,), (IMG,))}, False, f"b lacks {IMG}"),
+    ({"a": upgrades.Preflight("h", (IMG,)), "b": upgrades.Preflight("h", (IMG,), (IMG,), {IMG: "pull failed: x"})},
+     False, f"b lacks {IMG} (pull failed: x)"),
+    ({"a": upgrades.Preflight("h", (IMG,)), "b": None}, False, "waiting for b to check its images"),
+    ({"a": upgrades.Preflight("h", (IMG,)), "b": upgrades.Preflight("older", (IMG,), (IMG,))}, False,
+     "waiting for b to check its images"),  # a check of another file says nothing of this one
+])
+def test_every_machine_must_say_it_has_the_images(checks: dict[str, upgrades.Preflight | None], confirmed: bool,
+                                                   said: str) -> None:
+    assert upgrades.images_confirmed("h", checks) == (confirmed, said)
+
+
+def test_a_published_preflight_is_read_back_or_ignored() -> None:
+    check = upgrades.Preflight("h", (IMG,), (IMG,), {IMG: "check failed: x"}, "2026-12-07T00:00:00Z")
+    assert upgrades.Preflight.parse(check.document()) == check
+    assert upgrades.Preflight.parse({"spec_hash": 1}) is None and upgrades.Preflight.parse(None) is None
+
+
+@pytest.mark.parametrize(("running", "target", "paths", "key"), [
+    ({"meta0": "ceresdb 1.2.6", "meta1": "ceresdb 1.2.6"}, rel("1.2.7"),
+     {"meta0": "/api/v1/healthCheck", "meta1": "/api/v1/healthCheck"}, "/members/leader"),
+    ({"meta0": "ceresdb 1.2.7", "meta1": "ceresdb 1.2.6"}, rel("1.2.7"), {"meta1": "/api/v1/healthCheck"},
+     "/ceresdb/members/leader"),  # mid-step: the file's
+    ({"meta0": "ceresdb 1.2.4", "meta1": "ceresdb 1.2.4"}, rel("1.2.5"), {}, "/members/leader"),
+    ({"meta0": "ceresdb 1.2.7", "meta1": "ceresdb 1.2.7"}, rel("2.0.0", True), {}, "/ceresdb/members/leader"),
+    ({"meta0": "horaedb 2.0.0", "meta1": "horaedb 2.0.0"}, rel("2.0.0", True), {}, "/ceresdb/members/leader"),
+    ({}, rel("2.0.0"), {}, "/horaedb/members/leader"),
+])
+def test_meta_is_probed_as_it_runs(running: dict[str, str], target: Release, paths: dict[str, str], key: str) -> None:
+    assert upgrades.probed_as(target, running, ["meta0", "meta1"]) == (paths, key)
