@@ -223,7 +223,7 @@ class Supervisor:
     def _on_step(self, node: str, text: str) -> None:
         """A step of the executor's restart or recreate: the operation asking for it shows it."""
         self.operations.step(node, text)
-        self.upgrades.step(node, text)
+        self.upgrades.nodes.step(node, text)
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         if event.container_id:

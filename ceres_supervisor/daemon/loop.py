@@ -181,7 +181,7 @@ class Loop:
             if action.kind == "restart":
                 p.operations.granted(action.node)
             elif action.kind == "recreate":
-                p.upgrades.granted(action.node)
+                p.upgrades.nodes.granted(action.node)
             log.info("action_started", node=action.node, action=action.kind, reason=action.reason)
         if result.meta_ready:
             self._remember_topology()
@@ -270,7 +270,7 @@ class Loop:
         if action.kind == "restart":
             p.operations.finished(action.node, None if outcome.ok else outcome.error)
         elif action.kind == "recreate":
-            p.upgrades.finished(action.node, None if outcome.ok else outcome.error)
+            p.upgrades.nodes.finished(action.node, None if outcome.ok else outcome.error)
         if outcome.ok:
             p.record_event(action.node, action.kind, action.reason, f"{action.kind} done")
         elif outcome.step == "slot":

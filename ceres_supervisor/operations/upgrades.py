@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -41,15 +41,11 @@ from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.versions import parse_release
 from ceres_supervisor.operations import restarts
 from ceres_supervisor.operations.restarts import Operation, OperationFailed, Refused
+from ceres_supervisor.operations.upgrade_steps import REMOTE_POLL_S, Host, NodeSteps, Retry
 
 log = structlog.get_logger(__name__)
 
-REMOTE_POLL_S: Final = 1.0
 CLAIM: Final = "operation"
-
-
-class Retry(Exception):
-    """The step cannot go now for a passing reason (another agent out of reach): tried again."""
 
 
 @dataclass(frozen=True)
@@ -141,14 +137,6 @@ def situation(
     )
 
 
-class Host(restarts.Host, Protocol):
-    """What the upgrade needs of the daemon, besides what an operation needs."""
-
-    def spawn(self, coro: Awaitable[None], name: str) -> None: ...
-    async def update_operation(self, doc: Mapping[str, Any]) -> None:
-        """Rewrite the store's `operation` key this agent holds (a halted upgrade says so there)."""
-
-
 class Upgrades:
     def __init__(
         self,
@@ -159,17 +147,13 @@ class Upgrades:
     ) -> None:
         self.host = host
         self.operations = operations
-        self.session = session
-        self.token = token
         self.last: Situation | None = None
-        self.asks: dict[str, UpgradeAsk] = {}
-        """node -> the ask the planner should grant (`Controls.upgrades`)."""
+        self.nodes = NodeSteps(host, operations, session, token, self._at_target)
+        """One node's step, here or on another machine (and the asks the planner grants)."""
         self.current: Operation | None = None
         """The upgrade this agent drives (running, or halted and holding the `operation` key)."""
         self.halted: tuple[str, str] | None = None
         """(the file's spec hash, why) of the upgrade halted here: not started again for that file."""
-        self._asking: dict[str, Operation] = {}
-        self._done: dict[str, asyncio.Future[str | None]] = {}
         self._starting = False
         self._target = ""
 
@@ -201,13 +185,24 @@ class Upgrades:
 
     def controls(self) -> tuple[Mapping[str, UpgradeAsk], str]:
         """(the asks, what a node of another release waits for)."""
-        return dict(self.asks), self.note()
+        return dict(self.nodes.asks), self.note()
+
+    def _at_target(self, node: str) -> bool:
+        sit = self.last
+        release = parse_release(sit.running.get(node, "")) if sit else None
+        return sit is not None and release is not None and release.same_servers(sit.upgrade.target)
+
+    async def begin_node(self, node: str, together: bool, who: str, spec_hash: str) -> Operation:
+        """Another agent's upgrade asks for this agent's `node` (`POST /v1/nodes/<name>/upgrade`)."""
+        return await self.nodes.begin_node(node, together, who, spec_hash)
 
     def note(self) -> str:
         sit = self.last
         if sit is None:
             return "the upgrade waits for the first look at the cluster"
         up = sit.upgrade
+        if not up.pending:
+            return "no upgrade pending"
         if up.refused:
             return f"upgrade refused: {up.refused}"
         if self.halted is not None:
@@ -226,29 +221,6 @@ class Upgrades:
         if not sit.images[0]:
             return f"the upgrade waits: {sit.images[1]}"
         return f"the upgrade to {up.target.label()} is about to start"
-
-    def granted(self, node: str) -> None:
-        """The planner granted the recreate and the executor took it (from the loop)."""
-        if self.asks.pop(node, None) is not None:
-            op = self._asking.get(node)
-            if op is not None:
-                op.step(f"{node}: recreate granted")
-
-    def step(self, node: str, text: str) -> None:
-        op = self._asking.get(node)
-        if op is not None:
-            op.step(f"{node}: {text}")
-
-    def finished(self, node: str, error: str | None) -> None:
-        """The executor's recreate ended (None: the new container runs)."""
-        done = self._done.get(node)
-        if done is None or done.done():
-            return
-        op = self._asking.get(node)
-        if error is not None and error.startswith("waiting for disruption budget") and op is not None:
-            self.asks[node] = UpgradeAsk(f"upgrade {op.id}")  # the store refused the slot: ask again
-            return
-        done.set_result(error)
 
     # -- the document ---------------------------------------------------------------------------------
 
@@ -332,9 +304,8 @@ class Upgrades:
         finally:
             self._starting = False
         sources = ", ".join(s.label() for s in up.sources)
-        op.step(
-            f"upgrade {sources} -> {up.target.label()}: {len(nodes)} nodes; meta downtime: {up.meta_downtime}"
-        )
+        op.step(f"upgrade {sources} -> {up.target.label()}: {', '.join(nodes)} to go")
+        op.step(f"meta downtime: {up.meta_downtime}")
         self.host.record_event(None, "operation_started", op.who, f"upgrade {op.id} to {up.target.label()}")
         log.info("upgrade_started", operation=op.id, target=up.target.label(), sources=sources)
         await self._run(op)
@@ -433,10 +404,11 @@ class Upgrades:
         return None
 
     async def _step(self, op: Operation, step: decide.Step, sit: Situation) -> None:
+        target = sit.upgrade.target.label()
         runs = [
-            self._local(op, node, step.together)
+            self.nodes.local(op, node, step.together, target)
             if node in sit.local
-            else self._remote(op, node, step.together, sit.spec_hash)
+            else self.nodes.remote(op, node, step.together, sit.spec_hash)
             for node in step.nodes
         ]
         results = await asyncio.gather(*runs, return_exceptions=True)
@@ -461,161 +433,3 @@ class Upgrades:
                 raise OperationFailed(f"meta not ready within {timeout_s:g}s ({detail})")
             await self.host.cycled()
         op.step("meta ready")
-
-    # -- one node here ---------------------------------------------------------------------------------
-
-    def _plan(self) -> Plan | None:
-        return self.host.current_plan
-
-    def _run_key(self, node: str) -> str | None:
-        plan = self._plan()
-        record = plan.records.get(node) if plan else None
-        return record.run_key if record else None
-
-    def _at_target(self, node: str) -> bool:
-        sit = self.last
-        release = parse_release(sit.running.get(node, "")) if sit else None
-        return sit is not None and release is not None and release.same_servers(sit.upgrade.target)
-
-    async def _local(self, op: Operation, node: str, together: bool) -> None:
-        """Ask the planner to recreate `node` here, then wait until it is healthy (with its shards)."""
-        if self._at_target(node):
-            op.step(f"{node}: runs {self.last.upgrade.target.label() if self.last else 'the target'} already")
-            return
-        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        self._done[node], self._asking[node] = done, op
-        self.asks[node] = UpgradeAsk(f"upgrade {op.id}", together)
-        run_before = self._run_key(node)
-        op.step(
-            f"{node}: recreate asked" + (" (all together)" if together else ", within the disruption budget")
-        )
-        last = None
-        try:
-            while node in self.asks and not self._at_target(node):
-                await self._cycle_or(done)
-                plan = self._plan()
-                view = plan.views.get(node) if plan else None
-                reason = view.reason if view is not None else None
-                if reason and reason != last and ("waiting" in reason or "paused" in reason):
-                    op.step(f"{node}: {reason.split('; ')[-1]}")
-                    last = reason
-            # Granted (the executor's answer follows), or at the target already some other way.
-            error = await done if node not in self.asks else None
-        finally:
-            self.asks.pop(node, None)
-            self._done.pop(node, None)
-        if error is not None:
-            raise OperationFailed(f"{node}: {error}")
-        self.host.record_event(node, "upgraded", op.who, f"recreated at {self._target_label()} by {op.id}")
-        try:
-            await self.operations.until_healthy(op, node, run_before)
-        finally:
-            self._asking.pop(node, None)
-
-    def _target_label(self) -> str:
-        return self.last.upgrade.target.label() if self.last else "the file's release"
-
-    async def _cycle_or(self, done: asyncio.Future[str | None]) -> None:
-        cycled: asyncio.Future[None] = asyncio.ensure_future(self.host.cycled())
-        waiting: set[asyncio.Future[Any]] = {cycled, done}
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cycled.cancel()
-
-    async def begin_node(self, node: str, together: bool, who: str, spec_hash: str) -> Operation:
-        """Another agent's upgrade asks for this agent's `node` (`POST /v1/nodes/<name>/upgrade`)."""
-        desired = self.host.current_desired
-        target = desired.node(node)
-        if target is None or not target.is_local:
-            raise Refused(f"{node} does not run on this machine")
-        if spec_hash != desired.spec_hash:
-            raise Refused(f"this agent runs another file ({desired.spec_hash}, asked for {spec_hash})")
-        running = next(
-            (
-                op
-                for op in self.operations.kept.values()
-                if op.kind == "upgrade-node" and op.outcome is None and op.nodes == [node]
-            ),
-            None,
-        )
-        if running is not None:
-            return running  # the driver asks again (it restarted): follow the same one
-        op = Operation(self.operations.new_id(), "upgrade-node", who, [node])
-        op.current = node
-        self.operations.keep(op)
-        self.host.spawn(self._node_op(op, node, together), f"operation-{op.id}")
-        return op
-
-    async def _node_op(self, op: Operation, node: str, together: bool) -> None:
-        try:
-            await self._local(op, node, together)
-            op.outcome = "ok"
-        except OperationFailed as err:
-            op.outcome, op.error = "failed", str(err)
-        except asyncio.CancelledError:
-            op.outcome, op.error = "cancelled", "the supervisor is stopping"
-            raise
-        except Exception as err:
-            log.exception("upgrade_node_crashed", operation=op.id)
-            op.outcome, op.error = "failed", f"internal error: {type(err).__name__}: {err}"
-        finally:
-            op.step(f"done: {op.outcome}" + (f" ({op.error})" if op.error else ""))
-
-    # -- one node on another machine -----------------------------------------------------------------
-
-    async def _remote(self, op: Operation, node: str, together: bool, spec_hash: str) -> None:
-        """Another machine's node: its own supervisor recreates it; this one follows."""
-        if self._at_target(node):
-            op.step(f"{node}: runs the target already")
-            return
-        remote = self.host.remote_agent(node)
-        session = self.session()
-        if remote is None or session is None:
-            raise Retry(f"{node}: its supervisor cannot be reached now")
-        agent, base = remote
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        body = {
-            "who": "api",
-            "via": f"{op.id} on {self.host.agent}",
-            "together": together,
-            "spec_hash": spec_hash,
-        }
-        op.step(f"{node}: asking the supervisor on {agent} ({base})")
-        try:
-            async with session.post(
-                f"{base}/v1/nodes/{node}/upgrade",
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=10),
-            ) as response:
-                answer = await response.json(content_type=None)
-            if response.status == 409:
-                said = answer.get("error") if isinstance(answer, dict) else answer
-                raise Retry(f"{agent} cannot take {node} now: {said}")
-            if response.status != 202 or not isinstance(answer, dict):
-                raise OperationFailed(f"{agent} refused to upgrade {node}: HTTP {response.status}: {answer}")
-            remote_id = str(answer.get("operation"))
-            seen = 0
-            while True:
-                await asyncio.sleep(REMOTE_POLL_S)  # following another machine's operation at its pace
-                async with session.get(
-                    f"{base}/v1/operations/{remote_id}",
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=10),
-                ) as response:
-                    doc = await response.json(content_type=None)
-                if response.status == 404:
-                    raise Retry(f"{agent} no longer knows operation {remote_id} (restarted?)")
-                if not isinstance(doc, dict):
-                    continue
-                steps = doc.get("steps") or []
-                for item in steps[seen:]:
-                    op.step(f"{agent}: {item.get('text')}")
-                seen = len(steps)
-                if doc.get("outcome") == "ok":
-                    return
-                if doc.get("outcome") is not None:
-                    raise OperationFailed(f"{node} on {agent}: {doc.get('error')}")
-        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            raise Retry(f"cannot follow {node} on {agent}: {err}") from None
