@@ -154,7 +154,7 @@ async def test_a_rolling_upgrade_goes_one_node_at_a_time_each_back_with_its_shar
         assert cluster.supervisor is not None
         reloaded = await cluster.supervisor.request_reload()
         assert reloaded.ok, reloaded.error
-        doc = await upgrade_done(cluster, "ceresdb 1.2.5", 300)
+        doc = await upgrade_done(cluster, "ceresdb 1.2.5", 180)
         await healthy_with_shards(cluster)
         status = await cli("upgrade", "status", "--url", cluster.api_url)
     destroyed = [e.node for e in events.of(actions=("destroy",))]
@@ -168,8 +168,9 @@ async def test_a_rolling_upgrade_goes_one_node_at_a_time_each_back_with_its_shar
     assert down[1][0] > down[0][1], f"db1 stopped while db0 did not hold its shards yet: {down}"
     steps = steps_of(doc)
     for db in ("db0", "db1"):
-        flushed = next(i for i, s in enumerate(steps) if s.startswith(f"{db}: flush_memtable: 0 tables flushed"))
-        assert flushed < next(i for i, s in enumerate(steps) if s.startswith(f"{db}: stopping")), steps
+        flushed = [i for i, s in enumerate(steps) if s.startswith(f"{db}: flush_memtable: 0 tables flushed")]
+        stopped = [i for i, s in enumerate(steps) if s.startswith(f"{db}: stopping")]
+        assert flushed and stopped and flushed[0] < stopped[0], f"{db} not flushed before its stop: {steps}"
     assert set(releases(docker_client, cluster.name).values()) == {"ceresdb 1.2.5"}
     assert status.returncode == 0 and status.stdout.startswith("upgrade - -> ceresdb 1.2.5: done"), status.stdout
 
@@ -192,7 +193,7 @@ async def test_meta_goes_together_over_the_moved_leader_key_then_to_horaedb_keep
         first = await eventually(lambda: (d := upgrade_doc(cluster))["steps"] and d, 30, "the upgrade's steps")
         assert first["steps"][0]["nodes"] == ["meta0", "meta1", "meta2"] and first["steps"][0]["together"]
         assert "the leader key moves at 1.2.7" in first["steps"][0]["why"]
-        await upgrade_done(cluster, "ceresdb 1.2.7", 300)
+        await upgrade_done(cluster, "ceresdb 1.2.7", 150)
         await healthy_with_shards(cluster)
     meta_stops = [e.at for e in events.chosen_stops() if e.role == "meta"]
     meta_starts = [e.at for e in events.of(actions=("start",)) if e.role == "meta"]
@@ -213,7 +214,7 @@ async def test_meta_goes_together_over_the_moved_leader_key_then_to_horaedb_keep
     cluster.write(to_horaedb(cluster.text, keep=True))
     with DockerEvents(docker_client, cluster.name) as events:
         assert (await cluster.supervisor.request_reload()).ok
-        await upgrade_done(cluster, "horaedb 2.0.0", 300)
+        await upgrade_done(cluster, "horaedb 2.0.0", 120)
         await healthy_with_shards(cluster)
     meta_stops = [e.at for e in events.chosen_stops() if e.role == "meta"]
     meta_starts = [e.at for e in events.of(actions=("start",)) if e.role == "meta"]
@@ -278,12 +279,13 @@ def test_a_missing_image_stops_nothing_anywhere_and_a_killed_agent_resumes(
         return daemon
 
     def healthy() -> bool:
-        for daemon in agents.values():
+        """Every node healthy with its shards, as each agent sees the cluster (else says what it sees)."""
+        for host, daemon in agents.items():
             code, doc = daemon.get("/v1/cluster")
-            if code != 200 or doc["cluster"]["state"] != "healthy":
-                return False
-            if not all(n["state"] == "healthy" and (n["lease"] is None or n["lease"]["held"]) for n in doc["nodes"]):
-                return False
+            seen = {n["name"]: (n["state"], n["reason"], (n["lease"] or {}).get("held")) for n in doc.get("nodes", [])}
+            if code != 200 or doc["cluster"]["state"] != "healthy" or not all(
+                    state == "healthy" and held is not False for state, _reason, held in seen.values()):
+                raise AssertionError(f"{host} sees {code} {doc.get('cluster')}: {seen}")
         return True
 
     try:
