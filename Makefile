@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-VERSIONS ?= 1.2.2 1.2.7 2.0.0
+VERSIONS ?= 1.2.2 1.2.4 1.2.5 1.2.6 1.2.7 2.0.0
 
 .PHONY: help setup docker emulator lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
 
@@ -77,6 +77,7 @@ bench: setup docker emulator
 	cd bench && ../$(BIN)/python cluster_chaos.py 600
 	cd bench && ../$(BIN)/python storeclient.py 3 1000
 	cd bench && ../$(BIN)/python backup.py 5 10000
+	cd bench && ../$(BIN)/python upgrade.py 2
 	cd bench && ../$(BIN)/python report.py
 
 # The long chaos run (CI runs a short one inside make test).

@@ -20,7 +20,7 @@ RESULTS_DIR: Final = BENCH / ".results"
 RESULTS_MD: Final = BENCH / "RESULTS.md"
 
 SCRIPTS: Final = ("restart", "crashes", "steady", "metricslib", "coldstart", "scale", "cluster", "cluster_chaos",
-                   "storeclient", "backup")
+                   "storeclient", "backup", "upgrade")
 """The scripts in the order of `make bench`, which is also their order in RESULTS.md."""
 
 TARGETS: Final = (
@@ -40,6 +40,7 @@ TARGETS: Final = (
     ("cluster-agent", "Several machines: an agent SIGKILLed", "its nodes `unknown` on the others within agent_ttl + 1 s"),
     ("cluster-chaos", "Several machines: stops by choice", "zero beyond the budget in a 10-minute chaos run"),
     ("backup", "Day two: backup", "a meta holding 10,000 keys backed up in under 1 s"),
+    ("upgrade", "Day two: rolling upgrade", "3 meta + 3 CeresDB within 1.2 x its floor (the same steps by hand)"),
     ("provenance", "Benchmarks say what they measured",
      "settings changed from the defaults next to each figure; RESULTS.md regenerated on the code it describes"),
 )

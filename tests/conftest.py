@@ -40,7 +40,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except docker.errors.DockerException as err:
         pytest.fail(f"no Docker Engine answers ({err}); run `make test`, which starts one", pytrace=False)
-    build.main(os.environ.get("CERES_EMULATOR_VERSIONS", "1.2.2 1.2.7 2.0.0").split())
+    build.main(os.environ.get("CERES_EMULATOR_VERSIONS", "1.2.2 1.2.4 1.2.5 1.2.6 1.2.7 2.0.0").split())
     yield client
     for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
         if container.labels.get(TEST_LABEL, "").startswith(SESSION):
