@@ -198,7 +198,11 @@ async def test_meta_goes_together_over_the_moved_leader_key_then_to_horaedb_keep
     meta_stops = [e.at for e in events.chosen_stops() if e.role == "meta"]
     meta_starts = [e.at for e in events.of(actions=("start",)) if e.role == "meta"]
     db_stops = [e.at for e in events.chosen_stops() if e.role == "ceresdb"]
-    assert len(meta_stops) == 3 and len(meta_starts) == 3, "each meta member once"
+    assert len(meta_stops) == 3 and len(meta_starts) == 3, (
+        "each meta member once",
+        [(round(e.at, 2), e.action, e.node, e.signal) for e in events.events if e.role == "meta"],
+        [(str(e.at)[11:23], e.node, e.type, e.message) for e in cluster.supervisor.events if e.node and "meta" in e.node],
+    )
     assert max(meta_stops) < min(meta_starts), "all stopped before any started: together"
     assert len(db_stops) == 2 and min(db_stops) > max(meta_starts), "no CeresDB node restarted while meta was down"
     assert events.most_down_at_once("ceresdb")[0] == 1
