@@ -103,6 +103,7 @@ def situation(
         host = view.agent_of(node.name) if view is not None else None
         record = view.agents.get(host) if view is not None and host is not None else None
         if record is None:
+            running[node.name] = ""  # nobody publishes it (its agent is down): unknown
             members.append(decide.Member(node.name, node.role, None, False, True))
             continue
         text = record.running.get(node.name, "")
