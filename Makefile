@@ -87,6 +87,7 @@ bench: setup docker emulator
 	cd bench && ../$(BIN)/python cluster_chaos.py 600
 	cd bench && ../$(BIN)/python storeclient.py 3 1000
 	cd bench && ../$(BIN)/python backup.py 5 10000
+	cd bench && ../$(BIN)/python upgrade.py 2
 	cd bench && ../$(BIN)/python report.py
 
 # The long chaos run (CI runs a short one inside make test).

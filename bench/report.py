@@ -30,6 +30,7 @@ SCRIPTS: Final = (
     "cluster_chaos",
     "storeclient",
     "backup",
+    "upgrade",
 )
 """The scripts in the order of `make bench`, which is also their order in RESULTS.md."""
 
@@ -73,6 +74,11 @@ TARGETS: Final = (
         "answering 500: zero stops by choice beyond the budget, zero pauses lost",
     ),
     ("backup", "Day two: backup", "a meta holding 10,000 keys backed up in under 1 s"),
+    (
+        "upgrade",
+        "Day two: rolling upgrade",
+        "3 meta + 3 CeresDB within 1.2 x its floor (the same steps by hand)",
+    ),
     (
         "provenance",
         "Benchmarks say what they measured",

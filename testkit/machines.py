@@ -717,6 +717,11 @@ class Engines:
         self.costs["verify"] = time.monotonic() - began
         return made
 
+    def load(self, engine: Engine, versions: Sequence[str]) -> None:
+        """The stand-in images of `versions` into a running engine (`docker save` | `docker load`),
+        as an operator brings a missing image to a machine."""
+        self._load(engine.client, image_refs(versions))
+
     def remove(self, *engines: Engine) -> None:
         """Remove these engines (in parallel) and forget them."""
         with ThreadPoolExecutor(max(1, len(engines))) as pool:

@@ -75,11 +75,13 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def prepare(node: DesiredNode, owner: identity.Owner) -> None:
+def prepare(node: DesiredNode, owner: identity.Owner, as_is: bool = False) -> None:
     """Write the node's config atomically (0600 with a secret) and make its data directory, marked
-    for it; refuse a directory marked for another node or cluster (PreflightError)."""
-    mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
-    files.write_atomic(node.config_path, node.config_text, mode)
+    for it; refuse a directory marked for another node or cluster (PreflightError). `as_is`: the
+    container runs an older release, whose config file stays as it was (only the marker is checked)."""
+    if not as_is:
+        mode = files.SECRET_MODE if node.has_secret else files.PLAIN_MODE
+        files.write_atomic(node.config_path, node.config_text, mode)
     try:
         done = identity.ensure(node.data_dir, owner, node.name)
     except identity.IdentityError as err:
@@ -154,8 +156,10 @@ class Executor:
             assert node is not None
             error = (
                 f"image {node.container.image} is not present on this host "
-                "(ceres-supervisor does not pull images: docker pull or docker load it)"
+                '(docker pull or docker load it, or set supervisor.pull = "missing")'
             )
+            if action.kind == "recreate":
+                error += "; nothing was stopped"
         except (EngineError, PreflightError) as err:
             error = str(err)
         except OSError as err:
@@ -204,6 +208,11 @@ class Executor:
     ) -> str | None:
         """Carry `action` out; `step` is told each step before it runs (to name what failed).
         Returns how a stop of a node still starting went (None otherwise)."""
+        if action.kind in ("create", "recreate") and node is not None:
+            # Before anything stops: a recreate whose image is missing would leave the node gone.
+            step("image")
+            if not await self.engine.image_exists(node.container.image):
+                raise EngineImageMissing(f"image {node.container.image} is not present on this host")
         if action.by_choice and self.slots is not None:
             step("slot")
             role = action.role or (node.role if node is not None else "")
@@ -227,15 +236,16 @@ class Executor:
         if action.kind == "restart":
             step("start")
             self.on_step(action.node, "starting")
-            await asyncio.to_thread(prepare, node, self._owner())
+            await asyncio.to_thread(prepare, node, self._owner(), action.as_is)
             await self.data_dir_free(node)
             await self.engine.start(action.container_id or "")
             return how
         if action.kind == "recreate":
+            self.on_step(action.node, "stopped; removing it and creating it anew")
             step("remove")
             await self.engine.remove(action.container_id or "")
         step("create" if action.kind != "start" else "start")
-        await asyncio.to_thread(prepare, node, self._owner())
+        await asyncio.to_thread(prepare, node, self._owner(), action.as_is)
         preflight(node)
         await self.data_dir_free(node)
         if action.kind == "start":
@@ -253,21 +263,16 @@ class Executor:
         deadline: float,
         step: Callable[[str], None],
     ) -> None:
-        """SIGTERM, then SIGKILL at `deadline`; a planned restart of CeresDB flushes first, within
-        half of stop_timeout and inside the same deadline (a flush of many tables can take long:
-        the server flushes them one after the other)."""
-        if (
-            action.kind == "restart"
-            and self.flush is not None
-            and node is not None
-            and node.role == "ceresdb"
-        ):
+        """SIGTERM, then SIGKILL at `deadline`; a CeresDB node flushes first when the action says
+        so (a planned restart, a recreate), within half of stop_timeout and inside the same deadline
+        (a flush of many tables can take long: the server flushes them one after the other)."""
+        if action.flush and self.flush is not None and node is not None and node.role == "ceresdb":
             step("flush")
             said = await self.flush(node)
             self.on_step(action.node, f"flush_memtable: {said}")
         step("stop")
         stop_s = max(1.0, deadline - time.monotonic())
-        if action.kind == "restart":
+        if action.kind in ("restart", "recreate"):
             self.on_step(action.node, f"stopping (SIGTERM, then SIGKILL after {stop_s:.0f}s)")
         await self.engine.stop(container_id, stop_s)
 

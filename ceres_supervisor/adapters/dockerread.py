@@ -8,8 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from ceres_supervisor.desired.containers import LABEL_HASH, LABEL_HOST, LABEL_NODE, LABEL_ROLE
+from ceres_supervisor.desired.containers import (
+    LABEL_HASH,
+    LABEL_HOST,
+    LABEL_NODE,
+    LABEL_RELEASE,
+    LABEL_ROLE,
+)
 from ceres_supervisor.model.observed import ObservedContainer
+from ceres_supervisor.model.versions import release_of_image
 
 EVENT_ACTIONS: Final = frozenset({"start", "die", "oom", "destroy", "pause", "unpause", "kill", "stop"})
 
@@ -44,6 +51,11 @@ def observed_from(attrs: dict[str, Any]) -> ObservedContainer:
     labels = attrs.get("Config", {}).get("Labels") or {}
     state = attrs.get("State") or {}
     running = bool(state.get("Running"))
+    image = attrs.get("Config", {}).get("Image", "")
+    release = labels.get(LABEL_RELEASE) or ""
+    if not release:  # made before containers carried the label: what the image's tag says
+        told = release_of_image(image)
+        release = told.label() if told is not None else ""
     return ObservedContainer(
         id=attrs["Id"],
         name=attrs.get("Name", "").lstrip("/"),
@@ -51,13 +63,14 @@ def observed_from(attrs: dict[str, Any]) -> ObservedContainer:
         role=labels.get(LABEL_ROLE, ""),
         spec_hash=labels.get(LABEL_HASH, ""),
         state=str(state.get("Status", "unknown")),
-        image=attrs.get("Config", {}).get("Image", ""),
+        image=image,
         exit_code=None if running else state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         started_at=parse_time(state.get("StartedAt")),
         finished_at=None if running else parse_time(state.get("FinishedAt")),
         error=str(state.get("Error") or ""),
         host=labels.get(LABEL_HOST, ""),
+        release=release,
     )
 
 

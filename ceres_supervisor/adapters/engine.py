@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
+PULL_TIMEOUT_S: Final = 900.0
+"""Budget for pulling one image (hundreds of MB from a registry)."""
 CALL_TIMEOUT_S: Final = 30.0
 """Budget for one ordinary Docker call (list, inspect, create, start)."""
 LIST_TIMEOUT_S: Final = 10.0
@@ -244,6 +246,16 @@ class Engine:
             return sorted(users)
 
         return await self._call("list containers using a directory", find, self.list_timeout_s, observe=True)
+
+    async def pull(self, image: str) -> None:
+        """`docker pull image` (the registry's errors arrive in the stream: raised as EngineError)."""
+
+        def pull() -> None:
+            for line in self._api().pull(image, stream=True, decode=True):
+                if isinstance(line, dict) and line.get("error"):
+                    raise EngineError(f"pull {image}: {line['error']}")
+
+        await self._call(f"pull {image}", pull, timeout_s=PULL_TIMEOUT_S)
 
     async def logs_tail(self, container_id: str, lines: int = 3) -> str:
         def tail() -> str:

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from ceres_supervisor.adapters import logs
 from ceres_supervisor.cli import backups, client, completion, exits, local, remote
+from ceres_supervisor.cli import upgrades as upgrade_cli
 from ceres_supervisor.cli.exits import Failure
 from ceres_supervisor.desired.locality import LocalityError
 from ceres_supervisor.model.errors import CeresError, DesiredStateError
@@ -405,6 +406,19 @@ def build_parser() -> Parser:
     _host(p)
     _docker(p)
     _json(p, "what was restored, and what to do next")
+
+    p = _command(
+        sub,
+        "upgrade",
+        "the upgrade under way (the file names another version than the containers run): which nodes "
+        "are done, the next step, a halt and how to go back",
+        upgrade_cli.status,
+        ["ceres-supervisor upgrade status", "ceres-supervisor upgrade status --json | jq .upgrade.steps"],
+        (ok, bad, no_file, gone, refused, exits.RUNNING),
+    )
+    p.add_argument("what", choices=("status",), help="status: the upgrade as the daemon sees it")
+    _api(p)
+    _json(p, "the document the API gave")
 
     p = _command(
         sub,

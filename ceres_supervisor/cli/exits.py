@@ -34,7 +34,10 @@ TABLE: Final = (
     (USAGE, "the command line is wrong: an unknown command or option, a missing or bad value"),
     (NO_FILE, "the desired-state file does not exist or cannot be read"),
     (INTERNAL, "internal error: the daemon answered 500, or a bug in the command"),
-    (RUNNING, "still running when the command stopped waiting (a long reload): not failed"),
+    (
+        RUNNING,
+        "still running when the command stopped waiting (a long reload), or an upgrade under way: not failed",
+    ),
     (INTERRUPTED, "interrupted (Ctrl-C, or a second SIGTERM/SIGINT for run)"),
 )
 """Every exit code and what it means: `--help` and README print this table."""

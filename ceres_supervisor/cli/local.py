@@ -22,10 +22,15 @@ from ceres_supervisor.actions import executor
 from ceres_supervisor.adapters import logs
 from ceres_supervisor.adapters.engine import Engine, EngineError
 from ceres_supervisor.cli import client, exits, oneshot
+from ceres_supervisor.cli import upgrades as upgrade_cli
 from ceres_supervisor.cli.exits import Failure
 from ceres_supervisor.daemon import app
+from ceres_supervisor.decisions import upgrades as upgrades_decide
+from ceres_supervisor.decisions.planning import Plan
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
+from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.errors import DesiredStateError
+from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.spec import advertise_url
 from ceres_supervisor.observation import observer
 from ceres_supervisor.surfaces import api
@@ -209,6 +214,7 @@ def plan(args: argparse.Namespace) -> int:
         )
     daemon = daemon_answers(args)
     orphans = [{"name": o.name, "node": o.node} for o in observation.orphans]
+    upgrade = _upgrade(args, desired_cluster, observation, result, daemon is not None)
     if args.json:
         print_json(
             {
@@ -219,10 +225,11 @@ def plan(args: argparse.Namespace) -> int:
                 "daemon_running": daemon is not None,
                 "nodes": nodes,
                 "orphans": orphans,
+                "upgrade": upgrade_cli.document(upgrade),
                 "warnings": _warnings(loaded),
             }
         )
-        return exits.OK
+        return exits.INVALID if upgrade.refused is not None else exits.OK
     print_warnings(loaded)
     print(
         f"cluster {spec.cluster.name} ({spec.release.label()}), spec {desired_cluster.spec_hash}: "
@@ -243,7 +250,31 @@ def plan(args: argparse.Namespace) -> int:
         print(f"remove: container {orphan['name']} (node {orphan['node']!r} is not in the file; data kept)")
     if any(n["state"] == "blocked" for n in nodes):
         print("CeresDB nodes start once meta is ready (the next cycles of `run`).")
-    return exits.OK
+    missing = None
+    if upgrade.pending:
+        try:
+            missing = asyncio.run(upgrade_cli.missing_images(desired_cluster, args.docker_url))
+        except EngineError:
+            missing = None
+    return upgrade_cli.print_plan(upgrade, missing, spec.supervisor.start_timeout)
+
+
+def _upgrade(
+    args: argparse.Namespace,
+    desired: DesiredCluster,
+    observation: Observation,
+    result: Plan,
+    daemon: bool,
+) -> upgrades_decide.Upgrade:
+    """The upgrade `plan` sees: another machine's nodes as a daemon of the cluster says they run."""
+    remote = None
+    if daemon and any(not n.is_local for n in desired.nodes):
+        try:
+            ep = client.endpoint(None, None, config_path(args))
+            remote = upgrade_cli.remote_releases(asyncio.run(client.call(ep, "GET", "/v1/upgrade"))[1])
+        except Failure:
+            remote = None
+    return upgrade_cli.assess(desired, observation, result, remote)
 
 
 def down(args: argparse.Namespace) -> int:

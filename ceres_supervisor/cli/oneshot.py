@@ -8,12 +8,13 @@ locks once, and changes nothing.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import aiohttp
 
 from ceres_supervisor.adapters.engine import EngineError
 from ceres_supervisor.daemon.app import Supervisor
-from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions import planning, upgrades
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.desired import loading, locality
 from ceres_supervisor.desired.containers import DesiredCluster
@@ -38,13 +39,23 @@ async def plan_once(
     connector = aiohttp.TCPConnector(force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
+            containers = {c.node: c for c in await supervisor.observer.containers()}
+            # Meta as it runs: in the middle of an upgrade, another release's health route and leader key.
+            paths, leader_key = upgrades.probed_as(
+                loaded.spec.release,
+                {name: c.release for name, c in containers.items()},
+                [m.name for m in supervisor.desired.meta],
+            )
+            settings = replace(settings, health_paths=paths, leader_key=leader_key.encode())
             prober = Prober(session, settings, lambda: None)
             prober.nodes = {n.name: n for n in supervisor.desired.nodes}
             meta = supervisor.desired.meta
             answers = await asyncio.gather(
-                *(probes.probe_member(session, n, settings.health_path, settings.timeout_s) for n in meta)
+                *(
+                    probes.probe_member(session, n, settings.health_path_of(n.name), settings.timeout_s)
+                    for n in meta
+                )
             )
-            containers = {c.node: c for c in await supervisor.observer.containers()}
             prober.meta = {
                 n.name: with_run(a, containers.get(n.name)) for n, a in zip(meta, answers, strict=True)
             }

@@ -85,6 +85,10 @@ class Identity:
     nodes: tuple[str, ...] = ()
     outdated: tuple[str, ...] = ()
     started_at: str = field(default_factory=now_text)
+    running: dict[str, str] = field(default_factory=dict)
+    """Its nodes -> the release their container runs (what an upgrade starts from)."""
+    preflight: dict[str, Any] | None = None
+    """Its check of its Docker Engine for the file's images (before an upgrade stops anything)."""
 
     def record(self) -> AgentRecord:
         return AgentRecord(
@@ -99,11 +103,20 @@ class Identity:
             self.outdated,
             self.advertise,
             self.generation,
+            dict(self.running),
+            self.preflight,
         )
 
     def mark(self) -> tuple[object, ...]:
         """What must reach the other agents at once when it changes (not at the next heartbeat)."""
-        return self.spec_hash, self.nodes, self.outdated, self.advertise, self.generation
+        return (
+            self.spec_hash,
+            self.nodes,
+            self.outdated,
+            self.advertise,
+            self.generation,
+            json.dumps([self.running, self.preflight], sort_keys=True),
+        )
 
 
 class Coordinator:
@@ -522,6 +535,19 @@ class Coordinator:
         except ValueError:
             held_by = None
         return str(held_by or "another agent")
+
+    async def update_claim(self, name: str, doc: Mapping[str, Any]) -> bool:
+        """Rewrite a claim this agent holds (what it says changed, e.g. a halted upgrade); False when
+        it does not hold it. Raises etcd.EtcdError when the store cannot be reached."""
+        client = self._client
+        if client is None or not self._lease:
+            return False
+        key = self._key(name)
+        value = json.dumps({"since": now_text(), **doc, "host": self.identity.host}).encode()
+        taken, _rev, _ranges = await client.txn(
+            [self._mine(key)], [etcd.put_request(key, value, self._lease)]
+        )
+        return taken
 
     async def unclaim(self, name: str) -> None:
         client = self._client

@@ -37,6 +37,7 @@ SIGNIFICANT: Final = (
     "started_at",
     "last_exit",
     "next_restart_at",
+    "available",
 )
 """What makes a node's record worth writing again (a probe's timestamp alone does not)."""
 
@@ -66,10 +67,15 @@ class AgentRecord:
     """The URL other agents reach this one's API at (remote operations go there)."""
     generation: int = 0
     """`cluster.generation` of its file: an agent with an older file removes nothing."""
+    running: Mapping[str, str] = field(default_factory=dict)
+    """Its nodes -> the release their container runs (`ceresdb 1.2.4`; an upgrade starts from it)."""
+    preflight: Mapping[str, Any] | None = None
+    """Its check of its own Docker Engine for its nodes' images (`decisions.upgrades.Preflight`)."""
 
     def encode(self) -> bytes:
         doc = dict(self.__dict__)
         doc["nodes"], doc["outdated"] = list(self.nodes), list(self.outdated)
+        doc["running"], doc["preflight"] = dict(self.running), self.preflight
         return json.dumps(doc).encode()
 
     @classmethod
@@ -89,12 +95,19 @@ class AgentRecord:
         advertise, generation = doc.get("advertise", ""), doc.get("generation", 0)
         if not isinstance(advertise, str) or not isinstance(generation, int) or isinstance(generation, bool):
             raise ValueError("advertise/generation mistyped")
+        running, preflight = doc.get("running") or {}, doc.get("preflight")
+        if not isinstance(running, dict) or not all(isinstance(v, str) for v in running.values()):
+            raise ValueError("running is not a map of node to release")
+        if preflight is not None and not isinstance(preflight, dict):
+            raise ValueError("preflight is not an object")
         return cls(
             pid=doc["pid"],
             nodes=tuple(lists[0]),
             outdated=tuple(lists[1]),
             advertise=advertise,
             generation=generation,
+            running=running,
+            preflight=preflight,
             **text,  # type: ignore[arg-type]
         )
 
@@ -239,6 +252,11 @@ def down_reason(doc: Mapping[str, Any] | None) -> str | None:
         return str(state)
     if held is False:
         return "without its shards"
+    if doc.get("available") is False:
+        # Healthy, yet its agent does not count it as serving: a CeresDB node whose shard locks were
+        # not read since it (re)started (a recreated node answers `GET /` long before its shards are
+        # back), a meta member whose etcd is not healthy. Agents before this field say nothing.
+        return "lease unknown" if doc.get("role") == "ceresdb" else "etcd not healthy"
     return None
 
 

@@ -21,7 +21,7 @@ import aiohttp
 import structlog
 
 from ceres_supervisor import __version__
-from ceres_supervisor.actions import executor
+from ceres_supervisor.actions import executor, images
 from ceres_supervisor.adapters import etcd, logs, systemd
 from ceres_supervisor.adapters.dockerread import EngineEvent
 from ceres_supervisor.adapters.engine import Engine
@@ -33,12 +33,13 @@ from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.desired import containers as desired_mod
 from ceres_supervisor.desired import loading, locality, secrets
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model import versions
 from ceres_supervisor.model.errors import DesiredStateError, SecretError
 from ceres_supervisor.model.spec import DesiredState, advertise_url
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
 from ceres_supervisor.observation.prober import Prober
-from ceres_supervisor.operations import backups, pauses, restarts
+from ceres_supervisor.operations import backups, pauses, restarts, upgrades
 from ceres_supervisor.surfaces import journal, metrics
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult, Snapshot
 
@@ -115,12 +116,14 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self.pauses = pauses.PauseBook.open(loaded.spec.cluster.state_dir, place.host)
         self.operations = restarts.Operations(self, lambda: self._session, None)
+        self.upgrades = upgrades.Upgrades(self, self.operations, lambda: self._session, None)
+        self.images = images.ImageCheck(self.engine, self.wake)
         self._executor = executor.Executor(
             self.engine,
             loaded.spec.supervisor.stop_timeout,
             self._on_outcome,
             flush=self._flush,
-            on_step=self.operations.step,
+            on_step=self._on_step,
             is_up=self._is_up,
         )
         self.store_sync = storesync.StoreSync(self.coordinator, self.identity, self.pauses, self.wake)
@@ -134,6 +137,8 @@ class Supervisor:
             self.notifier,
             self.record_event,
             lambda: self.backups.status,
+            self.images,
+            self.upgrades,
             journal.fan_out(self.events.published, self.metrics.published),
         )
         self.loop = Loop(parts, setting, self.agent)
@@ -217,6 +222,11 @@ class Supervisor:
 
     def _on_outcome(self, outcome: executor.Outcome) -> None:
         self.loop.on_outcome(outcome)
+
+    def _on_step(self, node: str, text: str) -> None:
+        """A step of the executor's restart or recreate: the operation asking for it shows it."""
+        self.operations.step(node, text)
+        self.upgrades.nodes.step(node, text)
 
     def _on_engine_event(self, event: EngineEvent) -> None:
         if event.container_id:
@@ -305,6 +315,14 @@ class Supervisor:
     async def release_operation(self) -> None:
         await self.coordinator.unclaim("operation")
 
+    async def update_operation(self, doc: Mapping[str, Any]) -> None:
+        if not self.setting.coordinated:
+            return
+        try:
+            await self.coordinator.update_claim("operation", doc)
+        except etcd.EtcdError as err:
+            raise restarts.Refused(f"cannot rewrite the cluster-wide operation key: {err}") from None
+
     async def pause(self, nodes: frozenset[str], pause: bool, everything: bool) -> str:
         """The operator's pause or resume; returns where it holds."""
         answer = await self.store_sync.pause(nodes, pause, everything)
@@ -333,6 +351,12 @@ class Supervisor:
             if not waiter.done():
                 waiter.set_result(reloaded)
 
+    def _sources(self) -> list[versions.Release]:
+        """The releases the containers run (this agent's, and the others' as they publish them)."""
+        last = self.upgrades.last
+        found = (versions.parse_release(text) for text in (last.running.values() if last else ()))
+        return [r for r in found if r is not None]
+
     def _refuse(self, message: str) -> ReloadResult:
         log.error("reload_failed", error=message)
         self.loop.reload_result = ReloadResult(False, message, datetime.now(UTC))
@@ -344,7 +368,7 @@ class Supervisor:
         now = datetime.now(UTC)
         current = self.setting
         try:
-            new = await reloading.prepare(self.config_path, current.spec, current.locality)
+            new = await reloading.prepare(self.config_path, current.spec, current.locality, self._sources())
         except (DesiredStateError, SecretError, locality.LocalityError) as err:
             return self._refuse(err.render() if isinstance(err, DesiredStateError) else str(err))
         loaded = loading.with_listen(new.loaded, self.listen)
@@ -424,6 +448,7 @@ class Supervisor:
                         group.create_task(self.coordinator.run(store), name="coordination")
                         group.create_task(self.store_sync.run(), name="store-sync")
                         group.create_task(self.backups.run(session), name="backups")
+                        group.create_task(self.images.run(), name="images")
                         loop_task = group.create_task(
                             self.loop.run(group, self._stop, self._reload_if_asked), name="reconcile-loop"
                         )

@@ -23,11 +23,12 @@ from typing import Final
 
 import structlog
 
-from ceres_supervisor.actions import executor
+from ceres_supervisor.actions import executor, images
 from ceres_supervisor.adapters import systemd
 from ceres_supervisor.cluster.coordinator import Coordinator
 from ceres_supervisor.daemon.storesync import StoreSync
 from ceres_supervisor.decisions import planning
+from ceres_supervisor.decisions import upgrades as decide_upgrades
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.decisions.targets import probe_targets
 from ceres_supervisor.desired import loading, locality, topology
@@ -37,7 +38,7 @@ from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.observation import prober
 from ceres_supervisor.observation.observer import Inflight, Observer
-from ceres_supervisor.operations import restarts
+from ceres_supervisor.operations import restarts, upgrades
 from ceres_supervisor.surfaces import metrics, reports
 from ceres_supervisor.surfaces.snapshot import Coordination, ReloadResult, Snapshot
 
@@ -78,6 +79,8 @@ class Parts:
     notifier: systemd.Notifier
     record_event: Callable[[str | None, str, str | None, str], None]
     backup_status: Callable[[], BackupStatus]
+    images: images.ImageCheck
+    upgrades: upgrades.Upgrades
     published: Callable[[Snapshot], object] = lambda _snapshot: None
 
 
@@ -102,6 +105,7 @@ class Loop:
         self._cycle = 0
         self._random = random.Random()
         self._topology_recorded = False
+        self._last_budget: planning.Budget | None = None
 
     @property
     def cycles(self) -> int:
@@ -117,18 +121,27 @@ class Loop:
 
     def controls(self) -> planning.Controls:
         current = self.parts.store_sync.pauses.current
-        return planning.Controls(current.nodes, current.all, self.parts.operations.restart_reasons())
+        asks, note = self.parts.upgrades.controls()
+        return planning.Controls(
+            current.nodes, current.all, self.parts.operations.restart_reasons(), asks, note
+        )
 
     def probe_settings(self) -> prober.ProbeSettings:
+        """Meta probed as it runs: in an upgrade, the members' release until their step is done."""
         s = self.setting.spec
+        last = self.parts.upgrades.last
+        paths, leader_key = decide_upgrades.probed_as(
+            s.release, last.running if last else {}, [m.name for m in self.setting.desired.meta]
+        )
         return prober.ProbeSettings(
             s.supervisor.probe_interval,
             s.supervisor.probe_timeout,
             s.release.meta_health_path,
             s.cluster.name,
             s.release.root_path,
-            s.release.meta_leader_key.encode(),
-            s.release.has_debug_shards,
+            leader_key.encode(),
+            shards_route=s.release.has_debug_shards,
+            health_paths=paths,
         )
 
     # -- one cycle ----------------------------------------------------------------------------------
@@ -152,6 +165,8 @@ class Loop:
             self._publish(observation, None)
             return None
         p.coordinator.progress(None)
+        local = [n.container.image for n in s.desired.nodes if n.is_local]
+        p.images.want(s.desired.spec_hash, local, s.spec.supervisor.pull == "missing")
         if observation.engine_restart_exits:
             p.record_event(None, "engine_restarted", None, "docker engine restarted")
         result = planning.plan(
@@ -172,13 +187,28 @@ class Loop:
         for action in submitted:
             if action.kind == "restart":
                 p.operations.granted(action.node)
+            elif action.kind == "recreate":
+                p.upgrades.nodes.granted(action.node)
             log.info("action_started", node=action.node, action=action.kind, reason=action.reason)
         if result.meta_ready:
             self._remember_topology()
+        budget, controls = self._last_budget, self.controls()
+        p.upgrades.observe(
+            upgrades.situation(
+                s.desired,
+                observation,
+                result,
+                self.agent,
+                p.coordinator.view if s.coordinated else None,
+                p.images.current,
+                budget.files_differ if budget is not None else None,
+                (controls.paused, controls.all_paused),
+            )
+        )
         if self.prober is not None:
             targets = probe_targets(s.desired, result, observation.containers)
             self.prober.update({n.name: n for n in s.desired.nodes}, targets, self.probe_settings())
-        p.store_sync.share(s.desired, result, observation, self.records)
+        p.store_sync.share(s.desired, result, observation, self.records, p.images.current)
         p.store_sync.hand_over(result.releasable)
         self.last_plan = result
         self._publish(observation, result)
@@ -198,6 +228,19 @@ class Loop:
         return result
 
     def _budget(self) -> planning.Budget:
+        budget = self._coordinated_budget()
+        checks: dict[str, decide_upgrades.Preflight | None] = {self.agent: self.parts.images.current}
+        if self.setting.coordinated:
+            for host, record in self.parts.coordinator.view.agents.items():
+                if host != self.agent:
+                    checks[host] = decide_upgrades.Preflight.parse(record.preflight)
+        missing = decide_upgrades.images_missing(self.setting.desired.spec_hash, checks)
+        if missing is not None:
+            budget = planning.Budget(**{**budget.__dict__, "images_missing": missing})
+        self._last_budget = budget
+        return budget
+
+    def _coordinated_budget(self) -> planning.Budget:
         s = self.setting
         if not s.coordinated:
             return planning.Budget(s.spec.supervisor.max_unavailable)
@@ -233,6 +276,8 @@ class Loop:
         action, p = outcome.action, self.parts
         if action.kind == "restart":
             p.operations.finished(action.node, None if outcome.ok else outcome.error)
+        elif action.kind == "recreate":
+            p.upgrades.nodes.finished(action.node, None if outcome.ok else outcome.error)
         if outcome.ok:
             done = f"{action.kind} done" + (f" ({outcome.detail})" if outcome.detail else "")
             p.record_event(action.node, action.kind, action.reason, done)

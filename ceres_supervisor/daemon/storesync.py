@@ -21,6 +21,7 @@ import structlog
 from ceres_supervisor.adapters import etcd
 from ceres_supervisor.cluster.coordinator import Coordinator, Identity
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
+from ceres_supervisor.decisions.upgrades import Preflight
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.observed import Observation
 from ceres_supervisor.operations import pauses
@@ -56,11 +57,19 @@ class StoreSync:
         result: Plan,
         observation: Observation,
         records: Mapping[str, NodeRecord],
+        preflight: Preflight | None = None,
     ) -> None:
-        """What the other agents see of this one: its nodes, its spec, what it still has to roll."""
+        """What the other agents see of this one: its nodes, its spec, what it still has to roll,
+        the release each of its containers runs and its check of the file's images (an upgrade)."""
         self.identity.spec_hash = desired.spec_hash
         self.identity.nodes = tuple(n.name for n in desired.nodes if n.is_local)
         self.identity.outdated = reports.outdated(desired, observation.containers)
+        self.identity.running = {
+            n.name: c.release
+            for n in desired.nodes
+            if n.is_local and (c := observation.containers.get(n.name))
+        }
+        self.identity.preflight = preflight.document() if preflight is not None else None
         self.coordinator.publish(reports.local_documents(desired, result, observation, records))
 
     def share_unknown(self, desired: DesiredCluster, why: str) -> None:

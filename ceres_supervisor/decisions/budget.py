@@ -48,6 +48,8 @@ class Budget:
     """Other machines' nodes whose container still runs an old spec (a rolling change)."""
     files_differ: str | None = None
     """The agents' desired states differ (who has which): recreates wait until they agree."""
+    images_missing: str | None = None
+    """Which machine lacks which image of the file (the agents' preflight): recreates wait."""
 
 
 def blockers(

@@ -35,14 +35,25 @@ def down_reason(view: NodeView) -> str | None:
 
 
 def rolling_gate(
-    cycle: Cycle, node: DesiredNode, rolling: bool, down: Mapping[str, tuple[str, str | None]]
+    cycle: Cycle,
+    node: DesiredNode,
+    rolling: bool,
+    down: Mapping[str, tuple[str, str | None]],
+    asked: bool = False,
 ) -> str | None:
-    """A running container is recreated only as the one change in flight, every other node
-    healthy, and CeresDB only once every meta member runs its new spec."""
+    """A running container is recreated only as the one change in flight, once every machine has
+    the images of the file, every other node healthy, and CeresDB only once every meta member runs
+    its new spec. An upgrade's step (`asked`) comes in the operation's order instead, which waits for
+    each node to be healthy with its shards before the next (a node that is down goes first: waiting
+    for it would wait for ever); the disruption budget still holds it."""
     if rolling:
         return "waiting its turn: another node is being recreated"
     if cycle.budget.files_differ is not None:
         return f"waiting until every agent runs the same file ({cycle.budget.files_differ})"
+    if cycle.budget.images_missing is not None:
+        return f"waiting until every machine has the images: {cycle.budget.images_missing}"
+    if asked:
+        return None
     if node.role == "ceresdb":
         stale = [
             m.name

@@ -59,6 +59,8 @@ class Want:
     state: NodeState = NodeState.STARTING
     rolling: bool = False
     """A recreate of a running container: one at a time, each after every other node is healthy."""
+    asked: bool = False
+    """A recreate the upgrade operation asked for: its order is the operation's (see `gate`)."""
 
 
 @dataclass
@@ -178,46 +180,67 @@ def evaluate(
         rec = replace(rec, next_restart_at=None)
         return NodeView(NodeState.STARTING, rec.reason), rec, Want(Action("create", node.name, None, reason))
 
-    # 4. Spec changed: recreate (a stopped one at once; a running one rolling, one at a time).
-    if c.spec_hash != node.spec_hash:
+    # 4. Spec changed: recreate (a stopped one at once; a running one rolling, one at a time). A
+    # container of another release waits for the upgrade to ask for it, and runs on as it is.
+    outdated = c.spec_hash != node.spec_hash
+    upgrading = outdated and runs_other_release(c, cycle.desired)
+    ask = cycle.controls.upgrades.get(node.name) if upgrading else None
+    if outdated and (not upgrading or ask is not None):
         reason = f"spec changed ({c.spec_hash or 'unlabelled'} -> {node.spec_hash})"
-        if not c.is_running:
-            if blocked:
+        if ask is not None:
+            reason = f"{ask.reason}: {c.release} -> {cycle.desired.spec.release.label()}"
+        flush = node.role == "ceresdb" and c.is_running
+        if not c.is_running or (ask is not None and ask.together):
+            if blocked and ask is None:
                 return NodeView(NodeState.BLOCKED, cycle.meta_detail), rec, None
-            if (stale := cycle.stale_leader(node)) is not None:
+            if not c.is_running and (stale := cycle.stale_leader(node)) is not None:
                 return NodeView(NodeState.STARTING, join(reason, stale)), rec, None
-            return (
-                NodeView(NodeState.STARTING, reason),
-                rec,
-                Want(Action("recreate", node.name, c.id, reason)),
-            )
+            recreate = Action("recreate", node.name, c.id, reason, flush=flush)
+            state = NodeState.STOPPING if c.is_running else NodeState.STARTING
+            return NodeView(state, reason), rec, Want(recreate, None, state)
         view, rec, _want = _watch_running(cycle, node, rec, c, blocked)
         want = Want(
-            Action("recreate", node.name, c.id, reason, by_choice=True), None, NodeState.STOPPING, True
+            Action("recreate", node.name, c.id, reason, by_choice=True, flush=flush),
+            None,
+            NodeState.STOPPING,
+            True,
+            ask is not None,
         )
         return replace(view, reason=join(reason, view.reason)), rec, want
+    waits = f"runs {c.release}; {cycle.controls.upgrade_note or 'the upgrade waits'}" if upgrading else None
 
     # 5. Running (or paused by Docker): watch it; a planned restart asked for is a stop by choice.
     if c.is_running:
         view, rec, watching = _watch_running(cycle, node, rec, c, blocked)
+        view = replace(view, reason=join(view.reason, waits))
         planned = cycle.controls.restarts.get(node.name)
         if planned is None or watching is not None:
             return view, rec, watching
-        restart = Action("restart", node.name, c.id, planned, by_choice=True)
+        restart = Action(
+            "restart", node.name, c.id, planned, by_choice=True, as_is=upgrading, flush=node.role == "ceresdb"
+        )
         return view, rec, Want(restart, None, NodeState.STOPPING)
 
-    # 6. Stopped with the right spec: start it again, after the backoff delay.
+    # 6. Stopped with the right spec (or an older release's, as it is): start it again, after the
+    # backoff delay.
     if blocked:
         return NodeView(NodeState.BLOCKED, join(cycle.meta_detail, rec.reason or "stopped")), rec, None
     if waiting:
-        return NodeView(wait_state, rec.reason, rec.next_restart_at), rec, None
+        return NodeView(wait_state, join(rec.reason, waits), rec.next_restart_at), rec, None
     if (stale := cycle.stale_leader(node)) is not None:
         return NodeView(NodeState.STARTING, join(rec.reason or "stopped", stale)), rec, None
     if not first_sight or rec.failures:
         rec = replace(rec, restarts=rec.restarts + 1)
     rec = replace(rec, next_restart_at=None)
-    start = Action("start", node.name, c.id, rec.reason or "stopped")
-    return NodeView(NodeState.STARTING, rec.reason), rec, Want(start)
+    start = Action("start", node.name, c.id, rec.reason or "stopped", as_is=upgrading)
+    return NodeView(NodeState.STARTING, join(rec.reason, waits)), rec, Want(start)
+
+
+def runs_other_release(c: ObservedContainer, desired: DesiredCluster) -> bool:
+    """The container runs another release's servers than the file's (an upgrade, or the way back);
+    a container whose release cannot be told is not one (it is recreated as any other change)."""
+    running = versions.parse_release(c.release)
+    return running is not None and not running.same_servers(desired.spec.release)
 
 
 def _paused_reason(c: ObservedContainer | None, controls: Controls) -> str:

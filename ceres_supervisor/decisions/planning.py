@@ -35,6 +35,7 @@ from ceres_supervisor.decisions.plans import (
     NodeView,
     Note,
     Plan,
+    UpgradeAsk,
     describe_exit,
     join,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Note",
     "Plan",
     "Policy",
+    "UpgradeAsk",
     "describe_exit",
     "plan",
 ]
@@ -89,7 +91,7 @@ def plan(
         view, rec, want = evaluated[node.name]
         held_back: str | None = None
         if want is not None and want.rolling:
-            held_back = rolling_gate(cycle, node, rolling, down)
+            held_back = rolling_gate(cycle, node, rolling, down, want.asked)
         if want is not None and want.action.by_choice and held_back is None:
             who = blockers(node.name, node.role, down, cycle.budget)
             held_back = describe(who) if who is not None else None

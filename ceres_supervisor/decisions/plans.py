@@ -106,6 +106,11 @@ class Action:
     while_starting: bool = False
     """A stop of a node that has not come up in this run: it waits for the node to be up (until
     stop_timeout, then SIGKILL) instead of a SIGTERM the server would take in the middle of its start."""
+    as_is: bool = False
+    """Start (or restart) the container as it is, its config file untouched: it runs an older release
+    whose upgrade has not reached it (the file's config is the new release's)."""
+    flush: bool = False
+    """Flush a running CeresDB node's memtables before its stop (a planned restart, a recreate)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,16 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class UpgradeAsk:
+    """The upgrade operation asks for a node's recreate to the file's release (its turn came)."""
+
+    reason: str
+    together: bool = False
+    """One of an all-together step: neither the budget nor a turn is waited for (the step is the
+    outage the upgrade's plan announced)."""
+
+
+@dataclass(frozen=True)
 class Controls:
     """The operator's say (README, Maintenance): pauses (a paused node is never started, stopped or
     restarted) and planned restarts asked for (each a stop by choice, within the budget)."""
@@ -144,6 +159,11 @@ class Controls:
     all_paused: bool = False
     restarts: Mapping[str, str] = field(default_factory=dict)
     """node -> why (the operation asking): restart it once the budget allows."""
+    upgrades: Mapping[str, UpgradeAsk] = field(default_factory=dict)
+    """node -> the upgrade's ask: recreate it to the file's release (an upgrade step)."""
+    upgrade_note: str = ""
+    """What a node that runs another release than the file's waits for, when not asked (its turn,
+    the preflight, a halted or refused upgrade): it runs on as it is meanwhile."""
 
     def is_paused(self, node: str) -> bool:
         return self.all_paused or node in self.paused

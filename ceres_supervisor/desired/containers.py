@@ -26,6 +26,8 @@ LABEL_NODE: Final = f"{LABEL_PREFIX}.node"
 LABEL_ROLE: Final = f"{LABEL_PREFIX}.role"
 LABEL_HASH: Final = f"{LABEL_PREFIX}.spec-hash"
 LABEL_HOST: Final = f"{LABEL_PREFIX}.host"
+LABEL_RELEASE: Final = f"{LABEL_PREFIX}.release"
+"""The release the container was made for (`ceresdb 1.2.4`): what an upgrade starts from."""
 
 Role = Literal["meta", "ceresdb"]
 
@@ -143,6 +145,7 @@ def build(
             LABEL_ROLE: node.role,
             LABEL_HASH: spec_hash,
             LABEL_HOST: node.host,
+            LABEL_RELEASE: spec.release.label(),
         }
         container = ContainerSpec(
             name=container_name(spec.cluster.name, node.name),

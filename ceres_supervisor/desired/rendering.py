@@ -270,8 +270,8 @@ def render_ceresdb(spec: DesiredState, node: DbNode) -> RenderedNode:
         config_mount=release.db_config_path,
         data_mount=data,
         document=document,
-        # Verbatim into [node] addr: the host alone (pitfall 1).
-        env={release.server_addr_env: node.host},
+        # Verbatim into [node] addr: the host alone (pitfall 1). A 2.x node on 1.x data: catalog "ceresdb".
+        env={release.server_addr_env: node.host, **release.catalog_env},
     )
 
 

@@ -51,7 +51,7 @@ META_OWNED_KEYS: Final[dict[str, str]] = {
     "default-cluster-node-count": "the number of [[ceresdb.nodes]]",
     "default-cluster-shard-total": "meta.shard_total",
     "topology-type": "meta.topology",
-    "storage-root-path": "cluster.flavor",
+    "storage-root-path": "cluster.flavor and cluster.keep_ceresdb_data",
     "default-http-port": "meta.nodes[].http_port",
     "http-port": "meta.nodes[].http_port",
 }
@@ -68,7 +68,7 @@ DB_OWNED_KEYS: Final[dict[str, str]] = {
     "cluster_deployment.meta_client.lease": "ceresdb.lease",
     "cluster_deployment.meta_client.timeout": "ceresdb.timeout",
     "cluster_deployment.etcd_client.server_addrs": "meta.nodes",
-    "cluster_deployment.etcd_client.root_path": "cluster.flavor",
+    "cluster_deployment.etcd_client.root_path": "cluster.flavor and cluster.keep_ceresdb_data",
     "cluster_deployment.etcd_client.shard_lock_lease_ttl_sec": "ceresdb.shard_lock_ttl",
     "cluster_deployment.etcd_client.enable_shard_lock_fast_reacquire": (
         "the supervisor (always false: the lease judgement tells a restarted node's locks from its "
@@ -105,6 +105,17 @@ def check(spec: DesiredState) -> Findings:
     problem = _check_release(flavor, version)
     if problem is not None:
         return Findings([problem], [])  # every other rule depends on the release
+
+    if spec.cluster.keep_ceresdb_data and not release.can_keep_ceresdb_data:
+        errors.append(
+            Problem(
+                "cluster.keep_ceresdb_data",
+                (
+                    "only for HoraeDB from 2.0.0 (flavor horaedb), which can run on a CeresDB 1.x cluster's "
+                    f"data; this cluster is {release.label()}: it keeps /ceresdb and catalog ceresdb itself"
+                ),
+            )
+        )
 
     listen = parse_listen(spec.supervisor.listen)
     if not listen.is_loopback and spec.supervisor.token_file is None:

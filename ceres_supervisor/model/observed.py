@@ -29,6 +29,9 @@ class ObservedContainer:
     """Docker's own error for the last start (e.g. a missing mount source), if any."""
     host: str = ""
     """The `io.ceres-supervisor.host` label: the supervisor that owns it."""
+    release: str = ""
+    """The release it runs (`ceresdb 1.2.4`): its release label, else what its image's tag says;
+    "" when neither tells."""
 
     @property
     def is_running(self) -> bool:

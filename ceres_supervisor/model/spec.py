@@ -126,6 +126,11 @@ class ClusterSection(_Model):
     """Release of the images; selects version-gated keys (meta HTTP port key, Kafka brokers...)."""
     network: Literal["host"] = "host"
     state_dir: str = "/var/lib/ceres-supervisor"
+    keep_ceresdb_data: bool = False
+    """HoraeDB 2.x running on the data of the CeresDB 1.x cluster it was upgraded from: keeps the 1.x
+    etcd root (`/ceresdb`: meta's `storage-root-path`, CeresDB's `etcd_client.root_path`) and default
+    catalog (`HORAEDB_DEFAULT_CATALOG=ceresdb`). Without it a 2.x cluster uses `/horaedb` and catalog
+    "horaedb", and a 1.x cluster's tables are invisible to it."""
     generation: Annotated[int, Field(ge=0)] = 0
     """Raise it with every change of the file: an agent whose file has a lower generation than
     another agent's removes nothing until the files agree (it would undo what the newer one added)."""
@@ -183,6 +188,9 @@ class SupervisorSection(_Model):
     settings until it is recreated, so changing it restarts nothing."""
     log_max_files: Annotated[int, Field(ge=1, le=100)] = 5
     """Log files Docker keeps per node container (json-file `max-file`), the current one included."""
+    pull: Literal["never", "missing"] = "never"
+    """"missing": this supervisor pulls the images of its nodes that its Docker Engine lacks (before
+    an upgrade, say); "never": it only says which are missing (`docker pull` or `docker load` them)."""
 
     @field_validator("listen")
     @classmethod
@@ -373,7 +381,9 @@ class DesiredState(_Model):
 
     @property
     def release(self) -> versions.Release:
-        return versions.Release(self.cluster.flavor, versions.parse_version(self.cluster.version))
+        return versions.Release(
+            self.cluster.flavor, versions.parse_version(self.cluster.version), self.cluster.keep_ceresdb_data
+        )
 
 
 # --- small pure helpers shared by validation, rendering and the daemon -------------------------

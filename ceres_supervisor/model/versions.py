@@ -37,12 +37,19 @@ def parse_version(text: str) -> Version:
     return (major, minor, patch)
 
 
+def version_text(version: Version) -> str:
+    return ".".join(str(n) for n in version)
+
+
 @dataclass(frozen=True)
 class Release:
     """Everything the supervisor needs to know about one flavor at one version."""
 
     flavor: Flavor
     version: Version
+    keeps_ceresdb_data: bool = False
+    """HoraeDB 2.x on a CeresDB 1.x cluster's data: the 1.x etcd root and default catalog kept
+    (`cluster.keep_ceresdb_data`; horaedb commit 1a452f2c, #1455)."""
 
     # -- CeresMeta / HoraeMeta (sections 1.3, 2.2, 5) -------------------------------------------
     @property
@@ -92,8 +99,21 @@ class Release:
 
     @property
     def root_path(self) -> str:
-        """etcd root of meta's storage and of CeresDB's shard locks: `/ceresdb` or `/horaedb`."""
-        return "/ceresdb" if self.flavor == "ceresdb" else "/horaedb"
+        """etcd root of meta's storage and of CeresDB's shard locks: `/ceresdb` (1.x, and 2.x keeping a
+        1.x cluster's data) or `/horaedb`."""
+        return "/ceresdb" if self.flavor == "ceresdb" or self.keeps_ceresdb_data else "/horaedb"
+
+    @property
+    def can_keep_ceresdb_data(self) -> bool:
+        """Where the real server reads a 1.x cluster's data: HoraeDB from 2.0.0, whose default catalog
+        is `HORAEDB_DEFAULT_CATALOG` (default "horaedb"; 1.x hard-coded "ceresdb") and whose roots are
+        settings (horaedb 1a452f2c, #1455, first in v2.0.0-rc.1)."""
+        return self.flavor == "horaedb" and self.version >= V2_0_0
+
+    @property
+    def catalog_env(self) -> dict[str, str]:
+        """The default catalog of a 2.x node keeping 1.x data; none otherwise (the server's own)."""
+        return {"HORAEDB_DEFAULT_CATALOG": "ceresdb"} if self.keeps_ceresdb_data else {}
 
     @property
     def db_config_path(self) -> str:
@@ -132,7 +152,38 @@ class Release:
         return self.version >= V1_2_4
 
     def label(self) -> str:
-        return f"{self.flavor} {'.'.join(str(n) for n in self.version)}"
+        """`ceresdb 1.2.4`: also the value of the containers' release label (`parse_release`)."""
+        return f"{self.flavor} {version_text(self.version)}"
+
+    def same_servers(self, other: Release) -> bool:
+        """The same server binaries (flavor and version), whatever the data settings."""
+        return (self.flavor, self.version) == (other.flavor, other.version)
+
+
+def parse_release(text: str) -> Release | None:
+    """A release label (`ceresdb 1.2.4`, `Release.label`), or None when it is not one."""
+    flavor, _, version = text.strip().partition(" ")
+    if flavor not in ("ceresdb", "horaedb"):
+        return None
+    try:
+        return Release(flavor, parse_version(version))  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+_IMAGE_TAG_RE: Final = re.compile(r":v?(\d+\.\d+\.\d+)(?:@.*)?$")
+
+
+def release_of_image(image: str) -> Release | None:
+    """What an image reference says of its release, for containers made before they carried the
+    release label: a `X.Y.Z` (or `vX.Y.Z`) tag, horaedb when the repository is HoraeDB's/HoraeMeta's.
+    None for a tag that is no release (`latest`, a digest alone)."""
+    match = _IMAGE_TAG_RE.search(image)
+    if match is None:
+        return None
+    repository = image[: match.start()].rsplit("/", 1)[-1]
+    flavor: Flavor = "horaedb" if repository.startswith("horae") else "ceresdb"
+    return Release(flavor, parse_version(match.group(1)))
 
 
 # Keys the CeresDB server no longer reads (it ignores them silently), with what to use instead

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
@@ -39,6 +39,12 @@ class ProbeSettings:
     leader_key: bytes
     shards_route: bool = False
     """CeresDB serves `GET /debug/shards` (from 1.2.5): probe which shards it serves."""
+    health_paths: Mapping[str, str] = field(default_factory=dict)
+    """Meta members whose container runs another release than the file's (an upgrade under way)
+    -> the health route of that release (`/api/v1/healthCheck` up to 1.2.6, `/api/v1/health` from 1.2.7)."""
+
+    def health_path_of(self, member: str) -> str:
+        return self.health_paths.get(member, self.health_path)
 
 
 class Prober:
@@ -157,7 +163,9 @@ class Prober:
             previous = self.probes.get(target.key)
             self.probes[target.key] = result
             return previous is None or previous.ok != result.ok
-        member = await probe_member(self.session, node, s.health_path, s.timeout_s, target.run_id)
+        member = await probe_member(
+            self.session, node, s.health_path_of(node.name), s.timeout_s, target.run_id
+        )
         if not self._current(target):
             return False
         self.on_latency(member.alive.latency_s)

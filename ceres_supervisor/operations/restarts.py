@@ -52,7 +52,7 @@ class Refused(Exception):
 @dataclass
 class Operation:
     id: str
-    kind: Literal["restart", "rolling-restart"]
+    kind: Literal["restart", "rolling-restart", "upgrade", "upgrade-node"]
     who: str
     nodes: list[str]
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -162,10 +162,11 @@ class Operations:
             if running is not None:
                 raise Busy(running.id, f"{node} is already being restarted by operation {running.id}")
         if kind == "rolling-restart":
-            other = next((op for op in self.kept.values() if op.outcome is None and op.kind == kind), None)
+            rolling = ("rolling-restart", "upgrade")
+            other = next((op for op in self.kept.values() if op.outcome is None and op.kind in rolling), None)
             if other is not None:
-                raise Busy(other.id, f"rolling restart {other.id} is still running")
-        op = Operation(f"op-{self._started}-{next(self._ids)}", kind, who, nodes)
+                raise Busy(other.id, f"{other.kind.replace('-', ' ')} {other.id} is still running")
+        op = Operation(self.new_id(), kind, who, nodes)
         if kind == "rolling-restart":
             holder = await self.host.claim_operation({"kind": kind, "id": op.id, "who": who})
             if holder is not None:
@@ -173,17 +174,24 @@ class Operations:
             op.claimed = True
         if kind == "restart":
             op.current = nodes[0]
+        self.keep(op)
+        self.host.record_event(
+            nodes[0] if kind == "restart" else None, "operation_started", who, f"{kind} {op.id}"
+        )
+        spawn(self._run(op), f"operation-{op.id}")
+        return op
+
+    def new_id(self) -> str:
+        return f"op-{self._started}-{next(self._ids)}"
+
+    def keep(self, op: Operation) -> None:
+        """Follow `op` (`GET /v1/operations/<id>`); the oldest finished ones make room."""
         self.kept[op.id] = op
         while len(self.kept) > KEPT:
             oldest = next(iter(self.kept))
             if self.kept[oldest].outcome is None:
                 break
             self.kept.pop(oldest)
-        self.host.record_event(
-            nodes[0] if kind == "restart" else None, "operation_started", who, f"{kind} {op.id}"
-        )
-        spawn(self._run(op), f"operation-{op.id}")
-        return op
 
     # -- running -------------------------------------------------------------------------------------
 
@@ -261,7 +269,7 @@ class Operations:
             raise OperationFailed(f"{node}: {error}")
         self.host.count_planned(node)
         self.host.record_event(node, "planned_restart", op.who, f"restarted by operation {op.id}")
-        await self._until_healthy(op, node, run_before)
+        await self.until_healthy(op, node, run_before)
 
     async def _cycle_or(self, done: asyncio.Future[str | None]) -> None:
         cycled: asyncio.Future[None] = asyncio.ensure_future(self.host.cycled())
@@ -307,7 +315,7 @@ class Operations:
         record = plan.records.get(node) if plan else None
         return record.run_key if record else None
 
-    async def _until_healthy(self, op: Operation, node: str, run_before: str | None) -> None:
+    async def until_healthy(self, op: Operation, node: str, run_before: str | None) -> None:
         """A new run of the node, healthy within start_timeout; for CeresDB then its shards: as long
         as the lease judgement says it is only waiting (`reopening`, at the version's pace), this
         waits; `lease_lost` or another failing state ends the operation."""

@@ -24,7 +24,14 @@ import structlog
 from aiohttp import web
 
 from ceres_supervisor.model.spec import DesiredState, parse_listen
-from ceres_supervisor.surfaces import cluster_document, control_routes, page, reports, status_document
+from ceres_supervisor.surfaces import (
+    cluster_document,
+    control_routes,
+    page,
+    reports,
+    status_document,
+    upgrade_routes,
+)
 from ceres_supervisor.surfaces.inspect_routes import Daemon as InspectDaemon
 from ceres_supervisor.surfaces.inspect_routes import Routes as InspectRoutes
 from ceres_supervisor.surfaces.metrics import Metrics
@@ -52,7 +59,7 @@ def read_token(path: str) -> str:
     return token
 
 
-class Daemon(control_routes.Daemon, InspectDaemon, Protocol):
+class Daemon(control_routes.Daemon, InspectDaemon, upgrade_routes.Daemon, Protocol):
     """What the API asks of the daemon: its last snapshot and a few requests. The daemon
     implements it; the API never reaches further (it reads, the loop acts)."""
 
@@ -241,6 +248,7 @@ class Api:
         app.router.add_get("/metrics", self.metrics)
         control_routes.Routes(self.supervisor).add_to(app)
         InspectRoutes(self.supervisor, self.token).add_to(app)
+        upgrade_routes.Routes(self.supervisor).add_to(app)
         return app
 
 

@@ -107,6 +107,13 @@ def test_a_record_another_agent_wrote_that_does_not_parse_is_shown_never_trusted
         (None, coordination.UNPUBLISHED),
         (node_doc("db1"), None),
         (node_doc("db1", held=None), None),
+        ({**node_doc("db1", held=None), "available": True}, None),  # meta assigns it no shards
+        # Recreated, answering GET /, its locks not read since: not serving yet (the next node waits).
+        ({**node_doc("db1", held=None), "available": False}, "lease unknown"),
+        (
+            {**node_doc("meta1", held=None), "role": "meta", "lease": None, "available": False},
+            "etcd not healthy",
+        ),
         (node_doc("db1", held=False), "without its shards"),
         (node_doc("db1", state="reopening", held=False), "reopening"),
         (node_doc("db1", state="unhealthy", held=True), "unhealthy"),  # its locks notwithstanding

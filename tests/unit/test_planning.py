@@ -951,3 +951,133 @@ def test_a_meta_member_taken_out_of_the_file_keeps_etcd_s_quorum(big: containers
     p = plan(big, with_orphans(observation(big, cs, probes=probes), orphan("meta9", role="meta")), records)
     assert not [a for a in p.actions if a.node == "meta9"]
     assert "meta1" in p.retiring["meta9"]
+
+
+# --- upgrades: a container of another release waits for the upgrade to ask for it ----------------
+
+OLD = "ceresdb 1.2.4"
+"""Another release than the file's (BASE is 1.2.2): what an upgrade (or the way back) starts from."""
+ASK = planning.UpgradeAsk("upgrade op-1")
+TOGETHER = planning.UpgradeAsk("upgrade op-1", together=True)
+
+
+def outdated(
+    cluster: containers.DesiredCluster, node: str, release: str = OLD, state: str = "running", **kw: object
+) -> ObservedContainer:
+    return replace(container(cluster, node, state, **kw), spec_hash="old", release=release)  # type: ignore[arg-type]
+
+
+# (case, db0's release, its state, the upgrade's ask, expected (kind, by_choice, as_is, flush) or None)
+UPGRADE_CASES = [
+    ("another release, not asked: runs on as it is", OLD, "running", None, None),
+    (
+        "another release, not asked, exited: started as it is",
+        OLD,
+        "exited",
+        None,
+        ("start", False, True, False),
+    ),
+    ("asked: recreated within the budget, flushed", OLD, "running", ASK, ("recreate", True, False, True)),
+    (
+        "asked together: recreated at once, flushed",
+        OLD,
+        "running",
+        TOGETHER,
+        ("recreate", False, False, True),
+    ),
+    ("asked, exited: recreated at once", OLD, "exited", ASK, ("recreate", False, False, False)),
+    (
+        "the same release, spec changed: a plain rolling recreate",
+        "ceresdb 1.2.2",
+        "running",
+        None,
+        ("recreate", True, False, True),
+    ),
+    (
+        "a release nobody can tell: a plain rolling recreate",
+        "",
+        "running",
+        None,
+        ("recreate", True, False, True),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("release", "state", "ask", "expected"), [c[1:] for c in UPGRADE_CASES], ids=[c[0] for c in UPGRADE_CASES]
+)
+def test_a_container_of_another_release_is_recreated_only_when_the_upgrade_asks(
+    cluster: containers.DesiredCluster,
+    release: str,
+    state: str,
+    ask: planning.UpgradeAsk | None,
+    expected: tuple[str, bool, bool, bool] | None,
+) -> None:
+    cs, _probes = running(cluster)
+    db0 = outdated(cluster, "db0", release, state, exit_code=None if state == "running" else 0)
+    observed = [cs[0], db0, cs[2]]
+    records = healthy_records(observed)
+    if state != "running":
+        records.pop("db0")  # found stopped: no failure counted, started at once
+    controls = Controls(upgrades={"db0": ask} if ask else {}, upgrade_note="waits its turn (upgrade op-1)")
+    p = plan(
+        cluster,
+        observation(cluster, observed, probes={c.node: probe(c) for c in observed}),
+        records,
+        controls=controls,
+    )
+    got = [(a.kind, a.by_choice, a.as_is, a.flush) for a in p.actions if a.node == "db0"]
+    assert got == ([expected] if expected else [])
+    if expected is None:
+        assert p.views["db0"].state is NodeState.HEALTHY
+        assert "runs ceresdb 1.2.4; waits its turn (upgrade op-1)" in (p.views["db0"].reason or "")
+
+
+def test_an_asked_step_skips_the_turn_but_not_the_budget(big: containers.DesiredCluster) -> None:
+    """Going back after a halt: db2 is down, meta goes first anyway (the operation orders), yet a
+    CeresDB node is stopped by choice only within max_unavailable."""
+    cs, probes = running(big)
+    observed = [outdated(big, c.node) if c.node in ("meta1", "db0") else c for c in cs]
+    records = healthy_records(observed)
+    records["db2"] = NodeRecord(run_key=cs[5].run_key, run_seen_at=NOW - 1)  # db2 starting: down
+    probes = {c.node: probe(c) for c in observed if c.node != "db2"}
+    meta = plan(
+        big, observation(big, observed, probes=probes), records, controls=Controls(upgrades={"meta1": ASK})
+    )
+    assert actions(meta) == [("recreate", "meta1")]
+    plain = plan(big, observation(big, [replace(c, release="") for c in observed], probes=probes), records)
+    assert actions(plain) == [] and "waiting its turn" in (plain.views["meta1"].reason or "")
+    db = plan(
+        big, observation(big, observed, probes=probes), records, controls=Controls(upgrades={"db0": ASK})
+    )
+    assert actions(db) == [] and "waiting for disruption budget: db2" in (db.views["db0"].reason or "")
+
+
+def test_recreates_wait_until_every_machine_has_the_images(cluster: containers.DesiredCluster) -> None:
+    cs, _probes = running(cluster)
+    observed = [cs[0], outdated(cluster, "db0"), replace(cs[2], spec_hash="old")]
+    missing = "127.0.0.2 lacks ceresdb/ceresdb-server:v1.2.2"
+    p = plan(
+        cluster,
+        observation(cluster, observed, probes={c.node: probe(c) for c in observed}),
+        healthy_records(observed),
+        budget=Budget(images_missing=missing),
+        controls=Controls(upgrades={"db0": ASK}),
+    )
+    assert actions(p) == []
+    for node in ("db0", "db1"):
+        assert f"waiting until every machine has the images: {missing}" in (p.views[node].reason or "")
+
+
+def test_a_planned_restart_of_a_node_of_another_release_keeps_its_config(
+    cluster: containers.DesiredCluster,
+) -> None:
+    cs, _probes = running(cluster)
+    observed = [cs[0], outdated(cluster, "db0"), cs[2]]
+    p = plan(
+        cluster,
+        observation(cluster, observed, probes={c.node: probe(c) for c in observed}),
+        healthy_records(observed),
+        controls=Controls(restarts={"db0": "planned restart (op-2)"}),
+    )
+    assert [(a.kind, a.as_is, a.flush) for a in p.actions] == [("restart", True, True)]

@@ -9,6 +9,7 @@ import pytest
 from ceres_supervisor.daemon.reloading import static_problems
 from ceres_supervisor.desired import loading
 from ceres_supervisor.model.spec import DesiredState
+from ceres_supervisor.model.versions import parse_release
 
 from .conftest import BASE
 
@@ -61,3 +62,65 @@ def test_a_meta_member_s_http_port_and_everything_else_may_change(tmp_path: Path
     running = spec(tmp_path, THREE_META, "running")
     new = spec(tmp_path, THREE_META.replace("http_port = 8082", "http_port = 8092") + "\n", "new")
     assert static_problems(running, new) == []
+
+
+def at(text: str, version: str, flavor: str = "ceresdb", keep: bool = False) -> str:
+    """THREE_META at `version` (PostgreSQL ports from 1.2.6, as the servers open them)."""
+    head = f'[cluster]\nflavor = "{flavor}"\nversion = "{version}"\n' + (
+        "keep_ceresdb_data = true\n" if keep else ""
+    )
+    text = text.replace("[cluster]\n", head)
+    if version >= "1.2.6" or flavor == "horaedb":
+        text = text.replace("mysql_port = 3308", "mysql_port = 3308\npostgresql_port = 5434")
+    return text
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "sources", "expected"),
+    [
+        (("1.2.4",), ("1.2.5",), (), []),
+        (("1.2.7",), ("2.0.0", "horaedb", True), (), []),  # the flavor changes, the 1.x data kept
+        (
+            ("1.2.7",),
+            ("2.0.0", "horaedb"),
+            (),
+            [
+                "cluster.flavor: cannot change from 'ceresdb' to 'horaedb': "
+                "ceresdb 1.2.7 -> horaedb 2.0.0 needs cluster.keep_ceresdb_data"
+            ],
+        ),
+        (
+            ("2.0.0", "horaedb", True),
+            ("1.2.7",),
+            (),
+            [
+                "cluster.flavor: cannot change from 'horaedb' to 'ceresdb': "
+                "horaedb 2.0.0 -> ceresdb 1.2.7: no way back"
+            ],
+        ),
+        # In the middle of an upgrade the containers decide: CeresDB still runs 1.2.6.
+        (
+            ("1.2.7",),
+            ("2.0.0", "horaedb", True),
+            ("ceresdb 1.2.6",),
+            [
+                "cluster.flavor: cannot change from 'ceresdb' to 'horaedb': ceresdb 1.2.6 -> horaedb 2.0.0 skips a required step"
+            ],
+        ),
+        (
+            ("2.0.0", "horaedb", True),
+            ("2.0.0", "horaedb"),
+            (),
+            ["cluster.keep_ceresdb_data: cannot change while the cluster runs"],
+        ),
+    ],
+)
+def test_an_upgrade_follows_the_pair_table(
+    tmp_path: Path, old: tuple, new: tuple, sources: tuple, expected: list[str]
+) -> None:
+    running = spec(tmp_path, at(THREE_META, *old), "running")
+    changed = spec(tmp_path, at(THREE_META, *new), "new")
+    problems = static_problems(running, changed, [r for r in map(parse_release, sources) if r])
+    assert len(problems) == len(expected), problems
+    for problem, text in zip(problems, expected, strict=True):
+        assert f"{problem.path}: {problem.message}".startswith(text), problem

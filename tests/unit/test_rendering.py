@@ -250,6 +250,18 @@ def test_horaedb_flavor(tmp_path: Path) -> None:
     assert spec.ceresdb.image == "apache/horaedb-server:v2.0.0"
 
 
+def test_horaedb_keeping_ceresdb_data_renders_the_old_roots_and_catalog(tmp_path: Path) -> None:
+    """horaedb 1a452f2c (#1455): HORAEDB_DEFAULT_CATALOG=ceresdb and both roots at the 1.x root."""
+    text = Path("etc/ceres-supervisor/examples/horaedb.toml").read_text()
+    spec = spec_of(text.replace("[cluster]\n", "[cluster]\nkeep_ceresdb_data = true\n"), tmp_path)
+    metas, dbs, nodes = by_role(spec)
+    assert metas[0]["storage-root-path"] == "/ceresdb"
+    for doc in dbs:
+        assert doc["cluster_deployment"]["etcd_client"]["root_path"] == "/ceresdb"
+    assert nodes[1].env == {"HORAEDB_SERVER_ADDR": "127.0.0.1", "HORAEDB_DEFAULT_CATALOG": "ceresdb"}
+    assert spec.release.root_path == "/ceresdb" and spec.release.meta_leader_key == "/ceresdb/members/leader"
+
+
 def test_default_images_follow_the_version(tmp_path: Path) -> None:
     spec = spec_of(versioned("1.2.7"), tmp_path)
     assert spec.meta.image == "ceresdb/ceresmeta-server:v1.2.7"

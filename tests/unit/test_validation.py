@@ -299,6 +299,23 @@ INVALID = [
         BASE + '\n[ceresdb.wal]\ntype = "Kafka"\n',
         "ceresdb.wal.kafka: required",
     ),
+    # Keeping a 1.x cluster's roots and catalog: only where the real server can (HoraeDB from 2.0.0).
+    (
+        "keep_ceresdb_data on 1.x",
+        BASE.replace("[cluster]\n", "[cluster]\nkeep_ceresdb_data = true\n"),
+        "cluster.keep_ceresdb_data: only for HoraeDB from 2.0.0 (flavor horaedb)",
+    ),
+    (
+        "root path in meta config",
+        BASE + '\n[meta.config]\nstorage-root-path = "/ceresdb"\n',
+        "meta.config.storage-root-path: is set by the supervisor from cluster.flavor and cluster.keep_ceresdb_data",
+    ),
+    (
+        "root path in CeresDB config",
+        BASE + '\n[ceresdb.config.cluster_deployment.etcd_client]\nroot_path = "/x"\n',
+        "ceresdb.config.cluster_deployment.etcd_client.root_path: is set by the supervisor",
+    ),
+    ("pull of another kind", BASE + '\n[supervisor]\npull = "always"\n', "supervisor.pull"),
 ]
 
 
