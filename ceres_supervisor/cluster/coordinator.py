@@ -34,10 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -45,23 +43,21 @@ import structlog
 
 from ceres_supervisor.adapters import etcd
 from ceres_supervisor.cluster.view import (
-    AgentRecord,
+    Identity,
     StoreView,
     apply,
     down_reason,
-    now_text,
     prefix,
     puts,
     significant,
 )
-from ceres_supervisor.decisions.budget import COORDINATION_UNAVAILABLE, Budget, blockers, describe
-from ceres_supervisor.model.errors import SlotRefused
+from ceres_supervisor.cluster.writes import StoreWrites
+from ceres_supervisor.decisions.budget import Budget
 
 log = structlog.get_logger(__name__)
 
 NODE_WRITE_MIN_S: Final = 0.1
 RETRY_S: Final = 1.0
-SLOT_ATTEMPTS: Final = 3
 ENGINE_LOST_TTLS: Final = 3
 """A Docker Engine unobservable this many TTLs: the agent stops renewing its lease (its slots go)."""
 LEASE_EXPIRED: Final = "the agent's lease expired (the store was out of reach too long)"
@@ -72,54 +68,7 @@ class WatchStalled(etcd.EtcdUnavailable):
     follows another member."""
 
 
-@dataclass
-class Identity:
-    """Who this agent is; `outdated` changes during a rolling change."""
-
-    host: str
-    version: str
-    listen: str
-    advertise: str = ""
-    generation: int = 0
-    spec_hash: str = ""
-    nodes: tuple[str, ...] = ()
-    outdated: tuple[str, ...] = ()
-    started_at: str = field(default_factory=now_text)
-    running: dict[str, str] = field(default_factory=dict)
-    """Its nodes -> the release their container runs (what an upgrade starts from)."""
-    preflight: dict[str, Any] | None = None
-    """Its check of its Docker Engine for the file's images (before an upgrade stops anything)."""
-
-    def record(self) -> AgentRecord:
-        return AgentRecord(
-            self.host,
-            os.getpid(),
-            self.version,
-            self.listen,
-            self.spec_hash,
-            self.started_at,
-            now_text(),
-            self.nodes,
-            self.outdated,
-            self.advertise,
-            self.generation,
-            dict(self.running),
-            self.preflight,
-        )
-
-    def mark(self) -> tuple[object, ...]:
-        """What must reach the other agents at once when it changes (not at the next heartbeat)."""
-        return (
-            self.spec_hash,
-            self.nodes,
-            self.outdated,
-            self.advertise,
-            self.generation,
-            json.dumps([self.running, self.preflight], sort_keys=True),
-        )
-
-
-class Coordinator:
+class Coordinator(StoreWrites):
     """The agent's session with the store: its lease, its records, the watch, the slots."""
 
     def __init__(
@@ -448,150 +397,3 @@ class Coordinator:
             with contextlib.suppress(etcd.EtcdError):
                 await self._client.revoke(self._lease)
             self._lease = 0
-
-    # -- disruption slots (executor.Slots) -----------------------------------------------------------
-
-    async def acquire(self, node: str, role: str, reason: str) -> None:
-        """Take `node`'s slot with one txn that re-checks the budget at one revision of the store:
-        it fails if any key it read changed or vanished (an agent whose lease expired in between
-        takes its records with it: its nodes then count as down), or a new one appeared."""
-        client = self._client
-        if client is None or not self.available or not self._lease:
-            raise SlotRefused(describe([COORDINATION_UNAVAILABLE]))
-        key = self._key("disruptions", node)
-        prefixes = [self._key("nodes", ""), self._key("disruptions", ""), self._key("agents", "")]
-        try:
-            for _attempt in range(SLOT_ATTEMPTS):
-                _ok, revision, ranges = await client.txn(
-                    [], [{"request_range": etcd.range_request(p, True)} for p in prefixes]
-                )
-                read = [kv for r in ranges for kv in r.kvs]
-                seen = apply(StoreView(), self.root, puts(read), revision, reset=True)
-                if seen.slots.get(node, {}).get("host") == self.identity.host:
-                    self._held.add(node)
-                    return
-                budget = Budget(
-                    self.max_unavailable,
-                    True,
-                    True,
-                    {},
-                    {n: str(s.get("host")) for n, s in seen.slots.items()},
-                )
-                who = blockers(node, role, self._down(seen.nodes), budget)
-                if who is not None:
-                    raise SlotRefused(describe(who))
-                slot = json.dumps(
-                    {"host": self.identity.host, "reason": reason, "since": now_text()}
-                ).encode()
-                compare = [etcd.absent(key)]
-                compare += [etcd.unchanged_since(p, revision) for p in prefixes]
-                compare += [etcd.unchanged(kv.key, kv.mod_revision) for kv in read]
-                taken, _rev, _ranges = await client.txn(compare, [etcd.put_request(key, slot, self._lease)])
-                if taken:
-                    self._held.add(node)
-                    log.info("disruption_slot_taken", node=node, reason=reason)
-                    return
-        except etcd.EtcdError as err:
-            raise SlotRefused(describe([f"{COORDINATION_UNAVAILABLE} ({err})"])) from None
-        raise SlotRefused(describe(["the cluster changed while the slot was being taken"]))
-
-    async def release(self, releasable: frozenset[str]) -> None:
-        """Give back the slots of nodes that are healthy with their shards again."""
-        client = self._client
-        for node in sorted(self._held & releasable):
-            if client is None:
-                return
-            key = self._key("disruptions", node)
-            with contextlib.suppress(etcd.EtcdError):
-                await client.txn([self._mine(key)], [etcd.delete_request(key)])
-                self._held.discard(node)
-                log.info("disruption_slot_released", node=node)
-
-    def _mine(self, key: bytes) -> dict[str, str]:
-        return {"key": etcd.b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(self._lease)}
-
-    # -- cluster-wide claims (one rolling operation, one scheduled backup) ------------------------------
-
-    async def claim(self, name: str, doc: Mapping[str, Any]) -> str | None:
-        """Hold `name` for this agent, bound to its lease. None when this agent holds it (now or
-        already); else the host that does. Raises etcd.EtcdError when the store cannot be reached."""
-        client = self._client
-        if client is None or not self._lease or not self.connected:
-            raise etcd.EtcdUnavailable(self.why_unavailable)
-        key = self._key(name)
-        value = json.dumps({**doc, "host": self.identity.host, "since": now_text()}).encode()
-        taken, _rev, ranges = await client.txn(
-            [etcd.absent(key)],
-            [etcd.put_request(key, value, self._lease)],
-            [{"request_range": etcd.range_request(key)}],
-        )
-        if taken:
-            return None
-        holders = [kv for r in ranges for kv in r.kvs]
-        if holders and holders[0].lease == self._lease:
-            return None
-        try:
-            held_by = json.loads(holders[0].value).get("host") if holders else None
-        except ValueError:
-            held_by = None
-        return str(held_by or "another agent")
-
-    async def update_claim(self, name: str, doc: Mapping[str, Any]) -> bool:
-        """Rewrite a claim this agent holds (what it says changed, e.g. a halted upgrade); False when
-        it does not hold it. Raises etcd.EtcdError when the store cannot be reached."""
-        client = self._client
-        if client is None or not self._lease:
-            return False
-        key = self._key(name)
-        value = json.dumps({"since": now_text(), **doc, "host": self.identity.host}).encode()
-        taken, _rev, _ranges = await client.txn(
-            [self._mine(key)], [etcd.put_request(key, value, self._lease)]
-        )
-        return taken
-
-    async def unclaim(self, name: str) -> None:
-        client = self._client
-        if client is None or not self._lease:
-            return
-        key = self._key(name)
-        with contextlib.suppress(etcd.EtcdError):
-            await client.txn([self._mine(key)], [etcd.delete_request(key)])
-
-    # -- pauses -----------------------------------------------------------------------------------------
-
-    async def write_pauses(
-        self, nodes: Sequence[str], paused: bool, everything: bool, resumed: Sequence[str] = ()
-    ) -> None:
-        """Pause records: the whole cluster (`everything`) or `nodes`; with `resumed`, also explicit
-        resumes of those nodes (a `resume --all` clears every node's pause as well)."""
-        client = self._client
-        if client is None or not self.connected:
-            raise etcd.EtcdUnavailable(self.why_unavailable)
-        record = {"since": now_text(), "by": self.identity.host}
-        ops = []
-        if everything:
-            ops.append(
-                etcd.put_request(self._key("paused"), json.dumps({**record, "paused": paused}).encode())
-            )
-        for name in nodes:
-            ops.append(
-                etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": paused}).encode())
-            )
-        for name in resumed:
-            ops.append(
-                etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": False}).encode())
-            )
-        await client.txn([], ops)
-
-    async def restore_pauses(self, nodes: Sequence[str], everything: bool) -> None:
-        """Pause records this agent's file holds and the store has none of (it came back empty):
-        each written only where no record exists, so a resume another agent wrote meanwhile, not
-        seen here yet, is never overwritten."""
-        client = self._client
-        if client is None or not self.connected:
-            raise etcd.EtcdUnavailable(self.why_unavailable)
-        value = json.dumps({"since": now_text(), "by": self.identity.host, "paused": True}).encode()
-        keys = [self._key("paused")] if everything else []
-        keys += [self._key("paused", name) for name in nodes]
-        for key in keys:
-            await client.txn([etcd.absent(key)], [etcd.put_request(key, value)])

@@ -14,6 +14,7 @@ empty (a re-initialised meta) then says nothing about a pause, rather than "resu
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -268,3 +269,50 @@ def significant(doc: Mapping[str, Any]) -> str:
     key.append(lease.get("shards") if isinstance(lease, dict) else None)
     key.append(health.get("ok") if isinstance(health, dict) else None)
     return json.dumps(key, sort_keys=True, default=str)
+
+
+@dataclass
+class Identity:
+    """Who this agent is; `outdated` changes during a rolling change."""
+
+    host: str
+    version: str
+    listen: str
+    advertise: str = ""
+    generation: int = 0
+    spec_hash: str = ""
+    nodes: tuple[str, ...] = ()
+    outdated: tuple[str, ...] = ()
+    started_at: str = field(default_factory=now_text)
+    running: dict[str, str] = field(default_factory=dict)
+    """Its nodes -> the release their container runs (what an upgrade starts from)."""
+    preflight: dict[str, Any] | None = None
+    """Its check of its Docker Engine for the file's images (before an upgrade stops anything)."""
+
+    def record(self) -> AgentRecord:
+        return AgentRecord(
+            self.host,
+            os.getpid(),
+            self.version,
+            self.listen,
+            self.spec_hash,
+            self.started_at,
+            now_text(),
+            self.nodes,
+            self.outdated,
+            self.advertise,
+            self.generation,
+            dict(self.running),
+            self.preflight,
+        )
+
+    def mark(self) -> tuple[object, ...]:
+        """What must reach the other agents at once when it changes (not at the next heartbeat)."""
+        return (
+            self.spec_hash,
+            self.nodes,
+            self.outdated,
+            self.advertise,
+            self.generation,
+            json.dumps([self.running, self.preflight], sort_keys=True),
+        )

@@ -26,6 +26,7 @@ from ceres_supervisor.adapters import etcd, logs, systemd
 from ceres_supervisor.adapters.dockerread import EngineEvent
 from ceres_supervisor.adapters.engine import Engine
 from ceres_supervisor.cluster import coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.daemon import reloading, shutdown, storesync
 from ceres_supervisor.daemon.loop import Loop, Parts, Setting
 from ceres_supervisor.decisions import planning
@@ -93,7 +94,7 @@ class Supervisor:
         self.events = journal.Journal.open(loaded.spec.cluster.state_dir, EVENTS_KEPT, agent_name(place))
         self.metrics = metrics.Metrics(lambda: self.snapshot)
         self.agent = agent_name(place)
-        self.identity = coordinator.Identity(
+        self.identity = Identity(
             self.agent,
             __version__,
             loaded.spec.supervisor.listen,

@@ -19,7 +19,8 @@ from typing import Final
 import structlog
 
 from ceres_supervisor.adapters import etcd
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.decisions.upgrades import Preflight
 from ceres_supervisor.desired.containers import DesiredCluster

@@ -29,7 +29,8 @@ import docker
 import pytest
 
 from ceres_supervisor.adapters import etcd
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.desired import identity
 from ceres_supervisor.model.backups import Manifest
 from testkit.dockerevents import DockerEvents

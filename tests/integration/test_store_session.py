@@ -15,8 +15,8 @@ import docker
 import pytest
 
 from ceres_supervisor.adapters import etcd
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
-from ceres_supervisor.cluster.view import prefix
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity, prefix
 from testkit.standins import StandIns, cluster_toml
 
 from .conftest import eventually

@@ -10,8 +10,8 @@ import pytest
 
 from ceres_supervisor.adapters.etcd import KeyValue
 from ceres_supervisor.cluster import view as coordination
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
-from ceres_supervisor.cluster.view import AgentRecord, StoreView
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import AgentRecord, Identity, StoreView
 from ceres_supervisor.decisions.budget import blockers
 from ceres_supervisor.desired import containers, loading
 from ceres_supervisor.surfaces import cluster_document

@@ -16,8 +16,8 @@ import pytest
 
 from ceres_supervisor.adapters.etcd import KeyValue
 from ceres_supervisor.cluster import view as views
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
-from ceres_supervisor.cluster.view import StoreView
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity, StoreView
 from ceres_supervisor.model.errors import SlotRefused
 
 from .memstore import MemoryClient, MemoryEtcd

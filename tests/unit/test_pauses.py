@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ceres_supervisor.cluster import view as views
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.daemon.storesync import StoreSync
 from ceres_supervisor.operations.pauses import PauseBook, PauseFileError, Pauses
 
