@@ -23,7 +23,7 @@ import aiohttp
 
 from ceres_supervisor.cli import exits
 from ceres_supervisor.cli.exits import Failure
-from ceres_supervisor.model.spec import Listen, parse_listen
+from ceres_supervisor.model.addresses import Listen, parse_listen
 
 DEFAULT_CONFIG: Final = "/etc/ceres-supervisor/cluster.toml"
 DEFAULT_TIMEOUT_S: Final = 10.0

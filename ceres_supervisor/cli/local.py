@@ -29,9 +29,9 @@ from ceres_supervisor.decisions import upgrades as upgrades_decide
 from ceres_supervisor.decisions.planning import Plan
 from ceres_supervisor.desired import files, loading, rendering, secrets, topology
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.addresses import advertise_url
 from ceres_supervisor.model.errors import DesiredStateError
 from ceres_supervisor.model.observed import Observation
-from ceres_supervisor.model.spec import advertise_url
 from ceres_supervisor.observation import observer
 from ceres_supervisor.surfaces import api
 

@@ -35,8 +35,9 @@ from ceres_supervisor.desired import containers as desired_mod
 from ceres_supervisor.desired import loading, locality, secrets
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model import versions
+from ceres_supervisor.model.addresses import advertise_url
 from ceres_supervisor.model.errors import DesiredStateError, SecretError
-from ceres_supervisor.model.spec import DesiredState, advertise_url
+from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
 from ceres_supervisor.observation.prober import Prober

@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 
 from ceres_supervisor.desired import rules, secrets
-from ceres_supervisor.model import spec
+from ceres_supervisor.model import addresses, spec
 from ceres_supervisor.model.errors import DesiredStateError, Problem
 
 _MESSAGES = {
@@ -146,7 +146,7 @@ def with_listen(loaded: Loaded, listen: str | None) -> Loaded:
     if listen is None:
         return loaded
     try:
-        spec.parse_listen(listen)
+        addresses.parse_listen(listen)
     except ValueError as err:
         raise DesiredStateError(loaded.source, [Problem("--listen", str(err))]) from None
     supervisor = loaded.spec.supervisor.model_copy(update={"listen": listen})

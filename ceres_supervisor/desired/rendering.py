@@ -17,7 +17,8 @@ import tomli_w
 from pydantic import BaseModel
 
 from ceres_supervisor.model import durations
-from ceres_supervisor.model.spec import REDACTED, DbNode, DesiredState, MetaNode, SecretRef, machine_of
+from ceres_supervisor.model.addresses import machine_of
+from ceres_supervisor.model.spec import REDACTED, DbNode, DesiredState, MetaNode, SecretRef
 
 Document = dict[str, Any]
 

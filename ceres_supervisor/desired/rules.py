@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 
 from ceres_supervisor.desired import rendering, serverschema
 from ceres_supervisor.model import versions
+from ceres_supervisor.model.addresses import machine_of, parse_listen
 from ceres_supervisor.model.errors import Problem
 from ceres_supervisor.model.spec import (
     LEASE_MAX_S,
@@ -21,9 +22,7 @@ from ceres_supervisor.model.spec import (
     DesiredState,
     config_tables,
     key_segment,
-    machine_of,
     nodes,
-    parse_listen,
 )
 
 _PORT_KEYS: Final = {

@@ -23,7 +23,8 @@ from typing import Any, Final, Protocol
 import structlog
 from aiohttp import web
 
-from ceres_supervisor.model.spec import DesiredState, parse_listen
+from ceres_supervisor.model.addresses import parse_listen
+from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.surfaces import (
     cluster_document,
     control_routes,

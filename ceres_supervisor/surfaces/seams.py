@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from ceres_supervisor.cluster.view import AgentRecord, StoreView
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
 from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.addresses import parse_listen
 from ceres_supervisor.model.observed import Observation
-from ceres_supervisor.model.spec import parse_listen
 from ceres_supervisor.surfaces import cluster_document, reports
 from ceres_supervisor.surfaces.snapshot import Coordination
 
