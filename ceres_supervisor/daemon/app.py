@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Mapping
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -36,7 +35,6 @@ from ceres_supervisor.desired import loading, locality, secrets
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model import versions
 from ceres_supervisor.model.addresses import advertise_url
-from ceres_supervisor.model.errors import DesiredStateError, SecretError
 from ceres_supervisor.model.spec import DesiredState
 from ceres_supervisor.observation import probes
 from ceres_supervisor.observation.observer import Observer, follow_events
@@ -107,8 +105,6 @@ class Supervisor:
         )
         self.notifier = notifier or systemd.Notifier()
         self._stop = asyncio.Event()
-        self._reload_requested = False
-        self._reload_waiters: list[asyncio.Future[ReloadResult]] = []
         self.signals = shutdown.Signals(
             self._request_stop,
             self.request_reload,
@@ -144,6 +140,9 @@ class Supervisor:
             journal.fan_out(self.events.published, self.metrics.published),
         )
         self.loop = Loop(parts, setting, self.agent)
+        self.reloads = reloading.Reloads(
+            self.config_path, listen, self.loop, self.notifier, self.record_event, self._sources, self._apply
+        )
         self.backups = backups.Schedule(
             lambda: self.spec,
             self.coordinator,
@@ -202,13 +201,8 @@ class Supervisor:
         self.wake()
 
     def request_reload(self) -> asyncio.Future[ReloadResult]:
-        """SIGHUP, POST /v1/reload and `ceres-supervisor reload` all land here. Requests that arrive
-        before the loop gets to them share one reload (coalesced)."""
-        waiter: asyncio.Future[ReloadResult] = asyncio.get_running_loop().create_future()
-        self._reload_waiters.append(waiter)
-        self._reload_requested = True
-        self.wake()
-        return waiter
+        """SIGHUP, POST /v1/reload and `ceres-supervisor reload` all land here (coalesced)."""
+        return self.reloads.request()
 
     def record_event(
         self, node: str | None, type_: str, reason: str | None, message: str, at: datetime | None = None
@@ -331,27 +325,7 @@ class Supervisor:
         self.wake()
         return answer
 
-    # -- reload (SIGHUP) ----------------------------------------------------------------------------
-
-    def _reload_if_asked(self) -> Awaitable[None] | None:
-        return self._reload_now() if self._reload_requested else None
-
-    async def _reload_now(self) -> None:
-        """RELOADING=1, the reload, READY=1, and an answer for every caller, whatever happens."""
-        self._reload_requested = False
-        waiters, self._reload_waiters = self._reload_waiters, []
-        self.notifier.reloading()
-        try:
-            reloaded = await self.reload()
-        except Exception as err:  # e.g. a corrupt topology.json: keep the last good state
-            log.exception("reload_crashed")
-            reloaded = self._refuse(f"internal error while reloading: {type(err).__name__}: {err}")
-        finally:
-            self.loop.snapshot = replace(self.loop.snapshot, reload=self.loop.reload_result)
-            self.notifier.ready(self.loop.status_line(self.loop.last_plan))
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(reloaded)
+    # -- reload (SIGHUP): `reloading.Reloads` reads the file, this applies what it accepted -------
 
     def _sources(self) -> list[versions.Release]:
         """The releases the containers run (this agent's, and the others' as they publish them)."""
@@ -359,51 +333,20 @@ class Supervisor:
         found = (versions.parse_release(text) for text in (last.running.values() if last else ()))
         return [r for r in found if r is not None]
 
-    def _refuse(self, message: str) -> ReloadResult:
-        log.error("reload_failed", error=message)
-        self.loop.reload_result = ReloadResult(False, message, datetime.now(UTC))
-        self.record_event(None, "reload_failed", message, "kept the last good desired state")
-        return self.loop.reload_result
-
-    async def reload(self) -> ReloadResult:
-        """Read and validate the file; keep the last good spec when it is not usable."""
-        now = datetime.now(UTC)
-        current = self.setting
-        try:
-            new = await reloading.prepare(self.config_path, current.spec, current.locality, self._sources())
-        except (DesiredStateError, SecretError, locality.LocalityError) as err:
-            return self._refuse(err.render() if isinstance(err, DesiredStateError) else str(err))
-        loaded = loading.with_listen(new.loaded, self.listen)
-        if loaded.digest == current.loaded.digest:
-            log.info("desired_state_unchanged")
-        else:
-            log.info("desired_state_reloaded", spec_hash=new.desired.spec_hash)
+    def _apply(self, loaded: loading.Loaded, new: reloading.Reloaded) -> None:
+        """The accepted file, swapped in: one reference for the loop, and the settings that live
+        elsewhere (the observer's locality, Docker's deadline, the stop timeout, the generation)."""
+        current, fresh = self.setting, loaded.spec.supervisor
         removed = {n.name for n in current.desired.nodes} - {n.name for n in new.desired.nodes}
         for name in removed:
             self.loop.records.pop(name, None)
-        old, fresh = current.spec.supervisor, loaded.spec.supervisor
-        if (old.listen, old.token_file) != (fresh.listen, fresh.token_file):
-            log.warning(
-                "reload_needs_restart",
-                keys="supervisor.listen, supervisor.token_file",
-                detail="the status API keeps its address and token until the daemon restarts",
-            )
-            self.record_event(
-                None,
-                "reload_partial",
-                "supervisor.listen/token_file changed",
-                "takes effect when the daemon restarts",
-            )
-        if old.log_level != fresh.log_level:
+        if current.spec.supervisor.log_level != fresh.log_level:
             logs.configure(fresh.log_level)
         self.loop.setting = Setting(loaded, new.desired, new.place, planning.Policy.of(fresh))
         self.observer.locality = new.place
         self.engine.list_timeout_s = observe_timeout_s(loaded.spec, self.setting.coordinated)
         self._executor.stop_timeout_s = fresh.stop_timeout
         self.identity.generation = loaded.spec.cluster.generation
-        self.loop.reload_result = ReloadResult(True, None, now)
-        self.record_event(None, "reloaded", None, f"spec {new.desired.spec_hash}")
-        return self.loop.reload_result
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -452,7 +395,7 @@ class Supervisor:
                         group.create_task(self.backups.run(session), name="backups")
                         group.create_task(self.images.run(), name="images")
                         loop_task = group.create_task(
-                            self.loop.run(group, self._stop, self._reload_if_asked), name="reconcile-loop"
+                            self.loop.run(group, self._stop, self.reloads.due), name="reconcile-loop"
                         )
                         group.create_task(
                             shutdown.first_stages(
