@@ -12,100 +12,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from collections.abc import Sequence
 
 from ceres_supervisor.adapters import logs
 from ceres_supervisor.cli import backups, client, completion, exits, local, remote
 from ceres_supervisor.cli import upgrades as upgrade_cli
 from ceres_supervisor.cli.exits import Failure
+from ceres_supervisor.cli.grammar import (
+    PROG,
+    Parser,
+    api_options,
+    command,
+    config_option,
+    docker_option,
+    host_option,
+    json_option,
+)
 from ceres_supervisor.desired.locality import LocalityError
 from ceres_supervisor.model.errors import CeresError, DesiredStateError
-
-PROG = "ceres-supervisor"
-HIDDEN = argparse.SUPPRESS
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with a usage mistake as exit 64 and one line that names only visible commands."""
-
-    def error(self, message: str) -> NoReturn:
-        if "invalid choice" in message and "argument COMMAND" in message:
-            wrong = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0]
-            message = f"unknown command {wrong}; the commands: {', '.join(visible_commands(self))}"
-        raise Failure(exits.USAGE, f"{message} (see {self.prog} --help)")
-
-
-def visible_commands(parser: argparse.ArgumentParser) -> list[str]:
-    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
-    return [a.dest for a in sub._choices_actions] if sub is not None else []
-
-
-def _epilog(examples: Sequence[str], codes: Sequence[int]) -> str:
-    lines = ["examples:", *(f"  {e}" for e in examples), "", "exit codes:", exits.describe(tuple(codes))]
-    return "\n".join(lines)
-
-
-def _config(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help=f"the desired-state file: {what} (default {client.DEFAULT_CONFIG}; a missing file is an error)",
-    )
-
-
-def _api(parser: argparse.ArgumentParser) -> None:
-    _config(parser, "its supervisor.listen says where the daemon's API is, its token_file the token")
-    parser.add_argument(
-        "--url",
-        metavar="URL",
-        help="the API's base URL instead of the file's listen, e.g. http://10.0.0.2:5480",
-    )
-    parser.add_argument("--socket", metavar="PATH", help="the API's unix socket instead of the file's listen")
-    parser.add_argument(
-        "--token-file", metavar="FILE", help="the bearer token (default: the file's supervisor.token_file)"
-    )
-
-
-def _json(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON (schema in README)")
-
-
-def _host(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--host",
-        metavar="ADDR",
-        help="this machine's nodes are those whose host is ADDR (default: every node whose host is an "
-        "address of this machine)",
-    )
-
-
-def _docker(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--docker-url",
-        metavar="URL",
-        help="the Docker Engine's address (default: DOCKER_HOST, else the local socket)",
-    )
-
-
-def _command(
-    sub: argparse._SubParsersAction[Parser],
-    name: str,
-    summary: str,
-    handler: Callable[[argparse.Namespace], int],
-    examples: Sequence[str],
-    codes: Sequence[int],
-) -> Parser:
-    parser = sub.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=_epilog(examples, (*codes, exits.USAGE, exits.INTERNAL)),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=handler)
-    return parser
 
 
 def build_parser() -> Parser:
@@ -125,7 +49,7 @@ def build_parser() -> Parser:
     ok, bad, invalid, no_file = exits.OK, exits.NOT_OK, exits.INVALID, exits.NO_FILE
     gone, refused, unknown, conflict = exits.UNREACHABLE, exits.REFUSED, exits.UNKNOWN_NODE, exits.CONFLICT
 
-    p = _command(
+    p = command(
         sub,
         "validate",
         "check a desired-state file",
@@ -136,10 +60,10 @@ def build_parser() -> Parser:
         ],
         (ok, invalid, no_file),
     )
-    _config(p, "the file to check")
-    _json(p, "the verdict, its problems and warnings")
+    config_option(p, "the file to check")
+    json_option(p, "the verdict, its problems and warnings")
 
-    p = _command(
+    p = command(
         sub,
         "render",
         "write every node's config and environment to DIR/<node>/",
@@ -147,13 +71,13 @@ def build_parser() -> Parser:
         ["ceres-supervisor render -c cluster.toml -o /tmp/rendered"],
         (ok, invalid, no_file),
     )
-    _config(p, "the file to render")
+    config_option(p, "the file to render")
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="where to write DIR/<node>/*.toml and env"
     )
-    _json(p, "the files written")
+    json_option(p, "the files written")
 
-    p = _command(
+    p = command(
         sub,
         "run",
         "the daemon, in the foreground (what systemd runs)",
@@ -164,7 +88,7 @@ def build_parser() -> Parser:
         ],
         (ok, bad, invalid, no_file, exits.INTERRUPTED),
     )
-    _config(p, "the cluster to run")
+    config_option(p, "the cluster to run")
     p.add_argument(
         "--log-level", choices=sorted(logs.LEVELS), help="instead of the file's supervisor.log_level"
     )
@@ -183,13 +107,13 @@ def build_parser() -> Parser:
         help="the etcd members this agent talks to, if not the meta nodes' client addresses "
         "(e.g. through a proxy)",
     )
-    _host(p)
-    _docker(p)
+    host_option(p)
+    docker_option(p)
     p.add_argument(
         "--json", action="store_true", help="log JSON lines even on a terminal (the default elsewhere)"
     )
 
-    p = _command(
+    p = command(
         sub,
         "plan",
         "what run (or a reload) would change now, and why, without doing it",
@@ -200,12 +124,12 @@ def build_parser() -> Parser:
         ],
         (ok, invalid, no_file, gone),
     )
-    _config(p, "the cluster to plan")
-    _host(p)
-    _docker(p)
-    _json(p, "the plan")
+    config_option(p, "the cluster to plan")
+    host_option(p)
+    docker_option(p)
+    json_option(p, "the plan")
 
-    p = _command(
+    p = command(
         sub,
         "down",
         "stop this machine's CeresDB nodes, then meta, and remove the containers (data kept)",
@@ -213,15 +137,15 @@ def build_parser() -> Parser:
         ["ceres-supervisor down -c cluster.toml", "ceres-supervisor down --force"],
         (ok, bad, invalid, no_file, gone, conflict),
     )
-    _config(p, "the cluster to take down")
+    config_option(p, "the cluster to take down")
     p.add_argument(
         "--force", action="store_true", help="even while a daemon answers on the file's listen address"
     )
-    _host(p)
-    _docker(p)
-    _json(p, "what was removed")
+    host_option(p)
+    docker_option(p)
+    json_option(p, "what was removed")
 
-    p = _command(
+    p = command(
         sub,
         "status",
         "the whole cluster: every node on every machine, the agents, slots, pauses",
@@ -235,8 +159,8 @@ def build_parser() -> Parser:
         ],
         (ok, bad, invalid, no_file, gone, refused, exits.INTERRUPTED),
     )
-    _api(p)
-    _json(p, "the /v1/cluster document (with --local: /v1/status)")
+    api_options(p)
+    json_option(p, "the /v1/cluster document (with --local: /v1/status)")
     p.add_argument(
         "--local", action="store_true", help="this machine's nodes only, as its supervisor sees them"
     )
@@ -252,7 +176,7 @@ def build_parser() -> Parser:
         "--interval", type=float, default=2.0, metavar="SECONDS", help="--watch's pace (default 2)"
     )
 
-    p = _command(
+    p = command(
         sub,
         "reload",
         "re-read the file in the running daemon (as systemctl reload)",
@@ -260,8 +184,8 @@ def build_parser() -> Parser:
         ["ceres-supervisor reload", "ceres-supervisor reload --json"],
         (ok, invalid, no_file, gone, refused, exits.RUNNING),
     )
-    _api(p)
-    _json(p, "the outcome")
+    api_options(p)
+    json_option(p, "the outcome")
     p.add_argument(
         "--wait",
         type=float,
@@ -271,7 +195,7 @@ def build_parser() -> Parser:
     )
 
     for verb, what in (("pause", "never start, stop or restart"), ("resume", "handle again")):
-        p = _command(
+        p = command(
             sub,
             verb,
             f"{what} these nodes (maintenance), on every machine; all of them or none",
@@ -279,14 +203,14 @@ def build_parser() -> Parser:
             [f"ceres-supervisor {verb} db0 db1", f"ceres-supervisor {verb} --all"],
             (ok, no_file, gone, refused, unknown),
         )
-        _api(p)
+        api_options(p)
         p.add_argument(
             "nodes", nargs="*", metavar="NODE", help="the nodes (all must be known, or none changes)"
         )
         p.add_argument("--all", action="store_true", help="the whole cluster")
-        _json(p, "the daemon's answer")
+        json_option(p, "the daemon's answer")
 
-    p = _command(
+    p = command(
         sub,
         "restart",
         "planned restart of one node: slot, flush, stop, start, wait healthy",
@@ -294,12 +218,12 @@ def build_parser() -> Parser:
         ["ceres-supervisor restart db1", "ceres-supervisor restart db1 --no-wait --json"],
         (ok, bad, no_file, gone, refused, unknown, conflict, exits.INTERRUPTED),
     )
-    _api(p)
+    api_options(p)
     p.add_argument("node", metavar="NODE", help="the node to restart (on any machine)")
     p.add_argument("--no-wait", action="store_true", help="print the operation's id and return")
-    _json(p, "the operation (its id with --no-wait; its steps and outcome at the end)")
+    json_option(p, "the operation (its id with --no-wait; its steps and outcome at the end)")
 
-    p = _command(
+    p = command(
         sub,
         "rolling-restart",
         "meta followers, the leader, then CeresDB, one at a time cluster-wide",
@@ -307,12 +231,12 @@ def build_parser() -> Parser:
         ["ceres-supervisor rolling-restart", "ceres-supervisor rolling-restart --role ceresdb"],
         (ok, bad, no_file, gone, refused, conflict, exits.INTERRUPTED),
     )
-    _api(p)
+    api_options(p)
     p.add_argument("--role", choices=("meta", "ceresdb"), help="only the nodes of this role")
     p.add_argument("--no-wait", action="store_true", help="print the operation's id and return")
-    _json(p, "the operation (its id with --no-wait; its steps and outcome at the end)")
+    json_option(p, "the operation (its id with --no-wait; its steps and outcome at the end)")
 
-    p = _command(
+    p = command(
         sub,
         "events",
         "what happened, on every machine, in time order",
@@ -325,16 +249,16 @@ def build_parser() -> Parser:
         ],
         (ok, no_file, gone, refused, unknown),
     )
-    _api(p)
+    api_options(p)
     p.add_argument("--node", metavar="NODE", help="only the events about this node")
     p.add_argument(
         "--since", metavar="T", help="only since T: a duration ago (10m, 2h, 1d) or an RFC 3339 time"
     )
     p.add_argument("-n", "--limit", type=int, default=50, metavar="N", help="the last N events (default 50)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
-    _json(p, "one event a line")
+    json_option(p, "one event a line")
 
-    p = _command(
+    p = command(
         sub,
         "logs",
         "a node's container log, from the machine that runs it",
@@ -346,14 +270,14 @@ def build_parser() -> Parser:
         ],
         (ok, no_file, gone, refused, unknown),
     )
-    _api(p)
+    api_options(p)
     p.add_argument("node", metavar="NODE", help="the node (on any machine)")
     p.add_argument("-n", "--lines", type=int, default=100, metavar="N", help="the last N lines (default 100)")
     p.add_argument("--since", metavar="T", help="only since T: a duration ago (10m, 2h) or an RFC 3339 time")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
-    _json(p, "one line a line, with its time")
+    json_option(p, "one line a line, with its time")
 
-    p = _command(
+    p = command(
         sub,
         "describe",
         "everything about one node: state history, last exits, container, config, "
@@ -362,11 +286,11 @@ def build_parser() -> Parser:
         ["ceres-supervisor describe db1", "ceres-supervisor describe db1 --json | jq .history"],
         (ok, no_file, gone, refused, unknown),
     )
-    _api(p)
+    api_options(p)
     p.add_argument("node", metavar="NODE", help="the node (on any machine)")
-    _json(p, "the description")
+    json_option(p, "the description")
 
-    p = _command(
+    p = command(
         sub,
         "backup",
         "snapshot CeresMeta's etcd (the whole keyspace) with its SHA-256 and a manifest",
@@ -378,7 +302,7 @@ def build_parser() -> Parser:
         ],
         (ok, bad, invalid, no_file),
     )
-    _config(p, "the cluster whose meta to back up")
+    config_option(p, "the cluster whose meta to back up")
     p.add_argument(
         "-o",
         "--output",
@@ -386,9 +310,9 @@ def build_parser() -> Parser:
         help="the snapshot file, or a directory (a trailing /) for <cluster>-<time>.db "
         "(default: backup.dir, else here)",
     )
-    _json(p, "the snapshot's path and its manifest")
+    json_option(p, "the snapshot's path and its manifest")
 
-    p = _command(
+    p = command(
         sub,
         "restore",
         "put a backup back into this machine's meta members (the cluster stopped)",
@@ -399,15 +323,15 @@ def build_parser() -> Parser:
         ],
         (ok, bad, invalid, no_file, gone, conflict, exits.BACKUP_REFUSED),
     )
-    _config(p, "the cluster to restore")
+    config_option(p, "the cluster to restore")
     p.add_argument(
         "--from", dest="source", required=True, metavar="PATH", help="the snapshot (or its manifest)"
     )
-    _host(p)
-    _docker(p)
-    _json(p, "what was restored, and what to do next")
+    host_option(p)
+    docker_option(p)
+    json_option(p, "what was restored, and what to do next")
 
-    p = _command(
+    p = command(
         sub,
         "upgrade",
         "the upgrade under way (the file names another version than the containers run): which nodes "
@@ -417,10 +341,10 @@ def build_parser() -> Parser:
         (ok, bad, no_file, gone, refused, exits.RUNNING),
     )
     p.add_argument("what", choices=("status",), help="status: the upgrade as the daemon sees it")
-    _api(p)
-    _json(p, "the document the API gave")
+    api_options(p)
+    json_option(p, "the document the API gave")
 
-    p = _command(
+    p = command(
         sub,
         "version",
         "the version, with the Python and Docker SDK it runs with",
@@ -428,9 +352,9 @@ def build_parser() -> Parser:
         ["ceres-supervisor version --json"],
         (ok,),
     )
-    _json(p, "the versions")
+    json_option(p, "the versions")
 
-    p = _command(
+    p = command(
         sub,
         "completion",
         "print a bash completion script (or, for it, the nodes of a file)",
@@ -446,7 +370,7 @@ def build_parser() -> Parser:
         choices=("bash", "nodes"),
         help="bash: the script; nodes: the node names of the file, one a line (what the script asks)",
     )
-    _config(p, "where `nodes` reads the names (read leniently)")
+    config_option(p, "where `nodes` reads the names (read leniently)")
     return parser
 
 
