@@ -31,7 +31,7 @@ import pytest
 from testkit.dockerevents import DockerEvents
 from testkit.helpers import etcd_range, free_ports, http_json, save_logs, shard_lock_leases, wait_until
 from testkit.machines import Engines
-from testkit.standins import FastTicks, cluster_toml
+from testkit.standins import IMAGE_PREFIX, FastTicks, cluster_toml
 
 from ..conftest import failed
 from .conftest import FAST, Cluster, Daemon, eventually
@@ -354,7 +354,7 @@ def test_a_missing_image_stops_nothing_anywhere_and_a_killed_agent_resumes(
             for daemon in agents.values():
                 code, body = http_json(daemon.url + "/v1/reload", {}, timeout_s=60)
                 assert code == 200, body
-            lacking = "127.0.0.2 lacks ceres-emulator/ceresdb-server:1.2.5"
+            lacking = f"127.0.0.2 lacks {IMAGE_PREFIX}/ceresdb-server:1.2.5"
             wait_until(
                 lambda: all(lacking in str((state_of(d) or {}).get("preflight")) for d in agents.values()),
                 60,
