@@ -35,12 +35,16 @@ def status_line(plan: Plan | None, engine_error: str | None, reload_error: str |
 def local_documents(
     desired: DesiredCluster, plan: Plan, observation: Observation, records: Mapping[str, NodeRecord]
 ) -> dict[str, dict[str, Any]]:
-    """This supervisor's nodes as `/v1/status` shows them: what it publishes for the others."""
-    return {
-        n.name: status_document.node_document(n, plan, observation, records.get(n.name, NodeRecord()), "")
-        for n in desired.nodes
-        if n.is_local
-    }
+    """This supervisor's nodes as `/v1/status` shows them, plus whether this agent counts each one
+    as serving (`available`, what the other agents' budgets read): what it publishes for the others."""
+    docs = {}
+    for n in desired.nodes:
+        if n.is_local:
+            doc = status_document.node_document(n, plan, observation, records.get(n.name, NodeRecord()), "")
+            view = plan.views.get(n.name)
+            doc["available"] = view.available if view else False
+            docs[n.name] = doc
+    return docs
 
 
 def unknown_documents(

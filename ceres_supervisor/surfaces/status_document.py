@@ -82,7 +82,6 @@ def node_document(
         "image": container.image if container else node.container.image,
         "state": str(view.state) if view else str(NodeState.PENDING),
         "reason": view.reason if view else unobserved,
-        "available": view.available if view else False,
         "health": health,
         "lease": lease,
         "restarts": record.restarts,
