@@ -5,10 +5,13 @@ slots and a flush that record when they are asked."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import socket
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -66,9 +69,14 @@ mysql_port = {p[8]}
 """
 
 
+IMAGE = "ceresdb/ceresdb-server:v1.2.2"
+"""The CeresDB image of `cluster_text()` (the default of the file)."""
+
+
 class FakeEngine:
     """The calls the executor makes of `adapters.engine.Engine`, kept in order. `fail[call]` makes
-    that call raise; `hold` makes stops wait until it is set."""
+    that call raise; `hold` makes stops wait until it is set; `missing` are images not on this host;
+    `users[name]` the running containers that use the data directory `.../data/<name>`."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -76,15 +84,28 @@ class FakeEngine:
         self.hold = asyncio.Event()
         self.hold.set()
         self.created: list[ContainerSpec] = []
+        self.missing: set[str] = set()
+        self.users: dict[str, list[str]] = {}
 
     def _call(self, name: str, target: str) -> None:
         self.calls.append((name, target))
         if name in self.fail:
             raise self.fail[name]
 
+    async def image_exists(self, image: str) -> bool:
+        self._call("image_exists", image)
+        return image not in self.missing
+
+    async def data_users(self, path: str) -> list[str]:
+        self._call("data_users", Path(path).name)
+        return self.users.get(Path(path).name, [])
+
     async def stop(self, container_id: str, timeout_s: float) -> None:
         await self.hold.wait()
         self._call("stop", container_id)
+
+    async def kill(self, container_id: str) -> None:
+        self._call("kill", container_id)
 
     async def start(self, container_id: str) -> None:
         self._call("start", container_id)
@@ -99,7 +120,11 @@ class FakeEngine:
 
     async def stop_all(self, container_ids: Sequence[str], timeout_s: float) -> dict[str, str]:
         self.calls += [("stop_all", cid) for cid in container_ids]
-        return {cid: str(self.fail["stop_all"]) for cid in container_ids if "stop_all" in self.fail and cid.startswith("bad")}
+        return {
+            cid: str(self.fail["stop_all"])
+            for cid in container_ids
+            if "stop_all" in self.fail and cid.startswith("bad")
+        }
 
 
 class Recorder:
@@ -147,16 +172,33 @@ def desired(tmp_path: Path) -> DesiredCluster:
 
 
 def restart(node: str, role: str = "ceresdb") -> Action:
-    return Action("restart", node, f"id-{node}", "planned restart (op-1)", by_choice=True, role=role)
+    """A planned restart as the planner makes it (decisions/nodes.py): a CeresDB node flushes first."""
+    return Action(
+        "restart",
+        node,
+        f"id-{node}",
+        "planned restart (op-1)",
+        by_choice=True,
+        role=role,
+        flush=role == "ceresdb",
+    )
 
 
-async def test_a_planned_restart_of_ceresdb_takes_its_slot_flushes_then_stops_and_starts(desired: DesiredCluster) -> None:
+async def test_a_planned_restart_of_ceresdb_takes_its_slot_flushes_then_stops_and_starts(
+    desired: DesiredCluster,
+) -> None:
     """The flush comes after the slot (no flush for a stop that may not happen) and before the stop
     (the memtables reach storage before SIGTERM)."""
     run = Run(desired)
     outcome = await run.do(restart("db0"))
     assert outcome.ok and outcome.error is None and outcome.step is None
-    assert run.engine.calls == [("slot", "db0/ceresdb"), ("flush", "db0"), ("stop", "id-db0"), ("start", "id-db0")]
+    assert run.engine.calls == [
+        ("slot", "db0/ceresdb"),
+        ("flush", "db0"),
+        ("stop", "id-db0"),
+        ("data_users", "db0"),
+        ("start", "id-db0"),
+    ]
     assert run.steps == [
         ("db0", "flush_memtable: ok"),
         ("db0", "stopping (SIGTERM, then SIGKILL after 7s)"),
@@ -168,21 +210,30 @@ async def test_a_planned_restart_of_ceresdb_takes_its_slot_flushes_then_stops_an
 
 
 async def test_a_meta_member_is_not_flushed(desired: DesiredCluster) -> None:
+    """Not even when the action asks for a flush: only a CeresDB node has memtables."""
     run = Run(desired)
-    assert (await run.do(restart("meta0", "meta"))).ok
-    assert run.engine.calls == [("slot", "meta0/meta"), ("stop", "id-meta0"), ("start", "id-meta0")]
+    assert (await run.do(dataclasses.replace(restart("meta0", "meta"), flush=True))).ok
+    assert run.engine.calls == [
+        ("slot", "meta0/meta"),
+        ("stop", "id-meta0"),
+        ("data_users", "meta0"),
+        ("start", "id-meta0"),
+    ]
 
 
 @pytest.mark.parametrize(
     ("action", "calls"),
     [
-        (Action("create", "db0", None, "missing"), [("create_and_start", "ceres-defaultCluster-db0")]),
-        (Action("start", "db0", "id-db0", "exit 137"), [("start", "id-db0")]),
+        (Action("create", "db0", None, "missing"),
+         [("image_exists", IMAGE), ("data_users", "db0"), ("create_and_start", "ceres-defaultCluster-db0")]),
+        (Action("start", "db0", "id-db0", "exit 137"), [("data_users", "db0"), ("start", "id-db0")]),
         (Action("stop", "db0", "id-db0", "unhealthy", by_choice=True), [("slot", "db0/ceresdb"), ("stop", "id-db0")]),
         (Action("recreate", "db1", "id-db1", "spec changed", by_choice=True),
-         [("slot", "db1/ceresdb"), ("stop", "id-db1"), ("remove", "id-db1"), ("create_and_start", "ceres-defaultCluster-db1")]),
+         [("image_exists", IMAGE), ("slot", "db1/ceresdb"), ("stop", "id-db1"), ("remove", "id-db1"),
+          ("data_users", "db1"), ("create_and_start", "ceres-defaultCluster-db1")]),
         (Action("recreate", "db1", "id-db1", "exited, spec changed"),
-         [("stop", "id-db1"), ("remove", "id-db1"), ("create_and_start", "ceres-defaultCluster-db1")]),
+         [("image_exists", IMAGE), ("stop", "id-db1"), ("remove", "id-db1"), ("data_users", "db1"),
+          ("create_and_start", "ceres-defaultCluster-db1")]),
         (Action("remove", "db9", "id-db9", "removed from the file", by_choice=True, role="ceresdb"),
          [("slot", "db9/ceresdb"), ("stop", "id-db9"), ("remove", "id-db9")]),
     ],
@@ -200,10 +251,12 @@ async def test_each_action_makes_its_calls_in_order(
 async def test_without_slots_a_stop_by_choice_takes_none(desired: DesiredCluster) -> None:
     run = Run(desired, slots=False, flush=False)
     assert (await run.do(restart("db0"))).ok
-    assert run.engine.calls == [("stop", "id-db0"), ("start", "id-db0")]
+    assert run.engine.calls == [("stop", "id-db0"), ("data_users", "db0"), ("start", "id-db0")]
 
 
-async def test_a_config_holding_a_secret_is_written_0600(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_config_holding_a_secret_is_written_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CERES_TEST_PW", "pw")
     text = cluster_text() + (
         '\n[ceresdb.object_store]\ntype = "Aliyun"\nkey_id = "k"\nkey_secret = { env = "CERES_TEST_PW" }\n'
@@ -226,7 +279,7 @@ async def test_a_config_holding_a_secret_is_written_0600(tmp_path: Path, monkeyp
          "remove", "remove container: in use"),
         ({"create_and_start": EngineImageMissing("no image")}, Action("create", "db0", None, "missing"), "create",
          "image ceresdb/ceresdb-server:v1.2.2 is not present on this host "
-         "(ceres-supervisor does not pull images: docker pull or docker load it)"),
+         '(docker pull or docker load it, or set supervisor.pull = "missing")'),
         ({"start": RuntimeError("a bug")}, Action("start", "db0", "id-db0", "exit 1"), "start",
          "internal error: RuntimeError: a bug"),
     ],
@@ -241,6 +294,76 @@ async def test_a_failed_step_fails_only_its_node_and_says_which_step(
     assert run.executor.busy == {}
 
 
+@pytest.mark.parametrize("kind", ["create", "recreate"])
+async def test_a_missing_image_fails_before_anything_stops(
+    desired: DesiredCluster, kind: Literal["create", "recreate"]
+) -> None:
+    run = Run(desired)
+    run.engine.missing.add(IMAGE)
+    action = Action(
+        kind, "db1", None if kind == "create" else "id-db1", "spec changed", by_choice=kind == "recreate"
+    )
+    outcome = await run.do(action)
+    assert (outcome.ok, outcome.step) == (False, "image")
+    assert outcome.error == (
+        "image ceresdb/ceresdb-server:v1.2.2 is not present on this host "
+        '(docker pull or docker load it, or set supervisor.pull = "missing")'
+        + ("; nothing was stopped" if kind == "recreate" else "")
+    )
+    assert run.engine.calls == [("image_exists", IMAGE)]  # no slot, no stop, no create
+
+
+@pytest.mark.parametrize(
+    ("action", "step", "calls"),
+    [
+        (Action("start", "db0", "id-db0", "exit 1"), "start", [("data_users", "db0")]),
+        (Action("create", "db0", None, "missing"), "create", [("image_exists", IMAGE), ("data_users", "db0")]),
+        (restart("db0"), "start", [("slot", "db0/ceresdb"), ("flush", "db0"), ("stop", "id-db0"), ("data_users", "db0")]),
+    ],
+)  # fmt: skip
+async def test_a_data_directory_a_running_container_writes_to_is_not_started_on(
+    desired: DesiredCluster, action: Action, step: str, calls: list[tuple[str, str]]
+) -> None:
+    node = desired.node("db0")
+    assert node is not None
+    run = Run(desired)
+    run.engine.users["db0"] = ["stray-ceresdb"]
+    outcome = await run.do(action)
+    assert (outcome.ok, outcome.step) == (False, step)
+    assert outcome.error == (
+        f"data directory {node.data_dir} is in use by running container stray-ceresdb: not started beside it"
+    )
+    assert run.engine.calls == calls
+
+
+@pytest.mark.parametrize("comes_up", [True, False])
+async def test_a_stop_of_a_node_still_starting_waits_for_it_to_come_up_else_kills_it(
+    desired: DesiredCluster, comes_up: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor, "UP_POLL_S", 0.01)
+    run = Run(desired, slots=False, flush=False)
+    asked: list[str] = []
+
+    async def is_up(node: DesiredNode) -> bool:
+        asked.append(node.name)
+        return comes_up and len(asked) == 2
+
+    run.executor.is_up = is_up
+    run.executor.stop_timeout_s = 5.0 if comes_up else 0.05
+    outcome = await run.do(Action("stop", "db0", "id-db0", "unhealthy", by_choice=True, while_starting=True))
+    assert outcome.ok, outcome
+    if comes_up:
+        assert run.engine.calls == [("stop", "id-db0")] and asked == ["db0", "db0"]
+        assert re.fullmatch(r"it came up after \d+\.\ds of waiting, then SIGTERM", outcome.detail or "")
+    else:
+        assert run.engine.calls == [("kill", "id-db0")] and asked
+        assert outcome.detail == "still starting after 0.05s: SIGKILL"
+    assert run.steps[0] == (
+        "db0",
+        f"still starting: waiting for it to come up (SIGKILL after {run.executor.stop_timeout_s:g}s)",
+    )
+
+
 async def test_a_refused_slot_stops_nothing(desired: DesiredCluster) -> None:
     run = Run(desired)
     run.recorder.refuse = "waiting for disruption budget: db1 (slot held by 127.0.0.2)"
@@ -253,7 +376,9 @@ async def test_a_refused_slot_stops_nothing(desired: DesiredCluster) -> None:
     assert run.engine.calls == [("slot", "db0/ceresdb")]  # no flush, no stop
 
 
-async def test_a_port_taken_by_another_process_fails_the_create_before_docker_is_asked(desired: DesiredCluster) -> None:
+async def test_a_port_taken_by_another_process_fails_the_create_before_docker_is_asked(
+    desired: DesiredCluster,
+) -> None:
     node = desired.node("db0")
     assert node is not None
     with socket.socket() as squatter:
@@ -263,8 +388,10 @@ async def test_a_port_taken_by_another_process_fails_the_create_before_docker_is
         run = Run(desired)
         outcome = await run.do(Action("create", "db0", None, "missing"))
     assert (outcome.ok, outcome.step) == (False, "create")
-    assert outcome.error == f"port {node.ports['http']} (http) already in use on this machine by another process"
-    assert run.engine.calls == []
+    assert (
+        outcome.error == f"port {node.ports['http']} (http) already in use on this machine by another process"
+    )
+    assert run.engine.calls == [("image_exists", IMAGE)]  # only asked whether the image is there
     assert not executor.port_in_use(node.ports["http"])
 
 
@@ -308,7 +435,9 @@ async def test_one_action_per_node_at_a_time_and_none_once_closing(desired: Desi
     assert [o.action.node for o in run.outcomes] == ["db1", "db0"]
 
 
-async def test_an_action_applied_before_any_file_was_submitted_does_not_guess_the_owner(desired: DesiredCluster) -> None:
+async def test_an_action_applied_before_any_file_was_submitted_does_not_guess_the_owner(
+    desired: DesiredCluster,
+) -> None:
     run = Run(desired)
     with pytest.raises(RuntimeError, match="no file submitted yet"):
         await run.executor.apply(Action("start", "db0", "id-db0", "x"), desired.node("db0"), lambda _s: None)
@@ -322,7 +451,11 @@ def observed(cid: str, node: str, role: str) -> ObservedContainer:
 async def test_stopping_the_cluster_stops_ceresdb_before_meta_and_reports_what_failed(remove: bool) -> None:
     engine = FakeEngine()
     engine.fail["stop_all"] = EngineError("stop container: timed out")
-    listed = [observed("m0", "meta0", "meta"), observed("d0", "db0", "ceresdb"), observed("bad1", "db1", "ceresdb")]
+    listed = [
+        observed("m0", "meta0", "meta"),
+        observed("d0", "db0", "ceresdb"),
+        observed("bad1", "db1", "ceresdb"),
+    ]
 
     async def containers() -> list[ObservedContainer]:
         return listed
@@ -335,17 +468,26 @@ async def test_stopping_the_cluster_stops_ceresdb_before_meta_and_reports_what_f
 
     problems = await executor.stop_cluster(engine, containers, timeout, remove)  # type: ignore[arg-type]
     assert problems == ["db1: stop container: timed out"]
-    assert [c for c in engine.calls if c[0] == "stop_all"] == [("stop_all", "d0"), ("stop_all", "bad1"), ("stop_all", "m0")]
-    assert [c for c in engine.calls if c[0] == "remove"] == ([("remove", "d0"), ("remove", "m0")] if remove else [])
+    assert [c for c in engine.calls if c[0] == "stop_all"] == [
+        ("stop_all", "d0"),
+        ("stop_all", "bad1"),
+        ("stop_all", "m0"),
+    ]
+    assert [c for c in engine.calls if c[0] == "remove"] == (
+        [("remove", "d0"), ("remove", "m0")] if remove else []
+    )
     assert phases == ["asked", "asked"]  # the time of each phase is asked when it starts
     engine.fail = {"remove": EngineError("remove container: conflict")}
     problems = await executor.stop_cluster(engine, containers, 5.0, True)  # type: ignore[arg-type]
     assert problems == (
-        ["db0: remove container: conflict", "db1: remove container: conflict", "meta0: remove container: conflict"]
+        [
+            "db0: remove container: conflict",
+            "db1: remove container: conflict",
+            "meta0: remove container: conflict",
+        ]
     )
 
 
 def test_a_port_nobody_holds_is_free() -> None:
     (port,) = free_ports(1)
     assert executor.port_in_use(port) is False
-
