@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from ceres_supervisor.adapters import engine as engine_mod
+from ceres_supervisor.adapters import dockerread
+from ceres_supervisor.adapters.dockerread import EngineEvent
 from ceres_supervisor.adapters.engine import (
     Engine,
     EngineConflict,
     EngineError,
-    EngineEvent,
     EngineImageMissing,
     EngineNotFound,
     EngineTimeout,
@@ -169,7 +169,7 @@ async def test_an_action_that_outlives_its_deadline_is_awaited_to_its_end(engine
     ],
 )
 def test_docker_s_nanosecond_times_are_read(text: str | None, expected: str | None) -> None:
-    parsed = engine_mod.parse_time(text)
+    parsed = dockerread.parse_time(text)
     assert (parsed.isoformat() if parsed else None) == expected
 
 
@@ -183,7 +183,7 @@ def test_docker_s_nanosecond_times_are_read(text: str | None, expected: str | No
     ],
 )  # fmt: skip
 def test_events_are_read_from_docker_s_json(raw: dict[str, Any], expected: tuple[Any, ...] | None) -> None:
-    event = Engine._event(raw)
+    event = dockerread.event_from(raw)
     got = None if event is None else (event.action, event.container_id, event.node, event.exit_code, event.at_ns, event.host)
     assert got == expected
 
