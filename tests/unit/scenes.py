@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ceres_supervisor.cluster import view as views
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.daemon.storesync import StoreSync
 from ceres_supervisor.decisions import planning
 from ceres_supervisor.decisions.planning import NodeRecord, Plan
@@ -23,7 +24,7 @@ from ceres_supervisor.desired import containers, loading
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.observed import LeaseView, Observation, ObservedContainer
 from ceres_supervisor.model.spec import DesiredState
-from ceres_supervisor.operations import restarts
+from ceres_supervisor.operations import restarts, upgrades
 from ceres_supervisor.operations.pauses import PauseBook
 from ceres_supervisor.surfaces.metrics import Metrics
 from ceres_supervisor.surfaces.snapshot import Coordination, Event, ReloadResult, Snapshot
@@ -39,7 +40,9 @@ def build(tmp_path: Path, text: str = BASE, local: Any = True) -> DesiredCluster
     machine's (True), none (False), or a predicate on the host."""
     path = tmp_path / "cluster.toml"
     tmp_path.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path}/state"'))
+    path.write_text(
+        text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path}/state"')
+    )
     spec = loading.load(path).spec
     is_local = local if callable(local) else (lambda _host: bool(local))
     return containers.build(spec, lambda _ref: "", is_local=is_local)
@@ -75,6 +78,18 @@ def snapshot(
         "records": dict(plan.records) if plan else {},
     }
     return Snapshot(**{**fields, **changes})
+
+
+class NoLogs:
+    """The engine's `logs` call, for the log route: every container's log is `lines`."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    async def logs(
+        self, container_id: str, lines: int, since_s: float | None = None
+    ) -> list[tuple[str, str]]:
+        return self.lines[-lines:]
 
 
 class FakeDaemon:
@@ -114,6 +129,9 @@ class FakeDaemon:
         """Cycles ended so far."""
         self._waiting_at = -1
         """The generation at which an operation last started waiting for a cycle."""
+        self.engine = NoLogs()
+        self.upgrades = upgrades.Upgrades(self, self.operations, lambda: self.session, None)
+        self.operation_docs: list[dict[str, Any]] = []
 
     # -- surfaces.api.Daemon --
     @property
@@ -144,10 +162,14 @@ class FakeDaemon:
         return await self.store_sync.pause(nodes, pause, everything)
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
-        self.tasks.append(asyncio.ensure_future(coro))  # type: ignore[arg-type]
+        self.tasks.append(asyncio.ensure_future(coro))
 
     def record_event(self, node: str | None, type_: str, reason: str | None, message: str) -> None:
         self.events.append(Event(datetime.now(UTC), node, type_, reason, message))
+
+    @property
+    def pauses(self) -> PauseBook:
+        return self.store_sync.pauses
 
     # -- operations.restarts.Host --
     def remote_agent(self, node: str) -> tuple[str, str] | None:
@@ -193,6 +215,9 @@ class FakeDaemon:
     def count_planned(self, node: str) -> None:
         self.planned.append(node)
 
+    async def update_operation(self, doc: dict[str, Any]) -> None:
+        self.operation_docs.append(doc)
+
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -203,7 +228,9 @@ def store_view(revision: int = 5, **changes: Any) -> views.StoreView:
     return replace(views.StoreView(revision), **changes)
 
 
-def agent_record(host: str, nodes: tuple[str, ...], spec_hash: str = "h", **changes: Any) -> views.AgentRecord:
+def agent_record(
+    host: str, nodes: tuple[str, ...], spec_hash: str = "h", **changes: Any
+) -> views.AgentRecord:
     return views.AgentRecord(
         host=host,
         pid=1,

@@ -24,7 +24,7 @@ from ceres_supervisor.decisions.planning import NodeState, NodeView
 from ceres_supervisor.surfaces import api
 from ceres_supervisor.surfaces.snapshot import Event, ReloadResult
 
-from .scenes import META3, FakeDaemon, build, healthy, snapshot
+from .scenes import META3, FakeDaemon, agent_record, build, coordination, healthy, snapshot
 
 TOKEN = "s3cret-token"
 ROUTES = [
@@ -44,6 +44,11 @@ ROUTES = [
     ("POST", "/v1/rolling-restart"),
     ("GET", "/v1/operations/{id}"),
     ("POST", "/v1/operations/{id}/cancel"),
+    ("GET", "/v1/cluster/events"),
+    ("GET", "/v1/nodes/{name}/logs"),
+    ("GET", "/v1/nodes/{name}/describe"),
+    ("GET", "/v1/upgrade"),
+    ("POST", "/v1/nodes/{name}/upgrade"),
 ]
 """Every route of the application (checked against its router below), as a template."""
 
@@ -75,11 +80,13 @@ async def apis(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Makes an API over a FakeDaemon of three meta members and three CeresDB nodes, all healthy."""
     made: list[Api] = []
 
-    async def make(token: str | None = None, text: str = META3, **snap: Any) -> Api:
-        desired = build(tmp_path, text)
+    async def make(token: str | None = None, text: str = META3, local: Any = True, **snap: Any) -> Api:
+        desired = build(tmp_path, text, local)
         obs, plan = healthy(desired)
-        daemon = FakeDaemon(snapshot(desired, obs, plan, loop_at=time.monotonic(), **snap), tmp_path / "state")
-        app = api.Api(daemon, token).application()  # type: ignore[arg-type]
+        daemon = FakeDaemon(
+            snapshot(desired, obs, plan, loop_at=time.monotonic(), **snap), tmp_path / "state"
+        )
+        app = api.Api(daemon, token).application()
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         made.append(Api(daemon, client, app))
@@ -170,6 +177,11 @@ async def test_every_route_answers_with_the_token_or_on_a_loopback_listener(
         "/v1/rolling-restart": 202,
         "/v1/operations/{id}": 404,
         "/v1/operations/{id}/cancel": 404,
+        "/v1/cluster/events": 200,
+        "/v1/nodes/{name}/logs": 200,
+        "/v1/nodes/{name}/describe": 200,
+        "/v1/upgrade": 200,
+        "/v1/nodes/{name}/upgrade": 400,  # the body must name the file's spec_hash
     }
 
 
@@ -200,7 +212,10 @@ async def test_the_page_takes_the_token_once_from_the_address(apis: Callable[...
 async def test_an_unknown_route_and_a_wrong_method_are_json_errors(apis: Callable[..., Any]) -> None:
     one = await apis(None)
     assert (await one.call("GET", "/v2/status"))[:2] == (404, {"error": "Not Found", "status": 404})
-    assert (await one.call("DELETE", "/v1/status"))[:2] == (405, {"error": "Method Not Allowed", "status": 405})
+    assert (await one.call("DELETE", "/v1/status"))[:2] == (
+        405,
+        {"error": "Method Not Allowed", "status": 405},
+    )
     assert (await one.call("GET", "/v1/reload"))[:2] == (405, {"error": "Method Not Allowed", "status": 405})
 
 
@@ -215,7 +230,12 @@ async def test_an_unknown_route_and_a_wrong_method_are_json_errors(apis: Callabl
         ("/v1/nodes/db0/pause", b'{"who": ["cli"]}', 400, "who is api or cli"),
         ("/v1/nodes/db0/pause", b'{"via": 7}', 400, "via is a short printable text"),
         ("/v1/nodes/db0/pause", b'{"via": ""}', 400, "via is a short printable text"),
-        ("/v1/nodes/db0/pause", json.dumps({"via": "x" * 201}).encode(), 400, "via is a short printable text"),
+        (
+            "/v1/nodes/db0/pause",
+            json.dumps({"via": "x" * 201}).encode(),
+            400,
+            "via is a short printable text",
+        ),
         ("/v1/nodes/db0/pause", b'{"via": "a\\nb"}', 400, "via is a short printable text"),
         ("/v1/rolling-restart", b'{"role": "leader"}', 400, "role is meta or ceresdb"),
         ("/v1/pause", b"x" * (api.MAX_BODY + 1), 413, "Request Entity Too Large"),
@@ -234,7 +254,9 @@ async def test_a_hostile_body_is_refused_and_changes_nothing(
 
 @pytest.mark.parametrize("name", ["db9", "db0%2F..%2Fmeta0", "%00", "DB0", "db0%20", "%F0%9F%90%8D"])
 @pytest.mark.parametrize("verb", ["pause", "resume", "restart"])
-async def test_an_unknown_node_is_404_with_the_known_names(apis: Callable[..., Any], name: str, verb: str) -> None:
+async def test_an_unknown_node_is_404_with_the_known_names(
+    apis: Callable[..., Any], name: str, verb: str
+) -> None:
     one = await apis(None)
     status, body, _ = await one.call("POST", f"/v1/nodes/{name}/{verb}")
     assert status == 404
@@ -243,10 +265,12 @@ async def test_an_unknown_node_is_404_with_the_known_names(apis: Callable[..., A
     assert not one.daemon.operations.kept and one.daemon.store_sync.pauses.current.nodes == frozenset()
 
 
-async def test_a_handler_that_fails_answers_500_json_and_the_api_keeps_serving(apis: Callable[..., Any]) -> None:
+async def test_a_handler_that_fails_answers_500_json_and_the_api_keeps_serving(
+    apis: Callable[..., Any],
+) -> None:
     one = await apis(None)
     good = one.daemon.snapshot
-    one.daemon.snapshot = replace(good, records=None)  # type: ignore[arg-type]  # a broken snapshot
+    one.daemon.snapshot = replace(good, records=None)  # a broken snapshot
     assert (await one.call("GET", "/v1/status"))[:2] == (500, {"error": "internal error", "status": 500})
     one.daemon.snapshot = good
     assert (await one.call("GET", "/v1/status"))[0] == 200
@@ -254,7 +278,7 @@ async def test_a_handler_that_fails_answers_500_json_and_the_api_keeps_serving(a
 
 async def test_a_page_that_cannot_be_built_is_a_500_page_not_a_traceback(apis: Callable[..., Any]) -> None:
     one = await apis(None)
-    one.daemon.snapshot = replace(one.daemon.snapshot, store=None)  # type: ignore[arg-type]
+    one.daemon.snapshot = replace(one.daemon.snapshot, store=None)
     status, body, response = await one.call("GET", "/")
     assert status == 500 and response.content_type == "text/html"
     assert "the cluster view could not be built" in body and "Traceback" not in body
@@ -291,9 +315,11 @@ async def test_status_is_built_once_per_snapshot(apis: Callable[..., Any]) -> No
     one = await apis(None)
     _, first, _ = await one.call("GET", "/v1/status")
     assert first["cluster"]["state"] == "healthy" and [n["name"] for n in first["nodes"]][:1] == ["meta0"]
-    cached = api.Api(one.daemon, None)  # type: ignore[arg-type]
+    cached = api.Api(one.daemon, None)
     assert cached.status_body() is cached.status_body()
-    one.daemon.snapshot = replace(one.daemon.snapshot, reload=ReloadResult(False, "bad file", datetime(2026, 1, 1, tzinfo=UTC)))
+    one.daemon.snapshot = replace(
+        one.daemon.snapshot, reload=ReloadResult(False, "bad file", datetime(2026, 1, 1, tzinfo=UTC))
+    )
     _, second, _ = await one.call("GET", "/v1/status")
     assert second["reload"] == {"ok": False, "error": "bad file", "at": "2026-01-01T00:00:00.000Z"}
 
@@ -323,7 +349,13 @@ async def test_events_are_the_newest_last_and_limited(apis: Callable[..., Any]) 
         one.daemon.events.append(Event(at, f"db{i}", "die", "exit 137", f"message {i}"))
     _, every, _ = await one.call("GET", "/v1/events")
     assert [e["message"] for e in every] == [f"message {i}" for i in range(5)]
-    assert every[0] == {"at": "2026-11-26T04:00:00.000Z", "node": "db0", "type": "die", "reason": "exit 137", "message": "message 0"}
+    assert every[0] == {
+        "at": "2026-11-26T04:00:00.000Z",
+        "node": "db0",
+        "type": "die",
+        "reason": "exit 137",
+        "message": "message 0",
+    }
     for limit, count in [("2", 2), ("0", 0), ("-3", 0), ("1000", 5)]:
         _, some, _ = await one.call("GET", "/v1/events", params={"limit": limit})
         assert [e["message"] for e in some] == [f"message {i}" for i in range(5 - count, 5)], limit
@@ -340,7 +372,9 @@ async def test_events_are_the_newest_last_and_limited(apis: Callable[..., Any]) 
         (ReloadResult(False, "cluster.name: cannot change", datetime(2026, 1, 1, tzinfo=UTC)), 422),
     ],
 )
-async def test_reload_answers_what_the_daemon_did(apis: Callable[..., Any], result: ReloadResult, status: int) -> None:
+async def test_reload_answers_what_the_daemon_did(
+    apis: Callable[..., Any], result: ReloadResult, status: int
+) -> None:
     one = await apis(None)
     answer = asyncio.ensure_future(one.call("POST", "/v1/reload"))
     async with asyncio.timeout(10):
@@ -350,7 +384,9 @@ async def test_reload_answers_what_the_daemon_did(apis: Callable[..., Any], resu
     assert (got, body) == (status, {"ok": result.ok, "error": result.error, "at": "2026-01-01T00:00:00.000Z"})
 
 
-async def test_a_reload_still_running_is_202(apis: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_reload_still_running_is_202(
+    apis: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(api, "RELOAD_WAIT_S", 0.05)  # how long the route waits (the reload never ends here)
     one = await apis(None)
     got, body, _ = await one.call("POST", "/v1/reload")
@@ -363,9 +399,14 @@ async def test_metrics_speak_prometheus_text_and_openmetrics(apis: Callable[...,
     status, body, response = await one.call("GET", "/metrics")
     assert status == 200 and response.headers["Content-Type"].startswith("text/plain")
     assert response.headers["X-Content-Type-Options"] == "nosniff"
-    assert 'ceres_supervisor_node_state{node="db0",role="ceresdb",state="healthy"} 1.0' in body
+    assert (
+        'ceres_supervisor_node_state{cluster="defaultCluster",host="127.0.0.1",node="db0",role="ceresdb",state="healthy"} 1.0'
+        in body
+    )
     _, body, response = await one.call("GET", "/metrics", headers={"Accept": "application/openmetrics-text"})
-    assert response.headers["Content-Type"].startswith("application/openmetrics-text") and body.endswith("# EOF\n")
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text") and body.endswith(
+        "# EOF\n"
+    )
 
 
 async def test_the_page_shows_the_cluster_and_the_last_events(apis: Callable[..., Any]) -> None:
@@ -405,7 +446,12 @@ async def test_a_pause_is_in_paused_json_at_once_and_holds_on_this_machine_while
 async def test_pause_all_and_resume_all_name_the_whole_cluster(apis: Callable[..., Any]) -> None:
     one = await apis(None)
     status, body, _ = await one.call("POST", "/v1/pause", json={"who": "cli", "via": "op-9 on 127.0.0.2"})
-    assert status == 200 and body["all"] is True and body["nodes"] == [] and body["who"] == "cli via op-9 on 127.0.0.2"
+    assert (
+        status == 200
+        and body["all"] is True
+        and body["nodes"] == []
+        and body["who"] == "cli via op-9 on 127.0.0.2"
+    )
     assert one.daemon.store_sync.pauses.current.all is True
     assert one.daemon.events[-1].node is None and "the whole cluster paused" in one.daemon.events[-1].message
     status, body, _ = await one.call("POST", "/v1/resume")
@@ -432,8 +478,14 @@ async def test_a_planned_restart_is_202_and_followed_at_its_operation(apis: Call
     assert (status, again["operation"]) == (409, op_id)
     assert again["error"] == "db1 is already being restarted"
     status, cancelled, _ = await one.call("POST", f"/v1/operations/{op_id}/cancel")
-    assert status == 202 and cancelled["steps"][-1]["text"] == "stop asked: the operation ends after the current node"
-    assert (await one.call("GET", "/v1/operations/op-0-0"))[:2] == (404, {"error": "no such operation", "status": 404})
+    assert (
+        status == 202
+        and cancelled["steps"][-1]["text"] == "stop asked: the operation ends after the current node"
+    )
+    assert (await one.call("GET", "/v1/operations/op-0-0"))[:2] == (
+        404,
+        {"error": "no such operation", "status": 404},
+    )
 
 
 @pytest.mark.parametrize(
@@ -474,7 +526,9 @@ async def test_a_restart_of_another_machine_s_node_is_taken_whatever_this_agent_
     assert status == 202 and body["operation"]
 
 
-async def test_a_rolling_restart_takes_meta_followers_then_the_leader_then_ceresdb(apis: Callable[..., Any]) -> None:
+async def test_a_rolling_restart_takes_meta_followers_then_the_leader_then_ceresdb(
+    apis: Callable[..., Any],
+) -> None:
     one = await apis(None)
     status, body, _ = await one.call("POST", "/v1/rolling-restart", json={"who": "cli"})
     assert status == 202
@@ -485,7 +539,9 @@ async def test_a_rolling_restart_takes_meta_followers_then_the_leader_then_ceres
     assert again["error"] == f"rolling restart {body['operation']} is still running"
 
 
-@pytest.mark.parametrize(("role", "nodes"), [("meta", ["meta1", "meta2", "meta0"]), ("ceresdb", ["db0", "db1", "db2"])])
+@pytest.mark.parametrize(
+    ("role", "nodes"), [("meta", ["meta1", "meta2", "meta0"]), ("ceresdb", ["db0", "db1", "db2"])]
+)
 async def test_a_rolling_restart_of_one_role(apis: Callable[..., Any], role: str, nodes: list[str]) -> None:
     one = await apis(None)
     status, body, _ = await one.call("POST", "/v1/rolling-restart", json={"role": role})
@@ -504,7 +560,9 @@ async def test_a_rolling_restart_is_refused_while_another_machine_runs_one(apis:
 
 
 async def test_metrics_count_restarts_by_kind_and_the_last_good_backup(apis: Callable[..., Any]) -> None:
-    one = await apis(None)
+    """And a host of the file whose supervisor left the store is 0 in agent_up."""
+    text = META3.replace('name = "db2"\nhost = "127.0.0.1"', 'name = "db2"\nhost = "127.0.0.2"')
+    one = await apis(None, text, lambda host: host == "127.0.0.1", coordination=coordination())
     metrics = one.daemon.metrics
     metrics.count_restart("db0", "died")
     metrics.count_restart("db0", "died")
@@ -514,24 +572,36 @@ async def test_metrics_count_restarts_by_kind_and_the_last_good_backup(apis: Cal
     metrics.backup_succeeded("defaultCluster", "127.0.0.1", 1_790_000_060.0)
     one.daemon.snapshot = replace(
         one.daemon.snapshot,
-        store=replace(one.daemon.snapshot.store, agents={}, departed={"127.0.0.2": (None, "t")}),  # type: ignore[dict-item]
+        store=replace(
+            one.daemon.snapshot.store,
+            agents={},
+            departed={"127.0.0.2": (agent_record("127.0.0.2", ("db2",)), "t")},
+        ),
     )
     _, body, _ = await one.call("GET", "/metrics")
-    assert 'ceres_supervisor_restarts_total{node="db0",reason="died"} 2.0' in body
+    assert (
+        'ceres_supervisor_restarts_total{cluster="defaultCluster",host="127.0.0.1",node="db0",reason="died"} 2.0'
+        in body
+    )
     assert (
         'ceres_supervisor_last_backup_success_timestamp_seconds{cluster="defaultCluster",host="127.0.0.1"} 1.79000006e+09'
         in body
     )
-    assert 'ceres_supervisor_agent_up{host="127.0.0.2"} 0.0' in body
+    assert 'ceres_supervisor_agent_up{cluster="defaultCluster",host="127.0.0.1"} 1.0' in body
+    assert 'ceres_supervisor_agent_up{cluster="defaultCluster",host="127.0.0.2"} 0.0' in body
 
 
 # --- the server: where it listens -------------------------------------------------------------------
 
 
 def served(tmp_path: Path, listen: str, token: bool = False) -> FakeDaemon:
-    text = META3.replace("[cluster]\n", f'[supervisor]\nlisten = "{listen}"\n' + (
-        f'token_file = "{tmp_path}/token"\n' if token else ""
-    ) + "\n[cluster]\n", 1)
+    text = META3.replace(
+        "[cluster]\n",
+        f'[supervisor]\nlisten = "{listen}"\n'
+        + (f'token_file = "{tmp_path}/token"\n' if token else "")
+        + "\n[cluster]\n",
+        1,
+    )
     (tmp_path / "token").write_text(f"  {TOKEN}\n")
     desired = build(tmp_path, text)
     obs, plan = healthy(desired)
@@ -552,20 +622,20 @@ async def test_the_server_listens_on_a_unix_socket_of_mode_0660_and_takes_over_a
 ) -> None:
     sock = tmp_path / "run" / "api.sock"
     daemon = served(tmp_path, f"unix:{sock}", token=True)
-    first = api.ApiServer(daemon)  # type: ignore[arg-type]
+    first = api.ApiServer(daemon)
     await first.start()
     try:
         assert stat.S_IMODE(sock.stat().st_mode) == 0o660
         assert daemon.operations.token == TOKEN  # other machines' APIs take the same token
         assert await get_unix(str(sock), "/v1/status") == 401
         assert await get_unix(str(sock), "/v1/status", TOKEN) == 200
-        second = api.ApiServer(daemon)  # type: ignore[arg-type]
+        second = api.ApiServer(daemon)
         with pytest.raises(OSError, match="another process is listening on"):
             await second.start()
     finally:
         await first.close()
     assert sock.exists()  # aiohttp leaves the socket file behind: the next start claims it
-    again = api.ApiServer(daemon)  # type: ignore[arg-type]
+    again = api.ApiServer(daemon)
     await again.start()
     try:
         assert await get_unix(str(sock), "/healthz") == 200
@@ -577,7 +647,7 @@ async def test_the_server_listens_on_a_unix_socket_of_mode_0660_and_takes_over_a
 async def test_a_file_that_is_not_a_socket_is_never_removed(tmp_path: Path) -> None:
     precious = tmp_path / "api.sock"
     precious.write_text("data")
-    server = api.ApiServer(served(tmp_path, f"unix:{precious}"))  # type: ignore[arg-type]
+    server = api.ApiServer(served(tmp_path, f"unix:{precious}"))
     with pytest.raises(OSError, match="exists and is not a socket"):
         await server.start()
     assert precious.read_text() == "data"
@@ -595,10 +665,13 @@ async def test_the_server_on_tcp_serves_until_cancelled_and_then_closes(tmp_path
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = api.ApiServer(served(tmp_path, f"127.0.0.1:{port}"))  # type: ignore[arg-type]
+    server = api.ApiServer(served(tmp_path, f"127.0.0.1:{port}"))
     await server.start()
     serving = asyncio.ensure_future(server.serve_forever())
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/healthz") as response,
+    ):
         assert response.status == 200
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):

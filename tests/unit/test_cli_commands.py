@@ -169,7 +169,7 @@ class Served:
             self.daemon = FakeDaemon(
                 snapshot(desired, obs, plan, loop_at=time.monotonic()), self.tmp_path / "state"
             )
-            self.runner = web.AppRunner(api.Api(self.daemon, self.token).application())  # type: ignore[arg-type]
+            self.runner = web.AppRunner(api.Api(self.daemon, self.token).application())
             await self.runner.setup()
             await web.UnixSite(self.runner, self.socket).start()
 
