@@ -83,7 +83,9 @@ def docker(tmp_path: Path) -> Iterator[Docker]:
 def a_file(tmp_path: Path, text: str = BASE) -> Path:
     path = tmp_path / "cluster.toml"
     text = text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path}/state"')
-    path.write_text(text.replace("[cluster]\n", f'[supervisor]\nlisten = "unix:{tmp_path}/api.sock"\n\n[cluster]\n', 1))
+    path.write_text(
+        text.replace("[cluster]\n", f'[supervisor]\nlisten = "unix:{tmp_path}/api.sock"\n\n[cluster]\n', 1)
+    )
     return path
 
 
@@ -96,7 +98,9 @@ def add_running(docker: Docker, path: Path, *names: str, spec_hash: str | None =
         labels = dict(node.container.labels)
         if spec_hash is not None:
             labels["io.ceres-supervisor.spec-hash"] = spec_hash
-        ids[name] = docker.do(lambda fake, n=node, lb=labels: fake.add(n.container.name, n.container.image, lb))
+        ids[name] = docker.do(
+            lambda fake, n=node, lb=labels: fake.add(n.container.name, n.container.image, lb)
+        )
     return ids
 
 
@@ -105,7 +109,11 @@ def test_plan_shows_what_run_would_do_and_why(docker: Docker, tmp_path: Path) ->
     add_running(docker, path, "meta0")
     orphan = build(tmp_path / "o", BASE).node("db1")
     assert orphan is not None
-    docker.do(lambda fake: fake.add("ceres-defaultCluster-db9", "img", {**orphan.container.labels, "io.ceres-supervisor.node": "db9"}))
+    docker.do(
+        lambda fake: fake.add(
+            "ceres-defaultCluster-db9", "img", {**orphan.container.labels, "io.ceres-supervisor.node": "db9"}
+        )
+    )
     code, out, err = run("plan", "-c", str(path), "--docker-url", docker.url)
     assert code == 0, err
     lines = out.splitlines()
@@ -118,16 +126,22 @@ def test_plan_shows_what_run_would_do_and_why(docker: Docker, tmp_path: Path) ->
     assert not [c for c in docker.fake.calls if c.startswith(("POST", "DELETE"))]  # nothing done
 
 
-def test_down_stops_and_removes_this_machine_s_containers_and_keeps_the_data(docker: Docker, tmp_path: Path) -> None:
+def test_down_stops_and_removes_this_machine_s_containers_and_keeps_the_data(
+    docker: Docker, tmp_path: Path
+) -> None:
     path = a_file(tmp_path)
     ids = add_running(docker, path, "meta0", "db0", "db1")
     code, out, err = run("down", "-c", str(path), "--docker-url", docker.url)
     assert (code, err) == (0, "")
-    assert out.rstrip().endswith(f"cluster defaultCluster: containers stopped and removed; data kept under {tmp_path}/state/data")
+    assert out.rstrip().endswith(
+        f"cluster defaultCluster: containers stopped and removed; data kept under {tmp_path}/state/data"
+    )
     assert docker.fake.containers == {}
     stopped = [e["node"] for e in LOGGED if e["event"] == "container_stopped"]
     assert sorted(stopped[:2]) == ["db0", "db1"] and stopped[2:] == ["meta0"]  # CeresDB first, then meta
-    assert [c for c in docker.fake.calls if c.endswith("/stop")][-1] == f"POST /containers/{ids['meta0']}/stop"
+    assert [c for c in docker.fake.calls if c.endswith("/stop")][
+        -1
+    ] == f"POST /containers/{ids['meta0']}/stop"
 
 
 def test_down_reports_what_it_could_not_stop_and_is_1(docker: Docker, tmp_path: Path) -> None:
@@ -166,18 +180,22 @@ host = "127.0.0.1"
     return path, Path(out.split(":", 1)[0])
 
 
-def test_restore_refuses_while_a_container_of_the_cluster_runs(docker: Docker, backup: tuple[Path, Path]) -> None:
+def test_restore_refuses_while_a_container_of_the_cluster_runs(
+    docker: Docker, backup: tuple[Path, Path]
+) -> None:
     path, snapshot = backup
     add_running(docker, path, "db0")
     code, _out, err = run("restore", "-c", str(path), "--from", str(snapshot), "--docker-url", docker.url)
-    assert code == 1
+    assert code == 6
     assert err == (
         f"error: containers of cluster defaultCluster run on this machine (db0): stop them first with "
         f"`ceres-supervisor down -c {path}`\n"
     )
 
 
-def test_restore_rebuilds_this_machine_s_meta_members_and_says_what_next(docker: Docker, backup: tuple[Path, Path]) -> None:
+def test_restore_rebuilds_this_machine_s_meta_members_and_says_what_next(
+    docker: Docker, backup: tuple[Path, Path]
+) -> None:
     path, snapshot = backup
     data = Path(loading.load(path).spec.cluster.state_dir) / "data" / "meta0"
     data.mkdir(parents=True)
@@ -187,7 +205,14 @@ def test_restore_rebuilds_this_machine_s_meta_members_and_says_what_next(docker:
     assert "CeresMeta's metadata is now as it was at " in out and "The previous data is kept: remove " in out
 
 
-def test_restore_on_a_machine_without_meta_members_has_nothing_to_do(docker: Docker, backup: tuple[Path, Path]) -> None:
+def test_restore_on_a_machine_without_meta_members_has_nothing_to_do(
+    docker: Docker, backup: tuple[Path, Path]
+) -> None:
     path, snapshot = backup
-    code, out, _err = run("restore", "-c", str(path), "--from", str(snapshot), "--docker-url", docker.url, "--host", "127.0.0.9")
-    assert code == 0 and out == "no meta member of cluster defaultCluster runs on this machine: nothing to restore here\n"
+    code, out, _err = run(
+        "restore", "-c", str(path), "--from", str(snapshot), "--docker-url", docker.url, "--host", "127.0.0.9"
+    )
+    assert (
+        code == 0
+        and out == "no meta member of cluster defaultCluster runs on this machine: nothing to restore here\n"
+    )
