@@ -236,7 +236,8 @@ def test_a_running_container_of_another_spec_asks_for_a_rolling_recreate(cluster
     reason = f"spec changed (old -> {node.spec_hash})"
     view, _rec, want, _, _ = evaluate(cluster, [running(cluster, spec_hash="old")], HEALTHY, probes={"db0": probe(running(cluster))})
     assert (view.state, view.reason) == (NodeState.HEALTHY, reason)
-    assert want == Want(Action("recreate", "db0", "id-db0", reason, by_choice=True), None, NodeState.STOPPING, True)
+    # A running CeresDB node flushes its memtables before the stop.
+    assert want == Want(Action("recreate", "db0", "id-db0", reason, by_choice=True, flush=True), None, NodeState.STOPPING, True)
 
 
 # --- a running container ------------------------------------------------------------------------------------------------
@@ -351,7 +352,8 @@ def test_a_planned_restart_of_a_healthy_node_is_a_stop_by_choice(cluster: Desire
     c = running(cluster)
     controls = Controls(restarts={"db0": "planned restart (op-1)"})
     _view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=controls, probes={"db0": probe(c)})
-    assert want == Want(Action("restart", "db0", "id-db0", "planned restart (op-1)", by_choice=True), None, NodeState.STOPPING)
+    planned = Action("restart", "db0", "id-db0", "planned restart (op-1)", by_choice=True, flush=True)  # CeresDB: flushed first
+    assert want == Want(planned, None, NodeState.STOPPING)
 
 
 def test_a_stopped_ceresdb_node_waits_for_meta_saying_why(cluster: DesiredCluster) -> None:
