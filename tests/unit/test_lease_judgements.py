@@ -24,7 +24,7 @@ KEPT = Memory(reopen_since=50.0, progress=1, lost_since=90.0)
     [
         ("not read yet", None, KEPT, context(), Judgement("unknown", (), "shard locks not read yet", KEPT)),
         ("read before this run", reading(9.9, ALL_MINE), KEPT, context(),
-         Judgement("unknown", (), "shard locks not read since the container started", KEPT)),
+         Judgement("reopening", (), "waiting for a shard-lock reading since the container started", KEPT)),
         ("unreadable", reading(100, {}, error="etcd: timed out"), KEPT, context(),
          Judgement("unknown", (), "etcd: timed out", KEPT)),
         ("no topology yet", reading(100, {0: (ME, 7)}, assigned={}), KEPT, context(),
