@@ -21,6 +21,7 @@ from ceres_supervisor.adapters import etcd
 from ceres_supervisor.decisions.targets import Target
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.observed import ShardLock
+from ceres_supervisor.observation import prober as probing
 from ceres_supervisor.observation import probes
 
 from .conftest import free_port
@@ -301,9 +302,9 @@ async def test_the_prober_keeps_the_latest_result_of_each_target_and_wakes_the_l
     await world.store.put(world.release.meta_leader_key.encode(), member("meta0", endpoint))
     woken: list[int] = []
     latencies: list[float] = []
-    settings = probes.ProbeSettings(30.0, 2.0, path, world.cluster, world.release.root_path,
+    settings = probing.ProbeSettings(30.0, 2.0, path, world.cluster, world.release.root_path,
                                     world.release.meta_leader_key.encode())  # fmt: skip
-    prober = probes.Prober(world.session, settings, lambda: woken.append(1), latencies.append)
+    prober = probing.Prober(world.session, settings, lambda: woken.append(1), latencies.append)
     nodes = {n.name: n for n in world.desired.nodes}
     targets = [Target("leader", "leader"), Target("leases", "leases"), Target("meta", "meta0", run_id="m@1"),
                Target("meta", "meta1", fast=True), Target("ceresdb", "db0", run_id="d@1")]  # fmt: skip
