@@ -122,7 +122,23 @@ async def test_a_meta_member_is_done_once_healthy(daemon: FakeDaemon) -> None:
     await granted_and_done(daemon, "meta1")
     await daemon.cycle(shown(daemon.snapshot, "meta1", NodeState.HEALTHY, run="id-meta1@new"))
     await daemon.settled()
-    assert op.outcome == "ok" and texts(op)[-2:] == ["meta1: healthy", "done: ok"]
+    assert op.outcome == "ok" and texts(op)[-2:] == ["meta1: healthy, meta leader meta0", "done: ok"]
+
+
+async def test_a_meta_member_healthy_without_a_leader_waits_for_one(daemon: FakeDaemon) -> None:
+    """A stopped leader takes its leader key with it: the next member waits until a leader holds it."""
+    assert daemon.snapshot.observation is not None
+    op = await daemon.operations.begin("restart", ["meta1"], "api", daemon.spawn)
+    await daemon.settled()
+    await granted_and_done(daemon, "meta1")
+    with_leader = daemon.snapshot.observation
+    leaderless = replace(daemon.snapshot, observation=replace(with_leader, leader=None))
+    await daemon.cycle(shown(leaderless, "meta1", NodeState.HEALTHY, run="id-meta1@new"))
+    await daemon.cycle()
+    assert op.outcome is None and texts(op)[-1] == "meta1: healthy; waiting for a meta leader"
+    await daemon.cycle(replace(daemon.snapshot, observation=with_leader))
+    await daemon.settled()
+    assert op.outcome == "ok" and texts(op)[-2:] == ["meta1: healthy, meta leader meta0", "done: ok"]
 
 
 async def test_shards_that_do_not_come_back_fail_the_operation(daemon: FakeDaemon) -> None:
