@@ -1,4 +1,4 @@
-"""The /v1/cluster document (SPEC section 7): every node of the file once, from this agent's own
+"""The /v1/cluster document (README, The status API): every node of the file once, from this agent's own
 view, the other agents' records, or `unknown` with who ran it and since when. Pure, from real
 desired clusters and store views."""
 

@@ -1,4 +1,4 @@
-"""The /v1/status document (SPEC section 5) of one snapshot, and the per-cycle reports: pure, from
+"""The /v1/status document (README, The status API) of one snapshot, and the per-cycle reports: pure, from
 real desired clusters, observations and plans (tests/unit/scenes.py)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ NODE_KEYS = {
     "name", "role", "host", "ports", "container_id", "image", "state", "reason", "health", "lease",
     "restarts", "last_exit", "next_restart_at", "started_at",
 }  # fmt: skip
-"""Every field of a node in SPEC section 5's example: each present, null when it has no value."""
+"""Every field of a node of /v1/status: each present, null when it has no value."""
 
 
 @pytest.fixture
