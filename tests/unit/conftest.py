@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from hypothesis import settings
 settings.register_profile("derandomized", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
+
 
 # Logs as the daemon writes them under systemd (JSON lines, plain tracebacks), to the stream of the
 # moment (pytest captures it per test): structlog's development default renders a logged exception
@@ -44,6 +45,7 @@ def _logs_as_configured() -> None:
     """A command under test (run, plan, down) configures the logs for itself: put them back."""
     quiet_logs()
 
+
 BASE = """
 [cluster]
 state_dir = "/var/lib/ceres-supervisor"
@@ -66,7 +68,7 @@ mysql_port = 3308
 
 
 @pytest.fixture
-def write(tmp_path: Path):
+def write(tmp_path: Path) -> Callable[..., Path]:
     """Write TOML text to a file and return its path."""
 
     def _write(text: str, name: str = "cluster.toml") -> Path:

@@ -109,15 +109,23 @@ class FakeDocker:
 
     def _set_running(self, cid: str) -> None:
         state = self.containers[cid]["State"]
-        state.update(Status="running", Running=True, Paused=False, ExitCode=0, OOMKilled=False, StartedAt=_now_text())
+        state.update(
+            Status="running", Running=True, Paused=False, ExitCode=0, OOMKilled=False, StartedAt=_now_text()
+        )
 
     def _set_exited(self, cid: str, code: int, oom: bool = False) -> None:
         state = self.containers[cid]["State"]
-        state.update(Status="exited", Running=False, Paused=False, ExitCode=code, OOMKilled=oom, FinishedAt=_now_text())
+        state.update(
+            Status="exited", Running=False, Paused=False, ExitCode=code, OOMKilled=oom, FinishedAt=_now_text()
+        )
 
     def _event(self, cid: str, action: str, **extra: str) -> None:
         c = self.containers.get(cid)
-        attributes = {**(c["Config"]["Labels"] if c else {}), "name": c["Name"].lstrip("/") if c else "", **extra}
+        attributes = {
+            **(c["Config"]["Labels"] if c else {}),
+            "name": c["Name"].lstrip("/") if c else "",
+            **extra,
+        }
         now = time.time_ns()
         event = {
             "status": action, "id": cid, "from": c["Config"]["Image"] if c else "", "Type": "container",
@@ -164,7 +172,9 @@ class FakeDocker:
         for cid, c in self.containers.items():
             if c["Name"].lstrip("/") == ref or cid.startswith(ref):
                 return cid
-        raise web.HTTPNotFound(text=json.dumps({"message": f"No such container: {ref}"}), content_type="application/json")
+        raise web.HTTPNotFound(
+            text=json.dumps({"message": f"No such container: {ref}"}), content_type="application/json"
+        )
 
     async def _ping(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(text="OK")
@@ -195,7 +205,9 @@ class FakeDocker:
         body = await request.json()
         name = request.query.get("name", "")
         if any(c["Name"] == "/" + name for c in self.containers.values()):
-            return web.json_response({"message": f'Conflict. The container name "/{name}" is already in use'}, status=409)
+            return web.json_response(
+                {"message": f'Conflict. The container name "/{name}" is already in use'}, status=409
+            )
         if self.images and body["Image"] not in self.images:
             return web.json_response({"message": f"No such image: {body['Image']}"}, status=404)
         cid = self._new(name, body["Image"], body.get("Labels") or {}, body)
@@ -272,10 +284,10 @@ class FakeDocker:
         response.content_type = "application/json"
         await response.prepare(request)
         try:
-            while (event := await queue.get()) is not None:
-                c = {"Config": {"Labels": event["Actor"]["Attributes"]}}
+            while (sent := await queue.get()) is not None:
+                c = {"Config": {"Labels": sent["Actor"]["Attributes"]}}
                 if self._matches(c, filters):
-                    await response.write(json.dumps(event).encode() + b"\n")
+                    await response.write(json.dumps(sent).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

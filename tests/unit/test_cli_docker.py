@@ -10,6 +10,7 @@ import io
 import json
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from ceres_supervisor.cli import commands
 from ceres_supervisor.desired import loading
+from ceres_supervisor.desired.containers import ContainerSpec
 
 from .conftest import BASE, free_port
 from .fakedocker import FakeDocker
@@ -89,6 +91,10 @@ def a_file(tmp_path: Path, text: str = BASE) -> Path:
     return path
 
 
+def add_container(fake: FakeDocker, spec: ContainerSpec, labels: dict[str, str]) -> str:
+    return fake.add(spec.name, spec.image, labels)
+
+
 def add_running(docker: Docker, path: Path, *names: str, spec_hash: str | None = None) -> dict[str, str]:
     desired = build(path.parent / "built", path.read_text())
     ids = {}
@@ -98,9 +104,7 @@ def add_running(docker: Docker, path: Path, *names: str, spec_hash: str | None =
         labels = dict(node.container.labels)
         if spec_hash is not None:
             labels["io.ceres-supervisor.spec-hash"] = spec_hash
-        ids[name] = docker.do(
-            lambda fake, n=node, lb=labels: fake.add(n.container.name, n.container.image, lb)
-        )
+        ids[name] = docker.do(partial(add_container, spec=node.container, labels=labels))
     return ids
 
 

@@ -41,7 +41,9 @@ def desired(tmp_path: Path) -> Any:
     return split_file(tmp_path)
 
 
-def document(desired: Any, store: StoreView, coordination: dict[str, Any] = COORDINATION, **kwargs: Any) -> dict[str, Any]:
+def document(
+    desired: Any, store: StoreView, coordination: dict[str, Any] = COORDINATION, **kwargs: Any
+) -> dict[str, Any]:
     return cluster_document.document(
         desired, HERE, kwargs.get("local", local(desired)), store, coordination, kwargs.get("leader", "meta0")
     )
@@ -113,7 +115,10 @@ def test_agents_that_left_or_were_never_seen_are_listed_down(desired: Any, tmp_p
         (THERE, "down", "2026-11-26T04:00:00.000Z"),
     ]
     never = document(desired, StoreView(9))  # a machine of the file whose agent never wrote a record
-    assert [(a["host"], a["state"], a["heartbeat_at"]) for a in never["agents"]] == [(HERE, "up", None), (THERE, "down", None)]
+    assert [(a["host"], a["state"], a["heartbeat_at"]) for a in never["agents"]] == [
+        (HERE, "up", None),
+        (THERE, "down", None),
+    ]
 
 
 def test_this_agent_is_listed_first_when_the_store_does_not_have_it_yet(desired: Any) -> None:
@@ -145,8 +150,15 @@ def test_the_cluster_state_is_healthy_only_when_every_node_and_agent_is(
     nodes = {n: published(n, state=states[i % len(states)]) for i, n in enumerate(("meta2", "db1", "db2"))}
     mine = {n: {**doc, "state": states[-1 if i else 0]} for i, (n, doc) in enumerate(local(desired).items())}
     record = there()
-    store = StoreView(9, agents={THERE: record}, nodes=nodes) if agent_up else StoreView(
-        9, agents={THERE: record}, nodes=nodes, departed={"127.0.0.3": (agent_record("127.0.0.3", ()), "t")}
+    store = (
+        StoreView(9, agents={THERE: record}, nodes=nodes)
+        if agent_up
+        else StoreView(
+            9,
+            agents={THERE: record},
+            nodes=nodes,
+            departed={"127.0.0.3": (agent_record("127.0.0.3", ()), "t")},
+        )
     )
     assert document(desired, store, local=mine)["cluster"]["state"] == expected
 

@@ -27,7 +27,9 @@ from .test_probes_http import Server, member
 DEADLINE_S = 30.0
 
 
-def file_text(tmp_path: Path, name: str, client_port: int, meta_http: int, db_http: int, extra: str = "") -> str:
+def file_text(
+    tmp_path: Path, name: str, client_port: int, meta_http: int, db_http: int, extra: str = ""
+) -> str:
     return f"""
 [cluster]
 name = "{name}"
@@ -64,10 +66,14 @@ class World:
         self.docker = FakeDocker(str(tmp_path / "docker.sock"))
         self.meta_http = Server()
         self.db_http = Server(reserve=False)  # bound when db0's container starts
-        self.db_http.answers.update({"/": (200, {"status": "ok"}), "/debug/flush_memtable": (200, {"success": ["t"], "failed": []})})
+        self.db_http.answers.update(
+            {"/": (200, {"status": "ok"}), "/debug/flush_memtable": (200, {"success": ["t"], "failed": []})}
+        )
         self.path = tmp_path / "cluster.toml"
         self.client_port = int(etcd_member.rsplit(":", 1)[1])
-        self.path.write_text(file_text(tmp_path, self.cluster, self.client_port, self.meta_http.port, self.db_http.port, extra))
+        self.path.write_text(
+            file_text(tmp_path, self.cluster, self.client_port, self.meta_http.port, self.db_http.port, extra)
+        )
         self.loaded = loading.load(self.path)
         release = self.loaded.spec.release
         self.meta_http.answers.update({
@@ -164,10 +170,16 @@ async def world(tmp_path: Path, etcd_member: str) -> AsyncIterator[World]:
 
 
 def db0_id(world: World) -> str:
-    return next(cid for cid, c in world.docker.containers.items() if c["Config"]["Labels"].get("io.ceres-supervisor.node") == "db0")
+    return next(
+        cid
+        for cid, c in world.docker.containers.items()
+        if c["Config"]["Labels"].get("io.ceres-supervisor.node") == "db0"
+    )
 
 
-async def test_the_daemon_starts_the_cluster_restarts_a_crash_reloads_restarts_by_plan_and_stops(world: World) -> None:
+async def test_the_daemon_starts_the_cluster_restarts_a_crash_reloads_restarts_by_plan_and_stops(
+    world: World,
+) -> None:
     s = world.supervisor
     # Cold start: meta0 adopted as it runs, db0 created once meta is ready, then healthy.
     await world.until(lambda: s.snapshot.cluster_state == "healthy", "the cluster healthy")
@@ -181,7 +193,9 @@ async def test_the_daemon_starts_the_cluster_restarts_a_crash_reloads_restarts_b
     first = db0_id(world)
     await world.docker.kill(first, 137)
     await world.until(lambda: any(e.type == "die" and e.node == "db0" for e in s.events), "the die event")
-    await world.until(lambda: world.node("db0")["restarts"] == 1 and world.node("db0")["state"] == "healthy", "db0 back")
+    await world.until(
+        lambda: world.node("db0")["restarts"] == 1 and world.node("db0")["state"] == "healthy", "db0 back"
+    )
     assert db0_id(world) == first  # started again, not recreated
     assert world.node("db0")["last_exit"]["code"] == 137
 
@@ -216,7 +230,10 @@ async def test_the_daemon_starts_the_cluster_restarts_a_crash_reloads_restarts_b
     s.request_stop()
     async with asyncio.timeout(DEADLINE_S):
         assert await world.task == 0  # type: ignore[misc]
-    assert world.docker.containers[first]["State"]["Running"] and world.docker.containers[world.meta0]["State"]["Running"]
+    assert (
+        world.docker.containers[first]["State"]["Running"]
+        and world.docker.containers[world.meta0]["State"]["Running"]
+    )
     assert "STOPPING=1" in world.drained()
     assert any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in world.notified)
 

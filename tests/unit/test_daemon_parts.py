@@ -58,7 +58,9 @@ def systemd_socket(tmp_path: Path) -> Iterator[tuple[Systemd, str]]:
     receiver.sock.close()
 
 
-def test_the_daemon_tells_systemd_ready_reloading_status_stopping(systemd_socket: tuple[Systemd, str]) -> None:
+def test_the_daemon_tells_systemd_ready_reloading_status_stopping(
+    systemd_socket: tuple[Systemd, str],
+) -> None:
     receiver, path = systemd_socket
     notifier = systemd.Notifier({"NOTIFY_SOCKET": path})
     assert notifier.enabled and notifier.watchdog_interval_s is None
@@ -77,7 +79,9 @@ def test_the_daemon_tells_systemd_ready_reloading_status_stopping(systemd_socket
 
 def test_the_watchdog_is_fed_at_most_twice_per_half_interval(systemd_socket: tuple[Systemd, str]) -> None:
     receiver, path = systemd_socket
-    notifier = systemd.Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000000", "WATCHDOG_PID": str(os.getpid())})
+    notifier = systemd.Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert notifier.watchdog_interval_s == 10.0
     notifier.watchdog()
     notifier.watchdog()  # within 5 s of the last one: throttled
@@ -210,7 +214,13 @@ async def test_on_exit_stop_stops_ceresdb_then_meta_within_the_deadline(
             raise EngineUnavailable("Docker Engine unavailable")
         return listed
 
-    await shutdown.stop_cluster(engine, containers, systemd.Notifier({"NOTIFY_SOCKET": path}), shutdown.Deadline(20), 30.0)  # type: ignore[arg-type]
+    await shutdown.stop_cluster(
+        engine,  # type: ignore[arg-type]
+        containers,
+        systemd.Notifier({"NOTIFY_SOCKET": path}),
+        shutdown.Deadline(20),
+        30.0,
+    )
     assert receiver.received() == ["STATUS=stopping the cluster"]
     assert engine.calls == ([] if fails else [("stop_all", "d0"), ("stop_all", "m0")])
 
@@ -226,8 +236,14 @@ def test_probes_are_fast_while_something_starts_or_waits_for_its_shards(tmp_path
     assert [(t.kind, t.key) for t in steady] == [("leader", "leader"), ("leases", "leases")] + [
         ("meta", m) for m in ("meta0", "meta1", "meta2")
     ] + [("ceresdb", d) for d in ("db0", "db1", "db2")]
-    assert {t.run_id for t in steady if t.kind == "ceresdb"} == {obs.containers[d].run_key for d in ("db0", "db1", "db2")}
-    views = {**plan.views, "db1": NodeView(NodeState.REOPENING, "w"), "db2": NodeView(NodeState.STARTING, None)}
+    assert {t.run_id for t in steady if t.kind == "ceresdb"} == {
+        obs.containers[d].run_key for d in ("db0", "db1", "db2")
+    }
+    views = {
+        **plan.views,
+        "db1": NodeView(NodeState.REOPENING, "w"),
+        "db2": NodeView(NodeState.STARTING, None),
+    }
     waiting = probe_targets(desired, replace(plan, views=views, meta_ready=False), obs.containers)
     fast = {t.key for t in waiting if t.fast}
     assert fast == {"leader", "leases", "meta0", "meta1", "meta2", "db2"}
@@ -267,7 +283,6 @@ def test_the_entry_point_exits_with_the_command_s_code(monkeypatch: pytest.Monke
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exited:
         entry.main()
     assert exited.value.code == 0
-
 
 
 def test_a_receiver_that_does_not_read_never_blocks_the_daemon(systemd_socket: tuple[Systemd, str]) -> None:

@@ -6,6 +6,7 @@ queue on disk. Pure; written so that a changed word or a dropped field fails a t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def test_a_failure_exactly_one_window_ago_is_out_of_the_crashloop_window() -> No
 
 
 def test_the_budget_says_who_holds_it_back_in_file_order_of_names() -> None:
-    assert describe(["db1 (unhealthy)", "db2 (starting)"]) == "waiting for disruption budget: db1 (unhealthy), db2 (starting)"
+    assert (
+        describe(["db1 (unhealthy)", "db2 (starting)"])
+        == "waiting for disruption budget: db1 (unhealthy), db2 (starting)"
+    )
 
 
 def test_a_meta_member_waits_for_every_other_whatever_max_unavailable() -> None:
@@ -78,8 +82,12 @@ def test_a_node_the_budget_knows_nothing_of_may_be_stopped_when_nothing_else_is_
          "meta2@127.0.0.1:2399/2400)"),
     ],
 )  # fmt: skip
-def test_a_reload_refusal_says_what_and_how_to_undo_it(tmp_path: Path, change: object, key: str, message: str) -> None:
-    problems = reloading.static_problems(spec(tmp_path, THREE_META, "a"), spec(tmp_path, change(THREE_META), "b"))  # type: ignore[operator]
+def test_a_reload_refusal_says_what_and_how_to_undo_it(
+    tmp_path: Path, change: Callable[[str], str], key: str, message: str
+) -> None:
+    problems = reloading.static_problems(
+        spec(tmp_path, THREE_META, "a"), spec(tmp_path, change(THREE_META), "b")
+    )
     assert [(p.path, p.message) for p in problems] == [(key, message)]
 
 
@@ -113,7 +121,11 @@ def test_a_granted_stop_shows_its_reason_keeps_the_lease_and_counts_the_failure_
     reason = "unhealthy: 3 failed probes: GET /: timed out"
     assert actions(p) == [("stop", "db0")]
     view, rec = p.views["db0"], p.records["db0"]
-    assert (view.state, view.reason, view.next_restart_at) == (NodeState.UNHEALTHY, reason, rec.next_restart_at)
+    assert (view.state, view.reason, view.next_restart_at) == (
+        NodeState.UNHEALTHY,
+        reason,
+        rec.next_restart_at,
+    )
     assert view.lease == p.views["db1"].lease and view.lease is not None
     assert rec.next_restart_at == 1000.0 and rec.expected_exit == "id-db0" and rec.budget_wait is None
     assert p.notes == (Note("db0", "unhealthy", reason, "failure 1; restart in 0.0s"),)
@@ -130,7 +142,9 @@ def test_a_stop_that_waited_for_the_budget_forgets_the_wait_once_granted(tmp_pat
     records = {**waited.records, "db0": records["db0"]}
     cs, probes = running(cluster)
     probes["db1"] = probe(cs[2], ok=False)
-    granted = plan(cluster, observation(cluster, cs, probes=probes), {**records, "db0": healthy_records(cs)["db0"]})
+    granted = plan(
+        cluster, observation(cluster, cs, probes=probes), {**records, "db0": healthy_records(cs)["db0"]}
+    )
     assert actions(granted) == [("stop", "db1")] and granted.records["db1"].budget_wait is None
 
 
@@ -147,7 +161,9 @@ def test_ceresdb_waits_for_every_meta_member_still_on_its_old_spec_here_and_else
     p = plan(big, obs, healthy_records(changed), budget=Budget(outdated=frozenset({"meta2"})),
              controls=Controls(frozenset({"meta0"})))  # fmt: skip
     assert actions(p) == []
-    assert (p.views["db0"].reason or "").endswith("waiting its turn: meta first (meta0, meta2 not recreated yet)")
+    assert (p.views["db0"].reason or "").endswith(
+        "waiting its turn: meta first (meta0, meta2 not recreated yet)"
+    )
 
 
 def test_a_recreate_waits_for_the_one_in_flight_and_for_every_node_not_healthy(tmp_path: Path) -> None:
@@ -157,7 +173,9 @@ def test_a_recreate_waits_for_the_one_in_flight_and_for_every_node_not_healthy(t
     cs, _probes = running(big)
     changed = [replace(c, spec_hash="old") if c.node == "db0" else c for c in cs]
     probes = {c.node: probe(c) for c in changed}
-    busy = plan(big, observation(big, changed, probes=probes, busy={"db2": "recreate"}), healthy_records(changed))
+    busy = plan(
+        big, observation(big, changed, probes=probes, busy={"db2": "recreate"}), healthy_records(changed)
+    )
     assert (busy.views["db0"].reason or "").endswith("waiting its turn: another node is being recreated")
     records = healthy_records(changed)
     for name in ("db1", "db2"):
@@ -195,4 +213,3 @@ def test_a_queue_on_disk_that_is_not_one_refuses_the_start(tmp_path: Path, pendi
     with pytest.raises(PauseFileError) as refused:
         PauseBook.open(str(tmp_path))
     assert f"not a pause book ({why}); fix or remove it" in str(refused.value)
-

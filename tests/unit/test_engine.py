@@ -55,7 +55,9 @@ async def engine(docker: FakeDocker) -> AsyncIterator[Engine]:
     one.close()
 
 
-async def test_only_this_cluster_s_managed_containers_are_listed_and_inspected_once(docker: FakeDocker, engine: Engine) -> None:
+async def test_only_this_cluster_s_managed_containers_are_listed_and_inspected_once(
+    docker: FakeDocker, engine: Engine
+) -> None:
     mine = docker.add("ceres-c-db0", IMAGE, labels("db0"))
     docker.add("ceres-other-db0", IMAGE, labels("db0", cluster="other"))
     docker.add("unrelated", "nginx", {})
@@ -72,12 +74,19 @@ async def test_only_this_cluster_s_managed_containers_are_listed_and_inspected_o
     assert docker.calls.count(f"GET /containers/{mine}/json") == inspected + 1
     await docker.kill(mine, 137, oom=True)
     (dead,) = await engine.list_containers()
-    assert (dead.state, dead.exit_code, dead.oom_killed, dead.finished_at is not None) == ("exited", 137, True, True)
+    assert (dead.state, dead.exit_code, dead.oom_killed, dead.finished_at is not None) == (
+        "exited",
+        137,
+        True,
+        True,
+    )
     del docker.containers[mine]
     assert await engine.list_containers() == []
 
 
-async def test_actions_create_start_stop_and_remove_containers(docker: FakeDocker, engine: Engine, tmp_path: Path) -> None:
+async def test_actions_create_start_stop_and_remove_containers(
+    docker: FakeDocker, engine: Engine, tmp_path: Path
+) -> None:
     node = build(tmp_path).node("db0")
     assert node is not None
     cid = await engine.create_and_start(node.container)
@@ -101,8 +110,13 @@ async def test_actions_create_start_stop_and_remove_containers(docker: FakeDocke
         await engine.start(cid)
 
 
-async def test_what_docker_refuses_becomes_the_adapter_s_own_errors(docker: FakeDocker, engine: Engine, tmp_path: Path) -> None:
-    node = build(tmp_path, "[[meta.nodes]]\nname = \"m\"\nhost = \"127.0.0.1\"\n[[ceresdb.nodes]]\nname = \"d\"\nhost = \"127.0.0.1\"\n").node("m")
+async def test_what_docker_refuses_becomes_the_adapter_s_own_errors(
+    docker: FakeDocker, engine: Engine, tmp_path: Path
+) -> None:
+    node = build(
+        tmp_path,
+        '[[meta.nodes]]\nname = "m"\nhost = "127.0.0.1"\n[[ceresdb.nodes]]\nname = "d"\nhost = "127.0.0.1"\n',
+    ).node("m")
     assert node is not None
     with pytest.raises(EngineImageMissing, match="image not present on this host"):
         await engine.create_and_start(node.container)  # the meta image is not present
@@ -136,7 +150,9 @@ async def test_no_socket_means_no_engine(tmp_path: Path) -> None:
         gone.close()
 
 
-async def test_a_hung_engine_fails_the_observation_at_its_deadline(docker: FakeDocker, engine: Engine) -> None:
+async def test_a_hung_engine_fails_the_observation_at_its_deadline(
+    docker: FakeDocker, engine: Engine
+) -> None:
     await engine.ping()  # connected
     engine.list_timeout_s = 0.2
     docker.hang.clear()
@@ -184,7 +200,11 @@ def test_docker_s_nanosecond_times_are_read(text: str | None, expected: str | No
 )  # fmt: skip
 def test_events_are_read_from_docker_s_json(raw: dict[str, Any], expected: tuple[Any, ...] | None) -> None:
     event = dockerread.event_from(raw)
-    got = None if event is None else (event.action, event.container_id, event.node, event.exit_code, event.at_ns, event.host)
+    got = (
+        None
+        if event is None
+        else (event.action, event.container_id, event.node, event.exit_code, event.at_ns, event.host)
+    )
     assert got == expected
 
 
@@ -222,11 +242,15 @@ async def test_the_observer_reports_what_runs_and_what_stopped_while_docker_was_
     assert db0 is not None
     cid = docker.add("ceres-defaultCluster-db0", IMAGE, db0.container.labels)
     orphan = docker.add("ceres-defaultCluster-db9", IMAGE, {**db0.container.labels, LABEL_NODE: "db9"})
-    docker.add("ceres-defaultCluster-db1", IMAGE, {**db0.container.labels, LABEL_NODE: "db1", LABEL_HOST: "10.9.9.9"})
+    docker.add(
+        "ceres-defaultCluster-db1", IMAGE, {**db0.container.labels, LABEL_NODE: "db1", LABEL_HOST: "10.9.9.9"}
+    )
     engine.cluster = "defaultCluster"
     observer = Observer(engine, Locality(None, {"127.0.0.1": True}))
     first = await observer.observe(desired, None, Inflight({"db0": "start"}, {}))
-    assert set(first.containers) == {"db0"} and [o.id for o in first.orphans] == [orphan]  # db1 is another host's
+    assert set(first.containers) == {"db0"} and [o.id for o in first.orphans] == [
+        orphan
+    ]  # db1 is another host's
     assert first.busy == {"db0": "start"} and first.engine_error is None
     assert first.meta["meta0"].alive.detail == "container not running"
     observer.engine_interrupted("the stream broke")

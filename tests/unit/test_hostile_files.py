@@ -191,7 +191,9 @@ def test_toml_like_noise_is_rejected_cleanly(text: str) -> None:
 def test_a_secret_reference_with_a_line_break_in_its_name_is_one_quoted_line(name: str, kind: str) -> None:
     """Found by Hypothesis: `{ env = "\u001e" }` printed raw split the problem over two lines."""
     doc = copy.deepcopy(BASE_DOC)
-    doc["ceresdb"]["config"] = {"analytic": {"wal": {"data_dir": {kind: "/" + name if kind == "file" else name}}}}
+    doc["ceresdb"]["config"] = {
+        "analytic": {"wal": {"data_dir": {kind: "/" + name if kind == "file" else name}}}
+    }
     check(tomli_w.dumps(doc))
     with tempfile.TemporaryDirectory(prefix="ceres-hostile-") as tmp:
         code, _out, err = run("validate", tomli_w.dumps(doc), Path(tmp))

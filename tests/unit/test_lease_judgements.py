@@ -77,7 +77,9 @@ def test_a_reading_taken_as_the_run_was_first_seen_counts() -> None:
     ("first_seen_at", "current"),
     [(STARTED, True), (STARTED - timedelta(microseconds=1), False), (STARTED + timedelta(seconds=1), True)],
 )
-def test_a_lease_first_seen_as_the_container_started_is_this_run_s(first_seen_at: object, current: bool) -> None:
+def test_a_lease_first_seen_as_the_container_started_is_this_run_s(
+    first_seen_at: object, current: bool
+) -> None:
     memory = Memory(first_seen=((7, first_seen_at.timestamp()),))  # type: ignore[attr-defined]
     now, earlier, _ = leases.classify(reading(100, {0: (ME, 7)}), ME, STARTED, memory)
     assert (now, earlier) == (({0: 7}, {}) if current else ({}, {0: 7}))

@@ -135,18 +135,27 @@ def test_an_exit_the_supervisor_caused_is_no_failure(cluster: DesiredCluster) ->
 
 
 def test_an_exit_while_paused_is_said_not_counted(cluster: DesiredCluster) -> None:
-    view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], HEALTHY, controls=Controls(frozenset({"db0"})))
+    view, rec, want, notes, _ = evaluate(
+        cluster, [dead(cluster)], HEALTHY, controls=Controls(frozenset({"db0"}))
+    )
     assert view == NodeView(NodeState.PAUSED, f"paused by the operator; container stopped ({KILLED})")
-    assert rec == replace(HEALTHY, reason=f"stopped while paused ({KILLED})", last_exit=EXITED, accounted_exit=EXIT)
+    assert rec == replace(
+        HEALTHY, reason=f"stopped while paused ({KILLED})", last_exit=EXITED, accounted_exit=EXIT
+    )
     assert (want, notes) == (None, [])
 
 
 def test_an_exit_with_the_engine_is_a_note_not_a_failure(cluster: DesiredCluster) -> None:
-    view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], HEALTHY, engine_restart_exits=frozenset({"id-db0"}))
+    view, rec, want, notes, _ = evaluate(
+        cluster, [dead(cluster)], HEALTHY, engine_restart_exits=frozenset({"id-db0"})
+    )
     assert rec == replace(HEALTHY, reason="docker engine restarted", healthy_since=None, last_exit=EXITED,
                           accounted_exit=EXIT, restarts=1)  # fmt: skip
     assert notes == [Note("db0", "engine_restarted", KILLED, "docker engine restarted")]
-    assert (view, want) == (NodeView(NodeState.STARTING, "docker engine restarted"), start("docker engine restarted"))
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, "docker engine restarted"),
+        start("docker engine restarted"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -162,10 +171,15 @@ def test_an_action_that_failed_is_said_and_counted_unless_it_was_a_stop_or_a_slo
     cluster: DesiredCluster, failed: tuple[str, str], reason: str, counted: bool
 ) -> None:
     before = replace(HEALTHY, expected_exit="id-db0")
-    _view, rec, _want, notes, _ = evaluate(cluster, [running(cluster)], before, failed_actions={"db0": failed})
+    _view, rec, _want, notes, _ = evaluate(
+        cluster, [running(cluster)], before, failed_actions={"db0": failed}
+    )
     assert rec.reason == reason
     if counted:
-        assert notes == [Note("db0", "action_failed", reason, "failure 1; restart in 0.0s")] and rec.failures == 1
+        assert (
+            notes == [Note("db0", "action_failed", reason, "failure 1; restart in 0.0s")]
+            and rec.failures == 1
+        )
     else:
         assert (notes, rec.expected_exit, rec.failures) == ([], None, 0)
 
@@ -173,8 +187,14 @@ def test_an_action_that_failed_is_said_and_counted_unless_it_was_a_stop_or_a_slo
 # --- no container, busy, paused, misplaced ----------------------------------------------------------------------
 
 
-def test_without_a_container_it_is_created_once_meta_is_ready_and_counted_when_it_vanished(cluster: DesiredCluster) -> None:
-    assert evaluate(cluster, [], None, meta_ready=False)[:3] == (NodeView(NodeState.BLOCKED, NOT_READY), NodeRecord(), None)
+def test_without_a_container_it_is_created_once_meta_is_ready_and_counted_when_it_vanished(
+    cluster: DesiredCluster,
+) -> None:
+    assert evaluate(cluster, [], None, meta_ready=False)[:3] == (
+        NodeView(NodeState.BLOCKED, NOT_READY),
+        NodeRecord(),
+        None,
+    )
     assert evaluate(cluster, [], None)[:3] == (
         NodeView(NodeState.STARTING, None), NodeRecord(), Want(Action("create", "db0", None, "not created yet")),
     )  # fmt: skip
@@ -192,9 +212,15 @@ def test_without_a_container_it_is_created_once_meta_is_ready_and_counted_when_i
     [("stop", NodeState.STOPPING), ("remove", NodeState.STOPPING), ("restart", NodeState.STOPPING),
      ("create", NodeState.STARTING), ("start", NodeState.STARTING), ("recreate", NodeState.STARTING)],
 )  # fmt: skip
-def test_a_node_with_an_action_in_flight_is_left_alone(cluster: DesiredCluster, busy: str, state: NodeState) -> None:
+def test_a_node_with_an_action_in_flight_is_left_alone(
+    cluster: DesiredCluster, busy: str, state: NodeState
+) -> None:
     before = replace(HEALTHY, reason="why")
-    assert evaluate(cluster, [running(cluster)], before, busy={"db0": busy})[:3] == (NodeView(state, "why"), before, None)
+    assert evaluate(cluster, [running(cluster)], before, busy={"db0": busy})[:3] == (
+        NodeView(state, "why"),
+        before,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,24 +235,37 @@ def test_a_paused_node_says_what_its_container_does(
 ) -> None:
     controls = Controls(frozenset() if everything else frozenset({"db0"}), everything)
     found = [running(cluster)] if containers else []
-    assert evaluate(cluster, found, HEALTHY, controls=controls)[:3] == (NodeView(NodeState.PAUSED, reason), HEALTHY, None)
+    assert evaluate(cluster, found, HEALTHY, controls=controls)[:3] == (
+        NodeView(NodeState.PAUSED, reason),
+        HEALTHY,
+        None,
+    )
 
 
 def test_a_node_whose_data_directory_is_another_s_is_blocked_with_why(cluster: DesiredCluster) -> None:
     why = "data directory marked for node db1"
-    assert evaluate(cluster, [], None, identity_problems={"db0": why})[:3] == (NodeView(NodeState.BLOCKED, why), NodeRecord(), None)
+    assert evaluate(cluster, [], None, identity_problems={"db0": why})[:3] == (
+        NodeView(NodeState.BLOCKED, why),
+        NodeRecord(),
+        None,
+    )
 
 
 # --- spec changes ----------------------------------------------------------------------------------------------------
 
 
-def test_a_stopped_container_of_another_spec_is_recreated_at_once_unless_meta_is_not_ready(cluster: DesiredCluster) -> None:
+def test_a_stopped_container_of_another_spec_is_recreated_at_once_unless_meta_is_not_ready(
+    cluster: DesiredCluster,
+) -> None:
     node = cluster.node("db0")
     assert node is not None
     old = replace(dead(cluster), spec_hash="")
     reason = f"spec changed (unlabelled -> {node.spec_hash})"
     view, _rec, want, _, _ = evaluate(cluster, [old], HEALTHY)
-    assert (view, want) == (NodeView(NodeState.STARTING, reason), Want(Action("recreate", "db0", "id-db0", reason)))
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, reason),
+        Want(Action("recreate", "db0", "id-db0", reason)),
+    )
     assert evaluate(cluster, [old], HEALTHY, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, NOT_READY)
 
 
@@ -234,10 +273,17 @@ def test_a_running_container_of_another_spec_asks_for_a_rolling_recreate(cluster
     node = cluster.node("db0")
     assert node is not None
     reason = f"spec changed (old -> {node.spec_hash})"
-    view, _rec, want, _, _ = evaluate(cluster, [running(cluster, spec_hash="old")], HEALTHY, probes={"db0": probe(running(cluster))})
+    view, _rec, want, _, _ = evaluate(
+        cluster, [running(cluster, spec_hash="old")], HEALTHY, probes={"db0": probe(running(cluster))}
+    )
     assert (view.state, view.reason) == (NodeState.HEALTHY, reason)
     # A running CeresDB node flushes its memtables before the stop.
-    assert want == Want(Action("recreate", "db0", "id-db0", reason, by_choice=True, flush=True), None, NodeState.STOPPING, True)
+    assert want == Want(
+        Action("recreate", "db0", "id-db0", reason, by_choice=True, flush=True),
+        None,
+        NodeState.STOPPING,
+        True,
+    )
 
 
 # --- a running container ------------------------------------------------------------------------------------------------
@@ -284,7 +330,9 @@ def test_not_healthy_within_start_timeout_is_stopped_as_such(cluster: DesiredClu
     reason = "not healthy within 120s: GET /: timed out"
     view, _rec, want, _, wakes = evaluate(cluster, [c], before, probes={"db0": probe(c, ok=False)})
     assert view == NodeView(NodeState.UNHEALTHY, reason) and wakes == []
-    assert want == Want(Action("stop", "db0", "id-db0", reason, by_choice=True), "start_timeout", NodeState.UNHEALTHY)
+    assert want == Want(
+        Action("stop", "db0", "id-db0", reason, by_choice=True), "start_timeout", NodeState.UNHEALTHY
+    )
     no_answer = NodeRecord(run_key=RUN, run_seen_at=NOW - 200, probe_failures=3)
     assert evaluate(cluster, [c], no_answer)[0].reason == "not healthy within 120s: no probe answer"
 
@@ -294,21 +342,31 @@ def test_a_healthy_node_that_fails_its_probes_is_unhealthy_with_its_lease(cluste
     before = replace(HEALTHY, probe_failures=2)
     reason = "unhealthy: 3 failed probes: GET /: timed out"
     view, _rec, want, _, _ = evaluate(cluster, [c], before, probes={"db0": probe(c, ok=False)})
-    assert view == NodeView(NodeState.UNHEALTHY, reason, lease=LeaseStatus(None, (), "no shards assigned yet"))
-    assert want == Want(Action("stop", "db0", "id-db0", reason, by_choice=True), "unhealthy", NodeState.UNHEALTHY)
+    assert view == NodeView(
+        NodeState.UNHEALTHY, reason, lease=LeaseStatus(None, (), "no shards assigned yet")
+    )
+    assert want == Want(
+        Action("stop", "db0", "id-db0", reason, by_choice=True), "unhealthy", NodeState.UNHEALTHY
+    )
     blocked = evaluate(cluster, [c], before, meta_ready=False, probes={"db0": probe(c, ok=False)})
-    assert blocked[:3] == (NodeView(NodeState.BLOCKED, f"{NOT_READY}; 3 failed probes: GET /: timed out"), blocked[1], None)
+    assert blocked[:3] == (
+        NodeView(NodeState.BLOCKED, f"{NOT_READY}; 3 failed probes: GET /: timed out"),
+        blocked[1],
+        None,
+    )
 
 
 def test_a_meta_member_is_available_only_with_its_etcd_healthy(cluster: DesiredCluster) -> None:
     meta = container(cluster, "meta0")
-    before = NodeRecord(run_key=meta.run_key, run_seen_at=SEEN, healthy_since=NOW - 300, last_probe_at=NOW - 1)
+    before = NodeRecord(
+        run_key=meta.run_key, run_seen_at=SEEN, healthy_since=NOW - 300, last_probe_at=NOW - 1
+    )
     ok = evaluate(cluster, [meta], before, node="meta0", probes={"meta0": probe(meta)})
     assert ok[0] == NodeView(NodeState.HEALTHY, None, available=True)
     sick = {"meta0": MetaMemberProbe(probe(meta), False)}
-    assert evaluate(cluster, [meta], before, node="meta0", meta=sick, probes={"meta0": probe(meta)})[0] == NodeView(
-        NodeState.HEALTHY, "etcd not healthy"
-    )
+    assert evaluate(cluster, [meta], before, node="meta0", meta=sick, probes={"meta0": probe(meta)})[
+        0
+    ] == NodeView(NodeState.HEALTHY, "etcd not healthy")
 
 
 LOCKS = {0: ShardLock("127.0.0.1:8831", 7), 2: ShardLock("127.0.0.1:8831", 7)}
@@ -338,10 +396,14 @@ def test_a_healthy_ceresdb_node_is_judged_by_its_shards(
     cluster: DesiredCluster, leases: LeaseView, rec_lease: Memory, view: NodeView
 ) -> None:
     c = running(cluster)
-    got, rec, want, _, _ = evaluate(cluster, [c], replace(HEALTHY, lease=rec_lease), probes={"db0": probe(c)}, leases=leases)
+    got, rec, want, _, _ = evaluate(
+        cluster, [c], replace(HEALTHY, lease=rec_lease), probes={"db0": probe(c)}, leases=leases
+    )
     assert got == view
     if view.state is NodeState.LEASE_LOST and view.reason and view.reason.startswith("lease lost"):
-        assert want == Want(Action("stop", "db0", "id-db0", view.reason, by_choice=True), "lease_lost", NodeState.LEASE_LOST)
+        assert want == Want(
+            Action("stop", "db0", "id-db0", view.reason, by_choice=True), "lease_lost", NodeState.LEASE_LOST
+        )
     else:
         assert want is None
     if view.available:
@@ -352,18 +414,27 @@ def test_a_planned_restart_of_a_healthy_node_is_a_stop_by_choice(cluster: Desire
     c = running(cluster)
     controls = Controls(restarts={"db0": "planned restart (op-1)"})
     _view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=controls, probes={"db0": probe(c)})
-    planned = Action("restart", "db0", "id-db0", "planned restart (op-1)", by_choice=True, flush=True)  # CeresDB: flushed first
+    planned = Action(
+        "restart", "db0", "id-db0", "planned restart (op-1)", by_choice=True, flush=True
+    )  # CeresDB: flushed first
     assert want == Want(planned, None, NodeState.STOPPING)
 
 
 def test_a_stopped_ceresdb_node_waits_for_meta_saying_why(cluster: DesiredCluster) -> None:
     handled = replace(HEALTHY, accounted_exit=EXIT, reason=KILLED)
-    assert evaluate(cluster, [dead(cluster)], handled, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, f"{NOT_READY}; {KILLED}")
+    assert evaluate(cluster, [dead(cluster)], handled, meta_ready=False)[0] == NodeView(
+        NodeState.BLOCKED, f"{NOT_READY}; {KILLED}"
+    )
     quiet = replace(handled, reason=None)
-    assert evaluate(cluster, [dead(cluster)], quiet, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, f"{NOT_READY}; stopped")
+    assert evaluate(cluster, [dead(cluster)], quiet, meta_ready=False)[0] == NodeView(
+        NodeState.BLOCKED, f"{NOT_READY}; stopped"
+    )
 
 
 def test_a_remote_node_is_only_shown(tmp_path: Path) -> None:
     remote = build(tmp_path, local=False)
-    assert evaluate(remote, [], None)[:3] == (NodeView(NodeState.REMOTE, "runs on 127.0.0.1"), NodeRecord(), None)
-
+    assert evaluate(remote, [], None)[:3] == (
+        NodeView(NodeState.REMOTE, "runs on 127.0.0.1"),
+        NodeRecord(),
+        None,
+    )

@@ -96,8 +96,21 @@ class Server:
 
 
 class World:
-    def __init__(self, desired: DesiredCluster, meta: Server, db: Server, store: etcd.Etcd, session: aiohttp.ClientSession) -> None:
-        self.desired, self.meta_http, self.db_http, self.store, self.session = desired, meta, db, store, session
+    def __init__(
+        self,
+        desired: DesiredCluster,
+        meta: Server,
+        db: Server,
+        store: etcd.Etcd,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.desired, self.meta_http, self.db_http, self.store, self.session = (
+            desired,
+            meta,
+            db,
+            store,
+            session,
+        )
         self.release = desired.spec.release
         self.cluster = desired.spec.cluster.name
 
@@ -170,7 +183,9 @@ async def slow() -> tuple[int, Any]:
         (slow, False, "GET /: timed out"),
     ],
 )
-async def test_a_ceresdb_node_is_healthy_only_when_it_says_ok(world: World, answer: Any, ok: bool, detail: str) -> None:
+async def test_a_ceresdb_node_is_healthy_only_when_it_says_ok(
+    world: World, answer: Any, ok: bool, detail: str
+) -> None:
     world.db_http.answers["/"] = answer
     result = await probes.probe_ceresdb(world.session, world.node("db0"), 0.3, "run-1")
     assert (result.ok, result.detail, result.run_id) == (ok, detail, "run-1")
@@ -200,8 +215,12 @@ async def test_an_alive_member_whose_etcd_is_not_healthy_says_so(world: World, t
     world.meta_http.answers[path] = (200, {})
     await etcd_down.start()
     try:
-        node = build(tmp_path / "x", f'[[meta.nodes]]\nname = "m"\nhost = "127.0.0.1"\nclient_port = {etcd_down.port}\n'
-                     f'http_port = {world.meta_http.port}\n[[ceresdb.nodes]]\nname = "d"\nhost = "127.0.0.1"\n').node("m")
+        node = build(
+            tmp_path / "x",
+            f'[[meta.nodes]]\nname = "m"\nhost = "127.0.0.1"\nclient_port = {etcd_down.port}\n'
+            f'http_port = {world.meta_http.port}\n[[ceresdb.nodes]]\nname = "d"\nhost = "127.0.0.1"\n',
+        ).node("m")
+        assert node is not None
         probed = await probes.probe_member(world.session, node, path, 2.0)
     finally:
         await etcd_down.close()
@@ -250,9 +269,15 @@ async def test_the_leader_is_the_member_its_key_names_and_it_must_list_the_clust
 
 
 async def test_no_member_answering_is_said_as_such(world: World) -> None:
-    leader = await probes.read_leader(world.session, [world.node("meta1")], b"/members/leader", world.cluster, 1.0)
-    assert leader.member is None and leader.detail.startswith("cannot read the leader key: meta1: cannot connect")
-    view = await probes.read_leases(world.session, [world.node("meta1")], None, "/ceresdb", world.cluster, 1.0)
+    leader = await probes.read_leader(
+        world.session, [world.node("meta1")], b"/members/leader", world.cluster, 1.0
+    )
+    assert leader.member is None and leader.detail.startswith(
+        "cannot read the leader key: meta1: cannot connect"
+    )
+    view = await probes.read_leases(
+        world.session, [world.node("meta1")], None, "/ceresdb", world.cluster, 1.0
+    )
     assert view.error is not None and view.error.startswith("cannot read shard locks: meta1: cannot connect")
 
 
@@ -276,7 +301,10 @@ async def test_shard_locks_are_read_from_etcd_and_the_assignment_from_the_leader
         view = await probes.read_leases(world.session, [meta0], None, root, world.cluster, 2.0)
         assert view.locks == {0: ShardLock("127.0.0.1:8831", lease)}
         assert view.error == "no meta leader known: shard assignment unread"
-        world.meta_http.answers["/api/v1/getNodeShards"] = (500, {"status": "error", "msg": "cluster not found"})
+        world.meta_http.answers["/api/v1/getNodeShards"] = (
+            500,
+            {"status": "error", "msg": "cluster not found"},
+        )
         view = await probes.read_leases(world.session, [meta0], meta0, root, world.cluster, 2.0)
         assert view.error == "getNodeShards on meta0: HTTP 500: cluster not found"
         world.meta_http.answers["/api/v1/getNodeShards"] = (200, SHARDS)
@@ -293,7 +321,9 @@ async def test_shard_locks_are_read_from_etcd_and_the_assignment_from_the_leader
 # --- the prober --------------------------------------------------------------------------------------------
 
 
-async def test_the_prober_keeps_the_latest_result_of_each_target_and_wakes_the_loop_on_a_change(world: World) -> None:
+async def test_the_prober_keeps_the_latest_result_of_each_target_and_wakes_the_loop_on_a_change(
+    world: World,
+) -> None:
     path = world.release.meta_health_path
     world.meta_http.answers[path] = (200, {})
     world.meta_http.answers["/api/v1/clusters"] = clusters(world.cluster)
@@ -311,15 +341,23 @@ async def test_the_prober_keeps_the_latest_result_of_each_target_and_wakes_the_l
     prober.update(nodes, targets, settings)
     running = asyncio.ensure_future(prober.run())
     try:
-        await until(lambda: {"meta0", "meta1", "db0"} <= set(prober.probes) and prober.leader and prober.leases, "probed")
+        await until(
+            lambda: {"meta0", "meta1", "db0"} <= set(prober.probes) and prober.leader and prober.leases,
+            "probed",
+        )
         assert prober.probes["db0"].ok and prober.probes["db0"].run_id == "d@1"
         assert prober.meta["meta0"].etcd_ok and not prober.meta["meta1"].etcd_ok
-        assert prober.leader is not None and (prober.leader.member, prober.leader.lists_cluster) == ("meta0", True)
+        assert prober.leader is not None and (prober.leader.member, prober.leader.lists_cluster) == (
+            "meta0",
+            True,
+        )
         assert woken and latencies
         assert [m.name for m in prober.members()] == ["meta0", "meta1", "meta2"]  # the healthy one first
         world.db_http.answers["/"] = (503, "stopping")
         prober.update(nodes, [*targets[:4], Target("ceresdb", "db0", fast=True, run_id="d@2")], settings)
-        await until(lambda: prober.probes["db0"].run_id == "d@2" and not prober.probes["db0"].ok, "the new run probed")
+        await until(
+            lambda: prober.probes["db0"].run_id == "d@2" and not prober.probes["db0"].ok, "the new run probed"
+        )
         prober.update(nodes, targets[:3], settings)  # meta1 and db0 no longer probed: their results go
         assert "db0" not in prober.probes and "meta1" not in prober.meta
     finally:
@@ -336,4 +374,3 @@ def test_protobuf_fields_refuse_what_is_malformed() -> None:
     assert probes.decode_shard_lock(b"\x0a\x02\xff\xfe") is None  # not UTF-8
     assert probes.protobuf_fields(b"\x09" + b"\x00" * 8 + b"\x15" + b"\x00" * 4 + b"\x18\x05") == {3: 5}
     assert probes.member_by_endpoint([], "http://x:1") is None
-

@@ -29,17 +29,19 @@ def test_each_removal_is_decided_whole_one_stop_by_choice_at_a_time(big: contain
         observation(big, cs, probes=probes),
         orphan("db7"), orphan("db8", state="exited"), orphan("db9"), orphan("db6"),
     )  # fmt: skip
-    p = plan(big, replace(obs, busy={"db7": "remove"}), healthy_records(cs), controls=Controls(frozenset({"db9"})))
-    assert p.actions == (
-        Action("remove", "db8", "id-db8", REMOVED, role="ceresdb"),
+    p = plan(
+        big, replace(obs, busy={"db7": "remove"}), healthy_records(cs), controls=Controls(frozenset({"db9"}))
     )
+    assert p.actions == (Action("remove", "db8", "id-db8", REMOVED, role="ceresdb"),)
     assert p.retiring == {
         "db9": "paused by the operator: not removed while paused",
         "db6": "waiting for disruption budget: db7 (stopping)",
     }
 
 
-def test_a_removal_in_flight_counts_against_the_budget_until_it_is_done(big: containers.DesiredCluster) -> None:
+def test_a_removal_in_flight_counts_against_the_budget_until_it_is_done(
+    big: containers.DesiredCluster,
+) -> None:
     """db9's removal is a stop by choice: while it runs, neither another removal nor another stop by
     choice may take a second CeresDB node down (max_unavailable 1)."""
     cs, probes = running(big)

@@ -26,7 +26,9 @@ from .test_coordinator import until
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[FakeDaemon]:
-    desired = build(tmp_path, META3.replace("[cluster]\n", '[supervisor]\nstart_timeout = "2s"\n\n[cluster]\n', 1))
+    desired = build(
+        tmp_path, META3.replace("[cluster]\n", '[supervisor]\nstart_timeout = "2s"\n\n[cluster]\n', 1)
+    )
     obs, plan = healthy(desired)
     one = FakeDaemon(snapshot(desired, obs, plan), tmp_path / "state")
     yield one
@@ -46,6 +48,11 @@ def shown(snap: Snapshot, node: str, state: NodeState, reason: str | None = None
 
 def texts(op: restarts.Operation) -> list[str]:
     return [text for _at, text in op.steps]
+
+
+def ended(op: restarts.Operation) -> tuple[str | None, str | None]:
+    """The outcome and error, read anew (a test's earlier assert does not narrow what an await changed)."""
+    return op.outcome, op.error
 
 
 async def granted_and_done(daemon: FakeDaemon, node: str, error: str | None = None) -> None:
@@ -81,25 +88,35 @@ def test_a_rolling_restart_takes_the_meta_followers_then_the_leader_then_ceresdb
 # --- a planned restart ------------------------------------------------------------------------------
 
 
-async def test_a_planned_restart_waits_for_its_slot_then_for_health_then_for_the_shards(daemon: FakeDaemon) -> None:
+async def test_a_planned_restart_waits_for_its_slot_then_for_health_then_for_the_shards(
+    daemon: FakeDaemon,
+) -> None:
     ops, before = daemon.operations, daemon.snapshot
     old_run = before.records["db1"].run_key
     op = await ops.begin("restart", ["db1"], "cli", daemon.spawn)
     await daemon.settled()
-    assert (op.current, ops.requested, ops.restart_reasons()) == ("db1", {"db1": op.id}, {"db1": f"planned restart ({op.id})"})
-    await daemon.cycle(shown(before, "db1", NodeState.HEALTHY, "waiting for disruption budget: db0 (unhealthy)"))
+    assert (op.current, ops.requested, ops.restart_reasons()) == (
+        "db1",
+        {"db1": op.id},
+        {"db1": f"planned restart ({op.id})"},
+    )
+    await daemon.cycle(
+        shown(before, "db1", NodeState.HEALTHY, "waiting for disruption budget: db0 (unhealthy)")
+    )
     assert texts(op)[-1] == "db1: waiting for disruption budget: db0 (unhealthy)" and op.outcome is None
     await granted_and_done(daemon, "db1")
     assert daemon.planned == ["db1"] and ops.requested == {}
     await daemon.cycle(shown(before, "db1", NodeState.HEALTHY, run=old_run, available=True))
     assert op.outcome is None  # still the old run: the restart has not been seen yet
     await daemon.cycle(shown(before, "db1", NodeState.STARTING, run="id-db1@new"))
-    await daemon.cycle(shown(before, "db1", NodeState.REOPENING, "shards 1, 4 not reopened yet", run="id-db1@new"))
+    await daemon.cycle(
+        shown(before, "db1", NodeState.REOPENING, "shards 1, 4 not reopened yet", run="id-db1@new")
+    )
     await daemon.cycle(shown(before, "db1", NodeState.HEALTHY, run="id-db1@new", available=False))
     assert op.outcome is None  # healthy but without its shards: the planned restart is not over
     await daemon.cycle(shown(before, "db1", NodeState.HEALTHY, run="id-db1@new", available=True))
     await daemon.settled()
-    assert (op.outcome, op.error) == ("ok", None)
+    assert ended(op) == ("ok", None)
     assert texts(op) == [
         "db1: waiting for a disruption slot",
         "db1: waiting for disruption budget: db0 (unhealthy)",
@@ -112,8 +129,15 @@ async def test_a_planned_restart_waits_for_its_slot_then_for_health_then_for_the
         "done: ok",
     ]
     events = [(e.node, e.type, e.reason) for e in daemon.events]
-    assert events == [("db1", "operation_started", "cli"), ("db1", "planned_restart", "cli"), ("db1", "operation_done", "ok")]
-    assert op.document()["outcome"] == "ok" and op.document()["steps"][0]["text"] == "db1: waiting for a disruption slot"
+    assert events == [
+        ("db1", "operation_started", "cli"),
+        ("db1", "planned_restart", "cli"),
+        ("db1", "operation_done", "ok"),
+    ]
+    assert (
+        op.document()["outcome"] == "ok"
+        and op.document()["steps"][0]["text"] == "db1: waiting for a disruption slot"
+    )
 
 
 async def test_a_meta_member_is_done_once_healthy(daemon: FakeDaemon) -> None:
@@ -146,13 +170,23 @@ async def test_shards_that_do_not_come_back_fail_the_operation(daemon: FakeDaemo
     await daemon.settled()
     await granted_and_done(daemon, "db0")
     await daemon.cycle(shown(daemon.snapshot, "db0", NodeState.REOPENING, "waiting", run="id-db0@new"))
-    await daemon.cycle(shown(daemon.snapshot, "db0", NodeState.LEASE_LOST, "shard 0 has no lock", run="id-db0@new"))
+    await daemon.cycle(
+        shown(daemon.snapshot, "db0", NodeState.LEASE_LOST, "shard 0 has no lock", run="id-db0@new")
+    )
     await daemon.settled()
-    assert (op.outcome, op.error) == ("failed", "db0 did not get its shards back (lease_lost: shard 0 has no lock)")
+    assert (op.outcome, op.error) == (
+        "failed",
+        "db0 did not get its shards back (lease_lost: shard 0 has no lock)",
+    )
 
 
-async def test_a_node_not_healthy_within_start_timeout_fails_the_operation(daemon: FakeDaemon, tmp_path: Path) -> None:
-    short = build(tmp_path / "short", META3.replace("[cluster]\n", '[supervisor]\nstart_timeout = "100ms"\n\n[cluster]\n', 1))
+async def test_a_node_not_healthy_within_start_timeout_fails_the_operation(
+    daemon: FakeDaemon, tmp_path: Path
+) -> None:
+    short = build(
+        tmp_path / "short",
+        META3.replace("[cluster]\n", '[supervisor]\nstart_timeout = "100ms"\n\n[cluster]\n', 1),
+    )
     daemon.snapshot = replace(daemon.snapshot, desired=short)
     op = await daemon.operations.begin("restart", ["db0"], "api", daemon.spawn)
     await daemon.settled()
@@ -168,11 +202,16 @@ async def test_a_node_not_healthy_within_start_timeout_fails_the_operation(daemo
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        ("stop container: Docker did not answer in time", "db0: stop container: Docker did not answer in time"),
+        (
+            "stop container: Docker did not answer in time",
+            "db0: stop container: Docker did not answer in time",
+        ),
         ("internal error: RuntimeError: x", "db0: internal error: RuntimeError: x"),
     ],
 )
-async def test_an_action_that_fails_fails_the_operation(daemon: FakeDaemon, error: str, expected: str) -> None:
+async def test_an_action_that_fails_fails_the_operation(
+    daemon: FakeDaemon, error: str, expected: str
+) -> None:
     op = await daemon.operations.begin("restart", ["db0"], "api", daemon.spawn)
     await daemon.settled()
     await granted_and_done(daemon, "db0", error)
@@ -194,15 +233,22 @@ async def test_a_slot_the_store_refused_is_asked_for_again(daemon: FakeDaemon) -
     assert op.outcome == "ok"
 
 
-async def test_a_node_that_fails_while_waiting_for_its_slot_is_left_to_the_supervisor(daemon: FakeDaemon) -> None:
+async def test_a_node_that_fails_while_waiting_for_its_slot_is_left_to_the_supervisor(
+    daemon: FakeDaemon,
+) -> None:
     op = await daemon.operations.begin("restart", ["db2"], "api", daemon.spawn)
     await daemon.cycle(shown(daemon.snapshot, "db2", NodeState.BACKOFF, "exit 137"))
     await daemon.settled()
-    assert (op.outcome, op.error) == ("failed", "db2 is backoff (exit 137): the supervisor restarts it itself")
+    assert (op.outcome, op.error) == (
+        "failed",
+        "db2 is backoff (exit 137): the supervisor restarts it itself",
+    )
     assert daemon.operations.requested == {}
 
 
-async def test_a_node_taken_out_of_the_file_or_on_a_machine_without_agent_fails(daemon: FakeDaemon, tmp_path: Path) -> None:
+async def test_a_node_taken_out_of_the_file_or_on_a_machine_without_agent_fails(
+    daemon: FakeDaemon, tmp_path: Path
+) -> None:
     gone = await daemon.operations.begin("restart", ["db9"], "api", daemon.spawn)
     daemon.snapshot = snapshot(build(tmp_path / "remote", META3, local=False))
     away = await daemon.operations.begin("restart", ["db1"], "api", daemon.spawn)
@@ -258,7 +304,8 @@ async def test_a_rolling_restart_stops_at_the_first_node_that_fails(daemon: Fake
 async def test_finished_operations_beyond_the_kept_number_are_forgotten(daemon: FakeDaemon) -> None:
     ops = daemon.operations
     ops.kept = OrderedDict(
-        (f"old-{i}", restarts.Operation(f"old-{i}", "restart", "api", ["db0"], outcome="ok")) for i in range(restarts.KEPT)
+        (f"old-{i}", restarts.Operation(f"old-{i}", "restart", "api", ["db0"], outcome="ok"))
+        for i in range(restarts.KEPT)
     )
     op = await ops.begin("restart", ["db1"], "api", daemon.spawn)
     assert len(ops.kept) == restarts.KEPT and "old-0" not in ops.kept and ops.get(op.id) is op
@@ -277,7 +324,7 @@ async def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
     desired = build(tmp_path / "there", META3)
     obs, plan = healthy(desired)
     other = FakeDaemon(snapshot(desired, obs, plan), tmp_path / "there" / "state", agent="127.0.0.2")
-    client: TestClient[Any, Any] = TestClient(TestServer(api.Api(other, "t0ken").application()))  # type: ignore[arg-type]
+    client: TestClient[Any, Any] = TestClient(TestServer(api.Api(other, "t0ken").application()))
     await client.start_server()
     yield other, str(client.make_url("")).rstrip("/")
     await other.close()

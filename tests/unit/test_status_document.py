@@ -39,7 +39,10 @@ def cluster(tmp_path: Path) -> Any:
 
 def test_rfc3339_is_utc_with_milliseconds_and_null_for_nothing() -> None:
     assert status_document.rfc3339(None) is None
-    assert status_document.rfc3339(datetime(2026, 11, 26, 4, 0, 0, 123456, tzinfo=UTC)) == "2026-11-26T04:00:00.123Z"
+    assert (
+        status_document.rfc3339(datetime(2026, 11, 26, 4, 0, 0, 123456, tzinfo=UTC))
+        == "2026-11-26T04:00:00.123Z"
+    )
 
 
 def test_before_the_first_observation_every_node_is_pending_and_nothing_is_claimed(cluster: Any) -> None:
@@ -60,7 +63,9 @@ def test_before_the_first_observation_every_node_is_pending_and_nothing_is_claim
         )
         assert node["health"] == {"ok": None, "detail": None, "checked_at": None}
         assert node["image"] == cluster.node(node["name"]).container.image
-        expected = None if node["role"] == "meta" else {"held": None, "shards": [], "detail": None}
+        expected: dict[str, Any] | None = (
+            None if node["role"] == "meta" else {"held": None, "shards": [], "detail": None}
+        )
         assert node["lease"] == expected
 
 
@@ -75,7 +80,11 @@ def test_while_docker_cannot_be_observed_the_nodes_say_why_and_the_cluster_is_un
 def test_a_healthy_cluster_shows_each_node_s_container_probe_and_ports(cluster: Any) -> None:
     obs, plan = healthy(cluster)
     doc = status_document.document(snapshot(cluster, obs, plan), (False, "bad", WALL))
-    assert doc["cluster"]["state"] == "healthy" and doc["reload"] == {"ok": False, "error": "bad", "at": "2026-11-26T00:00:00.000Z"}
+    assert doc["cluster"]["state"] == "healthy" and doc["reload"] == {
+        "ok": False,
+        "error": "bad",
+        "at": "2026-11-26T00:00:00.000Z",
+    }
     assert doc["meta"] == {"ready": True, "detail": "meta ready", "leader": "meta0"}
     assert doc["observed_at"] == "2026-11-26T00:00:00.000Z"
     nodes = {n["name"]: n for n in doc["nodes"]}
@@ -106,10 +115,15 @@ def test_a_probe_of_an_earlier_run_of_the_container_is_not_shown(cluster: Any) -
     [
         (None, {"held": None, "shards": [], "detail": "not judged"}),
         (LeaseStatus(True, (0, 3), None), {"held": True, "shards": [0, 3], "detail": None}),
-        (LeaseStatus(False, (), "shard 1 has no lock"), {"held": False, "shards": [], "detail": "shard 1 has no lock"}),
+        (
+            LeaseStatus(False, (), "shard 1 has no lock"),
+            {"held": False, "shards": [], "detail": "shard 1 has no lock"},
+        ),
     ],
 )
-def test_a_ceresdb_node_s_lease_as_judged(cluster: Any, lease: LeaseStatus | None, expected: dict[str, Any]) -> None:
+def test_a_ceresdb_node_s_lease_as_judged(
+    cluster: Any, lease: LeaseStatus | None, expected: dict[str, Any]
+) -> None:
     obs, plan = healthy(cluster)
     plan = replace(plan, views={**plan.views, "db0": NodeView(NodeState.HEALTHY, None, lease=lease)})
     doc = status_document.node_document(cluster.node("db0"), plan, obs, NodeRecord(), "")
@@ -133,7 +147,9 @@ def test_an_exited_node_shows_its_last_exit_and_when_it_restarts(cluster: Any) -
 def test_orphans_are_listed_with_their_node(cluster: Any) -> None:
     obs, plan = healthy(cluster)
     orphan = ObservedContainer("id-x", "ceres-defaultCluster-db9", "db9", "ceresdb", "old", "running", "img")
-    doc = status_document.document(snapshot(cluster, replace(obs, orphans=(orphan,)), plan), (True, None, None))
+    doc = status_document.document(
+        snapshot(cluster, replace(obs, orphans=(orphan,)), plan), (True, None, None)
+    )
     assert doc["orphans"] == [{"name": "ceres-defaultCluster-db9", "node": "db9", "container_id": "id-x"}]
 
 
@@ -185,7 +201,11 @@ def test_nodes_that_cannot_be_observed_are_unknown_and_keep_what_was_last_known(
         "id-db0",
         4,
     )
-    assert db0["health"] == {"ok": None, "detail": "docker engine on h cannot be observed", "checked_at": None}
+    assert db0["health"] == {
+        "ok": None,
+        "detail": "docker engine on h cannot be observed",
+        "checked_at": None,
+    }
     assert db0["lease"] == {"held": None, "shards": [], "detail": "docker engine on h cannot be observed"}
     assert meta0["lease"] is None and meta0["container_id"] is None and meta0["state"] == "unknown"
     assert last["db0"]["state"] == "healthy"  # what was passed in is not changed

@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ceres_supervisor.adapters import etcd, snapshots
-from ceres_supervisor.cluster.coordinator import Coordinator, Identity
+from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.view import Identity
 from ceres_supervisor.model.errors import SlotRefused
 
 from .conftest import free_port
@@ -41,19 +42,28 @@ def prefix() -> bytes:
     return f"/unit/{uuid.uuid4().hex}/".encode()
 
 
-async def test_keys_are_put_read_compared_and_deleted(etcd_member: str, session: aiohttp.ClientSession, prefix: bytes) -> None:
+async def test_keys_are_put_read_compared_and_deleted(
+    etcd_member: str, session: aiohttp.ClientSession, prefix: bytes
+) -> None:
     store = etcd.Etcd(session, [etcd_member], 5.0)
     first = await store.put(prefix + b"a", b"1")
     await store.put(prefix + b"b", b"\x00\xff binary")
     read = await store.range(prefix, prefix=True)
-    assert [(kv.key, kv.value) for kv in read.kvs] == [(prefix + b"a", b"1"), (prefix + b"b", b"\x00\xff binary")]
+    assert [(kv.key, kv.value) for kv in read.kvs] == [
+        (prefix + b"a", b"1"),
+        (prefix + b"b", b"\x00\xff binary"),
+    ]
     assert read.revision > first and read.kvs[0].create_revision == read.kvs[0].mod_revision == first
     assert (await store.range(prefix + b"missing")).kvs == ()
     ok, revision, ranges = await store.txn(
         [etcd.unchanged(prefix + b"a", first), etcd.absent(prefix + b"c")],
         [etcd.put_request(prefix + b"c", b"3"), {"request_range": etcd.range_request(prefix, True)}],
     )
-    assert ok and revision > read.revision and [kv.key for kv in ranges[0].kvs] == [prefix + k for k in (b"a", b"b", b"c")]
+    assert (
+        ok
+        and revision > read.revision
+        and [kv.key for kv in ranges[0].kvs] == [prefix + k for k in (b"a", b"b", b"c")]
+    )
     ok, _, ranges = await store.txn(
         [etcd.unchanged_since(prefix, first)],  # b and c were written after `first`
         [etcd.delete_request(prefix + b"a")],
@@ -91,7 +101,9 @@ async def test_a_member_that_does_not_answer_is_skipped_and_the_next_one_remembe
         etcd.Etcd(session, [], 1.0)
 
 
-async def test_an_error_answer_is_an_error_of_that_member(etcd_member: str, session: aiohttp.ClientSession) -> None:
+async def test_an_error_answer_is_an_error_of_that_member(
+    etcd_member: str, session: aiohttp.ClientSession
+) -> None:
     store = etcd.Etcd(session, [etcd_member], 5.0)
     with pytest.raises(etcd.EtcdUnavailable, match="/v3/kv/range: "):
         await store.call("/v3/kv/range", {"key": "not base64!"})
@@ -99,7 +111,9 @@ async def test_an_error_answer_is_an_error_of_that_member(etcd_member: str, sess
         await store.put(b"/unit/x", b"v", lease=424242)  # a lease that does not exist
 
 
-async def test_a_watch_delivers_changes_in_revision_order(etcd_member: str, session: aiohttp.ClientSession, prefix: bytes) -> None:
+async def test_a_watch_delivers_changes_in_revision_order(
+    etcd_member: str, session: aiohttp.ClientSession, prefix: bytes
+) -> None:
     store = etcd.Etcd(session, [etcd_member], 5.0)
     start = await store.put(prefix + b"before", b"0")
     seen: list[tuple[bool, bytes, bytes]] = []
@@ -119,7 +133,9 @@ async def test_a_watch_delivers_changes_in_revision_order(etcd_member: str, sess
     assert seen == [(False, prefix + b"a", b"1"), (False, prefix + b"a", b"2"), (True, prefix + b"a", b"")]
 
 
-async def test_a_watch_from_a_compacted_revision_says_so(etcd_member: str, session: aiohttp.ClientSession, prefix: bytes) -> None:
+async def test_a_watch_from_a_compacted_revision_says_so(
+    etcd_member: str, session: aiohttp.ClientSession, prefix: bytes
+) -> None:
     store = etcd.Etcd(session, [etcd_member], 5.0)
     old = await store.put(prefix + b"x", b"1")
     now = await store.put(prefix + b"x", b"2")
@@ -172,7 +188,11 @@ async def odd_gateway() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     ],
 )
 async def test_a_watch_that_cannot_go_on_says_why(
-    odd_gateway: tuple[str, dict[str, Any]], session: aiohttp.ClientSession, status: int, lines: list[str], error: str
+    odd_gateway: tuple[str, dict[str, Any]],
+    session: aiohttp.ClientSession,
+    status: int,
+    lines: list[str],
+    error: str,
 ) -> None:
     url, answer = odd_gateway
     answer.update(status=status, lines=lines)
@@ -184,7 +204,9 @@ async def test_a_watch_that_cannot_go_on_says_why(
     assert batches == ([etcd.WatchBatch(7, ())] if "created" in "".join(lines) else [])
 
 
-async def test_answers_that_are_not_etcd_s_are_errors(odd_gateway: tuple[str, dict[str, Any]], session: aiohttp.ClientSession) -> None:
+async def test_answers_that_are_not_etcd_s_are_errors(
+    odd_gateway: tuple[str, dict[str, Any]], session: aiohttp.ClientSession
+) -> None:
     url, _ = odd_gateway
     store = etcd.Etcd(session, [url], 2.0)
     with pytest.raises(etcd.EtcdError, match="lease grant returned no ID"):
@@ -205,7 +227,9 @@ async def test_a_snapshot_is_the_member_s_database_checked_against_its_digest(
     assert len(data) > 4096 and hashlib.sha256(data[:-32]).digest() == data[-32:]  # as etcdctl writes it
 
 
-async def test_a_member_that_is_not_healthy_or_does_not_answer_says_why(session: aiohttp.ClientSession) -> None:
+async def test_a_member_that_is_not_healthy_or_does_not_answer_says_why(
+    session: aiohttp.ClientSession,
+) -> None:
     why = await snapshots.health(session, DEAD, 1.0)
     assert why is not None and why.startswith("ClientConnectorError")
     with pytest.raises(etcd.EtcdUnavailable, match=f"snapshot from {DEAD}: ClientConnectorError"):
@@ -232,12 +256,20 @@ async def test_two_coordinators_see_each_other_and_share_the_budget_through_etcd
                     await asyncio.sleep(0.1)
 
             tasks.append(asyncio.ensure_future(cycling()))
-            coordinator.publish({n: {"name": n, "role": "ceresdb", "state": "healthy", "lease": {"held": True}} for n in nodes})
+            coordinator.publish(
+                {
+                    n: {"name": n, "role": "ceresdb", "state": "healthy", "lease": {"held": True}}
+                    for n in nodes
+                }
+            )
             agents.append((coordinator, tasks))
         a, b = agents[0][0], agents[1][0]
         try:
             await until(lambda: a.available and b.available, "both connected")
-            await until(lambda: set(a.view.agents) == set(b.view.agents) == {"127.0.0.1", "127.0.0.2"}, "both see both")
+            await until(
+                lambda: set(a.view.agents) == set(b.view.agents) == {"127.0.0.1", "127.0.0.2"},
+                "both see both",
+            )
             await until(lambda: "db1" in a.view.nodes and "db0" in b.view.nodes, "each sees the other's node")
             roles = {"db0": "ceresdb", "db1": "ceresdb"}
             a.budget(1, True, roles, {"db0"}, "h")

@@ -21,13 +21,17 @@ DB2 = '\n[[ceresdb.nodes]]\nname = "db2"\nhost = "127.0.0.1"\ngrpc_port = 8833\n
 
 def load(tmp_path: Path, text: str = BASE, name: str = "cluster.toml") -> DesiredState:
     path = tmp_path / name
-    path.write_text(text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path}/state"'))
+    path.write_text(
+        text.replace('state_dir = "/var/lib/ceres-supervisor"', f'state_dir = "{tmp_path}/state"')
+    )
     return loading.load(path).spec
 
 
 def record(tmp_path: Path, doc: object) -> None:
     (tmp_path / "state").mkdir(exist_ok=True)
-    (tmp_path / "state" / topology.TOPOLOGY_FILE).write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    (tmp_path / "state" / topology.TOPOLOGY_FILE).write_text(
+        json.dumps(doc) if not isinstance(doc, str) else doc
+    )
 
 
 def test_the_first_ready_meta_records_the_ceresdb_nodes_once(tmp_path: Path) -> None:
@@ -81,7 +85,9 @@ def test_a_dynamic_topology_may_change_its_nodes(tmp_path: Path) -> None:
         ('{"ceresdb_nodes": "db0"}', "is not a record this supervisor wrote"),
     ],
 )
-def test_a_topology_record_that_cannot_be_read_refuses_the_start(tmp_path: Path, content: str, message: str) -> None:
+def test_a_topology_record_that_cannot_be_read_refuses_the_start(
+    tmp_path: Path, content: str, message: str
+) -> None:
     record(tmp_path, content)
     problem = topology.problem(load(tmp_path))
     assert problem is not None and problem.path == "cluster.state_dir" and message in problem.message
@@ -90,7 +96,9 @@ def test_a_topology_record_that_cannot_be_read_refuses_the_start(tmp_path: Path,
 # --- reload ---------------------------------------------------------------------------------------
 
 
-async def test_a_reload_reads_validates_and_builds_the_new_cluster_without_touching_anything(tmp_path: Path) -> None:
+async def test_a_reload_reads_validates_and_builds_the_new_cluster_without_touching_anything(
+    tmp_path: Path,
+) -> None:
     running = load(tmp_path)
     path = tmp_path / "cluster.toml"
     path.write_text(path.read_text() + DB2)
@@ -113,14 +121,24 @@ async def test_a_reload_is_refused_with_every_key_it_cannot_change(tmp_path: Pat
 async def test_a_reload_naming_a_host_that_cannot_be_resolved_is_refused(tmp_path: Path) -> None:
     running = load(tmp_path)
     path = tmp_path / "cluster.toml"
-    path.write_text(path.read_text().replace('name = "db1"\nhost = "127.0.0.1"', 'name = "db1"\nhost = "no-such-host.invalid"'))
+    path.write_text(
+        path.read_text().replace(
+            'name = "db1"\nhost = "127.0.0.1"', 'name = "db1"\nhost = "no-such-host.invalid"'
+        )
+    )
     with pytest.raises(locality.LocalityError, match=r"cannot resolve node host 'no-such-host\.invalid'"):
         await reloading.prepare(str(path), running, locality.Locality(None, {"127.0.0.1": True}))
 
 
 @pytest.mark.parametrize(
     ("host", "owned"),
-    [("127.0.0.1", True), ("127.0.0.9", True), ("localhost", True), ("192.0.2.1", False), ("db-7.example", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.9", True),
+        ("localhost", True),
+        ("192.0.2.1", False),
+        ("db-7.example", False),
+    ],
 )
 def test_a_container_label_is_owned_by_address_never_by_a_guess(host: str, owned: bool) -> None:
     place = locality.decide(["localhost"], locality.Locality())
