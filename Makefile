@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
 VERSIONS ?= 1.2.2 1.2.4 1.2.5 1.2.6 1.2.7 2.0.0
 
-.PHONY: help setup docker emulator promtool rules lint unit test demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
+.PHONY: help setup docker emulator promtool rules lint unit test coverage mutants demo demo-stop demo-cluster demo-cluster-stop bench chaos clean
 
 help:
 	@echo "make demo   set up, build the stand-in images, run the supervisor on the example cluster, show status"
 	@echo "make test   set up (virtualenv, Docker Engine), then ruff, mypy and pytest"
 	@echo "make bench  measure the targets (bench/RESULTS.md); make chaos: the long chaos run"
+	@echo "make coverage  every suite under coverage.py -> tests/COVERAGE.md; make mutants: mutmut -> tests/MUTANTS.md"
 
 # The virtualenv with the project and its test dependencies, rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -60,6 +61,48 @@ test: setup docker emulator lint rules
 		tests/emulator tests/integration
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest --durations=5 tests/serial
 
+# Branch coverage of the unit, Docker-backed and serial suites, each alone and together, the daemons
+# the Docker-backed tests start as processes included (pyproject's [tool.coverage.run]), written
+# into tests/COVERAGE.md with the commit measured. As long as `make test`; not part of it, nor of
+# CI. A suite that fails still leaves its coverage (its outcome is in the report).
+# COVERAGE_SUITES=unit measures the unit suite alone (a minute, no Docker).
+COVERAGE_DATA := .coverage-data
+COVERAGE_SUITES ?= unit docker serial
+coverage: setup
+	@rm -rf $(COVERAGE_DATA) && mkdir -p $(COVERAGE_DATA)
+	@if [[ " $(COVERAGE_SUITES) " == *" docker "* || " $(COVERAGE_SUITES) " == *" serial "* ]]; then \
+		$(MAKE) --no-print-directory docker emulator && scripts/ensure-chromium.sh; fi
+	@for suite in $(COVERAGE_SUITES); do \
+		case $$suite in \
+		unit) args="-q -p no:cacheprovider tests/unit" ;; \
+		docker) args="-q -p no:cacheprovider -n $(WORKERS) --dist loadgroup tests/emulator tests/integration" ;; \
+		serial) args="-q -p no:cacheprovider tests/serial" ;; \
+		*) echo "unknown suite $$suite" >&2; exit 2 ;; \
+		esac; \
+		mkdir -p $(COVERAGE_DATA)/$$suite; \
+		echo "== $$suite: coverage run -m pytest $$args"; \
+		COVERAGE_FILE=$(CURDIR)/$(COVERAGE_DATA)/$$suite/.coverage CERES_EMULATOR_VERSIONS="$(VERSIONS)" \
+			$(BIN)/coverage run -m pytest $$args; echo $$? > $(COVERAGE_DATA)/$$suite.status; \
+		$(BIN)/coverage combine -q --keep --data-file=$(COVERAGE_DATA)/$$suite/.coverage $(COVERAGE_DATA)/$$suite && \
+		$(BIN)/coverage json -q --data-file=$(COVERAGE_DATA)/$$suite/.coverage -o $(COVERAGE_DATA)/$$suite.json; \
+	done
+	@mkdir -p $(COVERAGE_DATA)/all
+	@$(BIN)/coverage combine -q --keep --data-file=$(COVERAGE_DATA)/all/.coverage \
+		$(foreach suite,$(COVERAGE_SUITES),$(COVERAGE_DATA)/$(suite)/.coverage)
+	@$(BIN)/coverage json -q --data-file=$(COVERAGE_DATA)/all/.coverage -o $(COVERAGE_DATA)/all.json
+	@$(BIN)/coverage report --data-file=$(COVERAGE_DATA)/all/.coverage --sort=cover | tail -n 25
+	$(BIN)/python scripts/coverage_report.py $(COVERAGE_DATA)
+
+# Mutation testing of the decision modules ([tool.mutmut] in pyproject) against the unit tests,
+# niced (it takes a while: see tests/MUTANTS.md for how long). Results go to
+# tests/MUTANTS.md with the commit measured. Not part of `make test`.
+MUTANT_JOBS ?= 1
+mutants: setup
+	$(BIN)/python -m pip install -q -e '.[test,mutants]'
+	rm -rf mutants
+	nice -n 10 $(BIN)/mutmut run --max-children $(MUTANT_JOBS)
+	$(BIN)/python scripts/mutants_report.py
+
 demo: setup docker emulator
 	@scripts/demo.sh
 
@@ -96,4 +139,4 @@ chaos: setup docker emulator
 	CERES_CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/pytest -p no:logging tests/integration/test_chaos.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(COVERAGE_DATA) mutants

@@ -46,6 +46,9 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never wait for the receiver: its queue holds ten datagrams (net.unix.max_dgram_qlen),
+                # and a blocking send past them would stop the event loop until it reads.
+                sock.setblocking(False)
                 sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as err:
             log.warning("sd_notify_failed", error=str(err))

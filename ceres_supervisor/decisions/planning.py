@@ -85,6 +85,9 @@ def plan(
     down: dict[str, tuple[str, str | None]] = {
         n.name: (n.role, down_reason(views[n.name])) for n in desired.nodes if n.is_local
     }
+    for c in observed.orphans:  # a removal in flight is a stop by choice until it is done
+        if c.is_running and observed.busy.get(c.node) in STOPPING_KINDS:
+            down[c.node] = (c.role, "stopping")
     rolling = any(kind == "recreate" for kind in observed.busy.values())
     actions: list[Action] = []
     for node in desired.nodes:  # meta first: desired.nodes is in that order

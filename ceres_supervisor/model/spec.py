@@ -84,7 +84,7 @@ class SecretRef(_Model):
         return self
 
     def describe(self) -> str:
-        return f"environment variable {self.env}" if self.env is not None else f"file {self.file}"
+        return f"environment variable {self.env!r}" if self.env is not None else f"file {self.file!r}"
 
 
 Secretable = str | SecretRef

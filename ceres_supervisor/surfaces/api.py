@@ -110,7 +110,9 @@ class Api:
         if self._is_token(request.cookies.get(COOKIE, "")):
             return await handler(request)
         if request.path == "/" and self._is_token(request.query.get("token", "")):
-            response = web.HTTPSeeOther("/")  # the token leaves the address bar and the history
+            # The token leaves the address bar and the history. A plain 303 response: returning an
+            # HTTPException from a middleware is deprecated in aiohttp (removed in 4).
+            response = web.Response(status=303, headers={"Location": "/"})
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
             return response
         return web.Response(

@@ -70,7 +70,7 @@ def _who(body: dict[str, Any]) -> str:
     """Who asked: "api" or "cli", and with `via` the operation of another agent that passed it on
     (a rolling restart crossing machines)."""
     who = body.get("who", "api")
-    if who not in WHO:
+    if not isinstance(who, str) or who not in WHO:  # a list or an object is not hashable
         raise web.HTTPBadRequest(reason="who is api or cli")
     via = body.get("via")
     if via is None:

@@ -111,7 +111,7 @@ BROKEN = [
         lambda text: (
             text + '\n[ceresdb.config.analytic.wal.obkv]\npassword = { env = "CERES_TEST_NOT_SET" }\n'
         ),
-        "ceresdb.config.analytic.wal.obkv.password: environment variable CERES_TEST_NOT_SET is not set",
+        "ceresdb.config.analytic.wal.obkv.password: environment variable 'CERES_TEST_NOT_SET' is not set",
     ),
 ]
 

@@ -80,8 +80,14 @@ def test_the_summary_has_a_row_for_every_target() -> None:
     rows = summary_rows(results())
     missing = [name for name in TARGETS if name not in rows]
     assert not missing, f"no summary row for {missing}"
-    for name in TARGETS:
-        assert rows[name][-1] in ("met", "**not met**", "not judged", "not measured"), rows[name]
+
+
+def test_every_target_is_met() -> None:
+    """A target not met (or not judged, or not measured) is a failure of the code it measured, not a
+    row to read past: the targets are what the supervisor must achieve."""
+    rows = summary_rows(results())
+    unmet = {name: rows[name][-1] for name in TARGETS if name in rows and rows[name][-1] != "met"}
+    assert not unmet, f"bench/RESULTS.md: targets not met: {unmet}"
 
 
 @pytest.mark.parametrize(

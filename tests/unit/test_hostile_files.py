@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -183,6 +184,22 @@ def test_arbitrary_bytes_are_rejected_cleanly(data: bytes) -> None:
 @given(st.text(alphabet=st.sampled_from(list("[]=\"'{}.,#\n abc_0123456789ms")), max_size=200))
 def test_toml_like_noise_is_rejected_cleanly(text: str) -> None:
     check(text)
+
+
+@pytest.mark.parametrize("name", ["\u001e", "a\nb", "\x85", "\u2028"])
+@pytest.mark.parametrize("kind", ["env", "file"])
+def test_a_secret_reference_with_a_line_break_in_its_name_is_one_quoted_line(name: str, kind: str) -> None:
+    """Found by Hypothesis: `{ env = "\u001e" }` printed raw split the problem over two lines."""
+    doc = copy.deepcopy(BASE_DOC)
+    doc["ceresdb"]["config"] = {
+        "analytic": {"wal": {"data_dir": {kind: "/" + name if kind == "file" else name}}}
+    }
+    check(tomli_w.dumps(doc))
+    with tempfile.TemporaryDirectory(prefix="ceres-hostile-") as tmp:
+        code, _out, err = run("validate", tomli_w.dumps(doc), Path(tmp))
+    assert code == 2
+    assert err.splitlines()[1].endswith(("is not set", "No such file or directory")), err
+    assert repr("/" + name if kind == "file" else name) in err
 
 
 def test_a_deeply_nested_file_is_rejected_cleanly() -> None:

@@ -117,12 +117,12 @@ INVALID = [
         "missing env secret",
         BASE + '\n[ceresdb.wal]\ntype = "Kafka"\n[ceresdb.wal.kafka.client]\n'
         'boost_broker = { env = "CERES_TEST_SURELY_UNSET" }\n',
-        "ceresdb.wal.kafka.client.boost_broker: environment variable CERES_TEST_SURELY_UNSET is not set",
+        "ceresdb.wal.kafka.client.boost_broker: environment variable 'CERES_TEST_SURELY_UNSET' is not set",
     ),
     (
         "unreadable secret file",
         BASE + '\n[ceresdb.config.analytic.wal]\nobkv = { password = { file = "/nonexistent/pw" } }\n',
-        "ceresdb.config.analytic.wal.obkv.password: cannot read secret file /nonexistent/pw",
+        "ceresdb.config.analytic.wal.obkv.password: cannot read secret file '/nonexistent/pw'",
     ),
     (
         "bad duration",

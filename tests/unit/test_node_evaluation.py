@@ -1,0 +1,440 @@
+"""Each situation of one node evaluated whole (decisions/nodes.py `evaluate`): the view (state,
+reason, next restart, availability, lease), the record kept for the next cycle, what the node
+wants, and the notes and wake-ups the cycle collects. Pure; one row per situation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ceres_supervisor.decisions import nodes
+from ceres_supervisor.decisions.backoff import Count
+from ceres_supervisor.decisions.leases import Memory
+from ceres_supervisor.decisions.nodes import Want
+from ceres_supervisor.decisions.planning import (
+    Action,
+    Budget,
+    Controls,
+    ExitInfo,
+    LeaseStatus,
+    NodeRecord,
+    NodeState,
+    NodeView,
+    Note,
+)
+from ceres_supervisor.desired.containers import DesiredCluster
+from ceres_supervisor.model.observed import LeaseView, MetaMemberProbe, ObservedContainer, ShardLock
+
+from .test_planning import NOW, POLICY, WALL, build, container, observation, probe
+
+RUN = "id-db0@2026-01-01T00:00:01+00:00"
+EXIT = "id-db0@2026-01-01T00:00:02+00:00"
+FINISHED = datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)
+SEEN = NOW - (WALL - datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)).total_seconds()
+"""run_seen_at of a run found running: Docker's StartedAt on the monotonic clock."""
+NOT_READY = "meta members not ready: meta0"
+HEALTHY = NodeRecord(run_key=RUN, run_seen_at=SEEN, healthy_since=NOW - 300, last_probe_at=NOW - 1)
+"""db0's record after a while of health."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> DesiredCluster:
+    return build(tmp_path_factory.mktemp("nodes"))
+
+
+def evaluate(
+    cluster: DesiredCluster,
+    containers: list[ObservedContainer],
+    rec: NodeRecord | None,
+    node: str = "db0",
+    meta_ready: bool = True,
+    controls: Controls | None = None,
+    **observed: Any,
+) -> tuple[NodeView, NodeRecord, Want | None, list[Note], list[float]]:
+    obs = observation(cluster, containers, meta_ready=meta_ready)
+    obs = replace(obs, **observed)
+    cycle = nodes.Cycle(cluster, obs, POLICY, NOW, lambda: 0.0, meta_ready, "meta ready" if meta_ready else NOT_READY,
+                        Budget(), controls or Controls())  # fmt: skip
+    cycle.lease_context = nodes.lease_contexts(cycle, {node: rec} if rec else {})
+    target = cluster.node(node)
+    assert target is not None
+    view, record, want = nodes.evaluate(cycle, target, rec)
+    return view, record, want, cycle.notes, cycle.wakes
+
+
+def dead(cluster: DesiredCluster, code: int = 137) -> ObservedContainer:
+    return container(cluster, "db0", "exited", exit_code=code)
+
+
+def running(cluster: DesiredCluster, **changes: Any) -> ObservedContainer:
+    return replace(container(cluster, "db0"), **changes)
+
+
+def start(reason: str, cid: str = "id-db0") -> Want:
+    return Want(Action("start", "db0", cid, reason))
+
+
+EXITED = ExitInfo(137, False, FINISHED)
+KILLED = "exit 137 (SIGKILL)"
+
+
+# --- exits -----------------------------------------------------------------------------------------------------
+
+
+def test_a_stopped_container_found_at_first_sight_is_started_not_counted(cluster: DesiredCluster) -> None:
+    assert evaluate(cluster, [dead(cluster)], None) == (
+        NodeView(NodeState.STARTING, f"found stopped ({KILLED})"),
+        NodeRecord(reason=f"found stopped ({KILLED})", last_exit=EXITED, accounted_exit=EXIT),
+        start(f"found stopped ({KILLED})"),
+        [],
+        [],
+    )
+
+
+def test_an_exit_is_a_failure_counted_once_and_restarted_at_once(cluster: DesiredCluster) -> None:
+    before = replace(HEALTHY, lease=Memory(reopen_since=5.0, progress=2, lost_since=9.0))
+    view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], before)
+    expected = replace(
+        before, count=Count(1, (NOW,)), reason=KILLED, next_restart_at=NOW, healthy_since=None,
+        last_exit=EXITED, accounted_exit=EXIT, restarts=1, lease=Memory(progress=2),
+    )  # fmt: skip
+    assert (view, rec) == (NodeView(NodeState.STARTING, KILLED), replace(expected, next_restart_at=None))
+    assert want == start(KILLED) and notes == [Note("db0", "died", KILLED, "failure 1; restart in 0.0s")]
+    again = evaluate(cluster, [dead(cluster)], rec)  # the same exit, seen again: nothing more
+    assert again[1].count == rec.count and again[3] == []
+
+
+def test_a_second_exit_waits_its_backoff(cluster: DesiredCluster) -> None:
+    once = replace(HEALTHY, count=Count(1, (NOW - 50,)), healthy_since=None)
+    view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], once)
+    assert view == NodeView(NodeState.BACKOFF, KILLED, NOW + 1.0)
+    assert (rec.count, rec.next_restart_at, want) == (Count(2, (NOW - 50, NOW)), NOW + 1.0, None)
+    assert notes == [Note("db0", "died", KILLED, "failure 2; restart in 1.0s")]
+
+
+def test_the_fifth_exit_in_the_window_is_a_crashloop_said_once(cluster: DesiredCluster) -> None:
+    four = replace(HEALTHY, count=Count(4, (NOW - 40, NOW - 30, NOW - 20, NOW - 10)), healthy_since=None)
+    view, rec, _, notes, _ = evaluate(cluster, [dead(cluster)], four)
+    assert view == NodeView(NodeState.CRASHLOOP, KILLED, NOW + 60.0) and rec.crashloop
+    assert notes == [
+        Note("db0", "died", KILLED, "failure 5; restart in 60.0s"),
+        Note("db0", "crashloop", KILLED, "5 failures within 600s"),
+    ]
+
+
+def test_an_exit_the_supervisor_caused_is_no_failure(cluster: DesiredCluster) -> None:
+    stopping = replace(HEALTHY, expected_exit="id-db0", reason="unhealthy: x")
+    view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], stopping)
+    assert rec == replace(stopping, expected_exit=None, healthy_since=None, last_exit=EXITED, accounted_exit=EXIT,
+                          restarts=1)  # fmt: skip
+    assert (view, want, notes) == (NodeView(NodeState.STARTING, "unhealthy: x"), start("unhealthy: x"), [])
+
+
+def test_an_exit_while_paused_is_said_not_counted(cluster: DesiredCluster) -> None:
+    view, rec, want, notes, _ = evaluate(
+        cluster, [dead(cluster)], HEALTHY, controls=Controls(frozenset({"db0"}))
+    )
+    assert view == NodeView(NodeState.PAUSED, f"paused by the operator; container stopped ({KILLED})")
+    assert rec == replace(
+        HEALTHY, reason=f"stopped while paused ({KILLED})", last_exit=EXITED, accounted_exit=EXIT
+    )
+    assert (want, notes) == (None, [])
+
+
+def test_an_exit_with_the_engine_is_a_note_not_a_failure(cluster: DesiredCluster) -> None:
+    view, rec, want, notes, _ = evaluate(
+        cluster, [dead(cluster)], HEALTHY, engine_restart_exits=frozenset({"id-db0"})
+    )
+    assert rec == replace(HEALTHY, reason="docker engine restarted", healthy_since=None, last_exit=EXITED,
+                          accounted_exit=EXIT, restarts=1)  # fmt: skip
+    assert notes == [Note("db0", "engine_restarted", KILLED, "docker engine restarted")]
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, "docker engine restarted"),
+        start("docker engine restarted"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("failed", "reason", "counted"),
+    [
+        (("stop", "stop container: timed out"), "stop failed: stop container: timed out", False),
+        (("slot", "waiting for disruption budget: db1 (slot held by h2)"),
+         "waiting for disruption budget: db1 (slot held by h2)", False),
+        (("start", "start container: gone"), "start container: gone", True),
+    ],
+)  # fmt: skip
+def test_an_action_that_failed_is_said_and_counted_unless_it_was_a_stop_or_a_slot(
+    cluster: DesiredCluster, failed: tuple[str, str], reason: str, counted: bool
+) -> None:
+    before = replace(HEALTHY, expected_exit="id-db0")
+    _view, rec, _want, notes, _ = evaluate(
+        cluster, [running(cluster)], before, failed_actions={"db0": failed}
+    )
+    assert rec.reason == reason
+    if counted:
+        assert (
+            notes == [Note("db0", "action_failed", reason, "failure 1; restart in 0.0s")]
+            and rec.failures == 1
+        )
+    else:
+        assert (notes, rec.expected_exit, rec.failures) == ([], None, 0)
+
+
+# --- no container, busy, paused, misplaced ----------------------------------------------------------------------
+
+
+def test_without_a_container_it_is_created_once_meta_is_ready_and_counted_when_it_vanished(
+    cluster: DesiredCluster,
+) -> None:
+    assert evaluate(cluster, [], None, meta_ready=False)[:3] == (
+        NodeView(NodeState.BLOCKED, NOT_READY),
+        NodeRecord(),
+        None,
+    )
+    assert evaluate(cluster, [], None)[:3] == (
+        NodeView(NodeState.STARTING, None), NodeRecord(), Want(Action("create", "db0", None, "not created yet")),
+    )  # fmt: skip
+    gone = replace(HEALTHY, reason="x", next_restart_at=NOW - 1)
+    assert evaluate(cluster, [], gone)[:3] == (
+        NodeView(NodeState.STARTING, "x"), replace(gone, restarts=1, next_restart_at=None),
+        Want(Action("create", "db0", None, "container missing")),
+    )  # fmt: skip
+    waiting = replace(gone, next_restart_at=NOW + 5)
+    assert evaluate(cluster, [], waiting)[:3] == (NodeView(NodeState.BACKOFF, "x", NOW + 5), waiting, None)
+
+
+@pytest.mark.parametrize(
+    ("busy", "state"),
+    [("stop", NodeState.STOPPING), ("remove", NodeState.STOPPING), ("restart", NodeState.STOPPING),
+     ("create", NodeState.STARTING), ("start", NodeState.STARTING), ("recreate", NodeState.STARTING)],
+)  # fmt: skip
+def test_a_node_with_an_action_in_flight_is_left_alone(
+    cluster: DesiredCluster, busy: str, state: NodeState
+) -> None:
+    before = replace(HEALTHY, reason="why")
+    assert evaluate(cluster, [running(cluster)], before, busy={"db0": busy})[:3] == (
+        NodeView(state, "why"),
+        before,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("containers", "everything", "reason"),
+    [
+        ([], False, "paused by the operator; no container"),
+        (["running"], True, "the whole cluster is paused; container running"),
+    ],
+)
+def test_a_paused_node_says_what_its_container_does(
+    cluster: DesiredCluster, containers: list[str], everything: bool, reason: str
+) -> None:
+    controls = Controls(frozenset() if everything else frozenset({"db0"}), everything)
+    found = [running(cluster)] if containers else []
+    assert evaluate(cluster, found, HEALTHY, controls=controls)[:3] == (
+        NodeView(NodeState.PAUSED, reason),
+        HEALTHY,
+        None,
+    )
+
+
+def test_a_node_whose_data_directory_is_another_s_is_blocked_with_why(cluster: DesiredCluster) -> None:
+    why = "data directory marked for node db1"
+    assert evaluate(cluster, [], None, identity_problems={"db0": why})[:3] == (
+        NodeView(NodeState.BLOCKED, why),
+        NodeRecord(),
+        None,
+    )
+
+
+# --- spec changes ----------------------------------------------------------------------------------------------------
+
+
+def test_a_stopped_container_of_another_spec_is_recreated_at_once_unless_meta_is_not_ready(
+    cluster: DesiredCluster,
+) -> None:
+    node = cluster.node("db0")
+    assert node is not None
+    old = replace(dead(cluster), spec_hash="")
+    reason = f"spec changed (unlabelled -> {node.spec_hash})"
+    view, _rec, want, _, _ = evaluate(cluster, [old], HEALTHY)
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, reason),
+        Want(Action("recreate", "db0", "id-db0", reason)),
+    )
+    assert evaluate(cluster, [old], HEALTHY, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, NOT_READY)
+
+
+def test_a_running_container_of_another_spec_asks_for_a_rolling_recreate(cluster: DesiredCluster) -> None:
+    node = cluster.node("db0")
+    assert node is not None
+    reason = f"spec changed (old -> {node.spec_hash})"
+    view, _rec, want, _, _ = evaluate(
+        cluster, [running(cluster, spec_hash="old")], HEALTHY, probes={"db0": probe(running(cluster))}
+    )
+    assert (view.state, view.reason) == (NodeState.HEALTHY, reason)
+    # A running CeresDB node flushes its memtables before the stop.
+    assert want == Want(
+        Action("recreate", "db0", "id-db0", reason, by_choice=True, flush=True),
+        None,
+        NodeState.STOPPING,
+        True,
+    )
+
+
+# --- a running container ------------------------------------------------------------------------------------------------
+
+
+def test_a_new_run_forgets_the_last_one_s_probes_and_clocks(cluster: DesiredCluster) -> None:
+    before = NodeRecord(run_key="id-db0@earlier", healthy_since=5.0, probe_failures=2, last_probe_at=9.0,
+                        next_restart_at=7.0, stop_counted_for="x", lease=Memory(reopen_since=1.0, progress=3, lost_since=2.0))  # fmt: skip
+    _view, rec, _want, _, wakes = evaluate(cluster, [running(cluster)], before)
+    assert rec == NodeRecord(run_key=RUN, run_seen_at=SEEN, lease=Memory())
+    assert wakes == []  # found running long ago: its start_timeout is over, no wake-up for it
+
+
+def test_a_first_good_probe_makes_it_healthy_and_clears_the_reason(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5, reason="found stopped", probe_failures=1)
+    view, rec, want, _, _ = evaluate(cluster, [c], before, probes={"db0": probe(c)})
+    assert rec == replace(before, healthy_since=NOW, reason=None, probe_failures=0, last_probe_at=NOW)
+    assert (view.state, view.reason, view.available, want) == (NodeState.HEALTHY, None, True, None)
+    assert view.lease == LeaseStatus(None, (), "no shards assigned yet")
+
+
+def test_a_probe_of_another_run_or_not_newer_is_not_counted(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5, last_probe_at=NOW)
+    stale = replace(probe(c, ok=False), run_id="id-db0@earlier")
+    assert evaluate(cluster, [c], before, probes={"db0": stale})[1] == before
+    same = probe(c, ok=False, at=NOW)  # not newer than the last one counted
+    assert evaluate(cluster, [c], before, probes={"db0": same})[1] == before
+
+
+def test_a_starting_node_says_its_failing_probe_and_wakes_at_its_deadline(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5)
+    view, rec, want, _, wakes = evaluate(cluster, [c], before, probes={"db0": probe(c, ok=False)})
+    assert (view, want) == (NodeView(NodeState.STARTING, "GET /: timed out"), None)
+    assert (rec.probe_failures, rec.last_probe_at, wakes) == (1, NOW, [NOW - 5 + 120])
+    assert evaluate(cluster, [c], before, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, NOT_READY)
+
+
+def test_not_healthy_within_start_timeout_is_stopped_as_such(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 120, probe_failures=2, last_probe_at=NOW - 1)
+    reason = "not healthy within 120s: GET /: timed out"
+    view, _rec, want, _, wakes = evaluate(cluster, [c], before, probes={"db0": probe(c, ok=False)})
+    assert view == NodeView(NodeState.UNHEALTHY, reason) and wakes == []
+    assert want == Want(
+        Action("stop", "db0", "id-db0", reason, by_choice=True), "start_timeout", NodeState.UNHEALTHY
+    )
+    no_answer = NodeRecord(run_key=RUN, run_seen_at=NOW - 200, probe_failures=3)
+    assert evaluate(cluster, [c], no_answer)[0].reason == "not healthy within 120s: no probe answer"
+
+
+def test_a_healthy_node_that_fails_its_probes_is_unhealthy_with_its_lease(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    before = replace(HEALTHY, probe_failures=2)
+    reason = "unhealthy: 3 failed probes: GET /: timed out"
+    view, _rec, want, _, _ = evaluate(cluster, [c], before, probes={"db0": probe(c, ok=False)})
+    assert view == NodeView(
+        NodeState.UNHEALTHY, reason, lease=LeaseStatus(None, (), "no shards assigned yet")
+    )
+    assert want == Want(
+        Action("stop", "db0", "id-db0", reason, by_choice=True), "unhealthy", NodeState.UNHEALTHY
+    )
+    blocked = evaluate(cluster, [c], before, meta_ready=False, probes={"db0": probe(c, ok=False)})
+    assert blocked[:3] == (
+        NodeView(NodeState.BLOCKED, f"{NOT_READY}; 3 failed probes: GET /: timed out"),
+        blocked[1],
+        None,
+    )
+
+
+def test_a_meta_member_is_available_only_with_its_etcd_healthy(cluster: DesiredCluster) -> None:
+    meta = container(cluster, "meta0")
+    before = NodeRecord(
+        run_key=meta.run_key, run_seen_at=SEEN, healthy_since=NOW - 300, last_probe_at=NOW - 1
+    )
+    ok = evaluate(cluster, [meta], before, node="meta0", probes={"meta0": probe(meta)})
+    assert ok[0] == NodeView(NodeState.HEALTHY, None, available=True)
+    sick = {"meta0": MetaMemberProbe(probe(meta), False)}
+    assert evaluate(cluster, [meta], before, node="meta0", meta=sick, probes={"meta0": probe(meta)})[
+        0
+    ] == NodeView(NodeState.HEALTHY, "etcd not healthy")
+
+
+LOCKS = {0: ShardLock("127.0.0.1:8831", 7), 2: ShardLock("127.0.0.1:8831", 7)}
+
+
+@pytest.mark.parametrize(
+    ("leases", "rec_lease", "view"),
+    [
+        (LeaseView(NOW, WALL, {"127.0.0.1:8831": (0, 2)}, LOCKS), Memory(),
+         NodeView(NodeState.HEALTHY, None, available=True, lease=LeaseStatus(True, (0, 2), None))),
+        (LeaseView(NOW, WALL, error="etcd: timed out"), Memory(),
+         NodeView(NodeState.HEALTHY, "lease unknown: etcd: timed out", lease=LeaseStatus(None, (), "etcd: timed out"))),
+        (LeaseView(NOW, WALL, {"127.0.0.1:8831": (0, 2)}, {0: ShardLock("127.0.0.1:8831", 7), 2: ShardLock("127.0.0.2:1", 9)}), Memory(),
+         NodeView(NodeState.REOPENING, "shards 2 locked by another endpoint",
+                  lease=LeaseStatus(False, (0,), "shards 2 locked by another endpoint"))),
+        (LeaseView(NOW, WALL, {"127.0.0.1:8831": (0, 2)}, {}), Memory(reopen_since=0.0, lost_since=NOW - 60),
+         NodeView(NodeState.LEASE_LOST, "lease lost for 60s: shards 0,2 not reopened although CeresMeta 1.2.2 should have by now",
+                  lease=LeaseStatus(False, (), "shards 0,2 not reopened although CeresMeta 1.2.2 should have by now"))),
+        (LeaseView(NOW, WALL, {"127.0.0.1:8831": (0, 2)}, {}), Memory(reopen_since=0.0),
+         NodeView(NodeState.LEASE_LOST, "shards 0,2 not reopened although CeresMeta 1.2.2 should have by now; "
+                  "restart after lease_grace (60s)",
+                  lease=LeaseStatus(False, (), "shards 0,2 not reopened although CeresMeta 1.2.2 should have by now"))),
+    ],
+    ids=["held", "unknown", "reopening", "lost-for-the-grace", "lost"],
+)  # fmt: skip
+def test_a_healthy_ceresdb_node_is_judged_by_its_shards(
+    cluster: DesiredCluster, leases: LeaseView, rec_lease: Memory, view: NodeView
+) -> None:
+    c = running(cluster)
+    got, rec, want, _, _ = evaluate(
+        cluster, [c], replace(HEALTHY, lease=rec_lease), probes={"db0": probe(c)}, leases=leases
+    )
+    assert got == view
+    if view.state is NodeState.LEASE_LOST and view.reason and view.reason.startswith("lease lost"):
+        assert want == Want(
+            Action("stop", "db0", "id-db0", view.reason, by_choice=True), "lease_lost", NodeState.LEASE_LOST
+        )
+    else:
+        assert want is None
+    if view.available:
+        assert rec.lease.first_seen == ((7, WALL.timestamp()),)
+
+
+def test_a_planned_restart_of_a_healthy_node_is_a_stop_by_choice(cluster: DesiredCluster) -> None:
+    c = running(cluster)
+    controls = Controls(restarts={"db0": "planned restart (op-1)"})
+    _view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=controls, probes={"db0": probe(c)})
+    planned = Action(
+        "restart", "db0", "id-db0", "planned restart (op-1)", by_choice=True, flush=True
+    )  # CeresDB: flushed first
+    assert want == Want(planned, None, NodeState.STOPPING)
+
+
+def test_a_stopped_ceresdb_node_waits_for_meta_saying_why(cluster: DesiredCluster) -> None:
+    handled = replace(HEALTHY, accounted_exit=EXIT, reason=KILLED)
+    assert evaluate(cluster, [dead(cluster)], handled, meta_ready=False)[0] == NodeView(
+        NodeState.BLOCKED, f"{NOT_READY}; {KILLED}"
+    )
+    quiet = replace(handled, reason=None)
+    assert evaluate(cluster, [dead(cluster)], quiet, meta_ready=False)[0] == NodeView(
+        NodeState.BLOCKED, f"{NOT_READY}; stopped"
+    )
+
+
+def test_a_remote_node_is_only_shown(tmp_path: Path) -> None:
+    remote = build(tmp_path, local=False)
+    assert evaluate(remote, [], None)[:3] == (
+        NodeView(NodeState.REMOTE, "runs on 127.0.0.1"),
+        NodeRecord(),
+        None,
+    )
