@@ -53,10 +53,13 @@ unit: setup promtool
 # Pure tests first (stop at the first failure), then the Docker-backed ones on WORKERS processes
 # (ports and names are partitioned per worker), then the serial phase: scenarios that disturb the
 # whole machine (restarting dockerd) run alone, last.
-WORKERS ?= 3
-test: setup docker emulator lint rules
+# The alerting rules' promtool checks run inside the unit tests (tests/unit/test_alerting.py).
+# Four workers: the Docker-backed phase is bound by the 2 cores' CPU (containers starting, etcd,
+# the daemons), and a fifth or sixth worker only queued more of it (README, "Tests").
+WORKERS ?= 4
+test: setup docker emulator lint promtool
 	@scripts/ensure-chromium.sh
-	$(BIN)/pytest -q -x tests/unit
+	$(BIN)/pytest -q -x -n 2 tests/unit
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
 		tests/emulator tests/integration
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest --durations=5 tests/serial
