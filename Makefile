@@ -50,19 +50,24 @@ lint: setup
 unit: setup promtool
 	$(BIN)/pytest -q tests/unit
 
-# Pure tests first (stop at the first failure), then the Docker-backed ones on WORKERS processes
-# (ports and names are partitioned per worker), then the serial phase: scenarios that disturb the
-# whole machine (restarting dockerd) run alone, last.
-# The alerting rules' promtool checks run inside the unit tests (tests/unit/test_alerting.py).
-# Four workers: the Docker-backed phase is bound by the 2 cores' CPU (containers starting, etcd,
-# the daemons), and a fifth or sixth worker only queued more of it (README, "Tests").
+# The pure tests (stop at the first failure) and, beside them, the serial phase: the scenario that
+# restarts the Docker Engine itself, which no unit test uses and which every other Docker-backed
+# test would feel. Then the Docker-backed tests on WORKERS processes (ports and names are
+# partitioned per worker). The alerting rules' promtool checks run inside the unit tests
+# (tests/unit/test_alerting.py). Four workers: the Docker-backed phase is bound by the 2 cores'
+# CPU (containers starting, etcd, the daemons); a fifth or sixth only queued more of it, and
+# the run was no shorter (README, "How long `make test` takes").
 WORKERS ?= 4
+SERIAL_LOG := .serial-tests.log
 test: setup docker emulator lint promtool
 	@scripts/ensure-chromium.sh
-	$(BIN)/pytest -q -x -n 2 tests/unit
+	@( CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -p no:cacheprovider --durations=5 tests/serial \
+		> $(SERIAL_LOG) 2>&1 ) & serial=$$!; \
+	$(BIN)/pytest -q -x -n 2 tests/unit; unit=$$?; \
+	wait $$serial; rc=$$?; echo "== tests/serial (ran beside the unit tests)"; cat $(SERIAL_LOG); \
+	rm -f $(SERIAL_LOG); test $$unit -eq 0 && test $$rc -eq 0
 	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
 		tests/emulator tests/integration
-	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest --durations=5 tests/serial
 
 # Branch coverage of the unit, Docker-backed and serial suites, each alone and together, the daemons
 # the Docker-backed tests start as processes included (pyproject's [tool.coverage.run]), written

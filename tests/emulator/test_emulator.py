@@ -1127,7 +1127,7 @@ def test_a_failed_table_open_keeps_the_lock_and_only_from_1_2_5_is_retried(
     all_shards_locked(spec)
     emulator_hook(db0, "open-fail", "3")
     restart_with_locks_gone(spec, [db0], leases_of(spec, endpoint(spec, 0)), meta)
-    wait_until(lambda: len(shard_locks(client_url(spec))) == 8, 30, "every lock taken again")
+    wait_until(lambda: len(shard_locks(client_url(spec))) == 8, 60, "every lock taken again")
     wait_until(
         lambda: log_count(db0, "Failed to open shard shard_id=3 ") >= 1, 20, "shard 3's tables failing"
     )
