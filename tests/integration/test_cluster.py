@@ -136,7 +136,24 @@ class Machines:
                 self.healthy_everywhere, timeout_s, "every agent seeing the whole cluster healthy", 0.5
             )
         except AssertionError as err:
-            raise AssertionError(f"{err}; states per agent: {[self.states(i) for i in range(3)]}") from None
+            raise AssertionError(f"{err}\n{self.describe()}") from None
+
+    def describe(self) -> str:
+        """What each agent sees and last logged: what a failed wait shows (a wait that ends by a
+        deadline says why the cluster did not get there, not only that it did not)."""
+        lines = []
+        for i in range(3):
+            doc = self.cluster(i) or {}
+            coordination = doc.get("coordination")
+            lines.append(f"agent {HOSTS[i]}: cluster {doc.get('cluster')}, coordination {coordination}")
+            for name, node in self.nodes(i).items():
+                lines.append(
+                    f"  {name}: {node.get('state')} {node.get('reason') or ''} lease={node.get('lease')}"
+                )
+            log = self.agent(i).log
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            lines.extend(f"  | {line[:300]}" for line in tail)
+        return "\n".join(lines)
 
     def client(self, node: str) -> docker.DockerClient:
         return self.engines[OWNER[node]].client
@@ -607,12 +624,16 @@ def test_a_rolling_change_goes_meta_first_one_node_at_a_time_cluster_wide(machin
         for i in (2, 0, 1):  # every agent, in any order
             code, body = http_json(machines.agent(i).url + "/v1/reload", {}, timeout_s=60)
             assert code == 200, body
-        wait_until(
-            lambda: {e.node for e in events.of(actions=("destroy",))} == set(CHANGED),
-            600,
-            "every changed node recreated",
-            1.0,
-        )
+        try:
+            wait_until(
+                lambda: {e.node for e in events.of(actions=("destroy",))} == set(CHANGED),
+                240,  # six recreations one at a time, each CeresDB node back with its shards: ~1 min
+                "every changed node recreated",
+                1.0,
+            )
+        except AssertionError as err:
+            recreated = [e.node for e in events.of(actions=("destroy",))]
+            raise AssertionError(f"{err}; recreated {recreated}\n{machines.describe()}") from None
         machines.wait_healthy(240)
         recreated = [e.node for e in events.of(actions=("destroy",))]
         most, intervals = events.most_down_at_once()

@@ -311,3 +311,20 @@ async def test_a_claim_is_held_by_one_agent_and_goes_with_its_lease(store: Memor
     await b.coordinator.unclaim("operation")
     assert ROOT + b"operation" not in store.kvs
     await b.stop()
+
+
+async def test_an_agent_with_an_older_file_sees_who_runs_a_newer_one(store: MemoryEtcd) -> None:
+    """`cluster.generation` as the agents publish it: the one whose file is older learns which host
+    runs a newer one (and removes nothing until the files agree); the newer one sees nothing newer."""
+    old, new = Agent(store, "127.0.0.1", ("db0",)), Agent(store, "127.0.0.2", ("db1",))
+    old.coordinator.identity.generation, new.coordinator.identity.generation = 3, 4
+    await old.start()
+    await new.start()
+    try:
+        await until(lambda: len(old.coordinator.view.agents) == 2, "both agents in the old one's view")
+        await until(lambda: len(new.coordinator.view.agents) == 2, "both agents in the new one's view")
+        assert old.coordinator.newer_file() == "127.0.0.2 runs generation 4, this file is generation 3"
+        assert new.coordinator.newer_file() is None
+    finally:
+        await old.stop()
+        await new.stop()
