@@ -54,6 +54,8 @@ class FakeDocker:
         self.hang.set()
         """Cleared: every call waits (a Docker Engine that hangs)."""
         self.logs: dict[str, bytes] = {}
+        self.registry: set[str] = set()
+        """Images a pull finds (a pull of any other is refused as a registry refuses it)."""
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
 
@@ -158,6 +160,7 @@ class FakeDocker:
             ("POST", r"/containers/([^/]+)/unpause", self._unpause),
             ("DELETE", r"/containers/([^/]+)", self._remove),
             ("GET", r"/images/(.+)/json", self._image),
+            ("POST", r"/images/create", self._pull),
             ("GET", r"/events", self._events),
         ]
         for method, regex, handler in routes:
@@ -270,6 +273,27 @@ class FakeDocker:
         if self.images and name not in self.images:
             return web.json_response({"message": f"No such image: {name}"}, status=404)
         return web.json_response({"Id": "sha256:" + "0" * 64, "RepoTags": [name]})
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        """`docker pull`: a stream of JSON progress lines; a registry's refusal is a line with
+        `error` in a 200 stream, as the real Engine sends it."""
+        name = f"{request.query['fromImage']}:{request.query.get('tag') or 'latest'}"
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if name in self.registry:
+            self.images.add(name)
+            lines = [
+                {"status": f"Pulling from {request.query['fromImage']}"},
+                {"status": f"Downloaded {name}"},
+            ]
+        else:
+            lines = [
+                {"error": f"pull access denied for {request.query['fromImage']}, repository does not exist"}
+            ]
+        for line in lines:
+            await response.write(json.dumps(line).encode() + b"\r\n")
+        await response.write_eof()
+        return response
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         filters = json.loads(request.query.get("filters") or "{}")
