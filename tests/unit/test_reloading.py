@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,13 @@ def spec(tmp_path: Path, text: str, name: str) -> DesiredState:
         (lambda t: t.replace('name = "meta2"', 'name = "meta9"'), "meta.nodes"),
         (lambda t: t.replace("client_port = 2399", "client_port = 2499"), "meta.nodes"),
         (lambda t: t.replace("peer_port = 2400", "peer_port = 2500"), "meta.nodes"),
+        # A member moved to another machine, and three members cut to one: etcd keeps its member
+        # list, so either would leave a member that no longer exists in the quorum.
+        (
+            lambda t: t.replace('name = "meta2"\nhost = "127.0.0.1"', 'name = "meta2"\nhost = "127.0.0.2"'),
+            "meta.nodes",
+        ),
+        (lambda t: re.sub(r'\[\[meta\.nodes\]\]\nname = "meta[12]"\n(?:[^\n]+\n)+\n', "", t), "meta.nodes"),
     ],
 )
 def test_a_change_that_would_start_nodes_on_other_data_or_members_is_refused(
