@@ -604,3 +604,88 @@ def test_run_json_logs_json_lines_even_for_its_warnings(tmp_path: Path) -> None:
     assert logged and all("event" in entry and "level" in entry for entry in logged)
     assert any(entry["event"] == "desired_state_warning" for entry in logged), logged
     assert lines[-1].startswith(f"error: cannot serve the status API on 127.0.0.1:{port}: ")
+
+
+def follow(daemon: FakeDaemon, args: list[str], expected_lines: int) -> tuple[int, list[str]]:
+    """`ceres-supervisor ARGS` as a process until it printed `expected_lines`, then Ctrl-C."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "ceres_supervisor", *args, "--url", daemon.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        deadline = threading.Timer(20, process.kill)  # a line that never comes ends the read ("")
+        deadline.start()
+        try:
+            assert process.stdout is not None
+            lines = [process.stdout.readline() for _ in range(expected_lines)]
+            process.send_signal(signal.SIGINT)
+            code = process.wait(30)
+        finally:
+            deadline.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    return code, lines
+
+
+def test_events_follow_prints_each_event_once_across_polls(daemon: FakeDaemon) -> None:
+    """`events -f` asks again from the last instant it printed; an event of that instant that
+    comes again is not printed twice, one that is new is."""
+    first = {
+        "at": "2026-12-07T10:00:00.100Z",
+        "node": "db0",
+        "type": "died",
+        "reason": "exit 137",
+        "message": "m",
+    }
+    same = {
+        "at": "2026-12-07T10:00:01.200Z",
+        "node": "db1",
+        "type": "started",
+        "reason": None,
+        "message": "a",
+    }
+    later = {**same, "message": "b"}  # the same instant, another event
+    newest = {
+        "at": "2026-12-07T10:00:02.000Z",
+        "node": "db0",
+        "type": "started",
+        "reason": None,
+        "message": "c",
+    }
+
+    def answer(query: dict[str, str]) -> Answer:
+        if "since" not in query:
+            return 200, {"events": [first, same], "agents": [], "complete": True}
+        assert query["since"] == same["at"], query
+        return 200, {"events": [same, later, newest], "agents": [], "complete": True}
+
+    daemon.answers["GET /v1/cluster/events"] = answer
+    code, lines = follow(daemon, ["events", "-f", "--json"], 4)
+    assert code == exits.INTERRUPTED
+    assert [json.loads(line)["message"] for line in lines] == ["m", "a", "b", "c"]
+
+
+def test_logs_follow_prints_each_line_once_across_polls(daemon: FakeDaemon) -> None:
+    """`logs -f` asks again from the whole second of the newest line (Docker's `since` is in
+    seconds); lines of that second already printed are skipped, Docker's trimmed nanoseconds sort."""
+    lines_1 = [
+        {"at": "2026-12-07T10:00:00.5Z", "text": "one"},
+        {"at": "2026-12-07T10:00:01.25Z", "text": "two"},
+    ]
+    lines_2 = [
+        {"at": "2026-12-07T10:00:01.25Z", "text": "two"},
+        {"at": "2026-12-07T10:00:01.3Z", "text": "three"},
+    ]
+
+    def answer(query: dict[str, str]) -> Answer:
+        if "since" not in query:
+            return 200, {"node": "db0", "lines": lines_1}
+        assert query["since"] == "2026-12-07T10:00:01Z", query
+        return 200, {"node": "db0", "lines": lines_2}
+
+    daemon.answers["GET /v1/nodes/db0/logs"] = answer
+    code, lines = follow(daemon, ["logs", "db0", "-f"], 3)
+    assert code == exits.INTERRUPTED
+    assert [line.rstrip("\n") for line in lines] == ["one", "two", "three"]
