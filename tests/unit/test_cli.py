@@ -316,6 +316,17 @@ def test_status_healthy_unhealthy_and_with_the_store_away(daemon: FakeDaemon) ->
     assert code == 0 and json.loads(out) == STATUS
 
 
+def test_status_wide_adds_the_columns_through_the_command(daemon: FakeDaemon) -> None:
+    daemon.answers["GET /v1/cluster"] = (200, CLUSTER)
+    code, narrow, _err = run("status", "--url", daemon.url)
+    assert code == 0
+    code, wide, _err = run("status", "--url", daemon.url, "-o", "wide")
+    assert code == 0
+    header = next(line for line in wide.splitlines() if line.startswith("NAME"))
+    assert all(column in header for column in ("AGENT", "LAST EXIT", "CONTAINER")), header
+    assert not any(column in narrow for column in ("LAST EXIT", "CONTAINER")), narrow
+
+
 @pytest.mark.parametrize(
     ("path", "argv", "answer", "code", "line"),
     [
