@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 OUTSIDE = re.compile(
     "|".join(
-        map(
-            re.escape,
-            ["../" + "shared", "shared/" + "reference", "reference" + "/", "SP" + "EC", "STYLE" + ".md"],
-        )
+        [
+            *map(re.escape, ["../" + "shared", "shared/" + "reference", "reference" + "/", "STYLE" + ".md"]),
+            r"\b" + "SP" + "EC" + r"\b",  # the word, not a name such as a mutant's upper-cased key
+        ]
     )
 )
 """What pointed at the team's notes outside the repository (a clone does not have them); spelt in
