@@ -14,10 +14,11 @@ and stops at the first node that is not healthy in time. Every step is kept (`GE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol
@@ -197,24 +198,15 @@ class Operations:
 
     async def _run(self, op: Operation) -> None:
         try:
-            if op.kind == "restart":
-                await self._restart(op, op.nodes[0])
-            else:
-                for node in op.nodes:
-                    if op.cancel:
-                        op.outcome, op.error = "cancelled", f"stopped before {node} (asked)"
-                        break
-                    await self._restart(op, node)
-            if op.outcome is None:
-                op.outcome = "ok"
-        except OperationFailed as err:
-            op.outcome, op.error = "failed", str(err)
-        except asyncio.CancelledError:
-            op.outcome, op.error = "cancelled", "the supervisor is stopping"
-            raise
-        except Exception as err:
-            log.exception("operation_crashed", operation=op.id)
-            op.outcome, op.error = "failed", f"internal error: {type(err).__name__}: {err}"
+            with outcome_of(op, "operation_crashed"):
+                if op.kind == "restart":
+                    await self._restart(op, op.nodes[0])
+                else:
+                    for node in op.nodes:
+                        if op.cancel:
+                            op.outcome, op.error = "cancelled", f"stopped before {node} (asked)"
+                            break
+                        await self._restart(op, node)
         finally:
             for node, op_id in list(self.requested.items()):
                 if op_id == op.id:
@@ -405,3 +397,22 @@ class Operations:
 
 class OperationFailed(Exception):
     """The operation stops here; the message says which node and why."""
+
+
+@contextlib.contextmanager
+def outcome_of(op: Operation, crashed: str) -> Iterator[None]:
+    """Runs an operation's body and sets its outcome from how the body ended: `ok` (unless the body
+    set one), `failed` with the reason, `cancelled` when the supervisor stops (re-raised), or an
+    internal error, logged as `crashed`."""
+    try:
+        yield
+        if op.outcome is None:
+            op.outcome = "ok"
+    except OperationFailed as err:
+        op.outcome, op.error = "failed", str(err)
+    except asyncio.CancelledError:
+        op.outcome, op.error = "cancelled", "the supervisor is stopping"
+        raise
+    except Exception as err:
+        log.exception(crashed, operation=op.id)
+        op.outcome, op.error = "failed", f"internal error: {type(err).__name__}: {err}"

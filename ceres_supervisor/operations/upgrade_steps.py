@@ -164,16 +164,8 @@ class NodeSteps:
 
     async def _node_op(self, op: Operation, node: str, together: bool) -> None:
         try:
-            await self.local(op, node, together, "the file's release")
-            op.outcome = "ok"
-        except OperationFailed as err:
-            op.outcome, op.error = "failed", str(err)
-        except asyncio.CancelledError:
-            op.outcome, op.error = "cancelled", "the supervisor is stopping"
-            raise
-        except Exception as err:
-            log.exception("upgrade_node_crashed", operation=op.id)
-            op.outcome, op.error = "failed", f"internal error: {type(err).__name__}: {err}"
+            with restarts.outcome_of(op, "upgrade_node_crashed"):
+                await self.local(op, node, together, "the file's release")
         finally:
             op.step(f"done: {op.outcome}" + (f" ({op.error})" if op.error else ""))
 
