@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import contextvars
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Final, TypeVar
 
@@ -49,6 +51,39 @@ LIST_TIMEOUT_S: Final = 10.0
 """Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
 LOGS_TIMEOUT_S: Final = 10.0
 """Reading a container's logs for an operator (`logs`, `describe`)."""
+
+_AGE: Final = re.compile(
+    r"Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week|month|year)s?"
+)
+_UNIT_S: Final = {
+    "second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000, "year": 31536000,
+}  # fmt: skip
+
+
+def status_key(state: str, status: str) -> tuple[str, int | None]:
+    """(what a list summary says of a container, but its age; that age in seconds, None when the
+    text has none). Docker writes the age into `Status` ("Up 3 seconds", "Exited (0) 2 minutes
+    ago", in go-units' HumanDuration words), which changes every second for a young container: the
+    key leaves it out, and a container is inspected again when the key changed or its age went
+    down (it started or stopped again since the last list, whatever the events said)."""
+    match = _AGE.search(status)
+    if match is None:
+        return f"{state}|{status}", None
+    if match.group(2) is not None:
+        age = int(match.group(2)) * _UNIT_S[match.group(3)]
+    else:
+        age = {None: 0, "minute": 60, "hour": 3600}[match.group(1)]
+    return f"{state}|{status[: match.start()]}{status[match.end() :]}", age
+
+
+@dataclass
+class _Inspected:
+    key: str
+    age_s: int | None
+    container: ObservedContainer
+
+    def changed(self, key: str, age_s: int | None) -> bool:
+        return key != self.key or (age_s is not None and self.age_s is not None and age_s < self.age_s)
 
 
 class EngineError(CeresError):
@@ -101,7 +136,7 @@ class Engine:
         self._action_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker-act")
         self._client: docker.APIClient | None = None
         self._client_lock = threading.Lock()
-        self._inspected: dict[str, tuple[str, ObservedContainer]] = {}
+        self._inspected: dict[str, _Inspected] = {}
         self._stale: set[str] = set()
         self._stale_lock = threading.Lock()
         self._events_stop = threading.Event()
@@ -182,7 +217,8 @@ class Engine:
             self._stale.add(container_id)
 
     async def list_containers(self) -> list[ObservedContainer]:
-        """Managed containers of this cluster (every host's); inspects only those that changed."""
+        """Managed containers of this cluster (every host's); inspects only those that changed: an
+        event said so, or the list's state or status did (`status_key`)."""
 
         def list_and_inspect() -> list[ObservedContainer]:
             api = self._api()
@@ -197,16 +233,18 @@ class Engine:
             result = []
             seen = set()
             for summary in summaries:
-                cid, state = summary["Id"], f"{summary.get('State')}|{summary.get('Status')}"
+                cid = summary["Id"]
+                key, age = status_key(str(summary.get("State")), str(summary.get("Status")))
                 seen.add(cid)
                 cached = self._inspected.get(cid)
-                if cached is None or cached[0] != state or cid in stale:
+                if cached is None or cached.changed(key, age) or cid in stale:
                     try:
-                        cached = (state, observed_from(api.inspect_container(cid)))
+                        cached = _Inspected(key, age, observed_from(api.inspect_container(cid)))
                     except docker.errors.NotFound:
                         continue
                     self._inspected[cid] = cached
-                result.append(cached[1])
+                cached.age_s = age
+                result.append(cached.container)
             for gone in set(self._inspected) - seen:
                 del self._inspected[gone]
             return result

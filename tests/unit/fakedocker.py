@@ -28,6 +28,33 @@ from aiohttp import web
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+def _human(seconds: float) -> str:
+    """go-units' HumanDuration (docker/go-units duration.go), as `docker ps` shows ages."""
+    s = int(seconds)
+    minutes, hours = s // 60, int(seconds / 3600 + 0.5)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
 def _unlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -48,6 +75,8 @@ class FakeDocker:
         self.calls: list[str] = []
         self.on_start: Hook | None = None
         self.on_stop: Hook | None = None
+        self.later_s = 0.0
+        """How far ahead of the clock the list's ages are written (`_status`)."""
         self.fail: dict[str, tuple[int, str]] = {}
         """`METHOD /path-pattern` -> (status, message) answered instead (a regex on the path)."""
         self.hang = asyncio.Event()
@@ -193,12 +222,24 @@ class FakeDocker:
                 return False
         return True
 
+    def _status(self, state: dict[str, Any]) -> str:
+        """The list's `Status` in Docker's words, its age in go-units' HumanDuration (`later_s` ahead
+        of the clock: a test lets time pass without waiting)."""
+        if state["Status"] == "created":
+            return "Created"
+        running = state["Status"] in ("running", "paused")
+        since = datetime.fromisoformat(state["StartedAt" if running else "FinishedAt"].replace("Z", "+00:00"))
+        age = _human((datetime.now(UTC) - since).total_seconds() + self.later_s)
+        if running:
+            return f"Up {age}" + (" (Paused)" if state["Paused"] else "")
+        return f"Exited ({state['ExitCode']}) {age} ago"
+
     async def _list(self, request: web.Request) -> web.StreamResponse:
         filters = json.loads(request.query.get("filters") or "{}")
         every = request.query.get("all") in ("1", "true", "True")
         listed = [
             {"Id": cid, "Names": [c["Name"]], "Image": c["Config"]["Image"], "Labels": c["Config"]["Labels"],
-             "State": c["State"]["Status"], "Status": f"{c['State']['Status']} {c['State']['StartedAt']}"}
+             "State": c["State"]["Status"], "Status": self._status(c["State"])}
             for cid, c in self.containers.items()
             if (every or c["State"]["Running"]) and self._matches(c, filters)
         ]  # fmt: skip

@@ -23,6 +23,7 @@ from ceres_supervisor.adapters.engine import (
     EngineNotFound,
     EngineTimeout,
     EngineUnavailable,
+    status_key,
 )
 from ceres_supervisor.desired.containers import LABEL_CLUSTER, LABEL_HOST, LABEL_MANAGED, LABEL_NODE
 from ceres_supervisor.desired.locality import Locality
@@ -82,6 +83,48 @@ async def test_only_this_cluster_s_managed_containers_are_listed_and_inspected_o
     )
     del docker.containers[mine]
     assert await engine.list_containers() == []
+
+
+async def test_a_container_growing_older_is_not_inspected_again_one_started_anew_is(
+    docker: FakeDocker, engine: Engine
+) -> None:
+    """Docker writes a container's age into the list's Status ("Up 3 seconds"): a new age alone is
+    no change, an age that went down is (it started again), even when no event said so."""
+    mine = docker.add("ceres-c-db0", IMAGE, labels("db0"))
+    inspect = f"GET /containers/{mine}/json"
+    (first,) = await engine.list_containers()
+    inspected = docker.calls.count(inspect)
+    for later_s in (5.0, 59.0, 61.0, 3 * 3600.0):
+        docker.later_s = later_s
+        assert await engine.list_containers() == [first]
+    assert docker.calls.count(inspect) == inspected, "older only: read from what was inspected"
+    docker.later_s = 0.0
+    docker._set_running(mine)  # started again behind the events' back: younger than last seen
+    (again,) = await engine.list_containers()
+    assert docker.calls.count(inspect) == inspected + 1 and again.started_at != first.started_at
+    docker.containers[mine]["State"].update(Paused=True, Status="paused")
+    (paused,) = await engine.list_containers()
+    assert docker.calls.count(inspect) == inspected + 2 and paused.state == "paused"
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "key", "age"),
+    [
+        ("running", "Up Less than a second", "running|Up ", 0),
+        ("running", "Up 59 seconds", "running|Up ", 59),
+        ("running", "Up About a minute", "running|Up ", 60),
+        ("paused", "Up 3 minutes (Paused)", "paused|Up  (Paused)", 180),
+        ("running", "Up 2 hours (healthy)", "running|Up  (healthy)", 7200),
+        ("exited", "Exited (137) About an hour ago", "exited|Exited (137)  ago", 3600),
+        ("running", "Up 3 weeks", "running|Up ", 3 * 604800),
+        ("created", "Created", "created|Created", None),
+        ("dead", "Dead", "dead|Dead", None),
+    ],
+)
+def test_the_list_s_status_is_read_without_its_age(
+    state: str, status: str, key: str, age: int | None
+) -> None:
+    assert status_key(state, status) == (key, age)
 
 
 async def test_actions_create_start_stop_and_remove_containers(
