@@ -366,7 +366,11 @@ class Supervisor:
         """Run until stopped. Returns the process exit code."""
         if handle_signals:
             self.signals.install()
-        connector = aiohttp.TCPConnector(force_close=True, limit=64)
+        # Connections are kept alive between probes, store calls and other agents' APIs: a new TCP
+        # connection per probe cost the probing most of its CPU. A pooled connection to a server
+        # that died is closed by the kernel with it; one to a server that hangs times out as a new
+        # one would, and is then dropped.
+        connector = aiohttp.TCPConnector(limit=64)
         log.info(
             "supervisor_starting",
             cluster=self.spec.cluster.name,
