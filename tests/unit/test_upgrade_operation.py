@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ceres_supervisor.decisions import upgrades as decide
 from ceres_supervisor.decisions.planning import ClusterState, NodeRecord, NodeState, NodeView, Plan
 from ceres_supervisor.desired import containers, loading
 from ceres_supervisor.model.versions import parse_release
-from ceres_supervisor.operations import restarts, upgrades
+from ceres_supervisor.operations import restarts, upgrade_steps, upgrades
 
 from .conftest import BASE
 
@@ -63,8 +66,11 @@ class Fake:
     def leader(self) -> str | None:
         return "meta0"
 
+    remotes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """node -> (agent, its API's base URL): a node that another machine's supervisor runs."""
+
     def remote_agent(self, node: str) -> tuple[str, str] | None:
-        return None
+        return self.remotes.get(node)
 
     async def cycled(self) -> None:
         event = self.cycle_done
@@ -246,3 +252,158 @@ async def test_a_refused_pair_is_never_started(fake: Fake) -> None:
     assert fake.recreated == [] and fake.upgrades is not None and fake.upgrades.current is None
     assert fake.upgrades.note().startswith("upgrade refused: horaedb 2.0.0 -> ceresdb 1.2.5: no way back")
     assert fake.upgrades.document()["upgrade"]["state"] == "refused"
+
+
+# --- one node's step on another machine: followed through that agent's API -------------------------
+
+
+class OtherAgent:
+    """Another machine's supervisor as its API answers an upgrade step: the answer to the ask, then
+    the operation's document, one more step each time it is read, then its outcome."""
+
+    def __init__(self, ask_status: int = 202, outcome: str = "ok", error: str | None = None) -> None:
+        self.ask_status, self.outcome, self.error = ask_status, outcome, error
+        self.asked: list[dict[str, Any]] = []
+        self.reads = 0
+        self.forget = False
+        app = web.Application()
+        app.router.add_post("/v1/nodes/{node}/upgrade", self.ask)
+        app.router.add_get("/v1/operations/{id}", self.follow)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def ask(self, request: web.Request) -> web.Response:
+        self.asked.append({"node": request.match_info["node"], **await request.json()})
+        if self.ask_status != 202:
+            return web.json_response({"error": "an operation runs here"}, status=self.ask_status)
+        return web.json_response({"operation": "op-7"}, status=202)
+
+    async def follow(self, request: web.Request) -> web.Response:
+        if self.forget:
+            return web.json_response({"error": "no such operation"}, status=404)
+        self.reads += 1
+        steps = [{"text": f"step {i}"} for i in range(min(self.reads, 3))]
+        done = self.reads >= 3
+        return web.json_response(
+            {"id": "op-7", "steps": steps, "outcome": self.outcome if done else None, "error": self.error}
+        )
+
+
+@pytest.fixture
+async def remote(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """db1 runs on 127.0.0.2, whose agent `OtherAgent` plays; the steps read it every 10 ms."""
+    monkeypatch.setattr(upgrade_steps, "REMOTE_POLL_S", 0.01)
+    other = OtherAgent()
+    await other.server.start_server()
+    fake.remotes["db1"] = ("127.0.0.2", str(other.server.make_url("")).rstrip("/"))
+    async with aiohttp.ClientSession() as session:
+        assert fake.upgrades is not None
+        fake.upgrades.nodes.session = lambda: session
+        yield other
+    await other.server.close()
+
+
+def node_op(node: str = "db1") -> restarts.Operation:
+    return restarts.Operation("op-1", "upgrade", "api", [node])
+
+
+async def test_a_step_on_another_machine_is_asked_of_its_agent_and_followed_to_its_end(
+    fake: Fake, remote: OtherAgent
+) -> None:
+    assert fake.upgrades is not None
+    op = node_op()
+    await fake.upgrades.nodes.remote(op, "db1", False, "h1")
+    assert remote.asked == [
+        {"node": "db1", "who": "api", "via": "op-1 on 127.0.0.1", "together": False, "spec_hash": "h1"}
+    ]
+    texts = [text for _at, text in op.steps]
+    assert texts[-3:] == ["127.0.0.2: step 0", "127.0.0.2: step 1", "127.0.0.2: step 2"], texts
+
+
+async def test_a_failed_step_on_another_machine_fails_the_upgrade_with_its_error(
+    fake: Fake, remote: OtherAgent
+) -> None:
+    assert fake.upgrades is not None
+    remote.outcome, remote.error = "failed", "db1 not healthy within 5s"
+    with pytest.raises(restarts.OperationFailed, match=r"db1 on 127.0.0.2: db1 not healthy within 5s"):
+        await fake.upgrades.nodes.remote(node_op(), "db1", False, "h1")
+
+
+@pytest.mark.parametrize(
+    ("status", "raised", "said"),
+    [
+        (409, upgrade_steps.Retry, "127.0.0.2 cannot take db1 now: an operation runs here"),
+        (400, restarts.OperationFailed, "127.0.0.2 refused to upgrade db1: HTTP 400"),
+    ],
+)
+async def test_an_ask_another_agent_refuses_is_tried_again_only_when_it_is_busy(
+    fake: Fake, remote: OtherAgent, status: int, raised: type[Exception], said: str
+) -> None:
+    assert fake.upgrades is not None
+    remote.ask_status = status
+    with pytest.raises(raised, match=said):
+        await fake.upgrades.nodes.remote(node_op(), "db1", False, "h1")
+
+
+async def test_an_agent_that_forgot_the_step_or_cannot_be_reached_is_tried_again(
+    fake: Fake, remote: OtherAgent
+) -> None:
+    assert fake.upgrades is not None
+    remote.forget = True  # restarted meanwhile: it no longer knows the operation
+    with pytest.raises(upgrade_steps.Retry, match="no longer knows operation op-7"):
+        await fake.upgrades.nodes.remote(node_op(), "db1", False, "h1")
+    await remote.server.close()
+    with pytest.raises(upgrade_steps.Retry, match=r"cannot follow db1 on 127\.0\.0\.2"):
+        await fake.upgrades.nodes.remote(node_op(), "db1", False, "h1")
+    fake.remotes.clear()  # no agent publishes where db1 runs
+    with pytest.raises(upgrade_steps.Retry, match="its supervisor cannot be reached now"):
+        await fake.upgrades.nodes.remote(node_op(), "db1", False, "h1")
+
+
+async def test_a_node_at_the_target_already_is_not_asked_of_anyone(fake: Fake, remote: OtherAgent) -> None:
+    assert fake.upgrades is not None
+    fake.running["db1"] = TARGET
+    await fake.cycle()
+    op = node_op()
+    await fake.upgrades.nodes.remote(op, "db1", False, "h1")
+    assert remote.asked == [] and op.steps[-1][1] == "db1: runs the target already"
+
+
+# --- a step asked of this agent by another one (POST /v1/nodes/<name>/upgrade) ------------------------
+
+DRIVEN_ELSEWHERE = {"kind": "upgrade", "id": "op-1", "host": "127.0.0.2"}
+"""The `operation` key: the upgrade is driven by the agent on 127.0.0.2 (none starts here)."""
+
+
+async def test_a_step_asked_by_another_agent_runs_here_once_and_is_refused_for_another_file(
+    fake: Fake,
+) -> None:
+    assert fake.upgrades is not None
+    fake.coordinated, fake.claim = True, DRIVEN_ELSEWHERE
+    steps = fake.upgrades.nodes
+    with pytest.raises(restarts.Refused, match="this agent runs another file"):
+        await steps.begin_node("db0", False, "op-1 on 127.0.0.2", "h9")
+    with pytest.raises(restarts.Refused, match="db9 does not run on this machine"):
+        await steps.begin_node("db9", False, "op-1 on 127.0.0.2", fake.desired.spec_hash)
+    op = await steps.begin_node("db0", False, "op-1 on 127.0.0.2", fake.desired.spec_hash)
+    again = await steps.begin_node("db0", False, "op-1 on 127.0.0.2", fake.desired.spec_hash)
+    assert again is op, "the driver asking again follows the same step"
+    await fake.until(lambda: op.outcome is not None, "the step done")
+    assert (op.outcome, op.error, fake.recreated) == ("ok", None, ["db0"])
+    assert op.steps[-1][1] == "done: ok"
+
+
+async def test_a_slot_the_store_refused_is_asked_for_again(fake: Fake) -> None:
+    """The executor's recreate ended 'waiting for disruption budget' (the slot txn lost): the step
+    asks the planner again instead of failing."""
+    assert fake.upgrades is not None
+    fake.coordinated, fake.claim = True, DRIVEN_ELSEWHERE
+    steps = fake.upgrades.nodes
+    op = node_op("db0")
+    task = asyncio.ensure_future(steps.local(op, "db0", False, TARGET))
+    await fake.until(lambda: "db0" in steps.asks, "db0 asked")
+    steps.granted("db0")
+    steps.finished("db0", "waiting for disruption budget: db1 (unhealthy)")
+    assert "db0" in steps.asks, "asked again"
+    await fake.until(task.done, "the step done")
+    await task
+    assert fake.recreated == ["db0"]
