@@ -141,8 +141,10 @@ class Machines:
     """The three agents on one file, each with its Docker Engine and its proxies to the etcd
     members, and the cluster's containers; `close` removes everything."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_level: str = "warning") -> None:
         common.build.main([VERSION])
+        self.log_level = log_level
+        """The agents' (bench/cluster_chaos.py reads their actions back from the logs: info)."""
         self.name = f"b{uuid.uuid4().hex[:8]}"
         self.state = common.STATE_ROOT / self.name
         self.state.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,22 @@ class Machines:
             listen=self.listen[host],
             docker_url=self.engines[host].url,
             store=store,
+            log_level=self.log_level,
         )
+
+    def logs(self) -> dict[str, list[dict[str, Any]]]:
+        """host -> its agent's log lines (JSON; every run of it, appended)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for host in HOSTS:
+            path = self.state / f"agent-{host}.log"
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            found[host] = []
+            for line in lines:
+                try:
+                    found[host].append(json.loads(line))
+                except ValueError:
+                    continue
+        return found
 
     def client(self, node: str) -> docker.DockerClient:
         return self.engines[self.hosts[node]].client

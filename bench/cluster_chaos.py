@@ -42,6 +42,9 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import cluster
 import common
@@ -107,6 +110,37 @@ def outcomes(recorded: DockerEvents, harms: list[tuple[float, str]]) -> tuple[Co
         else:
             ended["a crash injected later"] += 1
     return ended, delays
+
+
+EXPLAIN_BEFORE_S = 20.0
+EXPLAIN_AFTER_S = 5.0
+EXPLAINED = ("action_started", "action_done", "action_failed", "disruption_slot", "coordination", "renew")
+
+
+def explain(
+    at: float,
+    role: str,
+    recorded: DockerEvents,
+    logs: dict[str, list[dict[str, Any]]],
+    say: Callable[[str], None],
+) -> None:
+    """What Docker and each agent said around `at` (a stop that broke a rule): the role's events and
+    every agent's actions, slots and coordination lines from EXPLAIN_BEFORE_S before to
+    EXPLAIN_AFTER_S after. Printed, for the one who reads the run; never judged."""
+    low, high = at - EXPLAIN_BEFORE_S, at + EXPLAIN_AFTER_S
+    for e in recorded.of():
+        if e.role == role and low <= e.at <= high:
+            say(f"    docker {e.host} {e.at:.2f} {e.action} {e.node} signal={e.signal} exit={e.exit_code}")
+    for host, lines in logs.items():
+        for line in lines:
+            try:
+                when = datetime.fromisoformat(str(line.get("timestamp"))).timestamp()
+            except ValueError:
+                continue
+            event = str(line.get("event"))
+            if low <= when <= high and any(event.startswith(k) for k in EXPLAINED):
+                rest = {k: v for k, v in line.items() if k not in ("timestamp", "event", "level")}
+                say(f"    agent {host} {when:.2f} {event} {rest}")
 
 
 IMPAIR_S = 30.0
@@ -311,7 +345,7 @@ def main(seconds: int, seed: int) -> None:
     run = common.Run("cluster_chaos", [str(seconds), str(seed)])
     settings = common.changed_settings(cluster.SETTINGS)
     print(f"chaos seed {seed} (replay: bench/cluster_chaos.py {seconds} {seed})", flush=True)
-    m = cluster.Machines()
+    m = cluster.Machines(log_level="info")
     recovered_s: float | None = None
     stuck = ""
     try:
@@ -348,6 +382,27 @@ def main(seconds: int, seed: int) -> None:
             beside = beside_crashes(recorded)
             ended, delays = outcomes(recorded, chaos.harms)
             lost = pauses_lost(recorded, chaos.pauses)
+            logs = m.logs()
+            for role in ("meta", "ceresdb"):
+                most, intervals = recorded.most_down_at_once(role)
+                if most <= MAX_UNAVAILABLE:
+                    continue
+                for node, start, _end in intervals:
+                    others = [n for n, a, b in intervals if n != node and a < start < b]
+                    if others:
+                        chaos.say(
+                            f"explain: {node} stopped at {start:.2f} while {others} were down by choice"
+                        )
+                        explain(start, role, recorded, logs, chaos.say)
+            for stop in recorded.chosen_stops():
+                if any(stop.node in what and f"{stop.at:.2f}" in what for _r, what in beside):
+                    chaos.say(f"explain: {stop.node} stopped at {stop.at:.2f} beside a crash")
+                    explain(stop.at, stop.role, recorded, logs, chaos.say)
+            for at, container in chaos.harms:
+                if not [e for e in recorded.of() if e.container == container and e.at > at]:
+                    chaos.say(f"explain: harm of {container} at {at:.2f} never ended in Docker's events")
+                    role = next((e.role for e in recorded.of() if e.container == container), "")
+                    explain(at + EXPLAIN_BEFORE_S, role, recorded, logs, chaos.say)
     finally:
         m.close()
 

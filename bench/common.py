@@ -317,8 +317,9 @@ def start_daemon(
     listen: str | None = None,
     docker_url: str | None = None,
     store: str | None = None,
+    log_level: str = "warning",
 ) -> Daemon:
-    args = [str(SUPERVISOR), "run", "-c", str(config), "--log-level", "warning"]
+    args = [str(SUPERVISOR), "run", "-c", str(config), "--log-level", log_level]
     args += ["--host", host] if host else []
     args += ["--listen", listen] if listen else []
     args += ["--docker-url", docker_url] if docker_url else []
