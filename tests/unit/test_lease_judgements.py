@@ -89,3 +89,21 @@ def test_without_a_start_time_every_lock_is_this_run_s() -> None:
     memory = Memory(first_seen=((7, BEFORE),))
     now, earlier, kept = leases.classify(reading(100, {0: (ME, 7), 2: (ME, 8)}), ME, None, memory)
     assert (now, earlier, kept.first_seen) == ({0: 7, 2: 8}, {}, ((7, BEFORE), (8, AT)))
+
+
+def test_shards_locked_but_not_served_are_judged_whole() -> None:
+    """Every assigned shard locked by this run, but the node's /debug/shards serves only some:
+    reopening, with every shard it does not serve in assignment order, each with its status or
+    "not open" when the node does not list it; the shards held are the run's, and the pace and
+    loss clocks stop (the locks are there: meta has done its part)."""
+    j = judge(
+        reading(100, ALL_MINE | {4: (ME, 7)}, assigned={ME: (4, 0, 2)}),
+        KEPT,
+        served={0: "Opening", 2: "Ready"},
+    )
+    assert j == Judgement(
+        "reopening",
+        (0, 2, 4),
+        "shards 4 not open, 0 Opening: locked, not open yet (CeresMeta retries a shard whose open failed)",
+        Memory(((7, AT),), None, 1, None),
+    )
