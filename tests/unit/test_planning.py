@@ -582,6 +582,18 @@ def test_lease_unknown_while_etcd_cannot_be_read_is_cluster_unknown(
     assert "db0" not in p.releasable
 
 
+def test_a_cluster_whose_shard_locks_are_not_read_yet_is_not_healthy(
+    cluster: containers.DesiredCluster,
+) -> None:
+    """Meta ready, every node answers its probes, but nobody has read the shard locks yet: the
+    CeresDB nodes are healthy without their shards known, so the cluster is still starting."""
+    cs, probes = running(cluster)
+    unread = replace(observation(cluster, cs, probes=probes), leases=None)
+    p = plan(cluster, unread, healthy_records(cs))
+    assert p.views["db0"].state is NodeState.HEALTHY and not p.views["db0"].available
+    assert p.cluster_state is planning.ClusterState.STARTING
+
+
 # --- the disruption budget ------------------------------------------------------------------------
 
 
@@ -613,6 +625,41 @@ def test_two_meta_members_failing_one_is_never_stopped_while_the_other_is_down(
     p = plan(big, observation(big, cs, probes=probes), records)
     assert actions(p) == []
     assert p.views["meta1"].reason.endswith("waiting for disruption budget: meta2 (unhealthy)")  # type: ignore[union-attr]
+
+
+def test_a_budget_wait_is_one_event_naming_who_waits_for_whom_until_the_node_recovers(
+    big: containers.DesiredCluster,
+) -> None:
+    """Each node held back by the budget is an event once: its name, what it waits for, and which
+    action waits. A node that recovers forgets the wait, so the next one is an event again."""
+    cs, probes, records = failing(big, "meta1", "meta2")
+    p = plan(big, observation(big, cs, probes=probes), records)
+    assert p.notes == (
+        planning.Note(
+            "meta1", "budget_wait", "waiting for disruption budget: meta2 (unhealthy)", "stop held back"
+        ),
+        planning.Note(
+            "meta2", "budget_wait", "waiting for disruption budget: meta1 (unhealthy)", "stop held back"
+        ),
+    )
+    well = {c.node: probe(c, at=NOW + 1) for c in cs}
+    recovered = plan(big, observation(big, cs, probes=well), p.records, now=NOW + 1)
+    assert actions(recovered) == [] and recovered.records["meta1"].budget_wait is None
+    records = {**recovered.records}
+    for name in ("meta1", "meta2"):
+        records[name] = replace(records[name], probe_failures=2)
+    sick = {c.node: probe(c, ok=c.node not in ("meta1", "meta2"), at=NOW + 2) for c in cs}
+    again = plan(big, observation(big, cs, probes=sick), records, now=NOW + 2)
+    assert [(n.node, n.type) for n in again.notes] == [("meta1", "budget_wait"), ("meta2", "budget_wait")]
+
+
+def test_a_stop_whose_restart_is_due_at_once_wakes_nobody(cluster: containers.DesiredCluster) -> None:
+    """The first failure restarts without delay: the restart follows the stop's exit, so there is
+    no time to wake at (a wake at `now` would only run the same pass again)."""
+    cs, probes, records = failing(cluster, "db0")
+    p = plan(cluster, observation(cluster, cs, probes=probes), records)
+    assert actions(p) == [("stop", "db0")] and p.records["db0"].next_restart_at == NOW
+    assert p.next_wake_at is None
 
 
 @pytest.mark.parametrize(
@@ -953,6 +1000,34 @@ def test_a_meta_member_taken_out_of_the_file_keeps_etcd_s_quorum(big: containers
     assert "meta1" in p.retiring["meta9"]
 
 
+def test_a_removal_is_not_held_back_by_its_own_slot(big: containers.DesiredCluster) -> None:
+    """The store already lists db9's slot (taken for this very removal, e.g. before a failed try):
+    it does not stand in db9's own way."""
+    cs, probes = running(big)
+    budget = Budget(coordinated=True, slots={"db9": "127.0.0.1"})
+    p = plan(
+        big, with_orphans(observation(big, cs, probes=probes), orphan()), healthy_records(cs), budget=budget
+    )
+    assert actions(p) == [("remove", "db9")] and p.retiring == {}
+
+
+def test_a_removal_held_back_by_the_budget_does_not_hold_back_the_next_orphans(
+    big: containers.DesiredCluster,
+) -> None:
+    """db9 still runs and waits for the budget (db1 reopens its shards); db8 and meta9 are judged
+    on their own: the stopped db8 is removed without a slot, and meta9 by meta's own budget."""
+    cs, probes = running(big)
+    view = LeaseView(NOW, WALL, LEASES, locks("127.0.0.1:8831", "127.0.0.1:8833"))  # db1 reopening
+    obs = observation(big, cs, probes=probes, leases=view)
+    p = plan(
+        big,
+        with_orphans(obs, orphan(), orphan("db8", "exited"), orphan("meta9", role="meta")),
+        healthy_records(cs),
+    )
+    assert [(a.kind, a.node) for a in p.actions] == [("remove", "db8"), ("remove", "meta9")]
+    assert p.retiring == {"db9": "waiting for disruption budget: db1 (reopening)"}
+
+
 # --- upgrades: a container of another release waits for the upgrade to ask for it ----------------
 
 OLD = "ceresdb 1.2.4"
@@ -1051,6 +1126,23 @@ def test_an_asked_step_skips_the_turn_but_not_the_budget(big: containers.Desired
         big, observation(big, observed, probes=probes), records, controls=Controls(upgrades={"db0": ASK})
     )
     assert actions(db) == [] and "waiting for disruption budget: db2" in (db.views["db0"].reason or "")
+
+
+def test_an_asked_recreate_waits_for_one_granted_earlier_in_the_same_pass(
+    cluster: containers.DesiredCluster,
+) -> None:
+    """meta0's spec changed and the upgrade asks for db0 in the same pass: meta0 goes first, and db0,
+    though asked (its order is the operation's, not the turn's), is not recreated beside it."""
+    cs, _probes = running(cluster)
+    observed = [replace(cs[0], spec_hash="old"), outdated(cluster, "db0"), cs[2]]
+    p = plan(
+        cluster,
+        observation(cluster, observed, probes={c.node: probe(c) for c in observed}),
+        healthy_records(observed),
+        controls=Controls(upgrades={"db0": ASK}),
+    )
+    assert actions(p) == [("recreate", "meta0")]
+    assert "waiting its turn: another node is being recreated" in (p.views["db0"].reason or "")
 
 
 def test_recreates_wait_until_every_machine_has_the_images(cluster: containers.DesiredCluster) -> None:
