@@ -50,24 +50,31 @@ lint: setup
 unit: setup promtool
 	$(BIN)/pytest -q tests/unit
 
-# The pure tests (stop at the first failure) and, beside them, the serial phase: the scenario that
-# restarts the Docker Engine itself, which no unit test uses and which every other Docker-backed
-# test would feel. Then the Docker-backed tests on WORKERS processes (ports and names are
-# partitioned per worker). The alerting rules' promtool checks run inside the unit tests
-# (tests/unit/test_alerting.py). Four workers: the Docker-backed phase is bound by the 2 cores'
-# CPU (containers starting, etcd, the daemons); a fifth or sixth only queued more of it, and
-# the run was no shorter (README, "How long `make test` takes").
+# First the serial phase, the scenario that restarts the Docker Engine itself (which every other
+# Docker-backed test would feel), beside ruff, mypy and the import contracts. Then the Docker-backed
+# tests on WORKERS processes (ports and names are partitioned per worker) and, beside them at a
+# lower CPU priority (nice 10), the pure tests (stopping at the first failure): the Docker-backed
+# phase leaves about a tenth of the two cores idle (waits on containers, on the stand-ins' pace),
+# which the pure tests fill. Each run has its own range of ports (CERES_TEST_PORTS). The alerting rules' promtool
+# checks run inside the unit tests (tests/unit/test_alerting.py). Four workers: the Docker-backed
+# phase is bound by the 2 cores' CPU (containers starting, etcd, the daemons); a fifth or sixth
+# only queued more of it, and the run was no shorter (README, "How long `make test` takes").
 WORKERS ?= 4
 SERIAL_LOG := .serial-tests.log
-test: setup docker emulator lint promtool
+UNIT_LOG := .unit-tests.log
+test: setup docker emulator promtool
 	@scripts/ensure-chromium.sh
 	@( CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -p no:cacheprovider --durations=5 tests/serial \
 		> $(SERIAL_LOG) 2>&1 ) & serial=$$!; \
-	$(BIN)/pytest -q -x -n 2 tests/unit; unit=$$?; \
-	wait $$serial; rc=$$?; echo "== tests/serial (ran beside the unit tests)"; cat $(SERIAL_LOG); \
-	rm -f $(SERIAL_LOG); test $$unit -eq 0 && test $$rc -eq 0
-	CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) --dist loadgroup --durations=15 \
-		tests/emulator tests/integration
+	$(MAKE) --no-print-directory lint; lint=$$?; \
+	wait $$serial; rc=$$?; echo "== tests/serial (ran beside the lint)"; cat $(SERIAL_LOG); \
+	rm -f $(SERIAL_LOG); test $$lint -eq 0 && test $$rc -eq 0
+	@( CERES_TEST_PORTS=10000-17999 nice -n 10 $(BIN)/pytest -q -x -n 2 -p no:cacheprovider tests/unit \
+		> $(UNIT_LOG) 2>&1 ) & unit=$$!; \
+	CERES_TEST_PORTS=18000-65535 CERES_EMULATOR_VERSIONS="$(VERSIONS)" $(BIN)/pytest -n $(WORKERS) \
+		--dist loadgroup --durations=15 tests/emulator tests/integration; rc=$$?; \
+	wait $$unit; unit_rc=$$?; echo "== tests/unit (ran beside the Docker-backed tests)"; cat $(UNIT_LOG); \
+	rm -f $(UNIT_LOG); test $$rc -eq 0 && test $$unit_rc -eq 0
 
 # Branch coverage of the unit, Docker-backed and serial suites, each alone and together, the daemons
 # the Docker-backed tests start as processes included (pyproject's [tool.coverage.run]), written

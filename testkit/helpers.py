@@ -57,14 +57,20 @@ def _ephemeral_low() -> int:
 
 
 def _worker_range() -> tuple[int, int]:
-    """This test process's own slice of [10000, ephemeral low): pytest-xdist workers never pick the
-    same port, even between one's check and its server's bind."""
-    high = min(_ephemeral_low(), 65536) - 1
+    """This test process's own slice of [10000, ephemeral low), or of CERES_TEST_PORTS ("LOW-HIGH":
+    `make test` runs the pure and the Docker-backed tests beside each other, each in its own
+    range): pytest-xdist workers never pick the same port, even between one's check and its
+    server's bind."""
+    low, high = 10000, min(_ephemeral_low(), 65536) - 1
+    given = os.environ.get("CERES_TEST_PORTS", "")
+    if given:
+        first, _, last = given.partition("-")
+        low, high = max(low, int(first)), min(high, int(last))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    width = (high - 10000) // max(1, count)
-    return 10000 + index * width, 10000 + (index + 1) * width - 1
+    width = (high - low) // max(1, count)
+    return low + index * width, low + (index + 1) * width - 1
 
 
 _RECENTLY_GIVEN: collections.deque[int] = collections.deque(maxlen=1024)
