@@ -187,6 +187,13 @@ class Machines:
             log_level=self.log_level,
         )
 
+    def lockless(self, node: str) -> bool:
+        """`node` is healthy and holds no shard lock, as the agent that runs it publishes it."""
+        doc = View(self.agents[self.hosts[node]].url).get() or {}
+        mine = next((n for n in doc.get("nodes", []) if n.get("name") == node), {})
+        lease = mine.get("lease") or {}
+        return mine.get("state") == "healthy" and not lease.get("shards") and not lease.get("held")
+
     def logs(self) -> dict[str, list[dict[str, Any]]]:
         """host -> its agent's log lines (JSON; every run of it, appended)."""
         found: dict[str, list[dict[str, Any]]] = {}
