@@ -158,6 +158,45 @@ def test_an_exit_with_the_engine_is_a_note_not_a_failure(cluster: DesiredCluster
     )
 
 
+def test_a_dead_container_s_exit_is_counted_as_an_exited_one_s(cluster: DesiredCluster) -> None:
+    """Docker's `dead` (a container it failed to stop or remove cleanly) is an exit all the same."""
+    _view, rec, _want, notes, _ = evaluate(cluster, [replace(dead(cluster), state="dead")], HEALTHY)
+    assert (rec.failures, rec.accounted_exit) == (1, EXIT)
+    assert notes == [Note("db0", "died", KILLED, "failure 1; restart in 0.0s")]
+
+
+@pytest.mark.parametrize(
+    ("controls", "observed", "view"),
+    [
+        (Controls(frozenset({"db0"})), {},
+         NodeView(NodeState.PAUSED, f"paused by the operator; container stopped ({KILLED})")),
+        (None, {"engine_restart_exits": frozenset({"id-db0"})},
+         NodeView(NodeState.STARTING, "docker engine restarted")),
+    ],
+    ids=["paused", "engine-restarted"],
+)  # fmt: skip
+def test_an_exit_that_is_no_failure_drops_the_restart_time_a_failure_had_set(
+    cluster: DesiredCluster, controls: Controls | None, observed: dict[str, Any], view: NodeView
+) -> None:
+    """A failed action counted while the container still ran set a restart time; an exit while
+    paused or with Docker's engine is no failure, so the container starts again at once (once
+    unpaused) rather than after that failure's backoff."""
+    before = replace(HEALTHY, count=Count(1, (NOW - 5,)), next_restart_at=NOW + 30)
+    got, rec, _want, _, _ = evaluate(cluster, [dead(cluster)], before, controls=controls, **observed)
+    assert (got, rec.next_restart_at, rec.failures) == (view, None, 1)
+
+
+def test_an_exit_ends_the_run_whose_stop_was_counted_even_without_a_start_time(
+    cluster: DesiredCluster,
+) -> None:
+    """Without Docker's StartedAt every run of the container has the same key (`id-db0@?`): the
+    exit itself forgets the run whose stop by choice was counted, or the next run's stop would
+    count no failure."""
+    unknown = replace(dead(cluster), started_at=None)
+    before = replace(HEALTHY, run_key=unknown.run_key, stop_counted_for=unknown.run_key)
+    assert evaluate(cluster, [unknown], before)[1].stop_counted_for is None
+
+
 @pytest.mark.parametrize(
     ("failed", "reason", "counted"),
     [
