@@ -27,7 +27,13 @@ from ceres_supervisor.decisions.planning import (
     Note,
 )
 from ceres_supervisor.desired.containers import DesiredCluster
-from ceres_supervisor.model.observed import LeaseView, MetaMemberProbe, ObservedContainer, ShardLock
+from ceres_supervisor.model.observed import (
+    LeaseView,
+    MetaLeader,
+    MetaMemberProbe,
+    ObservedContainer,
+    ShardLock,
+)
 
 from .test_planning import NOW, POLICY, WALL, build, container, observation, probe
 
@@ -467,6 +473,72 @@ def test_a_stopped_ceresdb_node_waits_for_meta_saying_why(cluster: DesiredCluste
     quiet = replace(handled, reason=None)
     assert evaluate(cluster, [dead(cluster)], quiet, meta_ready=False)[0] == NodeView(
         NodeState.BLOCKED, f"{NOT_READY}; stopped"
+    )
+
+
+def test_a_stopped_node_with_no_reason_is_started_as_stopped(cluster: DesiredCluster) -> None:
+    """An exit handled earlier whose reason was cleared: the start still says why it is needed."""
+    handled = replace(HEALTHY, accounted_exit=EXIT, healthy_since=None)
+    view, rec, want, _, _ = evaluate(cluster, [dead(cluster)], handled)
+    assert (view, rec.restarts, want) == (NodeView(NodeState.STARTING, None), 1, start("stopped"))
+
+
+@pytest.mark.parametrize(
+    ("healthy_for", "count", "wakes"),
+    [(600.0, Count(2, (NOW - 700, NOW - 650)), []), (300.0, Count(1, (NOW - 400,)), [NOW + 300])],
+    ids=["healthy-for-backoff-reset", "not-yet"],
+)
+def test_healthy_for_backoff_reset_the_count_starts_over_and_until_then_the_cycle_wakes_for_it(
+    cluster: DesiredCluster, healthy_for: float, count: Count, wakes: list[float]
+) -> None:
+    """backoff_reset is 600 s: healthy that long, the failures are forgotten (the next one waits
+    nothing); healthy for less, the planner is woken when the count is due to start over."""
+    c = running(cluster)
+    before = replace(HEALTHY, healthy_since=NOW - healthy_for, count=count)
+    _view, rec, _want, _, got = evaluate(cluster, [c], before, probes={"db0": probe(c)})
+    assert (rec.count, got) == (Count() if not wakes else count, wakes)
+
+
+# --- a CeresDB start waits for a fresh reading of meta's leader -----------------------------------------------------
+
+
+def leader(age: float | None) -> dict[str, MetaLeader | None]:
+    """The observation's reading of meta's leader, `age` seconds old (None: never read)."""
+    return {"leader": None if age is None else MetaLeader(NOW - age, "meta0", True, "")}
+
+
+def test_a_ceresdb_node_is_created_on_a_reading_of_meta_s_leader_at_most_a_second_old(
+    cluster: DesiredCluster,
+) -> None:
+    assert evaluate(cluster, [], None, **leader(None))[:3] == (
+        NodeView(NodeState.STARTING, "waiting for a reading of meta's leader"),
+        NodeRecord(),
+        None,
+    )
+    assert evaluate(cluster, [], None, **leader(1.5))[0] == NodeView(
+        NodeState.STARTING, "waiting for a fresh reading of meta's leader (the last is 1.5s old)"
+    )
+    created = Want(Action("create", "db0", None, "not created yet"))
+    assert evaluate(cluster, [], None, **leader(1.0))[2] == created  # exactly LEADER_FRESH_S: fresh
+
+
+def test_a_start_waiting_for_the_leader_still_says_why_it_is_needed(cluster: DesiredCluster) -> None:
+    """A stopped container (with no reason kept: 'stopped') and one of another spec, to be
+    recreated: each says what it waits for after why it is to start."""
+    stale = "waiting for a fresh reading of meta's leader (the last is 5.0s old)"
+    handled = replace(HEALTHY, accounted_exit=EXIT, healthy_since=None)
+    assert evaluate(cluster, [dead(cluster)], handled, **leader(5.0))[:3] == (
+        NodeView(NodeState.STARTING, f"stopped; {stale}"),
+        handled,
+        None,
+    )
+    node = cluster.node("db0")
+    assert node is not None
+    old = replace(dead(cluster), spec_hash="")
+    view, _rec, want, _, _ = evaluate(cluster, [old], handled, **leader(5.0))
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, f"spec changed (unlabelled -> {node.spec_hash}); {stale}"),
+        None,
     )
 
 
