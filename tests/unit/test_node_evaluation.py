@@ -25,6 +25,7 @@ from ceres_supervisor.decisions.planning import (
     NodeState,
     NodeView,
     Note,
+    UpgradeAsk,
 )
 from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.observed import (
@@ -328,6 +329,84 @@ def test_a_running_container_of_another_spec_asks_for_a_rolling_recreate(cluster
         None,
         NodeState.STOPPING,
         True,
+    )
+
+
+def test_a_running_container_of_another_spec_waits_for_meta_saying_both(cluster: DesiredCluster) -> None:
+    """Its rolling recreate is still wanted; meanwhile it is judged as any running node while meta
+    is not ready: blocked, nothing about its shards judged."""
+    node = cluster.node("db0")
+    assert node is not None
+    c = running(cluster, spec_hash="old")
+    view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, meta_ready=False, probes={"db0": probe(c)})
+    assert view == NodeView(NodeState.BLOCKED, f"spec changed (old -> {node.spec_hash}); {NOT_READY}")
+    assert want is not None and want.rolling
+
+
+OLD = "ceresdb 1.2.4"
+"""Another release than the file's (ceresdb 1.2.2)."""
+UPGRADE = "upgrade op-1: ceresdb 1.2.4 -> ceresdb 1.2.2"
+
+
+def test_a_container_the_upgrade_asks_for_is_recreated_for_the_upgrade_s_reason(
+    cluster: DesiredCluster,
+) -> None:
+    """Asked alone: a rolling recreate in the operation's order (asked); asked together with the
+    others of its step: a recreate at once, its view stopping."""
+    c = running(cluster, spec_hash="old", release=OLD)
+    probes = {"db0": probe(c)}
+    ask = Controls(upgrades={"db0": UpgradeAsk("upgrade op-1")})
+    view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=ask, probes=probes)
+    assert (view.state, view.reason) == (NodeState.HEALTHY, UPGRADE)
+    assert want == Want(
+        Action("recreate", "db0", "id-db0", UPGRADE, by_choice=True, flush=True),
+        None,
+        NodeState.STOPPING,
+        True,
+        True,
+    )
+    together = Controls(upgrades={"db0": UpgradeAsk("upgrade op-1", together=True)})
+    view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=together, probes=probes)
+    assert view == NodeView(NodeState.STOPPING, UPGRADE)
+    assert want == Want(Action("recreate", "db0", "id-db0", UPGRADE, flush=True), None, NodeState.STOPPING)
+
+
+def test_a_spec_change_within_the_file_s_release_is_a_plain_rolling_recreate_whatever_the_upgrade_asks(
+    cluster: DesiredCluster,
+) -> None:
+    node = cluster.node("db0")
+    assert node is not None
+    c = running(cluster, spec_hash="old", release="ceresdb 1.2.2")
+    together = Controls(upgrades={"db0": UpgradeAsk("upgrade op-1", together=True)})
+    reason = f"spec changed (old -> {node.spec_hash})"
+    view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, controls=together, probes={"db0": probe(c)})
+    assert (view.state, view.reason) == (NodeState.HEALTHY, reason)
+    assert want == Want(
+        Action("recreate", "db0", "id-db0", reason, by_choice=True, flush=True),
+        None,
+        NodeState.STOPPING,
+        True,
+    )
+
+
+def test_a_container_of_another_release_not_asked_for_runs_and_starts_as_it_is_saying_the_upgrade_waits(
+    cluster: DesiredCluster,
+) -> None:
+    waits = "runs ceresdb 1.2.4; the upgrade waits"
+    c = running(cluster, spec_hash="old", release=OLD)
+    view, _rec, want, _, _ = evaluate(cluster, [c], HEALTHY, probes={"db0": probe(c)})
+    assert (view.state, view.reason, want) == (NodeState.HEALTHY, waits, None)
+    stopped = replace(dead(cluster), spec_hash="old", release=OLD)
+    handled = replace(HEALTHY, accounted_exit=EXIT, reason="x", healthy_since=None, next_restart_at=NOW + 5)
+    assert evaluate(cluster, [stopped], handled)[:3] == (
+        NodeView(NodeState.BACKOFF, f"x; {waits}", NOW + 5),
+        handled,
+        None,
+    )
+    view, _rec, want, _, _ = evaluate(cluster, [stopped], replace(handled, next_restart_at=None))
+    assert (view, want) == (
+        NodeView(NodeState.STARTING, f"x; {waits}"),
+        Want(Action("start", "db0", "id-db0", "x", as_is=True)),
     )
 
 
