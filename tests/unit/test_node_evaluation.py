@@ -5,7 +5,7 @@ wants, and the notes and wake-ups the cycle collects. Pure; one row per situatio
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +421,18 @@ def test_a_new_run_forgets_the_last_one_s_probes_and_clocks(cluster: DesiredClus
     assert wakes == []  # found running long ago: its start_timeout is over, no wake-up for it
 
 
+@pytest.mark.parametrize(
+    "started_at", [None, WALL + timedelta(seconds=30)], ids=["no-start-time", "started-ahead-of-the-clock"]
+)
+def test_a_new_run_whose_start_cannot_be_dated_is_timed_from_its_first_sight(
+    cluster: DesiredCluster, started_at: datetime | None
+) -> None:
+    """Without Docker's StartedAt (or with one ahead of this machine's clock) the run started now:
+    its start_timeout runs from this cycle, and the cycle wakes at its end."""
+    _view, rec, _want, _, wakes = evaluate(cluster, [running(cluster, started_at=started_at)], None)
+    assert (rec.run_seen_at, wakes) == (NOW, [NOW + 120])
+
+
 def test_a_first_good_probe_makes_it_healthy_and_clears_the_reason(cluster: DesiredCluster) -> None:
     c = running(cluster)
     before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5, reason="found stopped", probe_failures=1)
@@ -432,10 +444,10 @@ def test_a_first_good_probe_makes_it_healthy_and_clears_the_reason(cluster: Desi
 
 def test_a_probe_of_another_run_or_not_newer_is_not_counted(cluster: DesiredCluster) -> None:
     c = running(cluster)
-    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5, last_probe_at=NOW)
-    stale = replace(probe(c, ok=False), run_id="id-db0@earlier")
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 5, last_probe_at=NOW - 1)
+    stale = replace(probe(c, ok=False), run_id="id-db0@earlier")  # newer, but of the previous run
     assert evaluate(cluster, [c], before, probes={"db0": stale})[1] == before
-    same = probe(c, ok=False, at=NOW)  # not newer than the last one counted
+    same = probe(c, ok=False, at=NOW - 1)  # not newer than the last one counted
     assert evaluate(cluster, [c], before, probes={"db0": same})[1] == before
 
 
@@ -446,6 +458,16 @@ def test_a_starting_node_says_its_failing_probe_and_wakes_at_its_deadline(cluste
     assert (view, want) == (NodeView(NodeState.STARTING, "GET /: timed out"), None)
     assert (rec.probe_failures, rec.last_probe_at, wakes) == (1, NOW, [NOW - 5 + 120])
     assert evaluate(cluster, [c], before, meta_ready=False)[0] == NodeView(NodeState.BLOCKED, NOT_READY)
+
+
+def test_a_starting_node_at_its_deadline_with_fewer_failed_probes_than_the_threshold_waits_for_them(
+    cluster: DesiredCluster,
+) -> None:
+    """At start_timeout it is judged like any running node: one failed probe is not enough, and
+    its deadline, now, is no longer a time to wake at."""
+    before = NodeRecord(run_key=RUN, run_seen_at=NOW - 120, probe_failures=1, last_probe_at=NOW - 1)
+    view, _rec, want, _, wakes = evaluate(cluster, [running(cluster)], before)
+    assert (view, want, wakes) == (NodeView(NodeState.STARTING, None), None, [])
 
 
 def test_not_healthy_within_start_timeout_is_stopped_as_such(cluster: DesiredCluster) -> None:
@@ -477,6 +499,75 @@ def test_a_healthy_node_that_fails_its_probes_is_unhealthy_with_its_lease(cluste
         NodeView(NodeState.BLOCKED, f"{NOT_READY}; 3 failed probes: GET /: timed out"),
         blocked[1],
         None,
+    )
+
+
+def test_a_healthy_node_without_a_probe_of_its_run_is_unhealthy_after_its_failed_probes(
+    cluster: DesiredCluster,
+) -> None:
+    """Three failed probes counted, and no answer of this run in the observation: the view says
+    so rather than quoting an answer."""
+    view, _rec, want, _, _ = evaluate(cluster, [running(cluster)], replace(HEALTHY, probe_failures=3))
+    reason = "unhealthy: 3 failed probes: ?"
+    assert view == NodeView(
+        NodeState.UNHEALTHY, reason, lease=LeaseStatus(None, (), "no shards assigned yet")
+    )
+    assert want is not None and want.action.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("leases", "view"),
+    [
+        (LeaseView(NOW, WALL),
+         NodeView(NodeState.HEALTHY, "GET /: timed out", available=True,
+                  lease=LeaseStatus(None, (), "no shards assigned yet"))),
+        (LeaseView(NOW, WALL, error="etcd: timed out"),
+         NodeView(NodeState.HEALTHY, "GET /: timed out; lease unknown: etcd: timed out",
+                  lease=LeaseStatus(None, (), "etcd: timed out"))),
+    ],
+    ids=["keeps-its-shards", "lease-unknown"],
+)  # fmt: skip
+def test_a_healthy_ceresdb_node_says_a_failing_probe_below_the_threshold(
+    cluster: DesiredCluster, leases: LeaseView, view: NodeView
+) -> None:
+    c = running(cluster)
+    got, rec, want, _, _ = evaluate(cluster, [c], HEALTHY, probes={"db0": probe(c, ok=False)}, leases=leases)
+    assert (got, rec.probe_failures, want) == (view, 1, None)
+
+
+def test_a_healthy_ceresdb_node_is_blocked_while_meta_is_not_ready_and_its_lease_clocks_stop(
+    cluster: DesiredCluster,
+) -> None:
+    """Nothing about its shards is judged without meta: the reopen and loss clocks start over
+    once meta is back (what it has seen of its leases and its progress are kept)."""
+    c = running(cluster)
+    lease = Memory(first_seen=((7, 5.0),), reopen_since=5.0, progress=2, lost_since=9.0)
+    view, rec, want, _, _ = evaluate(
+        cluster, [c], replace(HEALTHY, lease=lease), meta_ready=False, probes={"db0": probe(c)}
+    )
+    assert (view, want) == (NodeView(NodeState.BLOCKED, NOT_READY), None)
+    assert rec.lease == Memory(first_seen=((7, 5.0),), progress=2)
+
+
+def test_a_meta_member_says_its_failing_probe_and_after_three_is_unhealthy_without_a_lease(
+    cluster: DesiredCluster,
+) -> None:
+    meta = container(cluster, "meta0")
+    before = NodeRecord(
+        run_key=meta.run_key, run_seen_at=SEEN, healthy_since=NOW - 300, last_probe_at=NOW - 1
+    )
+    failing = {"probes": {"meta0": probe(meta, ok=False)}}
+    sick = {"meta0": MetaMemberProbe(probe(meta), False)}
+    assert evaluate(cluster, [meta], before, node="meta0", meta=sick, **failing)[0] == NodeView(
+        NodeState.HEALTHY, "GET /: timed out; etcd not healthy"
+    )
+    reason = "unhealthy: 3 failed probes: GET /: timed out"
+    view, _rec, want, _, _ = evaluate(
+        cluster, [meta], replace(before, probe_failures=2), node="meta0", **failing
+    )
+    assert view == NodeView(NodeState.UNHEALTHY, reason)  # no shards, no lease status
+    assert want == Want(
+        Action("stop", "meta0", "id-meta0", reason, by_choice=True), "unhealthy", NodeState.UNHEALTHY
     )
 
 
@@ -532,6 +623,29 @@ def test_a_healthy_ceresdb_node_is_judged_by_its_shards(
         assert want is None
     if view.available:
         assert rec.lease.first_seen == ((7, WALL.timestamp()),)
+
+
+def test_shards_locked_by_the_previous_run_or_locked_but_not_open_are_waited_for(
+    cluster: DesiredCluster,
+) -> None:
+    """A lock whose lease was first seen before the container started is the previous run's (its
+    lease has not expired yet); a shard locked by this run that the node's own `/debug/shards`
+    says is still opening is not held yet either."""
+    c = running(cluster)
+    assigned = {"127.0.0.1:8831": (0, 2)}
+    before_start = datetime(2025, 12, 31, tzinfo=UTC).timestamp()
+    previous = replace(HEALTHY, lease=Memory(first_seen=((7, before_start),)))
+    view = evaluate(
+        cluster, [c], previous, probes={"db0": probe(c)}, leases=LeaseView(NOW, WALL, assigned, LOCKS)
+    )[0]
+    detail = "shards 0,2 still locked by the previous run until its lease expires"
+    assert view == NodeView(NodeState.REOPENING, detail, lease=LeaseStatus(False, (), detail))
+    opening = replace(probe(c), shards={0: "Opening", 2: "Ready"})
+    view = evaluate(
+        cluster, [c], HEALTHY, probes={"db0": opening}, leases=LeaseView(NOW, WALL, assigned, LOCKS)
+    )[0]
+    detail = "shards 0 Opening: locked, not open yet (CeresMeta retries a shard whose open failed)"
+    assert view == NodeView(NodeState.REOPENING, detail, lease=LeaseStatus(False, (0, 2), detail))
 
 
 def test_a_planned_restart_of_a_healthy_node_is_a_stop_by_choice(cluster: DesiredCluster) -> None:
