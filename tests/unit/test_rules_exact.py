@@ -21,6 +21,12 @@ SHARE = ("meta nodes meta0, meta1 share a machine: CeresMeta forwards API calls 
          "follower's own HTTP port, which cannot work here (the supervisor sends those routes to the leader only)")  # fmt: skip
 
 
+# One CeresDB node: it holds every shard of the cluster.
+ONE_DB = BASE.split('[[ceresdb.nodes]]\nname = "db1"')[0]
+KAFKA = '\n[ceresdb.wal]\ntype = "Kafka"\n[ceresdb.wal.kafka.client]\n'
+IGNORED = "not a key of the CeresDB 1.2.2 config; the server ignores it silently"
+
+
 def supervisor(extra: str) -> str:
     return BASE.replace("[cluster]\n", "[supervisor]\n" + extra + "\n[cluster]\n", 1)
 
@@ -29,9 +35,16 @@ def ceresdb(extra: str) -> str:
     return BASE.replace("[[meta.nodes]]", extra + "\n[[meta.nodes]]", 1)
 
 
-def grace(seconds: str, full: str) -> tuple[str, str]:
+def grace(seconds: str, full: str, shards: int = 4) -> tuple[str, str]:
     return ("supervisor.lease_grace", f"{seconds}s is shorter than CeresMeta ceresdb 1.2.2 takes to reopen one "
-            f"node's 4 shards ({full}s at its pace); consider at least {full}s")  # fmt: skip
+            f"node's {shards} shards ({full}s at its pace); consider at least {full}s")  # fmt: skip
+
+
+def db0_config(table: str) -> str:
+    """BASE with a `config` table on db0 alone (db1 has none)."""
+    return BASE.replace(
+        'name = "db0"\nhost = "127.0.0.1"', f'name = "db0"\nhost = "127.0.0.1"\nconfig = {table}'
+    )
 
 
 CASES = [
@@ -66,6 +79,7 @@ CASES = [
     ("a lease of 14s", ceresdb('[ceresdb]\nlease = "14s"'), [], [grace("60", "71.6667")]),
     ("a shard lock TTL of 14", ceresdb("[ceresdb]\nshard_lock_ttl = 14"),
      [("ceresdb.shard_lock_ttl", "must be at least 15 (CeresDB refuses less)")], []),
+    ("a shard lock TTL of 15, the least CeresDB takes", ceresdb("[ceresdb]\nshard_lock_ttl = 15"), [], []),
     ("a meta address without a scheme", ceresdb('[ceresdb]\nmeta_addr = "127.0.0.1:2379"'),
      [("ceresdb.meta_addr", "must be http://<host>:<port> (meta's client port)")], []),
     ("a meta address", ceresdb('[ceresdb]\nmeta_addr = "http://127.0.0.1:2379"'), [], []),
@@ -78,6 +92,18 @@ CASES = [
      [("ceresdb.wal.data_dir", 'only for type = "RocksDB"')], []),
     ("a WAL outside the data mount", BASE + '\n[ceresdb.wal]\ndata_dir = "/tmp/wal"\n', [("ceresdb.wal.data_dir", MOUNT)], []),
     ("a WAL at the data mount itself", BASE + '\n[ceresdb.wal]\ndata_dir = "/home/admin/data/ceresdb/"\n', [], []),
+    ("a WAL at the data mount, no trailing slash", BASE + '\n[ceresdb.wal]\ndata_dir = "/home/admin/data/ceresdb"\n', [], []),
+    # A directory beside the mount whose name only begins with the mount's is outside it.
+    ("a WAL in the mount's name and a space", BASE + '\n[ceresdb.wal]\ndata_dir = "/home/admin/data/ceresdb "\n',
+     [("ceresdb.wal.data_dir", MOUNT)], []),
+    ("a WAL in the mount's name and an X", BASE + '\n[ceresdb.wal]\ndata_dir = "/home/admin/data/ceresdbX/"\n',
+     [("ceresdb.wal.data_dir", MOUNT)], []),
+    ("an OBKV table for a RocksDB WAL",
+     BASE + '\n[ceresdb.wal.obkv]\nfull_user_name = "u"\nparam_url = "p"\npassword = "x"\n'
+     '[ceresdb.wal.obkv.client]\nsys_user_name = "s"\nsys_password = "p"\n',
+     [("ceresdb.wal.obkv", 'only for type = "Obkv"')], []),
+    ("a Kafka table for a RocksDB WAL", BASE + '\n[ceresdb.wal.kafka.client]\nboost_broker = "k:9092"\n',
+     [("ceresdb.wal.kafka", 'only for type = "Kafka"')], []),
     ("a Kafka WAL without brokers", BASE + '\n[ceresdb.wal]\ntype = "Kafka"\n[ceresdb.wal.kafka.client]\n',
      [("ceresdb.wal.kafka.client.boost_broker", "required for a Kafka WAL")], []),
     ("remote keys for a local store", BASE + '\n[ceresdb.object_store]\ntype = "Local"\nkey_id = "k"\nregion = "r"\n',
@@ -100,18 +126,50 @@ CASES = [
      [("meta.config.node-name", "is set by the supervisor from meta.nodes[].name")], []),
     ("a CeresDB key the supervisor sets", BASE + "\n[ceresdb.config.server]\ngrpc_port = 1\n",
      [("ceresdb.config.server.grpc_port", "is set by the supervisor from ceresdb.nodes[].grpc_port")], []),
+    # CeresDB's serde matches keys exactly (CeresMeta's go-toml does not): GRPC_PORT is not grpc_port.
+    ("a CeresDB key the supervisor sets, in capitals", BASE + "\n[ceresdb.config.server]\nGRPC_PORT = 1\n",
+     [("ceresdb.config.server.GRPC_PORT", IGNORED)], []),
     ("a key the server removed", BASE + "\n[ceresdb.config.analytic]\nwrite_group_worker_num = 4\n",
      [("ceresdb.config.analytic.write_group_worker_num", "the server ignores it without a word (removed in 1.2.0)")], []),
     ("a list of brokers on 1.2.2", BASE + '\n[ceresdb.config.analytic.wal.kafka.client]\nboost_brokers = ["k"]\n',
      [("ceresdb.config.analytic.wal.kafka.client.boost_brokers", "ceresdb 1.2.2 reads boost_broker (one string)")], []),
     ("one broker on 1.2.7", V127 + '\n[ceresdb.config.analytic.wal.kafka.client]\nboost_broker = "k"\n',
      [("ceresdb.config.analytic.wal.kafka.client.boost_broker", "ceresdb 1.2.7 reads boost_brokers (a list)")], []),
+    ("the one broker 1.2.2 reads, in a config table",
+     BASE + KAFKA + 'boost_broker = "k:9092"\n\n[ceresdb.config.analytic.wal.kafka.client]\nboost_broker = "k2:9092"\n', [], []),
+    ("the list of brokers 1.2.7 reads, in a config table",
+     V127 + KAFKA + 'boost_brokers = ["k:9092"]\n\n[ceresdb.config.analytic.wal.kafka.client]\nboost_brokers = ["k2:9092"]\n',
+     [], []),
     ("a section CeresDB does not have", BASE + "\n[ceresdb.config.nonsense]\nx = 1\n",
      [("ceresdb.config.nonsense", "not a section of the CeresDB config; the server would exit at start (sections: "
        "analytic, cluster_deployment, limiter, logger, node, query_engine, runtime, server, tracing)")], []),
     ("a dynamic topology on local storage", BASE + '\n[meta]\ntopology = "dynamic"\n', [],
      [("meta.topology", "dynamic topology moves shards between nodes; use it only with remote object storage")]),
     ("a short lease grace", supervisor('lease_grace = "5s"'), [], [grace("5", "58.3333")]),
+    # A lease of 12s: heartbeats every 8s, (4 shards + 1) x (5s tick + 8s) = 65s exactly.
+    ("a lease grace as long as the full reopen", ceresdb('[ceresdb]\nlease = "12s"\n\n[supervisor]\nlease_grace = "65s"'), [], []),
+    ("a lease grace a second shorter", ceresdb('[ceresdb]\nlease = "12s"\n\n[supervisor]\nlease_grace = "64s"'), [],
+     [grace("64", "65")]),
+    ("one CeresDB node, which reopens all 8 shards", ONE_DB, [], [grace("60", "105", shards=8)]),
+    # The servers' own schema: each problem named at the key of this file that causes it.
+    ("an unknown key in the config every node shares, once", BASE + "\n[ceresdb.config.analytic]\nreplay_batch_sise = 10\n",
+     [("ceresdb.config.analytic.replay_batch_sise", IGNORED)], []),
+    ("an unknown key in the third node's own config",
+     BASE + '\n[[ceresdb.nodes]]\nname = "db2"\nhost = "127.0.0.1"\ngrpc_port = 8833\nhttp_port = 5442\nmysql_port = 3309\n'
+     "config = { runtime = { bogus = 1 } }\n", [("ceresdb.nodes[2].config.runtime.bogus", IGNORED)], []),
+    ("an unknown key in a meta node's own config",
+     BASE.replace('name = "meta0"\nhost = "127.0.0.1"', 'name = "meta0"\nhost = "127.0.0.1"\nconfig = { lease-secs = 1 }'),
+     [("meta.nodes[0].config.lease-secs", "not a key of the CeresMeta 1.2.2 config; the server ignores it silently")], []),
+    # Named as written, whatever it begins with (X, the letter some code strips along with dots).
+    ("an unknown CeresMeta key that begins with X", BASE + "\n[meta.config]\nXylophone = 1\n",
+     [("meta.config.Xylophone", "not a key of the CeresMeta 1.2.2 config; the server ignores it silently")], []),
+    # db0's own table sets tracing.level: the key it does not set is still named in ceresdb.config.
+    ("an unknown key beside a node's own table", db0_config("{ tracing = { level = \"info\" } }") + "\n[ceresdb.config.tracing]\nbogus = 1\n",
+     [("ceresdb.config.tracing.bogus", IGNORED)], []),
+    ("a table given in part beside a node's own", db0_config("{ tracing = { level = \"info\" } }") + "\n[ceresdb.config.tracing.console]\n",
+     [("ceresdb.config.tracing.console.port", "required key is missing")], []),
+    ("an unknown key in the RocksDB WAL's namespace", V127 + "\n[ceresdb.wal.data_namespace]\nbogus = 1\n",
+     [("ceresdb.wal.data_namespace.bogus", "not a key of the CeresDB 1.2.7 config; the server ignores it silently")], []),
     ("an unknown release", BASE.replace("[cluster]\n", '[cluster]\nversion = "1.3.0"\n'),
      [("cluster.version", "1.3.0 is not a release this project knows (ceresdb: 1.2.2, 1.2.4, 1.2.5, 1.2.6, 1.2.7; horaedb: 2.0.0)")], []),
     ("another flavor's release", BASE.replace("[cluster]\n", '[cluster]\nversion = "2.0.0"\n'),
@@ -126,3 +184,14 @@ def test_each_rule_says_exactly_what_is_wrong_and_where(
     findings = rules.check(DesiredState.model_validate(tomllib.loads(text)))
     assert [(p.path, p.message) for p in findings.errors] == errors, case
     assert [(p.path, p.message) for p in findings.warnings] == warnings, case
+
+
+def test_a_key_with_a_dot_in_its_name_is_reported_with_a_key_path_that_names_it() -> None:
+    """A quoted key such as "a.b" is one key: whatever the path says of where it came from, each
+    problem has a key path, and that path names the key (never another part of the file)."""
+    text = BASE + '\n[ceresdb.config.server]\n"a.b" = 1\n'
+    findings = rules.check(DesiredState.model_validate(tomllib.loads(text)))
+    assert findings.errors
+    for problem in findings.errors:
+        assert isinstance(problem.path, str) and problem.path.endswith(".server.a.b"), problem
+        assert problem.message == "not a key of the CeresDB 1.2.2 config; the server ignores it silently"
