@@ -416,7 +416,8 @@ def main(seconds: int, seed: int) -> None:
                     chaos.say(f"explain: {stop.node} stopped at {stop.at:.2f} beside a crash")
                     explain(stop.at, stop.role, recorded, logs, chaos.say)
             for at, container, kind, node in chaos.harms:
-                if not [e for e in recorded.of() if e.container == container and e.at > at] and not (
+                ended_by = recorded.of(actions=("kill", "die"))
+                if not [e for e in ended_by if e.container == container and e.at > at] and not (
                     kind == "freeze-lease" and m.lockless(node)
                 ):
                     chaos.say(f"explain: harm of {container} at {at:.2f} never ended in Docker's events")
