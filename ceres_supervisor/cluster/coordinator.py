@@ -301,7 +301,7 @@ class Coordinator(StoreWrites):
                         written = await client.put(
                             self._key("agents", self.identity.host),
                             self.identity.record().encode(),
-                            self._lease,
+                            self._lease_to_write(),
                         )
                         self._awaiting.append((written, now))
                 if self._awaiting and time.monotonic() - self._awaiting[0][1] > self.ttl_s * 2 / 3:
@@ -348,13 +348,16 @@ class Coordinator(StoreWrites):
         if identity != self._identity_written:
             ops.append(
                 etcd.put_request(
-                    self._key("agents", self.identity.host), self.identity.record().encode(), self._lease
+                    self._key("agents", self.identity.host),
+                    self.identity.record().encode(),
+                    self._lease_to_write(),
                 )
             )
         for name, doc in self._docs.items():
             mark = significant(doc)
             if self._written.get(name) != mark:
-                ops.append(etcd.put_request(self._key("nodes", name), json.dumps(doc).encode(), self._lease))
+                value = json.dumps(doc).encode()
+                ops.append(etcd.put_request(self._key("nodes", name), value, self._lease_to_write()))
                 written[name] = mark
         gone = set(self._written) - set(self._docs)
         ops += [etcd.delete_request(self._key("nodes", name)) for name in sorted(gone)]

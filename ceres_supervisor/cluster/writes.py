@@ -48,6 +48,14 @@ class StoreWrites:
     def _down(self, docs: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, str | None]]:
         raise NotImplementedError
 
+    def _lease_to_write(self) -> int:
+        """The lease a record is written under. None once close() revoked it: a request built after
+        that would carry lease 0, which etcd takes as "no lease", and the key would outlive the
+        agent for good (a slot holding the budget for ever)."""
+        if not self._lease:
+            raise etcd.EtcdUnavailable("no lease: the session was closed")
+        return self._lease
+
     # -- disruption slots (executor.Slots) -----------------------------------------------------------
 
     async def acquire(self, node: str, role: str, reason: str) -> None:
@@ -85,7 +93,9 @@ class StoreWrites:
                 compare = [etcd.absent(key)]
                 compare += [etcd.unchanged_since(p, revision) for p in prefixes]
                 compare += [etcd.unchanged(kv.key, kv.mod_revision) for kv in read]
-                taken, _rev, _ranges = await client.txn(compare, [etcd.put_request(key, slot, self._lease)])
+                taken, _rev, _ranges = await client.txn(
+                    compare, [etcd.put_request(key, slot, self._lease_to_write())]
+                )
                 if taken:
                     self._held.add(node)
                     log.info("disruption_slot_taken", node=node, reason=reason)

@@ -19,8 +19,9 @@ import pytest
 from ceres_supervisor.adapters.etcd import EtcdUnavailable
 from ceres_supervisor.cluster import coordinator as coordinators
 from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.model.errors import SlotRefused
 
-from .memstore import MemoryEtcd
+from .memstore import MemoryClient, MemoryEtcd
 from .test_coordinator import ROOT, Agent, doc, published, until
 
 RETRY_S = 0.1
@@ -214,4 +215,61 @@ async def test_closing_with_the_store_out_of_reach_returns_and_a_second_close_ca
     store.frozen.clear()
     await a.coordinator.close()
     assert a.client.calls.count("revoke") == 1
+    await a.stop()
+
+
+class LateKeepalive(MemoryClient):
+    """A client whose keep-alive answers arrive late: the store renewed the lease, the answer is
+    held until `answer` is set (a slow network, a loaded agent)."""
+
+    def __init__(self, store: MemoryEtcd, name: str) -> None:
+        super().__init__(store, name)
+        self.holding = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.hold = False
+
+    async def keepalive(self, lease: int) -> int:
+        ttl = await super().keepalive(lease)
+        if self.hold:
+            self.holding.set()
+            await self.answer.wait()
+        return ttl
+
+
+async def test_no_record_is_written_without_a_lease_after_a_clean_exit(store: MemoryEtcd) -> None:
+    """close() revokes the lease while a keep-alive answer is on its way: the heartbeat that follows
+    must not be written under no lease (a key nothing would ever remove: the agent `up` for good)."""
+    a = Agent(store, "a", ("db0",))
+    late = LateKeepalive(store, "a")
+    a.client = late
+    await a.start()
+    late.hold = True
+    await until(late.holding.is_set, "a keep-alive on its way")
+    await a.coordinator.close()
+    retries, calls = a.coordinator.retries, len(late.calls)
+    late.answer.set()
+    # The answer handled: either the heartbeat is written (the fault) or the write is refused.
+    await until(
+        lambda: a.coordinator.retries > retries or "put" in late.calls[calls:],
+        "the keep-alive's answer handled",
+    )
+    assert not published(store, "db0")
+    assert ROOT + b"agents/a" not in store.kvs, store.kvs.get(ROOT + b"agents/a")
+    await a.stop()
+
+
+async def test_a_slot_asked_while_the_agent_exits_is_never_written_without_a_lease(store: MemoryEtcd) -> None:
+    a = Agent(store, "a", ("db0",))
+    await a.start()
+    a.coordinator.budget(1, True, {"db0": "ceresdb"}, {"db0"}, "h")
+
+    async def close_first(client: str, what: str) -> None:
+        if client == "a" and what == "read":  # the slot's read: the agent exits meanwhile
+            a.client.gate = None
+            await a.coordinator.close()
+
+    a.client.gate = close_first
+    with pytest.raises(SlotRefused):
+        await a.coordinator.acquire("db0", "ceresdb", "planned restart")
+    assert not [k for k in store.kvs if k.startswith(ROOT + b"disruptions/")], store.kvs
     await a.stop()
