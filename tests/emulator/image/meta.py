@@ -541,12 +541,14 @@ class Meta:
             self.wake.notify_all()
 
     def scheduler_loop(self) -> None:
-        """Sleep a tick, then one pass; a changed tick hook takes effect at once."""
+        """Sleep a tick, then one pass; a changed tick hook takes effect at once (the hooks' watcher
+        wakes it), and within HOOK_POLL_S in any case: the tick is read again at least that often,
+        since two changes between two polls of the watcher (3600, then 0.5) look like none to it."""
         while not self.stopping:
             started = time.monotonic()
             with self.lock:
                 while (remaining := started + self.tick_s() - time.monotonic()) > 0:
-                    self.wake.wait(remaining)
+                    self.wake.wait(min(remaining, common.HOOK_POLL_S))
             try:
                 self.schedule_once()
             except Exception as err:  # the loop outlives any one failed pass
