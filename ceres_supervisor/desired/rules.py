@@ -252,7 +252,7 @@ def _sources(spec: DesiredState, role: str, index: int) -> list[_Source]:
 
 def _lookup(table: dict[str, Any], dotted: str) -> bool:
     node: Any = table
-    for part in dotted.split(".") if dotted else []:
+    for part in serverschema.path_keys(dotted):
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
@@ -262,7 +262,8 @@ def _lookup(table: dict[str, Any], dotted: str) -> bool:
 def _locate(sources: list[_Source], path: str, missing: bool) -> str | None:
     """The file's key path for a violation at `path` of the rendered document. For a missing key,
     the source that gave its table (in part); else the one that set the key itself."""
-    target = path.rsplit(".", 1)[0] if missing and "." in path else path
+    keys = serverschema.path_keys(path)
+    target = ".".join(key_segment(k) for k in keys[:-1]) if missing and len(keys) > 1 else path
     for source in sources:
         prefix = source.rendered
         if prefix and not (target == prefix or target.startswith(prefix + ".")):

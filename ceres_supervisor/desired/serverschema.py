@@ -31,10 +31,13 @@ case-insensitively, which `check` does not model: it reports such a key as unkno
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from ceres_supervisor.model.spec import key_segment
 
 Leaf = str
 Table = dict[str, "Node"]
@@ -839,7 +842,16 @@ def _scalar_problem(value: object, token: str) -> str | None:
 
 
 def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """A key path as problems name keys: a key that is not bare is quoted ("a.b" is one key)."""
+    return f"{path}.{key_segment(key)}" if path else key_segment(key)
+
+
+_SEGMENT: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[^."]+')
+
+
+def path_keys(path: str) -> list[str]:
+    """The keys of a path `_join` wrote, unquoted (an index such as `[0]` stays on its key)."""
+    return [json.loads(m) if m.startswith('"') else m for m in _SEGMENT.findall(path)]
 
 
 class _Checker:
