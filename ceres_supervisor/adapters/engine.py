@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import contextvars
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ import docker.errors
 import requests.exceptions
 import structlog
 
-from ceres_supervisor.adapters.dockerread import EngineEvent, event_from, observed_from
+from ceres_supervisor.adapters.dockerread import EngineEvent, event_from, observed_from, status_key
 from ceres_supervisor.desired.containers import (
     LABEL_CLUSTER,
     LABEL_MANAGED,
@@ -51,29 +50,6 @@ LIST_TIMEOUT_S: Final = 10.0
 """Budget for one observation: short, so a hung engine cannot stall the loop past the watchdog."""
 LOGS_TIMEOUT_S: Final = 10.0
 """Reading a container's logs for an operator (`logs`, `describe`)."""
-
-_AGE: Final = re.compile(
-    r"Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week|month|year)s?"
-)
-_UNIT_S: Final = {
-    "second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000, "year": 31536000,
-}  # fmt: skip
-
-
-def status_key(state: str, status: str) -> tuple[str, int | None]:
-    """(what a list summary says of a container, but its age; that age in seconds, None when the
-    text has none). Docker writes the age into `Status` ("Up 3 seconds", "Exited (0) 2 minutes
-    ago", in go-units' HumanDuration words), which changes every second for a young container: the
-    key leaves it out, and a container is inspected again when the key changed or its age went
-    down (it started or stopped again since the last list, whatever the events said)."""
-    match = _AGE.search(status)
-    if match is None:
-        return f"{state}|{status}", None
-    if match.group(2) is not None:
-        age = int(match.group(2)) * _UNIT_S[match.group(3)]
-    else:
-        age = {None: 0, "minute": 60, "hour": 3600}[match.group(1)]
-    return f"{state}|{status[: match.start()]}{status[match.end() :]}", age
 
 
 @dataclass

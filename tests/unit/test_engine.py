@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ceres_supervisor.adapters import dockerread
-from ceres_supervisor.adapters.dockerread import EngineEvent
+from ceres_supervisor.adapters.dockerread import EngineEvent, status_key
 from ceres_supervisor.adapters.engine import (
     Engine,
     EngineConflict,
@@ -23,7 +23,6 @@ from ceres_supervisor.adapters.engine import (
     EngineNotFound,
     EngineTimeout,
     EngineUnavailable,
-    status_key,
 )
 from ceres_supervisor.desired.containers import LABEL_CLUSTER, LABEL_HOST, LABEL_MANAGED, LABEL_NODE
 from ceres_supervisor.desired.locality import Locality
