@@ -118,6 +118,12 @@ class View:
         doc = self.get()
         return {n["name"]: n["state"] for n in doc["nodes"]} if doc else {}
 
+    def reasons(self) -> dict[str, str]:
+        """node -> "state: reason" of every node not healthy."""
+        doc = self.get()
+        nodes = doc["nodes"] if doc else []
+        return {n["name"]: f"{n['state']}: {n.get('reason')}" for n in nodes if n["state"] != "healthy"}
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -193,6 +199,16 @@ class Machines:
         mine = next((n for n in doc.get("nodes", []) if n.get("name") == node), {})
         lease = mine.get("lease") or {}
         return mine.get("state") == "healthy" and not lease.get("shards") and not lease.get("held")
+
+    def keep_logs(self) -> Path:
+        """Copies of the agents' logs where `close` does not remove them (bench/.results)."""
+        kept = common.report.RESULTS_DIR / f"{self.name}-agents"
+        kept.mkdir(parents=True, exist_ok=True)
+        for host in HOSTS:
+            path = self.state / f"agent-{host}.log"
+            if path.exists():
+                (kept / path.name).write_bytes(path.read_bytes())
+        return kept
 
     def logs(self) -> dict[str, list[dict[str, Any]]]:
         """host -> its agent's log lines (JSON; every run of it, appended)."""

@@ -389,8 +389,9 @@ def main(seconds: int, seed: int) -> None:
             except TimeoutError as err:
                 left = outcomes(recorded, chaos.harms, m.lockless)[0]["nothing"]
                 stuck = (
-                    f"{err}; pauses and freezes not ended: {left}; states: "
-                    f"{[cluster.View(d.url).states() for d in m.agents.values()]}"
+                    f"{err}; pauses and freezes not ended: {left}; states and reasons as each agent "
+                    f"sees them: {[cluster.View(d.url).reasons() for d in m.agents.values()]}; the "
+                    f"agents' logs are kept in {m.keep_logs()}"
                 )
             recorded.check()
             overlap = {role: recorded.most_down_at_once(role)[0] for role in ("meta", "ceresdb")}
