@@ -99,27 +99,35 @@ Harm = tuple[float, str, str, str]
 """(time.time(), container id, kind: pause / freeze-lease / freeze-http, node) of a pause or freeze."""
 
 
+NOT_ENDED = "nothing"
+
+
+def ended_by(recorded: DockerEvents, harm: Harm, lockless: Callable[[str], bool]) -> tuple[str, float | None]:
+    """What ended one pause or freeze, and after how long for a stop by choice: a stop by choice, a
+    crash injected later, nothing needed (a CeresDB node whose lease keep-alives were frozen while
+    it held no shard lock, and holds none now: there is nothing to lose, and it serves as before:
+    `lockless`), or NOT_ENDED (yet)."""
+    at, container, kind, node = harm
+    after = [e for e in recorded.of(actions=("kill", "die")) if e.container == container and e.at > at]
+    if not after:
+        harmless = kind == "freeze-lease" and lockless(node)
+        return ("nothing needed (no shard lock to lose)" if harmless else NOT_ENDED), None
+    if after[0].action == "kill":
+        return "a stop by choice", after[0].at - at
+    return "a crash injected later", None
+
+
 def outcomes(
     recorded: DockerEvents, harms: list[Harm], lockless: Callable[[str], bool] = lambda _node: False
 ) -> tuple[Counter[str], list[float]]:
-    """What ended each pause or freeze: a stop by choice (and after how long), a crash injected
-    later, nothing needed (a CeresDB node whose lease keep-alives were frozen while it held no shard
-    lock, and holds none now: there is nothing to lose, and it serves as before: `lockless`), or
-    nothing (yet)."""
+    """What ended each pause or freeze (`ended_by`), counted, and the delays of the stops."""
     ended: Counter[str] = Counter()
     delays = []
-    for at, container, kind, node in harms:
-        after = [
-            e for e in recorded.of() if e.container == container and e.at > at and e.action in ("kill", "die")
-        ]
-        if not after:
-            harmless = kind == "freeze-lease" and lockless(node)
-            ended["nothing needed (no shard lock to lose)" if harmless else "nothing"] += 1
-        elif after[0].action == "kill":
-            ended["a stop by choice"] += 1
-            delays.append(after[0].at - at)
-        else:
-            ended["a crash injected later"] += 1
+    for harm in harms:
+        how, delay = ended_by(recorded, harm, lockless)
+        ended[how] += 1
+        if delay is not None:
+            delays.append(delay)
     return ended, delays
 
 
@@ -378,7 +386,7 @@ def main(seconds: int, seed: int) -> None:
                 # not noticed yet. Every pause and freeze must have been ended (by a stop) first.
                 common.wait_for(
                     lambda: (
-                        not outcomes(recorded, chaos.harms, m.lockless)[0]["nothing"]
+                        not outcomes(recorded, chaos.harms, m.lockless)[0][NOT_ENDED]
                         and m.healthy_everywhere()
                     ),
                     RECOVERY_S,
@@ -387,7 +395,7 @@ def main(seconds: int, seed: int) -> None:
                 )
                 recovered_s = time.monotonic() - ended
             except TimeoutError as err:
-                left = outcomes(recorded, chaos.harms, m.lockless)[0]["nothing"]
+                left = outcomes(recorded, chaos.harms, m.lockless)[0][NOT_ENDED]
                 stuck = (
                     f"{err}; pauses and freezes not ended: {left}; states and reasons as each agent "
                     f"sees them: {[cluster.View(d.url).reasons() for d in m.agents.values()]}; the "
@@ -416,11 +424,9 @@ def main(seconds: int, seed: int) -> None:
                 if any(stop.node in what and f"{stop.at:.2f}" in what for _r, what in beside):
                     chaos.say(f"explain: {stop.node} stopped at {stop.at:.2f} beside a crash")
                     explain(stop.at, stop.role, recorded, logs, chaos.say)
-            for at, container, kind, node in chaos.harms:
-                ended_by = recorded.of(actions=("kill", "die"))
-                if not [e for e in ended_by if e.container == container and e.at > at] and not (
-                    kind == "freeze-lease" and m.lockless(node)
-                ):
+            for harm in chaos.harms:
+                at, container, _kind, _node = harm
+                if ended_by(recorded, harm, m.lockless)[0] == NOT_ENDED:
                     chaos.say(f"explain: harm of {container} at {at:.2f} never ended in Docker's events")
                     role = next((e.role for e in recorded.of() if e.container == container), "")
                     explain(at + EXPLAIN_BEFORE_S, role, recorded, logs, chaos.say)

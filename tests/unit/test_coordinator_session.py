@@ -8,7 +8,6 @@ several sessions stay quick; every wait is on a condition."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from itertools import pairwise
@@ -23,6 +22,7 @@ from ceres_supervisor.model.errors import SlotRefused
 
 from .memstore import MemoryClient, MemoryEtcd
 from .test_coordinator import ROOT, Agent, doc, published, until
+from .test_store_writes import record
 
 RETRY_S = 0.1
 
@@ -31,11 +31,6 @@ RETRY_S = 0.1
 def store(monkeypatch: pytest.MonkeyPatch) -> MemoryEtcd:
     monkeypatch.setattr(coordinators, "RETRY_S", RETRY_S)
     return MemoryEtcd()
-
-
-def record(store: MemoryEtcd, key: str) -> dict[str, Any] | None:
-    kv = store.kvs.get(ROOT + key.encode())
-    return json.loads(kv.value) if kv is not None else None
 
 
 def failing(what: str, times: int) -> tuple[Callable[[str, str], Any], list[int]]:
