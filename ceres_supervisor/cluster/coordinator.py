@@ -49,6 +49,7 @@ from ceres_supervisor.cluster.view import (
     down_reason,
     prefix,
     puts,
+    settled_slots,
     significant,
 )
 from ceres_supervisor.cluster.writes import StoreWrites
@@ -201,7 +202,16 @@ class Coordinator(StoreWrites):
             differ = ", ".join(
                 f"{host} {h}" for host, h in sorted({**others, self.identity.host: spec_hash}.items())
             )
-        return Budget(max_unavailable, coordinated, self.available, peers, slots, outdated, differ)
+        return Budget(
+            max_unavailable,
+            coordinated,
+            self.available,
+            peers,
+            slots,
+            outdated,
+            differ,
+            settled=settled_slots(view),
+        )
 
     def newer_file(self) -> str | None:
         """Another agent whose file has a higher generation than this one's, or None."""

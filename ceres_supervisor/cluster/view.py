@@ -242,6 +242,30 @@ that died takes its nodes with it) or has not written it yet. Nobody can tell it
 counts against the budget, as Kubernetes counts a pod on a lost node against a disruption budget."""
 
 
+def settled_slots(view: StoreView) -> frozenset[str]:
+    """Nodes whose disruption slot is older than their container: started again since the slot was
+    taken, the stop it was taken for is over (the slot stays until the node holds its shards). Both
+    times are written by the node's own agent, on one clock; a time that does not parse settles
+    nothing."""
+    return frozenset(
+        name
+        for name, slot in view.slots.items()
+        if (taken := _instant(slot.get("since"))) is not None
+        and (started := _instant(view.nodes.get(name, {}).get("started_at"))) is not None
+        and started > taken
+    )
+
+
+def _instant(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
 def down_reason(doc: Mapping[str, Any] | None) -> str | None:
     """Why a published node counts against the budget (None: healthy with its shards)."""
     if doc is None:

@@ -14,7 +14,7 @@ from typing import Any, Final
 import structlog
 
 from ceres_supervisor.adapters import etcd
-from ceres_supervisor.cluster.view import Identity, StoreView, apply, now_text, puts
+from ceres_supervisor.cluster.view import Identity, StoreView, apply, now_text, puts, settled_slots
 from ceres_supervisor.decisions.budget import COORDINATION_UNAVAILABLE, Budget, blockers, describe
 from ceres_supervisor.model.errors import SlotRefused
 
@@ -74,15 +74,21 @@ class StoreWrites:
                 )
                 read = [kv for r in ranges for kv in r.kvs]
                 seen = apply(StoreView(), self.root, puts(read), revision, reset=True)
-                if seen.slots.get(node, {}).get("host") == self.identity.host:
-                    self._held.add(node)
+                settled = settled_slots(seen)
+                mine = seen.slots.get(node, {}).get("host") == self.identity.host
+                if mine and node not in settled:
+                    self._held.add(node)  # a retry of the stop it was taken for
                     return
+                # A new stop, or one more of a node started again since its slot was taken (down again
+                # by itself, it counted by its record meanwhile): the budget is checked again and the
+                # slot written anew, so it blocks the others until this stop is over too.
                 budget = Budget(
                     self.max_unavailable,
                     True,
                     True,
                     {},
                     {n: str(s.get("host")) for n, s in seen.slots.items()},
+                    settled=settled,
                 )
                 who = blockers(node, role, self._down(seen.nodes), budget)
                 if who is not None:
@@ -90,7 +96,7 @@ class StoreWrites:
                 slot = json.dumps(
                     {"host": self.identity.host, "reason": reason, "since": now_text()}
                 ).encode()
-                compare = [etcd.absent(key)]
+                compare = [] if mine else [etcd.absent(key)]
                 compare += [etcd.unchanged_since(p, revision) for p in prefixes]
                 compare += [etcd.unchanged(kv.key, kv.mod_revision) for kv in read]
                 taken, _rev, _ranges = await client.txn(

@@ -50,6 +50,9 @@ class Budget:
     """The agents' desired states differ (who has which): recreates wait until they agree."""
     images_missing: str | None = None
     """Which machine lacks which image of the file (the agents' preflight): recreates wait."""
+    settled: frozenset[str] = frozenset()
+    """Nodes of `slots` started again since their slot was taken: the stop it was taken for is over,
+    and the node counts by its record alone (down again by itself, it waits its turn by name)."""
 
 
 def blockers(
@@ -67,7 +70,7 @@ def blockers(
     def blocks(name: str, why: str | None) -> bool:
         if name == node:
             return False
-        if name in budget.slots and why not in WAITING_FOR_SHARDS:
+        if name in budget.slots and name not in budget.settled and why not in WAITING_FOR_SHARDS:
             return True  # being stopped by choice, whatever its record says yet (below: up to 1.2.7)
         if why is None:
             return False

@@ -79,6 +79,40 @@ def down(base: dict[str, tuple[str, str | None]], **why: str) -> dict[str, tuple
         # (up to 1.2.7 its shards may wait for that very node)
         ("db0", down(DB3, db0="unhealthy", db1="reopening"), Budget(slots={"db1": "127.0.0.2"}), None),
         ("db0", down(DB3, db1="reopening"), Budget(slots={"db1": "127.0.0.2"}), ["db1 (reopening)"]),
+        # ... and once its node was started again since (the stop it was taken for is over), a node
+        # down again by itself waits its turn by name like any other: else db4 (lease_lost after its
+        # restart, its slot held until it holds shards) and db0 (unhealthy, first by name) would
+        # wait for each other for ever (a 10-minute chaos run ended so)
+        (
+            "db0",
+            down(DB3, db0="unhealthy"),
+            Budget(
+                peers={"db4": ("ceresdb", "lease_lost"), "db5": ("ceresdb", "lease_lost")},
+                slots={"db4": "127.0.0.3", "db5": "127.0.0.3"},
+                settled=frozenset({"db4", "db5"}),
+            ),
+            None,
+        ),
+        (
+            "db4",
+            down(DB3, db0="unhealthy"),
+            Budget(
+                peers={"db4": ("ceresdb", "lease_lost")},
+                slots={"db4": "127.0.0.3"},
+                settled=frozenset({"db4"}),
+            ),
+            ["db0 (unhealthy)"],
+        ),
+        (
+            "db0",
+            down(DB3),
+            Budget(
+                peers={"db4": ("ceresdb", "lease_lost")},
+                slots={"db4": "127.0.0.3"},
+                settled=frozenset({"db4"}),
+            ),
+            ["db4 (lease_lost)"],
+        ),
         # several machines and the store unreachable: no stop by choice at all
         ("db0", down(DB3), Budget(coordinated=True, available=False), ["coordination unavailable"]),
         ("db0", down(DB3), Budget(coordinated=False, available=False), None),

@@ -91,3 +91,28 @@ def test_a_budget_built_while_the_store_is_out_of_reach_blocks_every_stop_by_cho
     budget = c.budget(1, True, ROLES, {"db0"}, "h1")
     assert (budget.coordinated, budget.available) == (True, False)
     assert blockers("db0", "ceresdb", {"db0": ("ceresdb", "unhealthy")}, budget) == [COORDINATION_UNAVAILABLE]
+
+
+def test_a_slot_is_settled_once_its_node_was_started_again_after_it_was_taken() -> None:
+    """Both times are the node's agent's: a container started after the slot's `since` ends the stop
+    it was taken for; one started before it, not running, or a time that does not parse, does not."""
+    since = "2026-12-07T10:00:00.000Z"
+
+    def started(name: str, at: object) -> KeyValue:
+        return kv(f"nodes/{name}", {**node(name, "lease_lost"), "started_at": at})
+
+    c = coordinator(
+        [
+            started("db0", "2026-12-07T10:00:01.500Z"),
+            started("db1", "2026-12-07T09:59:59.000Z"),
+            started("db2", None),
+            started("db3", "2026-12-07T10:00:01"),  # no offset: not a time this agent wrote
+            started("db4", "later"),
+            *(kv(f"disruptions/{n}", {"host": "b", "reason": "r", "since": since}) for n in ROLES),
+            kv("disruptions/db3", {"host": "b", "reason": "r", "since": since}),
+            kv("disruptions/db4", {"host": "b", "reason": "r", "since": since}),
+            kv("disruptions/db5", {"host": "b", "reason": "r", "since": "never"}),
+            started("db5", "2026-12-07T10:00:01.500Z"),
+        ]
+    )
+    assert c.budget(1, True, ROLES, {"db0"}, "h1").settled == frozenset({"db0"})

@@ -6,6 +6,7 @@ pause records, and their restoring that never overwrites a record another agent 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -103,6 +104,44 @@ async def test_a_cluster_that_changes_at_every_attempt_refuses_the_slot_after_th
     assert slots(store) == {}
     a.client.gate = None
     await a.stop()
+
+
+def restarted(name: str, state: str, slot: dict[str, Any]) -> dict[str, Any]:
+    """`name`'s record with a container started a second after `slot` was taken."""
+    taken = datetime.fromisoformat(slot["since"])
+    return {**doc(name, state), "started_at": (taken + timedelta(seconds=1)).isoformat()}
+
+
+async def test_a_slot_whose_node_was_started_again_counts_by_its_record_and_a_new_stop_asks_again(
+    store: MemoryEtcd,
+) -> None:
+    """db5's slot stays until db5 holds its shards; restarted and lease_lost again, db5 waits its
+    turn by name like any other node down by itself: db1, down and first by name, is granted its
+    slot (the cycle a chaos run ended in: each waited for the other for ever). db5's next stop asks
+    the budget again (db1's stop is not over: refused) and writes its slot anew."""
+    a = Agent(store, "a", ("db5",))
+    b = Agent(store, "b", ("db1",))
+    await a.start()
+    await b.start()
+    roles = {"db1": "ceresdb", "db5": "ceresdb"}
+    a.coordinator.budget(1, True, roles, {"db5"}, "h")
+    b.coordinator.budget(1, True, roles, {"db1"}, "h")
+    await a.coordinator.acquire("db5", "ceresdb", "unhealthy")
+    first = slots(store)["db5"]
+    a.coordinator.publish({"db5": restarted("db5", "lease_lost", first)})
+    b.coordinator.publish({"db1": doc("db1", "unhealthy")})
+    await until(lambda: b.coordinator.view.nodes.get("db5", {}).get("state") == "lease_lost", "db5 seen")
+    await until(lambda: a.coordinator.view.nodes.get("db1", {}).get("state") == "unhealthy", "db1 seen")
+    await b.coordinator.acquire("db1", "ceresdb", "unhealthy")
+    with pytest.raises(SlotRefused, match=r"db1 \(slot held by b\)|db1 \(unhealthy\)"):
+        await a.coordinator.acquire("db5", "ceresdb", "lease lost")
+    assert slots(store)["db5"] == first
+    b.coordinator.publish({"db1": restarted("db1", "reopening", slots(store)["db1"])})
+    await until(lambda: a.coordinator.view.nodes.get("db1", {}).get("state") == "reopening", "db1 restarted")
+    await a.coordinator.acquire("db5", "ceresdb", "lease lost")
+    assert slots(store)["db5"]["reason"] == "lease lost" and slots(store)["db5"]["since"] > first["since"]
+    await a.stop()
+    await b.stop()
 
 
 async def test_only_slots_held_and_releasable_are_given_back(store: MemoryEtcd) -> None:
