@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/upgrade.py [REPS]        (default 2)
 
-Supervisor: `ceres-supervisor run` on the cluster at 1.2.4, healthy with every shard held; the file
+Both start from a settled cluster at 1.2.4: meta's cluster view Stable, every shard assigned
+(getNodeShards) and locked by its node (`settled`: a node recreated while meta still prepares the
+cluster comes back without the shards it had, which meta then gives to other nodes).
+Supervisor: `ceres-supervisor run` on that cluster, every node healthy with its shards; the file
 is edited to 1.2.5 and `POST /v1/reload` starts the upgrade (its preflight, then meta followers,
 the leader, each CeresDB node flushed and back with its shards before the next).
 Floor: the same containers started by hand, then the same steps by hand with the same checks,
 polled every 20 ms: each meta member stopped, removed and created anew at 1.2.5, then its etcd
 `/health` and health route answering (the next one only then), meta ready (the leader lists the
 cluster); each CeresDB node flushed (`POST /debug/flush_memtable`), stopped, removed, created anew,
-answering `GET /`, and holding its shards again before the next.
+answering `GET /`, and holding the shards meta assigned it again before the next.
 
 Both are timed the same way, by this script: from the reload (by hand: the first stop) to the first
 reading of the shard locks in etcd in which every shard is held under a lease that did not exist
@@ -35,7 +38,7 @@ from coldstart import meta_ready
 from stats import summary
 
 from ceres_supervisor.model.spec import DesiredState
-from testkit.helpers import http_json, meta_leader, shard_lock_leases
+from testkit.helpers import cluster_view_state, http_json, meta_leader, node_shards, shard_lock_leases
 from testkit.standins import StandIns
 
 OLD, NEW = "1.2.4", "1.2.5"
@@ -64,6 +67,44 @@ def all_held(spec: DesiredState, old_leases: set[int] | None = None) -> bool:
     if found is None or len(found) < spec.meta.shard_total:
         return False
     return old_leases is None or not ({lease for _holder, lease in found.values()} & old_leases)
+
+
+def assigned(spec: DesiredState) -> dict[int, str] | None:
+    """shard -> the node meta's leader assigns it (getNodeShards), or None when no leader answers."""
+    first = spec.meta.nodes[0]
+    try:
+        leader = meta_leader(f"http://{first.host}:{first.client_port}", spec.release.meta_leader_key)
+        if leader is None:
+            return None
+        m = next(m for m in spec.meta.nodes if m.name == leader[0][0])
+        return dict(node_shards(f"http://{m.host}:{m.http_port}", spec.cluster.name))
+    except (OSError, AssertionError, ValueError, StopIteration):
+        return None
+
+
+def stable(spec: DesiredState) -> bool:
+    """Meta's cluster view is Stable (every shard assigned), read from the first member that answers."""
+    for m in spec.meta.nodes:
+        try:
+            return cluster_view_state(f"http://{m.host}:{m.client_port}", "/ceresdb") == "Stable"
+        except (OSError, AssertionError, ValueError):
+            continue
+    return False
+
+
+def settled(spec: DesiredState) -> bool:
+    """Meta's cluster is Stable, assigns every shard, and each is locked by the node it is assigned
+    to. Every shard locked is not enough: while meta prepares the cluster (before Stable) its
+    topology is what the nodes' heartbeats say they opened, so a node recreated then comes back
+    without the shards it had, which the next leader gives to other nodes."""
+    found, owners = locks(spec), assigned(spec)
+    return (
+        stable(spec)
+        and found is not None
+        and owners is not None
+        and len(owners) == spec.meta.shard_total
+        and all(found.get(s, ("", 0))[0] == node for s, node in owners.items())
+    )
 
 
 def leases_now(spec: DesiredState) -> set[int]:
@@ -105,7 +146,7 @@ def floor(client: docker.DockerClient) -> float:
         running = start(runner, spec, spec.meta.nodes)
         common.wait_for(lambda: meta_ready(spec), 120, "meta ready (by hand)")
         running.update(start(runner, spec, spec.ceresdb.nodes))
-        common.wait_for(lambda: all_held(spec), 300, "every shard held (by hand)", 0.1)
+        common.wait_for(lambda: settled(spec), 300, "every shard assigned and held (by hand)", 0.1)
         new = runner.load(upgraded(text))
         first = spec.meta.nodes[0]
         leader = meta_leader(f"http://{first.host}:{first.client_port}", spec.release.meta_leader_key)
@@ -113,10 +154,9 @@ def floor(client: docker.DockerClient) -> float:
         (leader_name, _id, _endpoint), _lease = leader
         order = [m.name for m in new.meta.nodes if m.name != leader_name] + [leader_name]
         old_leases = leases_now(spec)
+        owners = assigned(spec) or {}
         held = {
-            d.name: {
-                s for s, (holder, _l) in (locks(spec) or {}).items() if holder == f"{d.host}:{d.grpc_port}"
-            }
+            d.name: {s for s, node in owners.items() if node == f"{d.host}:{d.grpc_port}"}
             for d in spec.ceresdb.nodes
         }
         started = time.time()
@@ -157,7 +197,7 @@ def supervised() -> tuple[float, float]:
         common.wait_for(d.ready, 180, "the cluster healthy (supervised)", 0.1)
         common.wait_for(
             lambda: (
-                all_held(spec)
+                settled(spec)
                 and all(  # a node meta assigns no shards holds none
                     n["state"] == "healthy" and (n.get("lease") or {}).get("held") is not False
                     for n in d.status()["nodes"]

@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import docker
 from docker.models.containers import Container
@@ -149,6 +149,58 @@ def shard_lock_leases(
 def shard_locks(client_url: str, root: str = "/ceresdb", cluster: str = "defaultCluster") -> dict[int, str]:
     """{shard id: holder endpoint} from the shard-lock keys."""
     return {shard: holder for shard, (holder, _lease) in shard_lock_leases(client_url, root, cluster).items()}
+
+
+CLUSTER_STATES: Final = {0: "Empty", 1: "Prepare", 4: "Stable"}
+"""ceresdbproto's `ClusterView.state` values that CeresMeta writes (`clusterpb.ClusterState`)."""
+
+
+def cluster_view_state(client_url: str, root: str = "/ceresdb") -> str | None:
+    """The state of CeresMeta's latest cluster view (`<root>/v1/cluster/<id>/cluster_view/<version>`,
+    protobuf field 3), or None when meta has written none. One cluster per meta, as in these tests.
+    "Stable" once meta assigned every shard; before that ("Prepare") its topology is what the nodes'
+    heartbeats say they opened."""
+    keys = etcd_range(client_url, f"{root}/v1/cluster/")
+    latest = next((v for k, (v, _l) in keys.items() if k.endswith("/cluster_view/latest_version")), None)
+    if latest is None:
+        return None
+    view = next((v for k, (v, _l) in keys.items() if k.endswith(f"/cluster_view/{latest.decode()}")), None)
+    if view is None:
+        return None
+    state = _varint_fields(view).get(3, 0)
+    return CLUSTER_STATES.get(state, str(state))
+
+
+def _varint_fields(message: bytes) -> dict[int, int]:
+    """The varint fields of a protobuf message (others skipped)."""
+    found: dict[int, int] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value, shift = 0, 0
+        while i < len(message):
+            byte = message[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise ValueError("truncated varint")
+
+    while i < len(message):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            found[number] = varint()
+        elif wire == 2:
+            length = varint()  # before `i` is read: varint() moves it
+            i += length
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    return found
 
 
 def decode_member(value: bytes) -> tuple[str, int, str]:
