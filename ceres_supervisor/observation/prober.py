@@ -140,8 +140,8 @@ class Prober:
         if target.kind == "leader":
             leader = await read_leader(self.session, self.members(), s.leader_key, s.cluster, s.timeout_s)
             last, self.leader = self.leader, leader
-            if last is None or leader.at - last.at > LEADER_FRESH_S:
-                return True  # a start may be waiting for a fresh reading
+            if last is None or (target.fast and leader.at - last.at > LEADER_FRESH_S):
+                return True  # a start waits for a fresh reading (the plan made the target fast)
             return (last.member, last.lists_cluster) != (leader.member, leader.lists_cluster)
         if target.kind == "leases":
             chief = self.nodes.get(self.leader.member) if self.leader and self.leader.member else None

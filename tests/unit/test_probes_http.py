@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -360,6 +361,46 @@ async def test_the_prober_keeps_the_latest_result_of_each_target_and_wakes_the_l
         )
         prober.update(nodes, targets[:3], settings)  # meta1 and db0 no longer probed: their results go
         assert "db0" not in prober.probes and "meta1" not in prober.meta
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_a_leader_reading_wakes_the_loop_when_it_changed_or_a_start_waits_for_it(world: World) -> None:
+    """Read every probe interval, the leader wakes the loop only at its first reading, when it
+    changes, or when the plan made its target fast (a start waits for a reading at most
+    LEADER_FRESH_S old): an idle cluster is not cycled once more per probe interval for nothing."""
+    world.meta_http.answers["/api/v1/clusters"] = clusters(world.cluster)
+    endpoint = f"http://127.0.0.1:{world.node('meta0').ports['client']}"
+    await world.store.put(world.release.meta_leader_key.encode(), member("meta0", endpoint))
+    woken: list[float] = []
+    interval = probing.LEADER_FRESH_S + 0.1  # each reading older than "fresh" when the next comes
+    settings = probing.ProbeSettings(interval, 2.0, world.release.meta_health_path, world.cluster,
+                                     world.release.root_path, world.release.meta_leader_key.encode())  # fmt: skip
+    prober = probing.Prober(world.session, settings, lambda: woken.append(time.monotonic()))
+    nodes = {n.name: n for n in world.desired.nodes}
+    prober.update(nodes, [Target("leader", "leader")], settings)
+    running = asyncio.ensure_future(prober.run())
+    try:
+        readings: list[float] = []
+
+        def read(count: int) -> bool:
+            if prober.leader is not None and (not readings or prober.leader.at != readings[-1]):
+                readings.append(prober.leader.at)
+            return len(readings) >= count
+
+        await until(lambda: read(3), "three readings", 10)
+        assert len(woken) == 1, "only the first reading, nothing changed since"
+        slow = probing.ProbeSettings(30.0, *list(settings.__dict__.values())[1:])
+        prober.update(nodes, [Target("leader", "leader")], slow)
+        await until(lambda: read(4), "a reading at the slow pace's start", 10)
+        await until(lambda: time.monotonic() - readings[-1] > probing.LEADER_FRESH_S, "the reading aged")
+        prober.update(nodes, [Target("leader", "leader", fast=True)], slow)  # a start waits for it
+        await until(lambda: len(woken) == 2, "woken by the fresh reading")
+        other = f"http://127.0.0.1:{world.node('meta1').ports['client']}"
+        await world.store.put(world.release.meta_leader_key.encode(), member("meta1", other))
+        await until(lambda: len(woken) == 3, "woken by another leader")
+        assert prober.leader is not None and prober.leader.member == "meta1"
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
