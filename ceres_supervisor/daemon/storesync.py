@@ -141,5 +141,8 @@ class StoreSync:
                 log.info("pauses_written_back", nodes=sorted(forgotten.nodes), all=forgotten.everything)
                 await self.coordinator.restore_pauses(sorted(forgotten.nodes), forgotten.everything)
                 return  # mirrored once the watch brings the records back
-            if await asyncio.to_thread(book.mirror, view.pauses, view.all_paused):
+            # To the file (in a thread) only when the records change it, not every second for
+            # nothing; the lock held here is the only way to the book, so mirror sees what was compared.
+            changes = book.pending or book.current.merged(view.pauses, view.all_paused) != book.current
+            if changes and await asyncio.to_thread(book.mirror, view.pauses, view.all_paused):
                 self.on_pauses_changed()
