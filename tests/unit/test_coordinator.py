@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from ceres_supervisor.adapters.etcd import KeyValue
 from ceres_supervisor.cluster import view as views
@@ -259,6 +260,45 @@ async def test_the_lease_is_renewed_only_while_the_loop_makes_progress(store: Me
     await until(
         lambda: store.has(key) and published(store, "db0") and a.coordinator.available, "back with the loop"
     )
+    await a.stop()
+
+
+async def test_each_renewal_writes_the_heartbeat_into_the_agents_record(store: MemoryEtcd) -> None:
+    """The record other agents judge this one by, `agents/<host>`, carries a newer `heartbeat_at` at
+    each renewal (every TTL/3), under the agent's lease."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    await a.start()
+    key = ROOT + b"agents/a"
+    beats: list[str] = []
+
+    def beat() -> bool:
+        kv = store.kvs.get(key)
+        at = json.loads(kv.value)["heartbeat_at"] if kv is not None else None
+        if at is not None and (not beats or beats[-1] != at):
+            beats.append(at)
+        return len(beats) >= 3
+
+    await until(beat, "three heartbeats")
+    assert beats == sorted(beats) and store.kvs[key].lease == a.coordinator._lease
+    await a.stop()
+
+
+async def test_a_withheld_renewal_is_said_once_and_so_is_the_renewal_again(store: MemoryEtcd) -> None:
+    """The operator's trace of liveness: one warning with the reason when the agent stops renewing
+    (not one per heartbeat), one line when it renews again."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    await a.start()
+    with capture_logs() as logs:
+        a.hang()
+        await until(lambda: not store.has(ROOT + b"agents/a"), "renewals withheld")
+        await until(lambda: a.coordinator._withheld is not None, "withheld")
+        withheld = [e for e in logs if e["event"] == "coordination_lease_withheld"]
+        a.cycle()
+        await until(lambda: store.has(ROOT + b"agents/a"), "renewed again")
+    assert len(withheld) == 1 and "cycle" in withheld[0]["reason"], withheld
+    assert withheld[0]["log_level"] == "warning"
+    again = [e for e in logs if e["event"] == "coordination_lease_renewed_again"]
+    assert len(again) == 1 and again[0]["log_level"] == "info"
     await a.stop()
 
 
