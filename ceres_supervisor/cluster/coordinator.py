@@ -47,6 +47,7 @@ from ceres_supervisor.cluster.view import (
     StoreView,
     apply,
     down_reason,
+    heartbeat_only,
     prefix,
     puts,
     settled_slots,
@@ -386,10 +387,12 @@ class Coordinator(StoreWrites):
         try:
             async for batch in client.watch(self.root, revision, endpoint):
                 if batch.events:
+                    before = self.view
                     self.view = apply(
                         self.view, self.root, [(e.deleted, e.kv) for e in batch.events], batch.revision
                     )
-                    self.on_change()
+                    if not heartbeat_only(before, self.view):
+                        self.on_change()
                 seen = max([batch.revision, *(e.kv.mod_revision for e in batch.events)])
                 confirmed = [at for rev, at in self._awaiting if rev <= seen]
                 if confirmed:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -147,6 +147,26 @@ class StoreView:
 
     def agent_of(self, node: str) -> str | None:
         return next((host for host, a in self.agents.items() if node in a.nodes), None)
+
+
+def heartbeat_only(before: StoreView, after: StoreView) -> bool:
+    """`after` differs from `before` by agents' heartbeats at most (and the revision): nothing the
+    reconcile loop decides on. Every agent rewrites its record at each renewal (agent_ttl/3), and
+    waking every loop of the cluster for each of them was most of an idle agent's work."""
+
+    def beatless(agents: Mapping[str, AgentRecord]) -> dict[str, AgentRecord]:
+        return {host: replace(a, heartbeat_at="") for host, a in agents.items()}
+
+    return (
+        beatless(before.agents) == beatless(after.agents)
+        and before.nodes == after.nodes
+        and before.slots == after.slots
+        and before.pauses == after.pauses
+        and before.all_paused == after.all_paused
+        and before.claims == after.claims
+        and before.malformed == after.malformed
+        and before.departed == after.departed
+    )
 
 
 CLAIMS: Final = frozenset({"operation", "backup"})

@@ -283,6 +283,29 @@ async def test_each_renewal_writes_the_heartbeat_into_the_agents_record(store: M
     await a.stop()
 
 
+async def test_heartbeats_coming_back_through_the_watch_do_not_wake_the_loop(store: MemoryEtcd) -> None:
+    """Every agent rewrites its record at each renewal (agent_ttl/3); the loop is woken by what it
+    decides on (another agent's node, a slot, a pause, an agent gone), not by heartbeats: waking
+    every agent's loop for each of them was most of an idle agent's work."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    b = Agent(store, "b", ("db1",), ttl_s=1.0)
+    await a.start()
+    await b.start()
+    await until(lambda: "db1" in a.coordinator.view.nodes, "b's node seen by a")
+    woken: list[int] = []
+    a.coordinator.on_change = lambda: woken.append(a.coordinator.view.revision)
+    beats = {h: rec.heartbeat_at for h, rec in a.coordinator.view.agents.items()}
+    await until(
+        lambda: all(a.coordinator.view.agents[h].heartbeat_at > beats[h] for h in ("a", "b")),
+        "a heartbeat of each agent seen",
+    )
+    assert woken == [], "woken by heartbeats alone"
+    b.coordinator.publish({"db1": doc("db1", "unhealthy")})
+    await until(lambda: woken, "woken by b's node going down")
+    await b.stop()
+    await a.stop()
+
+
 async def test_a_withheld_renewal_is_said_once_and_so_is_the_renewal_again(store: MemoryEtcd) -> None:
     """The operator's trace of liveness: one warning with the reason when the agent stops renewing
     (not one per heartbeat), one line when it renews again."""

@@ -57,3 +57,37 @@ def test_a_node_without_a_lease_or_a_probe_has_a_mark() -> None:
     meta = {"name": "meta0", "role": "meta", "state": "healthy", "lease": None, "health": None}
     assert views.significant(meta) == views.significant(dict(meta))
     assert views.significant(meta) != views.significant({**meta, "health": {"ok": False}})
+
+
+def _view(**fields: Any) -> views.StoreView:
+    agent = views.AgentRecord("a", 1, "t", "a:1", "h1", "t0", "t1", ("db0",))
+    base: dict[str, Any] = {"revision": 5, "agents": {"a": agent}, "nodes": {"db0": ceresdb()}}
+    return views.StoreView(**{**base, **fields})
+
+
+AGENT = views.AgentRecord("a", 1, "t", "a:1", "h1", "t0", "t1", ("db0",))
+
+
+@pytest.mark.parametrize(
+    ("after", "only"),
+    [
+        (
+            _view(
+                revision=9, agents={"a": views.AgentRecord("a", 1, "t", "a:1", "h1", "t0", "t9", ("db0",))}
+            ),
+            True,
+        ),
+        (_view(revision=9), True),
+        (_view(agents={"a": views.AgentRecord("a", 1, "t", "a:1", "h2", "t0", "t1", ("db0",))}), False),
+        (_view(agents={}), False),
+        (_view(nodes={"db0": ceresdb(held=False)}), False),
+        (_view(slots={"db0": {"host": "a"}}), False),
+        (_view(pauses={"db0": True}), False),
+        (_view(all_paused=False), False),
+        (_view(claims={"operation": {"host": "a"}}), False),
+        (_view(malformed={"nodes/x": "not JSON"}), False),
+        (_view(departed={"b": (AGENT, "t2")}), False),
+    ],
+)
+def test_only_a_change_of_heartbeats_leaves_the_loop_asleep(after: views.StoreView, only: bool) -> None:
+    assert views.heartbeat_only(_view(), after) is only
