@@ -21,7 +21,7 @@ from typing import Final, TypeVar
 import docker
 from docker.models.containers import Container
 
-from ceres_supervisor.observation.probes import decode_shard_lock
+from ceres_supervisor.observation.probes import decode_shard_lock, protobuf_fields
 
 T = TypeVar("T")
 
@@ -167,40 +167,8 @@ def cluster_view_state(client_url: str, root: str = "/ceresdb") -> str | None:
     view = next((v for k, (v, _l) in keys.items() if k.endswith(f"/cluster_view/{latest.decode()}")), None)
     if view is None:
         return None
-    state = _varint_fields(view).get(3, 0)
-    return CLUSTER_STATES.get(state, str(state))
-
-
-def _varint_fields(message: bytes) -> dict[int, int]:
-    """The varint fields of a protobuf message (others skipped)."""
-    found: dict[int, int] = {}
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        value, shift = 0, 0
-        while i < len(message):
-            byte = message[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-        raise ValueError("truncated varint")
-
-    while i < len(message):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            found[number] = varint()
-        elif wire == 2:
-            length = varint()  # before `i` is read: varint() moves it
-            i += length
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire}")
-    return found
+    state = protobuf_fields(view).get(3, 0)
+    return CLUSTER_STATES.get(state, str(state)) if isinstance(state, int) else None
 
 
 def decode_member(value: bytes) -> tuple[str, int, str]:
