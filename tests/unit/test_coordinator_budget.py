@@ -95,7 +95,8 @@ def test_a_budget_built_while_the_store_is_out_of_reach_blocks_every_stop_by_cho
 
 def test_a_slot_is_settled_once_its_node_was_started_again_after_it_was_taken() -> None:
     """Both times are the node's agent's: a container started after the slot's `since` ends the stop
-    it was taken for; one started before it, not running, or a time that does not parse, does not."""
+    it was taken for; one started before it, not running, a time that does not parse, or a node
+    nobody publishes (its agent gone, or not yet written), does not."""
     since = "2026-12-07T10:00:00.000Z"
 
     def started(name: str, at: object) -> KeyValue:
@@ -113,6 +114,7 @@ def test_a_slot_is_settled_once_its_node_was_started_again_after_it_was_taken() 
             kv("disruptions/db4", {"host": "b", "reason": "r", "since": since}),
             kv("disruptions/db5", {"host": "b", "reason": "r", "since": "never"}),
             started("db5", "2026-12-07T10:00:01.500Z"),
+            kv("disruptions/db6", {"host": "b", "reason": "r", "since": since}),  # no record of db6
         ]
     )
     assert c.budget(1, True, ROLES, {"db0"}, "h1").settled == frozenset({"db0"})
