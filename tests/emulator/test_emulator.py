@@ -287,7 +287,13 @@ def test_first_assignment_uses_the_version_picker_and_pace(standins: StandIns, v
     if version == "1.2.2":
         assert submitted >= 8, "one procedure per shard, one per tick"
     else:
-        assert meta.logs().count(b"Reason=Cluster initialization") == 1, "every shard in one batch"
+        # Every shard picked in the first batch (a loaded machine may fail an open and retry it at the
+        # next tick: a later batch, as in the real server, which is not what this checks).
+        first = next(line for line in meta.logs().splitlines() if b"Reason=Cluster initialization" in line)
+        picked = [
+            s for group in re.findall(rb"\[([0-9, ]*)\]", first) for s in group.split(b",") if s.strip()
+        ]
+        assert len(picked) == 8, f"every shard in one batch: {first!r}"
 
 
 @pytest.mark.parametrize("version", ["1.2.2", "1.2.7"])
