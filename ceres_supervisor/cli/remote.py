@@ -279,7 +279,20 @@ def _event_key(event: dict[str, Any]) -> str:
     return json.dumps([event.get(k) for k in ("at", "agent", "node", "type", "reason", "message")])
 
 
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _take_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever it lands, also inside a poll's `asyncio.run`: that
+    takes SIGINT over only from Python's own handler, and under load a Ctrl-C given while a poll
+    ended was now and then lost (the command went on)."""
+    signal.signal(signal.SIGINT, _raise_interrupt)
+
+
 def events(args: argparse.Namespace) -> int:
+    if args.follow:
+        _take_ctrl_c()
     since = parse_since(args.since)
     seen: dict[str, str] = {}
     last_at = since
@@ -339,6 +352,8 @@ def _nanos(at: object) -> tuple[str, int]:
 
 
 def logs(args: argparse.Namespace) -> int:
+    if args.follow:
+        _take_ctrl_c()
     since = parse_since(args.since)
     newest: tuple[str, int] | None = None
     at_newest: set[str] = set()
