@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import re
 import shutil
@@ -81,24 +80,20 @@ def parse_since(text: str | None, now: datetime | None = None) -> str | None:
 
 def _status_once(args: argparse.Namespace) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
     """(exit code, the document, this agent's /v1/status for the table's reload and engine lines)."""
-    return asyncio.run(_status_reading(args))
-
-
-async def _status_reading(args: argparse.Namespace) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
     ep = endpoint(args)
     if args.local:
-        code, doc = await client.call(ep, "GET", "/v1/status")
+        code, doc = asyncio.run(client.call(ep, "GET", "/v1/status"))
         body = client.expect(code, doc, ep)
         return (
             (exits.OK if (body.get("cluster") or {}).get("state") == "healthy" else exits.NOT_OK),
             body,
             body,
         )
-    code, doc = await client.call(ep, "GET", "/v1/cluster")
+    code, doc = asyncio.run(client.call(ep, "GET", "/v1/cluster"))
     body = client.expect(code, doc, ep, ok=(200, 503))  # 503: the store away, the same document
     local = None
     if not args.json:
-        local_code, local_doc = await client.call(ep, "GET", "/v1/status")
+        local_code, local_doc = asyncio.run(client.call(ep, "GET", "/v1/status"))
         local = local_doc if local_code == 200 and isinstance(local_doc, dict) else None
     healthy = code == 200 and (body.get("cluster") or {}).get("state") == "healthy"
     return (exits.OK if healthy else exits.NOT_OK), body, local
@@ -113,26 +108,9 @@ def status(args: argparse.Namespace) -> int:
         else:
             print(tables.table(doc, width(), wide=wide, local=local), flush=True)
         return code
-    return asyncio.run(_watch(args, wide))
-
-
-async def _watch(args: argparse.Namespace, wide: bool) -> int:
-    """Until Ctrl-C (exit 130), or the daemon stops answering. One event loop for every round, and
-    Ctrl-C an event of it. With an `asyncio.run` per round each run took SIGINT over and gave it
-    back, and under load a Ctrl-C was now and then lost (the command went on; seen twice in the
-    test of it, never reproduced by hand): the event set by the handler cannot be missed."""
-    interrupted = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
-    while True:
-        reading = asyncio.ensure_future(_status_reading(args))
-        waiting = asyncio.ensure_future(interrupted.wait())
-        await asyncio.wait({reading, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if interrupted.is_set():
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
-            return exits.INTERRUPTED
-        _code, doc, local = reading.result()
+    _take_ctrl_c()
+    while True:  # until Ctrl-C (exit 130), or the daemon stops answering
+        code, doc, local = _status_once(args)
         if args.json:
             print_json(doc, lines=True)
         else:
@@ -143,10 +121,7 @@ async def _watch(args: argparse.Namespace, wide: bool) -> int:
                 f"{stamp}; Ctrl-C to stop)",
                 flush=True,
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(interrupted.wait(), args.interval)
-        if interrupted.is_set():
-            return exits.INTERRUPTED
+        time.sleep(args.interval)
 
 
 # -- reload ---------------------------------------------------------------------------------------
@@ -284,9 +259,10 @@ def _raise_interrupt(_signum: int, _frame: object) -> None:
 
 
 def _take_ctrl_c() -> None:
-    """Ctrl-C raises KeyboardInterrupt wherever it lands, also inside a poll's `asyncio.run`: that
-    takes SIGINT over only from Python's own handler, and under load a Ctrl-C given while a poll
-    ended was now and then lost (the command went on)."""
+    """For the commands that poll until Ctrl-C (`status --watch`, `events -f`, `logs -f`): Ctrl-C
+    raises KeyboardInterrupt wherever it lands, also inside a poll's `asyncio.run`, which takes
+    SIGINT over only from Python's own handler; so taken and given back at every poll, a Ctrl-C was
+    now and then lost under load (the command went on)."""
     signal.signal(signal.SIGINT, _raise_interrupt)
 
 
