@@ -76,7 +76,7 @@ def grant(
     cycle: Cycle, node: DesiredNode, view: NodeView, rec: NodeRecord, want: Want
 ) -> tuple[NodeView, NodeRecord, Action]:
     action = want.action
-    rec = replace(rec, budget_wait=None)
+    rec = replace(rec, budget_wait=None, restarts=rec.restarts + int(want.restart))
     if not action.by_choice:
         return view, rec, action
     if want.failure is not None and rec.stop_counted_for != rec.run_key:

@@ -61,6 +61,9 @@ class Want:
     """A recreate of a running container: one at a time, each after every other node is healthy."""
     asked: bool = False
     """A recreate the upgrade operation asked for: its order is the operation's (see `gate`)."""
+    restart: bool = False
+    """Granting it counts a restart (a start or create of a node that ran before): counted at the
+    grant, so a start held back for a pass is counted once, when it goes."""
 
 
 @dataclass
@@ -175,10 +178,9 @@ def evaluate(
         if (stale := cycle.stale_leader(node)) is not None:
             return NodeView(NodeState.STARTING, stale), rec, None
         reason = "not created yet" if rec.run_key is None else "container missing"
-        if rec.run_key is not None:
-            rec = replace(rec, restarts=rec.restarts + 1)
         rec = replace(rec, next_restart_at=None)
-        return NodeView(NodeState.STARTING, rec.reason), rec, Want(Action("create", node.name, None, reason))
+        create = Want(Action("create", node.name, None, reason), restart=rec.run_key is not None)
+        return NodeView(NodeState.STARTING, rec.reason), rec, create
 
     # 4. Spec changed: recreate (a stopped one at once; a running one rolling, one at a time). A
     # container of another release waits for the upgrade to ask for it, and runs on as it is.
@@ -229,11 +231,10 @@ def evaluate(
         return NodeView(wait_state, join(rec.reason, waits), rec.next_restart_at), rec, None
     if (stale := cycle.stale_leader(node)) is not None:
         return NodeView(NodeState.STARTING, join(rec.reason or "stopped", stale)), rec, None
-    if not first_sight or rec.failures:
-        rec = replace(rec, restarts=rec.restarts + 1)
     rec = replace(rec, next_restart_at=None)
     start = Action("start", node.name, c.id, rec.reason or "stopped", as_is=upgrading)
-    return NodeView(NodeState.STARTING, join(rec.reason, waits)), rec, Want(start)
+    again = not first_sight or rec.failures > 0
+    return NodeView(NodeState.STARTING, join(rec.reason, waits)), rec, Want(start, restart=again)
 
 
 def runs_other_release(c: ObservedContainer, desired: DesiredCluster) -> bool:

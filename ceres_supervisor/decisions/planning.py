@@ -6,7 +6,8 @@ is passed in), so every decision is a table-driven unit test.
 
 A pass has two steps. First every node is evaluated on its own (`nodes`): its state, and what it wants (a
 start, a create, or a stop by choice with the reason). Then the wants are granted in order, meta
-first: starts and creates always (a crash is never held back), stops by choice only within the
+first: starts and creates always (a crash is never held back; a CeresDB start waits only for the
+pass after one that stops a meta member), stops by choice only within the
 disruption budget (`budget`, `gate`), and recreates of running containers one at a time, meta first,
 each only when every other node is healthy. Failures are counted when they happen (an exit) or
 when the stop is granted (a probe, lease or start-timeout failure), once per run of a container.
@@ -74,10 +75,9 @@ def plan(
     controls: Controls | None = None,
 ) -> Plan:
     """Pure: the actions for this cycle and each node's state. See the module docstring."""
-    ready, detail = observed.meta_ready_detail
-    cycle = Cycle(
-        desired, observed, policy, now, jitter, ready, detail, budget or Budget(), controls or Controls()
-    )
+    budget = budget or Budget()
+    ready, detail = meta_readiness(desired, observed, budget)
+    cycle = Cycle(desired, observed, policy, now, jitter, ready, detail, budget, controls or Controls())
     cycle.lease_context = lease_contexts(cycle, records)
     evaluated = {n.name: evaluate(cycle, n, records.get(n.name)) for n in desired.nodes}
     views = {name: view for name, (view, _rec, _want) in evaluated.items()}
@@ -90,6 +90,8 @@ def plan(
             down[c.node] = (c.role, "stopping")
     rolling = any(kind == "recreate" for kind in observed.busy.values())
     actions: list[Action] = []
+    going: list[str] = []
+    """Meta members this pass stops: no CeresDB container is started in the same pass."""
     for node in desired.nodes:  # meta first: desired.nodes is in that order
         view, rec, want = evaluated[node.name]
         held_back: str | None = None
@@ -98,6 +100,16 @@ def plan(
         if want is not None and want.action.by_choice and held_back is None:
             who = blockers(node.name, node.role, down, cycle.budget)
             held_back = describe(who) if who is not None else None
+        if (
+            want is not None
+            and held_back is None
+            and going
+            and node.role == "ceresdb"
+            and want.action.kind != "stop"
+        ):
+            held_back = being_stopped(going)
+            if not want.action.by_choice:  # a start: blocked, as the next pass will say
+                view = replace(view, state=NodeState.BLOCKED, reason=None)
         if want is None:
             rec = replace(rec, budget_wait=None)
         elif held_back is not None:
@@ -110,6 +122,8 @@ def plan(
         else:
             view, rec, action = grant(cycle, node, view, rec, want)
             actions.append(action)
+            if node.role == "meta" and action.kind in STOPPING_KINDS:
+                going.append(node.name)
             rolling = rolling or want.rolling
             if want.action.by_choice:
                 down[node.name] = (node.role, "stopping")
@@ -132,6 +146,27 @@ def plan(
         retiring=retiring,
         awaiting_leader=cycle.awaiting_leader,
     )
+
+
+def meta_readiness(desired: DesiredCluster, observed: Observation, budget: Budget) -> tuple[bool, str]:
+    """Meta as a CeresDB node started now would find it: ready by its members' probes and its
+    leader (`Observation.meta_ready_detail`), and no member being stopped, here (a stop in flight)
+    or by another machine's agent (its slot held, the member not started again since). Until
+    Docker has stopped a member it still answers (a paused one is thawed by its stop and answers
+    for a moment); a CeresDB node started on it finds no meta a second later and exits."""
+    going = [
+        m.name
+        for m in desired.meta
+        if observed.busy.get(m.name) in STOPPING_KINDS
+        or (not m.is_local and m.name in budget.slots and m.name not in budget.settled)
+    ]
+    if going:
+        return False, being_stopped(going)
+    return observed.meta_ready_detail
+
+
+def being_stopped(members: list[str]) -> str:
+    return f"meta members being stopped: {', '.join(members)}"
 
 
 def _cluster_state(views: dict[str, NodeView], meta_ready: bool, observed: Observation) -> ClusterState:

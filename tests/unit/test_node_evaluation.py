@@ -81,8 +81,9 @@ def running(cluster: DesiredCluster, **changes: Any) -> ObservedContainer:
     return replace(container(cluster, "db0"), **changes)
 
 
-def start(reason: str, cid: str = "id-db0") -> Want:
-    return Want(Action("start", "db0", cid, reason))
+def start(reason: str, cid: str = "id-db0", again: bool = False) -> Want:
+    """A start; `again`: of a node that ran before (its grant counts a restart)."""
+    return Want(Action("start", "db0", cid, reason), restart=again)
 
 
 EXITED = ExitInfo(137, False, FINISHED)
@@ -107,10 +108,12 @@ def test_an_exit_is_a_failure_counted_once_and_restarted_at_once(cluster: Desire
     view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], before)
     expected = replace(
         before, count=Count(1, (NOW,)), reason=KILLED, next_restart_at=NOW, healthy_since=None,
-        last_exit=EXITED, accounted_exit=EXIT, restarts=1, lease=Memory(progress=2),
+        last_exit=EXITED, accounted_exit=EXIT, lease=Memory(progress=2),
     )  # fmt: skip
     assert (view, rec) == (NodeView(NodeState.STARTING, KILLED), replace(expected, next_restart_at=None))
-    assert want == start(KILLED) and notes == [Note("db0", "died", KILLED, "failure 1; restart in 0.0s")]
+    assert want == start(KILLED, again=True) and notes == [
+        Note("db0", "died", KILLED, "failure 1; restart in 0.0s")
+    ]
     again = evaluate(cluster, [dead(cluster)], rec)  # the same exit, seen again: nothing more
     assert again[1].count == rec.count and again[3] == []
 
@@ -136,9 +139,12 @@ def test_the_fifth_exit_in_the_window_is_a_crashloop_said_once(cluster: DesiredC
 def test_an_exit_the_supervisor_caused_is_no_failure(cluster: DesiredCluster) -> None:
     stopping = replace(HEALTHY, expected_exit="id-db0", reason="unhealthy: x")
     view, rec, want, notes, _ = evaluate(cluster, [dead(cluster)], stopping)
-    assert rec == replace(stopping, expected_exit=None, healthy_since=None, last_exit=EXITED, accounted_exit=EXIT,
-                          restarts=1)  # fmt: skip
-    assert (view, want, notes) == (NodeView(NodeState.STARTING, "unhealthy: x"), start("unhealthy: x"), [])
+    assert rec == replace(
+        stopping, expected_exit=None, healthy_since=None, last_exit=EXITED, accounted_exit=EXIT
+    )
+    assert (view, want, notes) == (
+        NodeView(NodeState.STARTING, "unhealthy: x"), start("unhealthy: x", again=True), []
+    )  # fmt: skip
 
 
 def test_an_exit_while_paused_is_said_not_counted(cluster: DesiredCluster) -> None:
@@ -157,11 +163,11 @@ def test_an_exit_with_the_engine_is_a_note_not_a_failure(cluster: DesiredCluster
         cluster, [dead(cluster)], HEALTHY, engine_restart_exits=frozenset({"id-db0"})
     )
     assert rec == replace(HEALTHY, reason="docker engine restarted", healthy_since=None, last_exit=EXITED,
-                          accounted_exit=EXIT, restarts=1)  # fmt: skip
+                          accounted_exit=EXIT)  # fmt: skip
     assert notes == [Note("db0", "engine_restarted", KILLED, "docker engine restarted")]
     assert (view, want) == (
         NodeView(NodeState.STARTING, "docker engine restarted"),
-        start("docker engine restarted"),
+        start("docker engine restarted", again=True),
     )
 
 
@@ -246,8 +252,8 @@ def test_without_a_container_it_is_created_once_meta_is_ready_and_counted_when_i
     )  # fmt: skip
     gone = replace(HEALTHY, reason="x", next_restart_at=NOW - 1)
     assert evaluate(cluster, [], gone)[:3] == (
-        NodeView(NodeState.STARTING, "x"), replace(gone, restarts=1, next_restart_at=None),
-        Want(Action("create", "db0", None, "container missing")),
+        NodeView(NodeState.STARTING, "x"), replace(gone, next_restart_at=None),
+        Want(Action("create", "db0", None, "container missing"), restart=True),
     )  # fmt: skip
     waiting = replace(gone, next_restart_at=NOW + 5)
     assert evaluate(cluster, [], waiting)[:3] == (NodeView(NodeState.BACKOFF, "x", NOW + 5), waiting, None)
@@ -406,7 +412,7 @@ def test_a_container_of_another_release_not_asked_for_runs_and_starts_as_it_is_s
     view, _rec, want, _, _ = evaluate(cluster, [stopped], replace(handled, next_restart_at=None))
     assert (view, want) == (
         NodeView(NodeState.STARTING, f"x; {waits}"),
-        Want(Action("start", "db0", "id-db0", "x", as_is=True)),
+        Want(Action("start", "db0", "id-db0", "x", as_is=True), restart=True),
     )
 
 
@@ -672,8 +678,8 @@ def test_a_stopped_ceresdb_node_waits_for_meta_saying_why(cluster: DesiredCluste
 def test_a_stopped_node_with_no_reason_is_started_as_stopped(cluster: DesiredCluster) -> None:
     """An exit handled earlier whose reason was cleared: the start still says why it is needed."""
     handled = replace(HEALTHY, accounted_exit=EXIT, healthy_since=None)
-    view, rec, want, _, _ = evaluate(cluster, [dead(cluster)], handled)
-    assert (view, rec.restarts, want) == (NodeView(NodeState.STARTING, None), 1, start("stopped"))
+    view, _rec, want, _, _ = evaluate(cluster, [dead(cluster)], handled)
+    assert (view, want) == (NodeView(NodeState.STARTING, None), start("stopped", again=True))
 
 
 @pytest.mark.parametrize(
