@@ -329,7 +329,11 @@ async def make_cluster(
                 cluster.close()
                 containers = await cluster.containers()
                 if failed(request):
-                    etcd_logs = list((cluster.root / "state" / "data").glob("*/etcd.log"))
-                    await asyncio.to_thread(save_logs, request.node.name, containers, etcd_logs)
+                    # etcd's own logs and the supervisors' (a test that runs one writes it here)
+                    logs = [
+                        *(cluster.root / "state" / "data").glob("*/etcd.log"),
+                        *cluster.root.glob("*.log"),
+                    ]
+                    await asyncio.to_thread(save_logs, request.node.name, containers, logs)
                 for container in containers:
                     await asyncio.to_thread(container.remove, force=True)
