@@ -4,7 +4,8 @@ It keeps etcd's semantics where the coordinator depends on them: one global revi
 create/mod revisions and leases, leases that expire on the monotonic clock and take their keys
 with them, transactions whose comparisons follow etcd's rules (a range compares every key in it,
 an empty range compares a zero key-value: a deleted key's mod revision is 0), and watches that
-deliver each change in revision order. Members are names: each client talks to them in order and
+deliver each change in revision order, from the revision they start at (the changes since then
+first, as etcd replays its history; no compaction). Members are names: each client talks to them in order and
 fails over, and a test can freeze one (calls through it fail, a watch on it goes quiet).
 
 `Gate` lets a test order the calls of several clients step by step (every interleaving of two
@@ -51,6 +52,8 @@ class MemoryEtcd:
         self.leases: dict[int, _Lease] = {}
         self.frozen: set[str] = set()
         self.watches: list[_Watch] = []
+        self.history: list[WatchBatch] = []
+        """Every change, one batch each, in revision order: what a watch from an older revision replays."""
         self._next_lease = 100
 
     def has(self, key: bytes) -> bool:
@@ -85,9 +88,11 @@ class MemoryEtcd:
             self._notify(WatchEvent(True, KeyValue(key, b"", 0, self.revision, 0)))
 
     def _notify(self, event: WatchEvent) -> None:
+        batch = WatchBatch(self.revision, (event,))
+        self.history.append(batch)
         for watch in self.watches:
             if watch.start <= event.kv.key < watch.end:
-                watch.queue.put_nowait(WatchBatch(self.revision, (event,)))
+                watch.queue.put_nowait(batch)
 
     def in_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
         if end is None:
@@ -189,6 +194,9 @@ class MemoryClient:
         await self._enter("read" if reads_only and not compare else "guarded" if compare else "write")
         ok = all(self.store.compare(c) for c in compare)
         branch = success if ok else failure
+        leases = {int(r["request_put"].get("lease", 0)) for r in branch if "request_put" in r} - {0}
+        if leases - set(self.store.leases):  # etcd fails the whole txn, as it does a put
+            raise EtcdUnavailable("requested lease not found")
         if any("request_range" not in r for r in branch):
             self.store.revision += 1
         ranges = [r for r in (self.store.op(request) for request in branch) if r is not None]
@@ -219,6 +227,9 @@ class MemoryClient:
         await self._enter("watch")
         member = endpoint or self.endpoint
         w = _Watch(prefix, prefix[:-1] + bytes([prefix[-1] + 1]), member)
+        for past in self.store.history:  # no await until the watch is registered: nothing is missed
+            if past.revision >= start_revision and w.start <= past.events[0].kv.key < w.end:
+                w.queue.put_nowait(past)
         self.store.watches.append(w)
         try:
             while True:

@@ -5,19 +5,21 @@ loop's progress, cluster-wide claims. Real asyncio, real time (TTLs of a second 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from ceres_supervisor.adapters.etcd import KeyValue
+from ceres_supervisor.adapters.etcd import EtcdUnavailable, KeyValue
 from ceres_supervisor.cluster import view as views
-from ceres_supervisor.cluster.coordinator import Coordinator
+from ceres_supervisor.cluster.coordinator import LEASE_EXPIRED, Coordinator
 from ceres_supervisor.cluster.view import Identity, StoreView
 from ceres_supervisor.model.errors import SlotRefused
 
@@ -225,6 +227,8 @@ async def test_a_stalled_watch_makes_the_view_unavailable_and_moves_to_another_m
     await a.start()
     await b.start()
     watched = a.coordinator._watch_endpoint or a.client.endpoint
+    said: list[str] = []
+    a.coordinator.on_change = lambda: said.append(a.coordinator.detail)
     store.frozen.add(watched)  # partitioned: calls fail over, the watch on it goes quiet
     went_stale = asyncio.Event()
 
@@ -238,6 +242,8 @@ async def test_a_stalled_watch_makes_the_view_unavailable_and_moves_to_another_m
     await until(went_stale.is_set, "the view declared unavailable")
     await until(lambda: a.coordinator.available, "a fresh view again")
     assert a.coordinator._watch_endpoint != watched
+    stalled = f"the watch on {watched} did not bring back this agent's heartbeat within 1.3s"
+    assert stalled in said, said
     b.coordinator.publish({"db1": doc("db1", "unhealthy")})
     await until(
         lambda: a.coordinator.view.nodes.get("db1", {}).get("state") == "unhealthy", "b's change seen"
@@ -345,6 +351,8 @@ async def test_withheld_renewals_never_block_the_event_loop(store: MemoryEtcd) -
     await a.start()
     a.cycle(engine_error="docker engine not answering")
     await until(lambda: not store.has(ROOT + b"agents/a"), "renewals withheld after 3 TTLs", timeout_s=15)
+    said: list[str] = []
+    a.coordinator.on_change = lambda: said.append(a.coordinator.detail)
     guard = threading.Timer(5.0, lambda: setattr(a.coordinator, "_closing", True))
     guard.start()
     try:
@@ -354,6 +362,8 @@ async def test_withheld_renewals_never_block_the_event_loop(store: MemoryEtcd) -
                 0.01
             )  # each a turn of the event loop that a spinning session never gives back
         assert not a.coordinator._closing, "the session blocked the event loop until the guard stopped it"
+        # Nor is it tried under the lease that ran out (a write refused, the session started over).
+        assert not published(store, "db0") and all(why == "ok" for why in said), said
     finally:
         guard.cancel()
     a.cycle()
@@ -391,3 +401,245 @@ async def test_an_agent_with_an_older_file_sees_who_runs_a_newer_one(store: Memo
     finally:
         await old.stop()
         await new.stop()
+
+
+async def test_a_change_of_the_releases_run_or_the_preflight_is_written_at_once(store: MemoryEtcd) -> None:
+    """What an upgrade decides on (which release each node runs, whether this machine has the
+    images) reaches the other agents when it changes, not with the next heartbeat: here no renewal
+    gets through (each keepalive hangs), so no heartbeat rewrites the record, and it is rewritten
+    all the same, with both."""
+    a = Agent(store, "a", ("db0",))
+    await a.start()
+    key = ROOT + b"agents/a"
+    never = asyncio.Event()
+
+    async def hold_renewals(_client: str, what: str) -> None:
+        if what == "keepalive":
+            await never.wait()
+
+    try:
+        await until(lambda: key in store.kvs, "a's record written")
+        a.client.gate = hold_renewals
+        c = a.coordinator
+        c.identity.running = {"db0": "ceresdb 1.2.5"}
+        c.publish({"db0": doc("db0")})
+        await until(
+            lambda: json.loads(store.kvs[key].value)["running"] == {"db0": "ceresdb 1.2.5"}, "running"
+        )
+        c.identity.preflight = {"missing": ["ceresdb-server:1.2.5"]}
+        c.publish({"db0": doc("db0")})
+        await until(
+            lambda: json.loads(store.kvs[key].value)["preflight"] == {"missing": ["ceresdb-server:1.2.5"]},
+            "preflight",
+        )
+    finally:
+        never.set()
+        await a.stop()
+
+
+async def test_a_lease_lost_under_the_agent_is_said_as_such_and_a_new_one_taken(store: MemoryEtcd) -> None:
+    """The store dropped the agent's lease (it expired while the agent could not reach it, or an
+    operator revoked it): the next renewal finds it gone, the agent says so in those words (not as
+    some failed write), and starts over with a new lease and its records written again."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    await a.start()
+    c = a.coordinator
+    said: list[str] = []
+    c.on_change = lambda: said.append(c.detail)
+    old = c._lease
+    try:
+        store.revoke(old)
+        await until(lambda: said and said[-1] != "ok", "the loss said")
+        assert said[-1] == LEASE_EXPIRED, said
+        await until(lambda: c.available and c._lease != old and published(store, "db0"), "a new lease")
+        assert store.kvs[ROOT + b"nodes/db0"].lease == c._lease
+    finally:
+        await a.stop()
+
+
+async def test_only_the_records_that_changed_are_written_and_a_node_gone_is_deleted_once(
+    store: MemoryEtcd,
+) -> None:
+    """Each write carries what changed since the last one: db1's new state, not db0's record
+    again nor the agent's own (its file and nodes did not change); a node that leaves this agent
+    is deleted once, not again with every later write."""
+    a = Agent(store, "a", ("db0", "db1"))
+    await a.start()
+    c = a.coordinator
+    sent: list[dict[str, Any]] = []
+    txn = a.client.txn
+
+    async def recording(compare: Any, success: Any, failure: Any = ()) -> Any:
+        sent.extend(success)
+        return await txn(compare, success, failure)
+
+    a.client.txn = recording  # type: ignore[method-assign]
+
+    def state(node: str) -> str:
+        return str(json.loads(store.kvs[ROOT + f"nodes/{node}".encode()].value)["state"])
+
+    try:
+        await until(lambda: published(store, "db0") and published(store, "db1"), "both published")
+        db0 = store.kvs[ROOT + b"nodes/db0"].mod_revision
+        c.publish({"db0": doc("db0"), "db1": doc("db1", "unhealthy")})
+        await until(lambda: state("db1") == "unhealthy", "db1's change written")
+        assert store.kvs[ROOT + b"nodes/db0"].mod_revision == db0, "db0 did not change: not written again"
+        c.publish({"db0": doc("db0")})
+        await until(lambda: not published(store, "db1"), "db1 deleted")
+        c.publish({"db0": doc("db0", "unhealthy")})
+        await until(lambda: state("db0") == "unhealthy", "db0's change written")
+        keys = [base64.b64decode(next(iter(r.values()))["key"]).decode() for r in sent]
+        deletes = [k for r, k in zip(sent, keys, strict=True) if "request_delete_range" in r]
+        assert deletes == [f"{ROOT.decode()}nodes/db1"], keys
+        assert not [k for k in keys if "/agents/" in k], keys
+        assert c.available
+    finally:
+        await a.stop()
+
+
+async def test_each_heartbeat_the_watch_brings_back_confirms_the_view(store: MemoryEtcd) -> None:
+    """The agent's own heartbeat, seen again through the watch, proves the view current as of when
+    it was written: `confirmed_at` moves on at each, and the agent stays connected (a heartbeat
+    not confirmed within 2/3 of the TTL would end the session as a stalled watch)."""
+    a = Agent(store, "a", ("db0",), ttl_s=1.0)
+    await a.start()
+    c = a.coordinator
+    said: list[str] = []
+    c.on_change = lambda: said.append(c.detail)
+    confirmed: list[float] = []
+
+    def moved_on() -> bool:
+        if not confirmed or c.confirmed_at > confirmed[-1]:
+            confirmed.append(c.confirmed_at)
+        return len(confirmed) >= 4
+
+    try:
+        await until(moved_on, "three heartbeats confirmed")
+        assert c.available and all(why == "ok" for why in said), said
+        # The loop stops making progress: the renewals stop, and so do the heartbeats. The last
+        # one is confirmed by its own event, not only by a later one (there is none): no stalled
+        # watch is declared before the lease runs out.
+        a.hang()
+        await until(lambda: not store.has(ROOT + b"agents/a"), "the lease run out")
+        assert all(why == "ok" for why in said), said
+    finally:
+        await a.stop()
+
+
+async def test_the_watch_starts_where_the_snapshot_ended(store: MemoryEtcd) -> None:
+    """A change made between the agent's read of everything and the start of its watch (here b's
+    node record, written while a's watch call is held) reaches a all the same, without a new
+    session: the watch starts at the revision after the snapshot."""
+    a = Agent(store, "a", ("db0",))
+    b = Agent(store, "b", ("db1",))
+    released = asyncio.Event()
+
+    async def hold_the_watch(_client: str, what: str) -> None:
+        if what == "watch":
+            await released.wait()
+
+    a.client.gate = hold_the_watch
+    said: list[str] = []
+    a.coordinator.on_change = lambda: said.append(a.coordinator.detail)
+    try:
+        a.task = asyncio.create_task(a.coordinator.run(a.client))
+        a.cycle()
+        await until(lambda: a.coordinator.available, "a connected, its watch held")
+        await b.start()
+        await until(lambda: published(store, "db1"), "b's node written")
+        assert "db1" not in a.coordinator.view.nodes
+        released.set()
+        await until(lambda: "db1" in a.coordinator.view.nodes, "b's node seen by a")
+        assert all(why == "ok" for why in said), said
+    finally:
+        released.set()
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_call_no_member_answers_is_tried_again_and_said_each_time(store: MemoryEtcd) -> None:
+    """Two heartbeats that no member takes (a slow fsync, a member restarting), well within the
+    lease: the agent stays available, says each retry with its error, counts them, and goes on
+    renewing."""
+    a = Agent(store, "a", ("db0",))
+    await a.start()
+    c = a.coordinator
+    said: list[str] = []
+    c.on_change = lambda: said.append(c.detail)
+    refusals = 2
+
+    async def refuse_two_puts(_client: str, what: str) -> None:
+        nonlocal refusals
+        if what == "put" and refusals:
+            refusals -= 1
+            raise EtcdUnavailable("no member answers")
+
+    key = ROOT + b"agents/a"
+    beat = json.loads(store.kvs[key].value)["heartbeat_at"]
+    try:
+        with capture_logs() as logs:
+            a.client.gate = refuse_two_puts
+            await until(
+                lambda: not refusals and json.loads(store.kvs[key].value)["heartbeat_at"] != beat,
+                "a heartbeat written after the two refused",
+            )
+        retried = [e for e in logs if e["event"] == "coordination_retry"]
+        assert [(e["log_level"], e["error"]) for e in retried] == [("info", "no member answers")] * 2, retried
+        assert c.retries == 2 and c.available and all(why == "ok" for why in said), said
+    finally:
+        await a.stop()
+
+
+async def test_a_change_after_a_short_stall_is_written_in_the_same_session(store: MemoryEtcd) -> None:
+    """The loop stalls long enough for the renewals to be withheld, not long enough for the lease to
+    run out: once it makes progress again, the next renewal keeps the same lease, and the node
+    records that changed meanwhile are written again as they change."""
+    a = Agent(store, "a", ("db0",), ttl_s=3.0)
+    await a.start()
+    c = a.coordinator
+    lease, key = c._lease, ROOT + b"agents/a"
+
+    def beat() -> str:
+        return str(json.loads(store.kvs[key].value)["heartbeat_at"])
+
+    try:
+        with capture_logs() as logs:
+            a.hang()
+            await until(lambda: any(e["event"] == "coordination_lease_withheld" for e in logs), "withheld")
+        last = beat()
+        a.cycle()
+        await until(lambda: beat() != last, "renewed again")
+        assert store.kvs[key].lease == lease, "the same lease"
+        c.publish({"db0": doc("db0", "unhealthy")})
+        await until(
+            lambda: json.loads(store.kvs[ROOT + b"nodes/db0"].value)["state"] == "unhealthy",
+            "the change written",
+        )
+    finally:
+        await a.stop()
+
+
+async def test_an_agent_cut_off_from_every_member_says_so_while_its_lease_still_stands(
+    store: MemoryEtcd,
+) -> None:
+    """No member answers any more: the agent stops counting on its records and slots (unavailable:
+    nothing is stopped by choice) while its lease is still alive in the store, never after the
+    other agents could have seen it expire."""
+    a = Agent(store, "a", ("db0",))
+    await a.start()
+    c = a.coordinator
+    seen: list[tuple[str, bool]] = []
+
+    def note() -> None:
+        lease = store.leases.get(c._lease)
+        seen.append((c.detail, lease is not None and lease.expires_at > time.monotonic()))
+
+    c.on_change = note
+    try:
+        store.frozen.update(store.endpoints)
+        await until(lambda: any(why != "ok" for why, _alive in seen), "the loss said")
+        first = next((why, alive) for why, alive in seen if why != "ok")
+        assert first == ("no member answers", True), seen
+    finally:
+        store.frozen.clear()
+        await a.stop()
