@@ -176,9 +176,10 @@ class StoreWrites:
 
     async def write_pauses(
         self, nodes: Sequence[str], paused: bool, everything: bool, resumed: Sequence[str] = ()
-    ) -> None:
+    ) -> int:
         """Pause records: the whole cluster (`everything`) or `nodes`; with `resumed`, also explicit
-        resumes of those nodes (a `resume --all` clears every node's pause as well)."""
+        resumes of those nodes (a `resume --all` clears every node's pause as well). Returns the
+        store's revision after the write."""
         client = self._client
         if client is None or not self.connected:
             raise etcd.EtcdUnavailable(self.why_unavailable)
@@ -196,17 +197,20 @@ class StoreWrites:
             ops.append(
                 etcd.put_request(self._key("paused", name), json.dumps({**record, "paused": False}).encode())
             )
-        await client.txn([], ops)
+        _ok, revision, _ranges = await client.txn([], ops)
+        return revision
 
-    async def restore_pauses(self, nodes: Sequence[str], everything: bool) -> None:
+    async def restore_pauses(self, nodes: Sequence[str], everything: bool) -> int:
         """Pause records this agent's file holds and the store has none of (it came back empty):
         each written only where no record exists, so a resume another agent wrote meanwhile, not
-        seen here yet, is never overwritten."""
+        seen here yet, is never overwritten. Returns the store's revision after the last write."""
         client = self._client
         if client is None or not self.connected:
             raise etcd.EtcdUnavailable(self.why_unavailable)
         value = json.dumps({"since": now_text(), "by": self.identity.host, "paused": True}).encode()
         keys = [self._key("paused")] if everything else []
         keys += [self._key("paused", name) for name in nodes]
+        revision = 0
         for key in keys:
-            await client.txn([etcd.absent(key)], [etcd.put_request(key, value)])
+            _ok, revision, _ranges = await client.txn([etcd.absent(key)], [etcd.put_request(key, value)])
+        return revision

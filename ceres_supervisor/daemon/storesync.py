@@ -49,6 +49,10 @@ class StoreSync:
         self._releasable: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._written_at = 0
+        """The store's revision after this agent's last pause write: the view is mirrored into the
+        file only once it has caught up with it (a view that has not yet brought back a pause just
+        written here must not take it away)."""
 
     # -- from the loop (no I/O) -------------------------------------------------------------------
 
@@ -90,21 +94,22 @@ class StoreSync:
         async with self._lock:
             change = await asyncio.to_thread(self.pauses.apply, nodes, pause, everything)
             try:
-                await self._push(change)
+                self._written_at = max(self._written_at, await self._push(change))
             except etcd.EtcdError as err:
                 log.warning("pause_queued", error=str(err))
                 return "this machine now; the store when it answers again"
             await asyncio.to_thread(self.pauses.pushed, change.seq)
         return "every machine"
 
-    async def _push(self, change: pauses.Change) -> None:
+    async def _push(self, change: pauses.Change) -> int:
+        """The change into the store; returns the store's revision after it."""
         if not self.coordinator.connected:
             raise etcd.EtcdUnavailable(self.coordinator.why_unavailable)
         resumed: frozenset[str] = frozenset()
         if change.everything and not change.pause:  # resume --all: every node's pause goes too
             resumed = change.nodes | self.coordinator.view.paused
         nodes = () if change.everything else sorted(change.nodes)
-        await self.coordinator.write_pauses(nodes, change.pause, change.everything, sorted(resumed))
+        return await self.coordinator.write_pauses(nodes, change.pause, change.everything, sorted(resumed))
 
     # -- the task ------------------------------------------------------------------------------------
 
@@ -133,13 +138,16 @@ class StoreSync:
         async with self._lock:
             book = self.pauses
             for change in list(book.pending):
-                await self._push(change)
+                self._written_at = max(self._written_at, await self._push(change))
                 await asyncio.to_thread(book.pushed, change.seq)
             view = self.coordinator.view
+            if view.revision < self._written_at:
+                return  # the watch has not brought back what was just written here: wait for it
             forgotten = book.unrecorded(view.pauses, view.all_paused)
             if forgotten is not None:
                 log.info("pauses_written_back", nodes=sorted(forgotten.nodes), all=forgotten.everything)
-                await self.coordinator.restore_pauses(sorted(forgotten.nodes), forgotten.everything)
+                written = await self.coordinator.restore_pauses(sorted(forgotten.nodes), forgotten.everything)
+                self._written_at = max(self._written_at, written)
                 return  # mirrored once the watch brings the records back
             # To the file (in a thread) only when the records change it, not every second for
             # nothing; the lock held here is the only way to the book, so mirror sees what was compared.

@@ -191,6 +191,26 @@ async def test_a_stale_view_is_not_mirrored(two: tuple[MemoryEtcd, Node, Node]) 
     assert b.sync.pauses.current.nodes == frozenset()
 
 
+async def test_a_pause_is_not_undone_by_a_view_that_has_not_brought_it_back_yet(
+    two: tuple[MemoryEtcd, Node, Node],
+) -> None:
+    """db0 was paused and resumed before: the store holds its resume. It is paused again here and
+    the store takes it, but this agent's watch has not brought that record back yet (slow, or
+    moving to another member): the view, fresh as far as anyone knows, still shows the old resume,
+    and must not take the new pause away. Seen in the several-machines chaos benchmark: an agent
+    stopped the node the operator had just paused through it."""
+    _store, a, b = two
+    await a.sync.pause(frozenset({"db0"}), True, False)
+    await a.sync.pause(frozenset({"db0"}), False, False)
+    await until(lambda: a.coordinator.view.pauses.get("db0") is False, "the resume in a's view")
+    await a.stop()  # from here on only this test moves a: its view stays as it is
+    assert await a.sync.pause(frozenset({"db0"}), True, False) == "every machine"
+    a.coordinator.confirmed_at = time.monotonic()  # nothing says the view is stale
+    await a.sync.step()
+    assert a.sync.pauses.current.nodes == {"db0"}, "the pause asked here was taken away"
+    await until(lambda: b.sync.pauses.current.nodes == {"db0"}, "and every other agent has it")
+
+
 def test_agents_sharing_a_state_dir_keep_a_book_each(tmp_path: Path) -> None:
     """Three agents on one machine with one file share its state_dir: each writes its book whole,
     so one file for all would lose the others' pauses."""
