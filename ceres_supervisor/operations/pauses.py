@@ -10,7 +10,9 @@ silently undone:
   taken it; it is removed from the queue by its own sequence number, so a change asked while an
   earlier one was being written is never dropped;
 - the store's records are mirrored into the file only while nothing is queued and only from a
-  fresh view (the caller checks); a node the store has no record of keeps the file's state, so a
+  fresh view that has caught up with this agent's own last pause write (the caller checks both: a
+  view that has not brought back a pause just asked here still shows the resume before it); a
+  node the store has no record of keeps the file's state, so a
   store that comes back empty (a re-initialised meta) erases nothing, and the file's pauses are
   written back to it;
 - `resume --all` clears the cluster-wide pause and every node's pause, in both places;
