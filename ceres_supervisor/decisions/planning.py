@@ -75,9 +75,10 @@ def plan(
     controls: Controls | None = None,
 ) -> Plan:
     """Pure: the actions for this cycle and each node's state. See the module docstring."""
-    budget = budget or Budget()
-    ready, detail = meta_readiness(desired, observed, budget)
-    cycle = Cycle(desired, observed, policy, now, jitter, ready, detail, budget, controls or Controls())
+    ready, detail = meta_readiness(desired, observed)
+    cycle = Cycle(
+        desired, observed, policy, now, jitter, ready, detail, budget or Budget(), controls or Controls()
+    )
     cycle.lease_context = lease_contexts(cycle, records)
     evaluated = {n.name: evaluate(cycle, n, records.get(n.name)) for n in desired.nodes}
     views = {name: view for name, (view, _rec, _want) in evaluated.items()}
@@ -148,18 +149,14 @@ def plan(
     )
 
 
-def meta_readiness(desired: DesiredCluster, observed: Observation, budget: Budget) -> tuple[bool, str]:
+def meta_readiness(desired: DesiredCluster, observed: Observation) -> tuple[bool, str]:
     """Meta as a CeresDB node started now would find it: ready by its members' probes and its
-    leader (`Observation.meta_ready_detail`), and no member being stopped, here (a stop in flight)
-    or by another machine's agent (its slot held, the member not started again since). Until
-    Docker has stopped a member it still answers (a paused one is thawed by its stop and answers
-    for a moment); a CeresDB node started on it finds no meta a second later and exits."""
-    going = [
-        m.name
-        for m in desired.meta
-        if observed.busy.get(m.name) in STOPPING_KINDS
-        or (not m.is_local and m.name in budget.slots and m.name not in budget.settled)
-    ]
+    leader (`Observation.meta_ready_detail`), and none of this machine's members being stopped.
+    Until Docker has stopped a member it still answers (a paused one is thawed by its stop and
+    answers for a moment); a CeresDB node started on it finds no meta a second later and exits.
+    (Another machine's member being stopped is not known here: a disruption slot is held until
+    its node is healthy again, well after the stop, so it cannot tell.)"""
+    going = [m.name for m in desired.meta if observed.busy.get(m.name) in STOPPING_KINDS]
     if going:
         return False, being_stopped(going)
     return observed.meta_ready_detail

@@ -285,23 +285,6 @@ def test_no_ceresdb_container_is_started_in_the_plan_that_stops_a_meta_member(
     assert nothing_asked.records["db0"].failures == 1, "the crash is counted once"
 
 
-def test_a_meta_member_another_machine_stops_by_choice_is_not_ready_either(tmp_path: Path) -> None:
-    """meta1 runs on 127.0.0.2, whose agent holds a slot to stop it: until that stop is over (the
-    member started again: the slot settled) no CeresDB node here is started on it."""
-    path = tmp_path / "c.toml"
-    path.write_text(META3.replace('name = "meta1"\nhost = "127.0.0.1"', 'name = "meta1"\nhost = "127.0.0.2"'))
-    desired = containers.build(loading.load(path).spec, lambda _ref: "", is_local=lambda h: h == "127.0.0.1")
-    here = [container(desired, n.name) for n in desired.nodes if n.is_local and n.name != "db0"]
-    crashed = [*here, container(desired, "db0", "exited", exit_code=137)]
-    obs = observation(desired, crashed, probes={c.node: probe(c) for c in here})
-    records = {"db0": NodeRecord(run_key="old")}
-    slot = Budget(coordinated=True, slots={"meta1": "127.0.0.2"})
-    p = plan(desired, obs, records, budget=slot)
-    assert actions(p) == [] and p.meta_detail == "meta members being stopped: meta1"
-    p = plan(desired, obs, records, budget=replace(slot, settled=frozenset({"meta1"})))
-    assert actions(p) == [("start", "db0")]
-
-
 def test_all_meta_members_start_together(big: containers.DesiredCluster) -> None:
     p = plan(big, observation(big, [], meta_ready=False))
     assert actions(p) == [("create", "meta0"), ("create", "meta1"), ("create", "meta2")]
