@@ -446,8 +446,18 @@ async def test_a_lease_lost_under_the_agent_is_said_as_such_and_a_new_one_taken(
     said: list[str] = []
     c.on_change = lambda: said.append(c.detail)
     old = c._lease
+    held, go = asyncio.Event(), asyncio.Event()
+
+    async def hold_one_renewal(_client: str, what: str) -> None:
+        if what == "keepalive" and not go.is_set():
+            held.set()
+            await go.wait()
+
     try:
+        a.client.gate = hold_one_renewal  # the lease goes while a renewal is on its way, not mid-write
+        await until(held.is_set, "a renewal on its way")
         store.revoke(old)
+        go.set()
         await until(lambda: said and said[-1] != "ok", "the loss said")
         assert said[-1] == LEASE_EXPIRED, said
         await until(lambda: c.available and c._lease != old and published(store, "db0"), "a new lease")
