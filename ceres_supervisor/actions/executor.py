@@ -38,6 +38,9 @@ class Slots(Protocol):
     async def acquire(self, node: str, role: str, reason: str) -> None:
         """Take the slot for `node` or raise SlotRefused saying who holds the budget."""
 
+    async def release(self, releasable: frozenset[str]) -> None:
+        """Give back the slots this agent holds for these nodes."""
+
 
 Flush = Callable[[DesiredNode], Awaitable[str]]
 """`POST /debug/flush_memtable` on a CeresDB node before a planned stop; returns what it said."""
@@ -106,8 +109,12 @@ class Executor:
         flush: Flush | None = None,
         on_step: Callable[[str, str], None] = lambda _node, _text: None,
         is_up: IsUp | None = None,
+        paused: Callable[[str], bool] = lambda _node: False,
     ) -> None:
         self.engine = engine
+        self.paused = paused
+        """Whether the operator has paused a node now (a stop by choice that waited for its slot
+        asks again: a pause asked meanwhile wins)."""
         self.stop_timeout_s = stop_timeout_s
         self.on_done = on_done
         self.slots = slots
@@ -217,6 +224,9 @@ class Executor:
             step("slot")
             role = action.role or (node.role if node is not None else "")
             await self.slots.acquire(action.node, role, action.reason)
+            if self.paused(action.node):  # paused while the slot was asked for (a slow store)
+                await self.slots.release(frozenset({action.node}))
+                raise SlotRefused("paused by the operator while its stop waited for its slot: not stopped")
         deadline = time.monotonic() + self.stop_timeout_s
         how: str | None = None
         if action.kind in STOPS:

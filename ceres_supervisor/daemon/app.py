@@ -123,6 +123,7 @@ class Supervisor:
             flush=self._flush,
             on_step=self._on_step,
             is_up=self._is_up,
+            paused=lambda node: self.pauses.current.all or node in self.pauses.current.nodes,
         )
         self.store_sync = storesync.StoreSync(self.coordinator, self.identity, self.pauses, self.wake)
         parts = Parts(
