@@ -24,6 +24,7 @@ from ceres_supervisor.desired.containers import DesiredCluster
 from ceres_supervisor.model.observed import ShardLock
 from ceres_supervisor.observation import prober as probing
 from ceres_supervisor.observation import probes
+from testkit.helpers import free_ports
 
 from .conftest import free_port
 from .scenes import build
@@ -128,6 +129,7 @@ async def world(etcd_member: str, tmp_path: Path) -> AsyncIterator[World]:
     meta, db = Server(), Server()
     client_port = int(etcd_member.rsplit(":", 1)[1])
     name = f"c{uuid.uuid4().hex[:8]}"
+    spare = iter(free_ports(7))  # distinct: two separate picks once gave the same port twice
     text = f"""
 [cluster]
 name = "{name}"
@@ -137,22 +139,22 @@ state_dir = "/var/lib/ceres-supervisor"
 name = "meta0"
 host = "127.0.0.1"
 client_port = {client_port}
-peer_port = {free_port()}
+peer_port = {next(spare)}
 http_port = {meta.port}
 
 [[meta.nodes]]
 name = "meta1"
 host = "127.0.0.1"
-client_port = {free_port()}
-peer_port = {free_port()}
-http_port = {free_port()}
+client_port = {next(spare)}
+peer_port = {next(spare)}
+http_port = {next(spare)}
 
 [[meta.nodes]]
 name = "meta2"
 host = "127.0.0.1"
-client_port = {free_port()}
-peer_port = {free_port()}
-http_port = {free_port()}
+client_port = {next(spare)}
+peer_port = {next(spare)}
+http_port = {next(spare)}
 
 [[ceresdb.nodes]]
 name = "db0"
