@@ -421,19 +421,23 @@ class Engine:
                 self._check_socket()
                 # No read timeout: the stream is idle between events.
                 client = self._new_client(None)
-                filters = {"type": "container", **self._filters()}
-                self._events_stream = client.events(decode=True, filters=filters, since=since)
-                delay_s = 0.5
-                for raw in self._events_stream:
-                    if self._events_stop.is_set():
-                        break
-                    event = event_from(raw)
-                    if event is not None:
-                        since = event.at_ns // 1_000_000_000
-                        loop.call_soon_threadsafe(deliver, event)
-                else:
-                    if not self._events_stop.is_set():
-                        raise EngineUnavailable("the events stream ended")
+                try:
+                    filters = {"type": "container", **self._filters()}
+                    self._events_stream = client.events(decode=True, filters=filters, since=since)
+                    delay_s = 0.5
+                    for raw in self._events_stream:
+                        if self._events_stop.is_set():
+                            break
+                        event = event_from(raw)
+                        if event is not None:
+                            since = event.at_ns // 1_000_000_000
+                            loop.call_soon_threadsafe(deliver, event)
+                    else:
+                        if not self._events_stop.is_set():
+                            raise EngineUnavailable("the events stream ended")
+                finally:  # each connection has a client of its own: its socket goes with it
+                    with contextlib.suppress(Exception):
+                        client.close()
             except Exception as err:  # the stream ends or breaks when dockerd restarts
                 if self._events_stop.is_set():
                     break
